@@ -1,0 +1,78 @@
+//! Broker settings, and the rumqttd router configuration derived from them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Everything an operator can tune about the embedded broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Address of the plain-TCP MQTT listener (3.1.1 and 5 on the same port).
+    pub mqtt_listen: SocketAddr,
+    /// Connections the router accepts at once; further CONNECTs are refused.
+    pub max_connections: usize,
+    /// Largest MQTT packet the broker reads. Payloads above the pipeline's own (smaller)
+    /// limit are still read so they can be rejected with a reason instead of a dropped socket.
+    pub max_packet_size: usize,
+    /// Time a new socket gets to send its CONNECT before it is closed.
+    pub connect_timeout: Duration,
+    /// Unacknowledged QoS 1/2 publishes per connection, in each direction.
+    pub max_inflight: usize,
+    /// Bytes of publishes that may wait between the broker and the pipeline. When it is
+    /// used up the broker stops reading from sockets (TCP backpressure) rather than drop.
+    pub handover_budget_bytes: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 10_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_inflight: 100,
+            handover_budget_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// rumqttd's `RouterConfig::default()` refuses every connection and panics on the first
+    /// publish (zero connections, zero segment size), so every field is set here.
+    pub(crate) fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            max_connections: self.max_connections,
+            // Outgoing packets queued per connection before the router stops sending to it.
+            max_outgoing_packet_count: 200,
+            // Commit logs exist only for filters someone subscribed to (commands, debugging
+            // subscribers); telemetry does not go through them on its way to storage, so they
+            // can stay small: 1 MiB segments, 10 per filter.
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        }
+    }
+
+    pub(crate) fn server_settings(&self) -> ServerSettings {
+        let connect_timeout_ms =
+            u16::try_from(self.connect_timeout.as_millis()).unwrap_or(u16::MAX);
+        ServerSettings {
+            name: "mqtt".to_string(),
+            listen: self.mqtt_listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections: ConnectionSettings {
+                connection_timeout_ms: connect_timeout_ms,
+                max_payload_size: self.max_packet_size,
+                max_inflight_count: self.max_inflight,
+                auth: None::<HashMap<String, String>>,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The `/api` endpoints.
+
+pub mod devices;
+pub mod history;
+pub mod rejected;
+
+use crate::ApiError;
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Device ids in paths follow the same rule as in topics.
+fn checked_device_id(id: &str) -> Result<&str, ApiError> {
+    if fieldline_ingest::document::is_valid_name(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(
+            "device id must be 1 to 64 characters from [A-Za-z0-9_.-]",
+        ))
+    }
+}

@@ -1,0 +1,42 @@
+//! Liveness, readiness and metrics for operators and orchestrators.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+
+use crate::AppState;
+
+/// The process is up and serving HTTP.
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready to take traffic: listeners are up and storage answers.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let listeners = state.listeners_up.load(Ordering::Acquire);
+    let storage = state.store.ping().await.is_ok();
+    let status = if listeners && storage {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({
+            "ready": listeners && storage,
+            "listeners": listeners,
+            "storage": storage,
+            "backend": state.store.backend(),
+        })),
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

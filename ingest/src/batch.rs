@@ -1,0 +1,215 @@
+//! Rows on their way to storage, gathered so the store writes them together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::document::{Body, Document, Kind};
+use crate::rejection::Rejection;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionRow {
+    pub device: Arc<str>,
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+    pub alt: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryRow {
+    pub device: Arc<str>,
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
+    pub metric: Arc<str>,
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusRow {
+    pub device: Arc<str>,
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
+    pub online: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RejectedRow {
+    pub received_ms: i64,
+    pub topic: String,
+    pub device: Option<String>,
+    pub reason: &'static str,
+    pub detail: String,
+    pub payload_size: usize,
+    /// The start of the payload, as text when it is text and as hex otherwise.
+    pub payload_preview: String,
+}
+
+/// What one device's documents in this batch change in its summary row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceUpdate {
+    pub last_seen_ms: i64,
+    /// The newest position in the batch.
+    pub location: Option<PositionRow>,
+    /// Each metric's newest (ts, value) in the batch.
+    pub metrics: HashMap<Arc<str>, (i64, f64)>,
+    /// Highest seq per kind, indexed by [`Kind::index`].
+    pub last_seq: [Option<u64>; 3],
+}
+
+/// One write to storage.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub positions: Vec<PositionRow>,
+    pub telemetry: Vec<TelemetryRow>,
+    pub statuses: Vec<StatusRow>,
+    pub rejected: Vec<RejectedRow>,
+    pub devices: HashMap<Arc<str>, DeviceUpdate>,
+    /// Documents (not rows) in the batch, for metrics.
+    pub documents: usize,
+    /// When the oldest entry was added, to flush by age.
+    pub started: Option<std::time::Instant>,
+}
+
+const PREVIEW_BYTES: usize = 256;
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.documents == 0 && self.rejected.is_empty()
+    }
+
+    /// Rows the store will write, for sizing decisions.
+    pub fn rows(&self) -> usize {
+        self.positions.len() + self.telemetry.len() + self.statuses.len() + self.rejected.len()
+    }
+
+    fn mark_started(&mut self) {
+        self.started.get_or_insert_with(std::time::Instant::now);
+    }
+
+    pub fn push_document(
+        &mut self,
+        doc: Document,
+        received_ms: i64,
+        metric_names: &mut MetricNames,
+    ) {
+        self.mark_started();
+        self.documents += 1;
+        let update = self.devices.entry(doc.device.clone()).or_default();
+        update.last_seen_ms = update.last_seen_ms.max(received_ms);
+        if let Some(seq) = doc.seq {
+            let slot = &mut update.last_seq[doc.kind().index()];
+            *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+        }
+        match doc.body {
+            Body::Location(l) => {
+                let row = PositionRow {
+                    device: doc.device,
+                    ts_ms: doc.ts_ms,
+                    seq: doc.seq,
+                    lat: l.lat,
+                    lon: l.lon,
+                    speed: l.speed,
+                    heading: l.heading,
+                    alt: l.alt,
+                    accuracy: l.accuracy,
+                };
+                if update
+                    .location
+                    .as_ref()
+                    .is_none_or(|old| old.ts_ms <= row.ts_ms)
+                {
+                    update.location = Some(row.clone());
+                }
+                self.positions.push(row);
+            }
+            Body::Telemetry(t) => {
+                for m in t.metrics {
+                    let metric = metric_names.intern(&m.name);
+                    let newest = update
+                        .metrics
+                        .entry(metric.clone())
+                        .or_insert((doc.ts_ms, m.value));
+                    if newest.0 <= doc.ts_ms {
+                        *newest = (doc.ts_ms, m.value);
+                    }
+                    self.telemetry.push(TelemetryRow {
+                        device: doc.device.clone(),
+                        ts_ms: doc.ts_ms,
+                        seq: doc.seq,
+                        metric,
+                        value: m.value,
+                    });
+                }
+            }
+            Body::Status(s) => self.statuses.push(StatusRow {
+                device: doc.device,
+                ts_ms: doc.ts_ms,
+                seq: doc.seq,
+                online: s.online,
+            }),
+        }
+    }
+
+    pub fn push_rejection(
+        &mut self,
+        rejection: &Rejection,
+        topic: &str,
+        device: Option<&str>,
+        payload: &[u8],
+        received_ms: i64,
+    ) {
+        self.mark_started();
+        let detail = match rejection.index {
+            Some(i) => format!("document {i}: {}", rejection.detail),
+            None => rejection.detail.clone(),
+        };
+        self.rejected.push(RejectedRow {
+            received_ms,
+            topic: topic.chars().take(256).collect(),
+            device: device.map(str::to_owned),
+            reason: rejection.reason.as_str(),
+            detail,
+            payload_size: payload.len(),
+            payload_preview: preview(payload),
+        });
+    }
+}
+
+/// Shares one allocation per metric name across rows.
+#[derive(Default)]
+pub struct MetricNames(std::collections::HashSet<Arc<str>>);
+
+impl MetricNames {
+    pub fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(found) = self.0.get(name) {
+            return found.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+fn preview(payload: &[u8]) -> String {
+    let head = &payload[..payload.len().min(PREVIEW_BYTES)];
+    match std::str::from_utf8(head) {
+        Ok(text) => text.to_owned(),
+        // Cut inside a multi-byte character: keep the valid part.
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+            String::from_utf8_lossy(&head[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => {
+            let hex: String = head.iter().take(64).map(|b| format!("{b:02x}")).collect();
+            format!("hex:{hex}")
+        }
+    }
+}
+
+/// Which kind a stored seq belongs to, by index.
+pub fn kind_of_index(i: usize) -> Kind {
+    Kind::ALL[i]
+}

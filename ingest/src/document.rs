@@ -1,0 +1,96 @@
+//! The documents devices send, once decoded and validated.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What a topic carries; one topic, one kind of document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Telemetry,
+    Location,
+    Status,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Telemetry, Kind::Location, Kind::Status];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telemetry => "telemetry",
+            Kind::Location => "location",
+            Kind::Status => "status",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Device ids and metric names share the same rule: 1 to 64 of `[A-Za-z0-9_.-]`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A sensor reading value; booleans are stored as 0 and 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    pub metrics: Vec<Metric>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+    pub alt: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub online: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Telemetry(Telemetry),
+    Location(Location),
+    Status(Status),
+}
+
+/// One valid document from one device.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub device: Arc<str>,
+    /// Unix epoch milliseconds: the device's `ts`, or the receive time when it sent none.
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
+    pub body: Body,
+}
+
+impl Document {
+    pub fn kind(&self) -> Kind {
+        match self.body {
+            Body::Telemetry(_) => Kind::Telemetry,
+            Body::Location(_) => Kind::Location,
+            Body::Status(_) => Kind::Status,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The pipeline stage between the broker and the writer: route, decode, validate, de-duplicate,
+//! and gather rows into batches.
+//!
+//! It runs on one task and never waits on the database while it has room: when the writer is
+//! busy the current batch keeps growing, up to `max_batch_rows`; only then does it wait, which
+//! in turn makes the broker stop reading from sockets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::batch::{Batch, MetricNames};
+use crate::decode::{decode, Limits};
+use crate::dedupe::Dedupe;
+use crate::rejection::{Reason, Rejection};
+use crate::store::StreamSeq;
+use crate::topic::{route, Route};
+use crate::writer::WriterHandle;
+
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub limits: Limits,
+    /// Rows at which a batch is handed to the writer.
+    pub batch_rows: usize,
+    /// Age at which a batch is handed over however small it is.
+    pub batch_age: Duration,
+    /// Rows a batch may grow to while the writer is busy, before the pipeline waits.
+    pub max_batch_rows: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            batch_rows: 5_000,
+            batch_age: Duration::from_millis(200),
+            max_batch_rows: 100_000,
+        }
+    }
+}
+
+pub struct Pipeline {
+    settings: PipelineSettings,
+    writer: WriterHandle,
+    dedupe: Dedupe,
+    /// One shared allocation per device id.
+    devices: HashMap<Box<str>, Arc<str>>,
+    metric_names: MetricNames,
+    batch: Batch,
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Pipeline {
+    /// `seeds` are the last stored seq of each stream, so redeliveries after a restart are
+    /// still recognised.
+    pub fn new(settings: PipelineSettings, writer: WriterHandle, seeds: Vec<StreamSeq>) -> Self {
+        let mut pipeline = Self {
+            settings,
+            writer,
+            dedupe: Dedupe::default(),
+            devices: HashMap::new(),
+            metric_names: MetricNames::default(),
+            batch: Batch::default(),
+        };
+        for seed in seeds {
+            let device = pipeline.device(&seed.device);
+            pipeline.dedupe.seed(device, seed.kind, seed.seq);
+        }
+        pipeline
+    }
+
+    fn device(&mut self, id: &str) -> Arc<str> {
+        if let Some(device) = self.devices.get(id) {
+            return device.clone();
+        }
+        let device: Arc<str> = Arc::from(id);
+        self.devices.insert(Box::from(id), device.clone());
+        device
+    }
+
+    /// Takes one publish through every stage.
+    pub async fn handle(&mut self, topic: &[u8], payload: &[u8], received_at: SystemTime) {
+        metrics::counter!("fieldline_messages_received_total").increment(1);
+        let received_ms = epoch_ms(received_at);
+        let topic = String::from_utf8_lossy(topic);
+        let (device, kind) = match route(&topic) {
+            Ok(Route::Data { device, kind }) => (device, kind),
+            Ok(Route::Command) => return,
+            Err(rejection) => {
+                self.reject(&rejection, &topic, None, payload, received_ms);
+                return self.hand_off_if_full().await;
+            }
+        };
+        let device = self.device(device);
+        let decoded = decode(&device, kind, payload, received_ms, &self.settings.limits);
+        for rejection in &decoded.rejections {
+            self.reject(rejection, &topic, Some(&device), payload, received_ms);
+        }
+        for doc in decoded.documents {
+            if let Some(seq) = doc.seq {
+                if !self.dedupe.accept(&device, kind, seq) {
+                    metrics::counter!("fieldline_documents_duplicate_total", "kind" => kind.as_str()).increment(1);
+                    continue;
+                }
+            }
+            metrics::counter!("fieldline_documents_accepted_total", "kind" => kind.as_str())
+                .increment(1);
+            self.batch
+                .push_document(doc, received_ms, &mut self.metric_names);
+        }
+        self.hand_off_if_full().await;
+    }
+
+    fn reject(
+        &mut self,
+        rejection: &Rejection,
+        topic: &str,
+        device: Option<&str>,
+        payload: &[u8],
+        received_ms: i64,
+    ) {
+        let reason: Reason = rejection.reason;
+        metrics::counter!("fieldline_rejected_messages_total", "reason" => reason.as_str())
+            .increment(1);
+        tracing::debug!(topic, reason = reason.as_str(), detail = %rejection.detail, "rejected");
+        self.batch
+            .push_rejection(rejection, topic, device, payload, received_ms);
+    }
+
+    async fn hand_off_if_full(&mut self) {
+        if self.batch.rows() >= self.settings.batch_rows {
+            self.hand_off().await;
+        }
+    }
+
+    /// Hands the batch over when it has waited long enough; call this on a timer.
+    pub async fn flush_if_due(&mut self) {
+        let due = self
+            .batch
+            .started
+            .is_some_and(|started| started.elapsed() >= self.settings.batch_age);
+        if due {
+            self.hand_off().await;
+        }
+    }
+
+    /// Hands over whatever is gathered, waiting for the writer if it must.
+    pub async fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.writer.send(batch).await;
+        }
+    }
+
+    async fn hand_off(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        match self.writer.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(batch)) if batch.rows() < self.settings.max_batch_rows => {
+                // The writer is busy: keep gathering, the next write will be larger.
+                self.batch = batch;
+            }
+            Err(TrySendError::Full(batch)) | Err(TrySendError::Closed(batch)) => {
+                metrics::counter!("fieldline_pipeline_writer_waits_total").increment(1);
+                self.writer.send(batch).await;
+            }
+        }
+    }
+}

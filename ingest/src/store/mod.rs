@@ -1,0 +1,196 @@
+//! Storage: the [`Store`] trait and its two back ends.
+//!
+//! SQLite is the zero-setup default; PostgreSQL (with TimescaleDB when the server has it) is
+//! for production. Both are reached through sqlx with runtime-checked queries, so building
+//! needs no database.
+
+mod pg_copy;
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::batch::Batch;
+use crate::document::Kind;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A device's summary row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// The newest position, as a location object, or null.
+    pub location: Option<serde_json::Value>,
+    /// Each metric's newest value: `{"name": {"ts": …, "value": …}}`.
+    pub metrics: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TelemetryPoint {
+    pub ts: String,
+    pub seq: Option<u64>,
+    pub metric: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TrackPoint {
+    pub ts: String,
+    pub seq: Option<u64>,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed: Option<f64>,
+    pub heading: Option<f64>,
+    pub alt: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RejectedMessage {
+    pub id: i64,
+    pub received_at: String,
+    pub topic: String,
+    pub device: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub payload_size: i64,
+    pub payload_preview: String,
+}
+
+/// A time range query over one device, `[from, to)` in epoch ms, oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: u32,
+}
+
+/// Where the last seq of each stream is remembered, to seed de-duplication after a restart.
+#[derive(Debug, Clone)]
+pub struct StreamSeq {
+    pub device: String,
+    pub kind: Kind,
+    pub seq: u64,
+}
+
+/// What the pipeline writes to and the API reads from.
+pub trait Store: Send + Sync {
+    /// Writes a whole batch atomically: all of it is stored, or none and an error.
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()>;
+    fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>>;
+    fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>>;
+    fn telemetry<'a>(
+        &'a self,
+        device: &'a str,
+        metric: Option<&'a str>,
+        range: Range,
+    ) -> StoreFuture<'a, Vec<TelemetryPoint>>;
+    fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>>;
+    fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>>;
+    fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>>;
+    /// Keeps the record of rejected messages to its newest `keep` entries.
+    fn prune_rejected(&self, keep: u32) -> StoreFuture<'_, u64>;
+    /// Cheap round trip for readiness checks.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Housekeeping the back end needs now and then (PostgreSQL: partitions ahead of time).
+    fn maintain(&self) -> StoreFuture<'_, ()>;
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the store a URL names, creating and migrating it as needed.
+pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// seq is unsigned 64-bit in the contract; both databases store it in a signed 64-bit
+/// column, bit for bit.
+pub(crate) fn seq_to_db(seq: Option<u64>) -> Option<i64> {
+    seq.map(|s| s as i64)
+}
+
+pub(crate) fn seq_from_db(seq: Option<i64>) -> Option<u64> {
+    seq.map(|s| s as u64)
+}
+
+pub(crate) fn kind_from_db(kind: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+}
+
+/// The `location` object of a device summary, from its stored columns.
+pub(crate) fn location_json(row: &crate::batch::PositionRow) -> serde_json::Value {
+    serde_json::json!({
+        "ts": crate::time_format::format_ms(row.ts_ms),
+        "seq": row.seq,
+        "lat": row.lat,
+        "lon": row.lon,
+        "speed": row.speed,
+        "heading": row.heading,
+        "alt": row.alt,
+        "accuracy": row.accuracy,
+    })
+}
+
+/// The `metrics` object written for a device update: `{"name": {"ts_ms": …, "value": …}}`.
+pub(crate) fn metrics_json(update: &crate::batch::DeviceUpdate) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = update
+        .metrics
+        .iter()
+        .map(|(name, (ts, value))| {
+            (
+                name.to_string(),
+                serde_json::json!({"ts_ms": ts, "value": value}),
+            )
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+/// Turns the stored metrics object (times in ms) into the API's (times in RFC 3339).
+pub(crate) fn metrics_for_api(stored: Option<&str>) -> serde_json::Value {
+    let Some(Ok(serde_json::Value::Object(map))) =
+        stored.map(serde_json::from_str::<serde_json::Value>)
+    else {
+        return serde_json::json!({});
+    };
+    let out = map
+        .into_iter()
+        .map(|(name, v)| {
+            let ts = v
+                .get("ts_ms")
+                .and_then(|t| t.as_i64())
+                .map(crate::time_format::format_ms);
+            (name, serde_json::json!({"ts": ts, "value": v.get("value")}))
+        })
+        .collect();
+    serde_json::Value::Object(out)
+}

@@ -1,0 +1,85 @@
+//! The store writer: takes batches from the pipeline and writes them, one at a time, retrying
+//! until they are stored. Nothing handed to the writer is dropped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::batch::Batch;
+use crate::store::Store;
+
+/// The pipeline's end of the writer queue.
+pub struct WriterHandle {
+    tx: mpsc::Sender<Batch>,
+}
+
+impl WriterHandle {
+    pub(crate) fn try_send(&self, batch: Batch) -> Result<(), mpsc::error::TrySendError<Batch>> {
+        self.tx.try_send(batch)?;
+        self.gauge();
+        Ok(())
+    }
+
+    pub(crate) async fn send(&self, batch: Batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
+            // Only when the writer task died, which it does not do on database errors.
+            tracing::error!(rows = batch.rows(), "store writer is gone; batch lost");
+            metrics::counter!("fieldline_storage_lost_rows_total").increment(batch.rows() as u64);
+        }
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        metrics::gauge!("fieldline_writer_queue_batches").set(queued as f64);
+    }
+}
+
+/// Starts the writer. It ends when every [`WriterHandle`] is dropped and its queue is written.
+pub fn spawn_writer(store: Arc<dyn Store>, queue_batches: usize) -> (WriterHandle, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
+    let task = tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            write_until_stored(&*store, &batch).await;
+        }
+    });
+    (WriterHandle { tx }, task)
+}
+
+async fn write_until_stored(store: &dyn Store, batch: &Batch) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        match store.write_batch(batch).await {
+            Ok(()) => {
+                let elapsed = started.elapsed();
+                metrics::histogram!("fieldline_storage_write_seconds", "backend" => store.backend())
+                    .record(elapsed.as_secs_f64());
+                metrics::histogram!("fieldline_storage_batch_rows").record(batch.rows() as f64);
+                metrics::counter!("fieldline_storage_rows_written_total", "table" => "positions")
+                    .increment(batch.positions.len() as u64);
+                metrics::counter!("fieldline_storage_rows_written_total", "table" => "telemetry")
+                    .increment(batch.telemetry.len() as u64);
+                metrics::counter!("fieldline_storage_rows_written_total", "table" => "statuses")
+                    .increment(batch.statuses.len() as u64);
+                metrics::counter!("fieldline_storage_rows_written_total", "table" => "rejected")
+                    .increment(batch.rejected.len() as u64);
+                tracing::debug!(
+                    rows = batch.rows(),
+                    ms = elapsed.as_millis() as u64,
+                    "batch stored"
+                );
+                return;
+            }
+            Err(e) => {
+                metrics::counter!("fieldline_storage_write_errors_total").increment(1);
+                tracing::error!(error = %e, rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64,
+                    "storage write failed; keeping the batch and retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

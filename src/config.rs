@@ -1,0 +1,181 @@
+//! Configuration: command-line flags beat environment variables, which beat the TOML file
+//! given with `--config`, which beats the built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
+
+/// Fieldline: MQTT telemetry broker, ingest pipeline and live dashboards in one binary.
+#[derive(Parser, Debug, Default)]
+#[command(version, about)]
+pub struct Args {
+    /// TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "FIELDLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// MQTT over TCP (3.1.1 and 5) [default: 127.0.0.1:1883]
+    #[arg(long, env = "FIELDLINE_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// HTTP API and dashboard [default: 127.0.0.1:8080]
+    #[arg(long, env = "FIELDLINE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite://fieldline-data/fieldline.db]
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest payload stored; larger ones are rejected with a reason [default: 262144]
+    #[arg(long, env = "FIELDLINE_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
+    /// MQTT connections accepted at once [default: 10000]
+    #[arg(long, env = "FIELDLINE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Rows per storage write [default: 5000]
+    #[arg(long, env = "FIELDLINE_BATCH_ROWS")]
+    pub batch_rows: Option<usize>,
+    /// Longest a row waits before its batch is written, in ms [default: 200]
+    #[arg(long, env = "FIELDLINE_BATCH_AGE_MS")]
+    pub batch_age_ms: Option<u64>,
+}
+
+/// The same settings, as read from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileConfig {
+    mqtt_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    max_payload_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    batch_rows: Option<usize>,
+    batch_age_ms: Option<u64>,
+}
+
+/// Settings after merging every source.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mqtt_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub database_url: String,
+    pub max_payload_bytes: usize,
+    pub max_connections: usize,
+    pub batch_rows: usize,
+    pub batch_age: Duration,
+}
+
+impl Config {
+    pub fn load(args: Args) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let config = Config {
+            mqtt_listen: args
+                .mqtt_listen
+                .or(file.mqtt_listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            database_url: args
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            max_payload_bytes: args
+                .max_payload_bytes
+                .or(file.max_payload_bytes)
+                .unwrap_or(256 * 1024),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+            batch_rows: args.batch_rows.or(file.batch_rows).unwrap_or(5_000),
+            batch_age: Duration::from_millis(
+                args.batch_age_ms.or(file.batch_age_ms).unwrap_or(200),
+            ),
+        };
+        if config.max_payload_bytes == 0 || config.max_payload_bytes > 16 * 1024 * 1024 {
+            anyhow::bail!("max_payload_bytes must be between 1 and 16 MiB");
+        }
+        if config.batch_rows == 0 {
+            anyhow::bail!("batch_rows must be at least 1");
+        }
+        Ok(config)
+    }
+
+    /// The database URL with any password hidden, for logs and errors.
+    pub fn database_url_redacted(&self) -> String {
+        match (self.database_url.find("://"), self.database_url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &self.database_url[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!(
+                    "{}{user}:***{}",
+                    &self.database_url[..scheme + 3],
+                    &self.database_url[at..]
+                )
+            }
+            _ => self.database_url.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "fieldline-config-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text).expect("temp dir is writable");
+        path
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let path = file(
+            "http_listen = \"127.0.0.1:9000\"\nmqtt_listen = \"127.0.0.1:9001\"\nbatch_rows = 7\n",
+        );
+        let args = Args {
+            config: Some(path),
+            http_listen: Some("127.0.0.1:9100".parse().expect("valid address")),
+            ..Args::default()
+        };
+        let config = Config::load(args).expect("valid config");
+        assert_eq!(config.http_listen.port(), 9100);
+        assert_eq!(config.mqtt_listen.port(), 9001);
+        assert_eq!(config.batch_rows, 7);
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_hides_passwords() {
+        let args = Args {
+            config: Some(file("mqtt_lisen = \"x\"\n")),
+            ..Args::default()
+        };
+        let err = Config::load(args).expect_err("typo must be an error");
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        let config = Config::load(Args {
+            database_url: Some("postgres://app:s3cret@db:5432/fl".into()),
+            ..Args::default()
+        })
+        .expect("valid config");
+        assert_eq!(
+            config.database_url_redacted(),
+            "postgres://app:***@db:5432/fl"
+        );
+    }
+}

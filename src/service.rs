@@ -1,0 +1,241 @@
+//! Wiring: storage, pipeline, broker and HTTP started in order, and stopped in the order that
+//! loses nothing.
+//!
+//! Shutdown on SIGINT or SIGTERM: stop accepting MQTT connections, close the broker's tap (no
+//! publish is acknowledged after that), run everything already handed over through the
+//! pipeline, wait for the writer to store it, then stop HTTP and exit 0. A second signal exits
+//! at once with status 130.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fieldline_broker::{BrokerSettings, Inbound, TapReceiver};
+use fieldline_ingest::decode::Limits;
+use fieldline_ingest::writer::spawn_writer;
+use fieldline_ingest::{open_store, Pipeline, PipelineSettings, Store};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+/// Batches waiting for the writer before the pipeline grows its batch instead.
+const WRITER_QUEUE_BATCHES: usize = 2;
+/// Rejected messages kept for `GET /api/rejected`.
+const REJECTED_KEPT: u32 = 10_000;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let store = open_store(&config.database_url)
+        .await
+        .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
+    tracing::info!(backend = store.backend(), url = %config.database_url_redacted(), "storage ready");
+
+    let seeds = store
+        .stream_seqs()
+        .await
+        .context("cannot read the last sequence numbers")?;
+    let (writer, writer_task) = spawn_writer(store.clone(), WRITER_QUEUE_BATCHES);
+    let pipeline = Pipeline::new(
+        PipelineSettings {
+            limits: Limits {
+                max_payload_bytes: config.max_payload_bytes,
+            },
+            batch_rows: config.batch_rows,
+            batch_age: config.batch_age,
+            max_batch_rows: config.batch_rows.saturating_mul(20),
+        },
+        writer,
+        seeds,
+    );
+
+    let broker_settings = BrokerSettings {
+        mqtt_listen: config.mqtt_listen,
+        max_connections: config.max_connections,
+        // Read payloads up to 4x the storage limit so they can be rejected with a reason.
+        max_packet_size: config.max_payload_bytes.saturating_mul(4).max(64 * 1024),
+        ..BrokerSettings::default()
+    };
+    let (tap, tap_rx) = fieldline_broker::tap(broker_settings.handover_budget_bytes);
+    let queued = tap.clone();
+
+    let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
+    let broker = fieldline_broker::start(&broker_settings, tap).await?;
+    let listeners_up = Arc::new(AtomicBool::new(true));
+    tracing::info!(http = %config.http_listen, mqtt = %broker.mqtt_addr(), "fieldline is ready");
+
+    let (stop_http, http_stopped) = oneshot::channel::<()>();
+    let app = fieldline_dashboard::router(fieldline_dashboard::AppState {
+        store: store.clone(),
+        metrics,
+        listeners_up: listeners_up.clone(),
+    });
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    let housekeeping = tokio::spawn(housekeeping(store.clone()));
+
+    let signal = shutdown_signal();
+    let pipeline = run_pipeline(pipeline, tap_rx, signal, move || {
+        metrics::gauge!("fieldline_broker_queued_bytes").set(queued.queued_bytes() as f64);
+    })
+    .await;
+
+    // The tap is closed and drained: everything acknowledged is in the writer's hands.
+    listeners_up.store(false, Ordering::Release);
+    broker.stop_accepting();
+    drop(pipeline);
+    writer_task.await.context("store writer failed")?;
+    housekeeping.abort();
+    let _ = stop_http.send(());
+    match tokio::time::timeout(Duration::from_secs(5), http).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
+        _ => {}
+    }
+    tracing::info!("stopped cleanly; everything accepted is stored");
+    Ok(())
+}
+
+/// Feeds the pipeline until `signal`, then closes the tap and drains it; returns the pipeline
+/// with its last batch handed to the writer.
+async fn run_pipeline(
+    mut pipeline: Pipeline,
+    mut tap_rx: TapReceiver,
+    signal: impl std::future::Future<Output = ()>,
+    on_tick: impl Fn(),
+) -> Pipeline {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut signal => break,
+            Some(msg) = tap_rx.recv() => feed(&mut pipeline, msg).await,
+            _ = tick.tick() => {
+                pipeline.flush_if_due().await;
+                on_tick();
+            }
+        }
+    }
+    tracing::info!("shutting down: refusing new publishes, storing everything accepted");
+    // Closing waits for connections that are mid-hand-over, which may need the pipeline to
+    // make room; so keep draining while it runs.
+    let mut closed = tokio::task::spawn_blocking(tap_rx.closer());
+    loop {
+        tokio::select! {
+            _ = &mut closed => break,
+            Some(msg) = tap_rx.recv() => feed(&mut pipeline, msg).await,
+        }
+    }
+    while let Some(msg) = tap_rx.try_recv() {
+        feed(&mut pipeline, msg).await;
+    }
+    pipeline.flush().await;
+    pipeline
+}
+
+async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
+    pipeline
+        .handle(&msg.topic, &msg.payload, msg.received_at)
+        .await;
+}
+
+async fn housekeeping(store: Arc<dyn Store>) {
+    let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        every_minute.tick().await;
+        if let Err(e) = store.prune_rejected(REJECTED_KEPT).await {
+            tracing::warn!(error = %e, "could not prune rejected messages");
+        }
+        if let Err(e) = store.maintain().await {
+            tracing::error!(error = %e, "storage maintenance failed (time partitions ahead)");
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one ends the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting without storing what is still queued");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("fieldline_storage_write_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("fieldline_storage_batch_rows".into()),
+            &[
+                1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0, 100000.0,
+            ],
+        )?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // Registered at zero so dashboards and alerts see them before the first event.
+    for name in [
+        "fieldline_messages_received_total",
+        "fieldline_broker_publishes_total",
+        "fieldline_broker_lost_messages_total",
+        "fieldline_broker_backpressure_waits_total",
+        "fieldline_storage_write_errors_total",
+        "fieldline_documents_duplicate_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::describe_counter!(
+        "fieldline_broker_lost_messages_total",
+        "Publishes the broker read but could not hand to the pipeline (the device got no PUBACK). Expected 0."
+    );
+    metrics::describe_counter!(
+        "fieldline_rejected_messages_total",
+        "Messages and batch documents rejected, by reason"
+    );
+    metrics::describe_gauge!(
+        "fieldline_broker_queued_bytes",
+        "Bytes of publishes waiting between broker and pipeline"
+    );
+    metrics::describe_gauge!(
+        "fieldline_writer_queue_batches",
+        "Batches waiting for the store writer"
+    );
+    metrics::describe_histogram!("fieldline_storage_write_seconds", "Time to store one batch");
+    metrics::describe_histogram!("fieldline_storage_batch_rows", "Rows per stored batch");
+    Ok(handle)
+}
