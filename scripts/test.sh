@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test of Fieldline on a fresh machine.
+#
+# Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients),
+# starts a private PostgreSQL cluster on a spare port for the run, points the tests at it
+# through FIELDLINE_TEST_DATABASE_URL, runs the whole workspace's tests, and stops the
+# cluster again. Tests that need PostgreSQL fail, never skip, when it is not there.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PG_PORT="${FIELDLINE_TEST_PG_PORT:-54329}"
+PG_DIR="${TMPDIR:-/tmp}/fieldline-test-pg-$PG_PORT"
+
+need_packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
+command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
+if [ ${#need_packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing: ${need_packages[*]}; install them (apt-get install ${need_packages[*]}) or run as root" >&2
+        exit 1
+    fi
+    echo "installing ${need_packages[*]} from the distribution"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+PG_BIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
+# PostgreSQL refuses to run as root: use its own system user then.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+stop_pg() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true; }
+stop_pg
+rm -rf "$PG_DIR"
+mkdir -p "$PG_DIR"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$PG_DIR"
+as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-sync >/dev/null
+# fsync off: the cluster lives for one test run; durability of Fieldline itself is tested
+# by restarting Fieldline, not the database.
+as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+trap stop_pg EXIT
+echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+
+export FIELDLINE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+# Release profile: the same build that `cargo run --release` and the benchmarks use.
+cargo test --release --workspace "$@"

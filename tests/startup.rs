@@ -1,0 +1,108 @@
+//! Start-up failures an operator must see clearly: a busy port or an unreachable database
+//! stops the binary with an error naming the cause and a non-zero exit status.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use support::{binary, free_port, TempDir};
+
+fn run(dir: &TempDir, args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary())
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_busy_mqtt_port_is_a_clear_error() {
+    let dir = TempDir::new("busy-mqtt");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let http = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = run(&dir, &["--mqtt-listen", &addr, "--http-listen", &http]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("cannot listen for MQTT on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_busy_http_port_is_a_clear_error() {
+    let dir = TempDir::new("busy-http");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let (code, stderr) = run(&dir, &["--mqtt-listen", &mqtt, "--http-listen", &addr]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("cannot listen for HTTP on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_storage_settings_are_clear_errors() {
+    let dir = TempDir::new("bad-db");
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let base = [
+        "--mqtt-listen",
+        mqtt.as_str(),
+        "--http-listen",
+        http.as_str(),
+    ];
+
+    let (code, stderr) = run(
+        &dir,
+        &[
+            &base[..],
+            &["--database-url", "postgres://fl:secret@127.0.0.1:1/fl"],
+        ]
+        .concat(),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("cannot open storage postgres://fl:***@127.0.0.1:1/fl"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("secret"),
+        "the password is never printed: {stderr}"
+    );
+
+    let (code, stderr) = run(
+        &dir,
+        &[&base[..], &["--database-url", "mysql://x"]].concat(),
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unsupported database URL"), "{stderr}");
+
+    let config = dir.0.join("bad.toml");
+    std::fs::write(&config, "mqtt_listen = 5\n").expect("write");
+    let (code, stderr) = run(&dir, &["--config", config.to_str().expect("utf-8 path")]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("invalid config file"), "{stderr}");
+}
+
+#[test]
+fn default_run_creates_the_sqlite_store_under_fieldline_data() {
+    // The README's `cargo run --release` with no arguments: SQLite under ./fieldline-data/.
+    // Default ports may be in use on a shared machine, so only the listen addresses are set.
+    let dir = TempDir::new("default-store");
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let http = taken.local_addr().expect("addr").to_string();
+    // With HTTP busy the binary stops after opening (and migrating) the store.
+    let (code, _) = run(&dir, &["--mqtt-listen", &mqtt, "--http-listen", &http]);
+    assert_ne!(code, 0);
+    assert!(dir.0.join("fieldline-data/fieldline.db").exists());
+}

@@ -1,0 +1,359 @@
+//! Shared harness for the end-to-end tests: the real `fieldline` binary on free ports, a fresh
+//! database per test (SQLite file or PostgreSQL database), real MQTT clients, real HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use sqlx::Connection;
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+pub fn unique(name: &str) -> String {
+    format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS gives out a free port")
+}
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("fieldline-test-{}", unique(name)));
+        std::fs::create_dir_all(&path).expect("temp dir is writable");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A database URL for one test: a new SQLite file, or a new PostgreSQL database on the server
+/// the test command started.
+pub async fn database(backend: Backend, dir: &TempDir, name: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.0.join("fieldline.db").display()),
+        Backend::Postgres => {
+            let admin = std::env::var("FIELDLINE_TEST_DATABASE_URL").expect(
+                "FIELDLINE_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, \
+                 which starts PostgreSQL (PostgreSQL tests never skip)",
+            );
+            let db = unique(name).to_lowercase();
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable: {e}"));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut conn)
+                .await
+                .expect("can create a test database");
+            let (base, _) = admin.rsplit_once('/').expect("admin URL has a database");
+            format!("{base}/{db}")
+        }
+    }
+}
+
+/// The real binary, running.
+pub struct Server {
+    pub child: Option<Child>,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    pub database_url: String,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_fieldline")
+}
+
+impl Server {
+    pub async fn start(dir: &TempDir, database_url: &str) -> Server {
+        Self::start_with(dir, database_url, &[]).await
+    }
+
+    pub async fn start_with(dir: &TempDir, database_url: &str, extra: &[&str]) -> Server {
+        let mqtt_port = free_port();
+        let http_port = free_port();
+        let log = dir.0.join(format!("server-{}.log", unique("log")));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary())
+            .current_dir(&dir.0)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info,fieldline_ingest=debug,rumqttd=off")
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+            .args(["--database-url", database_url])
+            .args(extra)
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .spawn()
+            .expect("the fieldline binary starts");
+        let mut server = Server {
+            child: Some(child),
+            mqtt_port,
+            http_port,
+            database_url: database_url.to_owned(),
+            log,
+            http: reqwest::Client::new(),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "fieldline exited during start-up ({status}):\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if let Ok(resp) = self.http.get(self.url("/readyz")).send().await {
+                if resp.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fieldline not ready after 60 s:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("HTTP body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Polls `path` until `done` holds for its JSON body (the writer flushes every 200 ms).
+    pub async fn wait_for(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path} never matched; last: {status} {body}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("server is running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("server is running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait on child") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "fieldline did not stop within 60 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metric(&self, text: &str, name: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A device connected with rumqttc (MQTT 3.1.1), publishing at QoS 1 and counting PUBACKs.
+pub struct Device {
+    pub client: AsyncClient,
+    acks: tokio::sync::watch::Receiver<usize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    pub async fn connect(port: u16, client_id: &str) -> Device {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        // rumqttc's default 10 KiB cap would stop our oversized-payload tests at the client.
+        options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+        options.set_inflight(100);
+        let (client, eventloop) = AsyncClient::new(options, 1000);
+        let (ack_tx, acks) = tokio::sync::watch::channel(0usize);
+        let task = tokio::spawn(drive(eventloop, ack_tx));
+        let mut device = Device { client, acks, task };
+        device.wait_connected().await;
+        device
+    }
+
+    async fn wait_connected(&mut self) {
+        // The event loop sends CONNECT on its first poll; a ping round trip proves CONNACK.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *self.acks.borrow() == 0 {
+            assert!(Instant::now() < deadline, "no CONNACK within 10 s");
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.acks.changed()).await;
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+
+    /// Waits until `n` publishes are acknowledged in total.
+    pub async fn wait_acked(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} PUBACKs within 30 s",
+                self.acked()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.acks.changed()).await;
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        // The first count is the CONNACK.
+        self.acks.borrow().saturating_sub(1)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, acks: tokio::sync::watch::Sender<usize>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) | Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acks.send_modify(|n| *n += 1);
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes with Debian's `mosquitto_pub`, a third-party client.
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-s",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub is installed (scripts/test.sh installs mosquitto-clients)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(payload)
+        .expect("payload written");
+    let status = child.wait().expect("mosquitto_pub ran");
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
