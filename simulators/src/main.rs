@@ -1,1 +1,42 @@
-fn main() {}
+//! `fieldline-sim`: devices that publish to Fieldline (or any MQTT broker), for demos, manual
+//! testing and every performance figure in BENCHMARKS.md.
+
+mod connection;
+mod fleet;
+mod load;
+mod payload;
+mod random;
+mod sensors;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Device simulators and load client for Fieldline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Vehicles moving along plausible routes, publishing GPS fixes.
+    Fleet(fleet::Args),
+    /// Soil and weather sensors publishing readings.
+    Sensors(sensors::Args),
+    /// N devices at a total rate; waits for every PUBACK and reports the acknowledged rate.
+    Load(load::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Fleet(args) => fleet::run(args).await,
+            Command::Sensors(args) => sensors::run(args).await,
+            Command::Load(args) => load::run(args).await,
+        }
+    })
+}

@@ -27,6 +27,9 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let options = options.application_name("fieldline");
+        // One direct attempt first: a pool only reports "timed out" after retrying for 30 s,
+        // hiding the cause (refused, bad password, no such database).
+        PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options.clone())

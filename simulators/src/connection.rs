@@ -1,0 +1,47 @@
+//! MQTT connection settings shared by every simulator, chosen deliberately: rumqttc's defaults
+//! (10 KiB packets, Nagle on, no reconnect backoff) suit none of them.
+
+use std::time::Duration;
+
+use clap::Args;
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS};
+
+#[derive(Args, Clone, Debug)]
+pub struct Broker {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// QoS of publishes: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Unacknowledged publishes per connection.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u16,
+}
+
+impl Broker {
+    pub fn qos(&self) -> QoS {
+        if self.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        }
+    }
+
+    pub fn connect(&self, client_id: &str, queue: usize) -> (AsyncClient, EventLoop) {
+        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        options.set_inflight(self.inflight);
+        options.set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(options, queue);
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(10);
+        eventloop.set_network_options(network);
+        (client, eventloop)
+    }
+}

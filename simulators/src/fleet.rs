@@ -1,0 +1,117 @@
+//! A fleet of vehicles driving plausible routes: each keeps a heading, turns now and then like
+//! at a junction, changes speed smoothly, and reports a GPS fix with speed and heading at a
+//! set interval.
+
+use std::time::Duration;
+
+use crate::connection::Broker;
+use crate::payload::{encode, now_ms, Encoding, Fix};
+use crate::random::Rng;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    broker: Broker,
+    /// Vehicles, one MQTT connection each.
+    #[arg(long, default_value_t = 20)]
+    vehicles: usize,
+    /// Milliseconds between fixes of one vehicle.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Centre of the area the fleet drives in, "lat,lon".
+    #[arg(long, default_value = "52.52,13.405", value_parser = parse_point)]
+    center: (f64, f64),
+    /// Seconds to run; 0 runs until interrupted.
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    encoding: Encoding,
+    #[arg(long, default_value = "vehicle")]
+    prefix: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_point(s: &str) -> Result<(f64, f64), String> {
+    let (lat, lon) = s.split_once(',').ok_or("expected lat,lon")?;
+    Ok((
+        lat.trim().parse().map_err(|_| "bad lat")?,
+        lon.trim().parse().map_err(|_| "bad lon")?,
+    ))
+}
+
+const EARTH_RADIUS_M: f64 = 6_371_000.0;
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut tasks = Vec::new();
+    for v in 0..args.vehicles {
+        let (client, mut eventloop) = args.broker.connect(&format!("{}-{v}", args.prefix), 100);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let mut rng = Rng::new(args.seed.wrapping_add(v as u64));
+        let topic = format!("devices/{}-{v}/location", args.prefix);
+        let qos = args.broker.qos();
+        let (interval, encoding) = (
+            Duration::from_millis(args.interval_ms.max(10)),
+            args.encoding,
+        );
+        let mut fix = Fix {
+            ts: 0,
+            seq: 0,
+            lat: args.center.0 + rng.range(-0.05, 0.05),
+            lon: args.center.1 + rng.range(-0.08, 0.08),
+            speed: rng.range(5.0, 15.0),
+            heading: rng.range(0.0, 360.0),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                drive(&mut fix, &mut rng, interval.as_secs_f64());
+                fix.seq += 1;
+                fix.ts = now_ms();
+                let Ok(payload) = encode(std::slice::from_ref(&fix), encoding) else {
+                    return;
+                };
+                if client
+                    .publish(topic.as_str(), qos, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    println!(
+        "{} vehicles publishing every {} ms to {}:{}",
+        args.vehicles, args.interval_ms, args.broker.host, args.broker.port
+    );
+    wait(args.duration).await;
+    Ok(())
+}
+
+/// Advances a vehicle by `secs` of driving.
+fn drive(fix: &mut Fix, rng: &mut Rng, secs: f64) {
+    if rng.unit() < 0.02 * secs {
+        // A junction: turn left or right.
+        fix.heading = (fix.heading + if rng.unit() < 0.5 { 90.0 } else { 270.0 }) % 360.0;
+    }
+    fix.heading = (fix.heading + rng.range(-3.0, 3.0) + 360.0) % 360.0;
+    fix.speed = (fix.speed + rng.range(-1.0, 1.0)).clamp(0.0, 30.0);
+    let distance = fix.speed * secs;
+    let heading = fix.heading.to_radians();
+    fix.lat += (distance * heading.cos() / EARTH_RADIUS_M).to_degrees();
+    fix.lon +=
+        (distance * heading.sin() / (EARTH_RADIUS_M * fix.lat.to_radians().cos())).to_degrees();
+    fix.lat = fix.lat.clamp(-89.0, 89.0);
+    fix.lon = ((fix.lon + 540.0) % 360.0) - 180.0;
+}
+
+/// Runs for `duration` seconds, or until Ctrl-C when it is 0.
+pub async fn wait(duration: u64) {
+    if duration == 0 {
+        let _ = tokio::signal::ctrl_c().await;
+    } else {
+        tokio::time::sleep(Duration::from_secs(duration)).await;
+    }
+}
