@@ -215,7 +215,6 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         "fieldline_broker_lost_messages_total",
         "fieldline_broker_backpressure_waits_total",
         "fieldline_storage_write_errors_total",
-        "fieldline_documents_duplicate_total",
     ] {
         metrics::counter!(name).absolute(0);
     }

@@ -33,6 +33,7 @@ pub struct Tap {
     /// `true` once closed. Senders hold the read lock while they send, so that when
     /// [`TapReceiver::close`] has the write lock, no send is half done.
     closed: Arc<RwLock<bool>>,
+    publishes: metrics::Counter,
 }
 
 /// The pipeline-side end.
@@ -57,6 +58,7 @@ pub fn tap(budget_bytes: usize) -> (Tap, TapReceiver) {
             budget: Arc::new(Semaphore::new(budget_bytes)),
             budget_bytes,
             closed: closed.clone(),
+            publishes: metrics::counter!("fieldline_broker_publishes_total"),
         },
         TapReceiver { rx, closed },
     )
@@ -101,7 +103,7 @@ impl Tap {
             metrics::counter!("fieldline_broker_lost_messages_total").increment(1);
             return Err(TapClosed);
         }
-        metrics::counter!("fieldline_broker_publishes_total").increment(1);
+        self.publishes.increment(1);
         Ok(())
     }
 

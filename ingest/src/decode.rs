@@ -138,11 +138,14 @@ fn decode_json(payload: &[u8]) -> Result<RawPayload, Rejection> {
             .collect();
         Ok(RawPayload::Batch(docs))
     } else {
-        // Syntax errors are the payload's, type errors the document's.
-        let value: &RawValue = serde_json::from_slice(payload).map_err(invalid)?;
-        Ok(RawPayload::One(
-            serde_json::from_str::<RawDoc>(value.get()).map_err(document_error),
-        ))
+        // One pass: syntax errors are the payload's, type errors the document's.
+        match serde_json::from_slice::<RawDoc>(payload) {
+            Ok(doc) => Ok(RawPayload::One(Ok(doc))),
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                Ok(RawPayload::One(Err(document_error(e))))
+            }
+            Err(e) => Err(invalid(e)),
+        }
     }
 }
 
