@@ -265,6 +265,12 @@ async fn rejects_bad_input_and_stores_everything_around_it(backend: Backend) {
             vec![0xc1, 0xff, 0x13, 0x37, 0x00],
             "invalid_msgpack",
         ),
+        // A NUL byte: valid UTF-8, invalid JSON, and not storable as PostgreSQL text.
+        (
+            "devices/d1/location",
+            b"{\"lat\":\"\0\"}".to_vec(),
+            "invalid_json",
+        ),
         (
             "devices/d1/location",
             br#"{"lat":91,"lon":0}"#.to_vec(),
@@ -394,12 +400,16 @@ async fn rejects_bad_input_and_stores_everything_around_it(backend: Backend) {
         batch_details[1].starts_with("document 2: "),
         "{batch_details:?}"
     );
-    assert_eq!(rejected[6]["payload_size"], json!(300 * 1024));
+    assert_eq!(rejected[7]["payload_size"], json!(300 * 1024));
+    assert_eq!(
+        rejected[2]["payload_preview"],
+        json!("{\"lat\":\"\u{FFFD}\"}")
+    );
 
     // Counters by reason.
     let metrics = server.metrics_text().await;
     for (reason, count) in [
-        ("invalid_json", 1.0),
+        ("invalid_json", 2.0),
         ("invalid_msgpack", 1.0),
         ("out_of_range", 2.0),
         ("not_finite", 2.0),

@@ -139,3 +139,97 @@ impl TapReceiver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(tap: &Tap, topic: &str, payload_len: usize) -> Result<(), TapClosed> {
+        tap.send(
+            Bytes::from(topic.to_owned()),
+            Bytes::from(vec![b'x'; payload_len]),
+            Arc::from("client"),
+        )
+    }
+
+    fn topic(msg: Inbound) -> String {
+        String::from_utf8_lossy(&msg.topic).into_owned()
+    }
+
+    // block_in_place needs the multi-threaded runtime, as in the service.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hands_over_in_order_and_refuses_once_closed() {
+        let (tap, mut rx) = tap(1024);
+        for i in 0..3 {
+            send(&tap, &format!("t{i}"), 10).expect("an open tap takes publishes");
+        }
+        tokio::task::spawn_blocking(rx.closer())
+            .await
+            .expect("closer runs");
+        assert!(
+            send(&tap, "late", 10).is_err(),
+            "nothing is taken after close"
+        );
+        let mut topics = Vec::new();
+        while let Some(msg) = rx.try_recv() {
+            topics.push(topic(msg));
+        }
+        assert_eq!(topics, ["t0", "t1", "t2"]);
+        assert_eq!(
+            tap.queued_bytes(),
+            0,
+            "consumed messages return their budget"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spent_budget_makes_the_sender_wait_instead_of_dropping() {
+        let (tap, mut rx) = tap(100);
+        let sender = {
+            let tap = tap.clone();
+            // Each message costs 62 bytes: one cannot start until the one before is consumed.
+            tokio::spawn(async move {
+                (0..5)
+                    .map(|i| send(&tap, &format!("t{i}"), 60))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut topics = Vec::new();
+        for _ in 0..5 {
+            let msg = rx.recv().await.expect("every message arrives");
+            assert!(tap.queued_bytes() <= 100, "the budget bounds what waits");
+            topics.push(topic(msg));
+        }
+        let results = sender.await.expect("sender finishes");
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(topics, ["t0", "t1", "t2", "t3", "t4"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_waits_for_a_sender_parked_on_the_budget() {
+        let (tap, mut rx) = tap(100);
+        send(&tap, "first", 90).expect("fits the budget");
+        let parked = {
+            let tap = tap.clone();
+            tokio::spawn(async move { send(&tap, "second", 90) })
+        };
+        // Close while "second" may be waiting for budget; keep draining as the service does.
+        let mut closer = tokio::task::spawn_blocking(rx.closer());
+        let mut topics = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut closer => break,
+                Some(msg) = rx.recv() => topics.push(topic(msg)),
+            }
+        }
+        while let Some(msg) = rx.try_recv() {
+            topics.push(topic(msg));
+        }
+        // Either it got in before the close and was drained, or it was refused (no PUBACK):
+        // never taken and then lost.
+        match parked.await.expect("parked sender finishes") {
+            Ok(()) => assert_eq!(topics, ["first", "second"]),
+            Err(TapClosed) => assert_eq!(topics, ["first"]),
+        }
+    }
+}

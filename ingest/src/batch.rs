@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::document::{Body, Document, Kind};
+use crate::document::{Body, Document};
 use crate::rejection::Rejection;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -169,12 +169,12 @@ impl Batch {
         };
         self.rejected.push(RejectedRow {
             received_ms,
-            topic: topic.chars().take(256).collect(),
+            topic: storable_text(topic.chars().take(256)),
             device: device.map(str::to_owned),
             reason: rejection.reason.as_str(),
-            detail,
+            detail: storable_text(detail.chars()),
             payload_size: payload.len(),
-            payload_preview: preview(payload),
+            payload_preview: storable_text(preview(payload).chars()),
         });
     }
 }
@@ -194,6 +194,14 @@ impl MetricNames {
     }
 }
 
+/// Text a device chose, made storable: PostgreSQL text cannot hold NUL, and one such row would
+/// fail its whole batch on every retry.
+fn storable_text(chars: impl Iterator<Item = char>) -> String {
+    chars
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .collect()
+}
+
 fn preview(payload: &[u8]) -> String {
     let head = &payload[..payload.len().min(PREVIEW_BYTES)];
     match std::str::from_utf8(head) {
@@ -209,7 +217,27 @@ fn preview(payload: &[u8]) -> String {
     }
 }
 
-/// Which kind a stored seq belongs to, by index.
-pub fn kind_of_index(i: usize) -> Kind {
-    Kind::ALL[i]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rejection::Reason;
+
+    #[test]
+    fn rejected_rows_never_carry_nul_and_previews_stay_short() {
+        let mut batch = Batch::default();
+        let rejection = Rejection::new(Reason::InvalidJson, "bad \0 detail").at(2);
+        batch.push_rejection(
+            &rejection,
+            "devices/a\0b/location",
+            None,
+            b"{\"x\":\"\0\"",
+            0,
+        );
+        batch.push_rejection(&rejection, "t", None, &[0xc1; 4096], 0);
+        let (text, binary) = (&batch.rejected[0], &batch.rejected[1]);
+        assert!(!format!("{}{}{}", text.topic, text.detail, text.payload_preview).contains('\0'));
+        assert_eq!(text.detail, "document 2: bad \u{FFFD} detail");
+        assert_eq!(binary.payload_preview, format!("hex:{}", "c1".repeat(64)));
+        assert_eq!(binary.payload_size, 4096);
+    }
 }

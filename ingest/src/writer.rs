@@ -42,6 +42,7 @@ pub fn spawn_writer(store: Arc<dyn Store>, queue_batches: usize) -> (WriterHandl
     let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
+            metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
             write_until_stored(&*store, &batch).await;
         }
     });
