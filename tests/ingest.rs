@@ -334,9 +334,7 @@ async fn rejects_bad_input_and_stores_everything_around_it(backend: Backend) {
         sent += 2;
     }
     // A batch with bad documents in the middle: the good ones are stored.
-    let batch = format!(
-        r#"[{{"seq":100,"lat":10,"lon":100}},{{"seq":101,"lat":-91,"lon":0}},{{"seq":102,"lat":"north","lon":0}},{{"seq":103,"lat":10,"lon":103}}]"#
-    );
+    let batch = r#"[{"seq":100,"lat":10,"lon":100},{"seq":101,"lat":-91,"lon":0},{"seq":102,"lat":"north","lon":0},{"seq":103,"lat":10,"lon":103}]"#;
     dev.publish("devices/d1/location", batch).await;
     sent += 1;
     valid_seq += 1;

@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc::error::TrySendError;
-
 use crate::batch::{Batch, MetricNames};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
@@ -186,16 +184,15 @@ impl Pipeline {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        match self.writer.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(batch)) if batch.rows() < self.settings.max_batch_rows => {
-                // The writer is busy: keep gathering, the next write will be larger.
-                self.batch = batch;
-            }
-            Err(TrySendError::Full(batch)) | Err(TrySendError::Closed(batch)) => {
-                metrics::counter!("fieldline_pipeline_writer_waits_total").increment(1);
-                self.writer.send(batch).await;
-            }
+        let Some(batch) = self.writer.offer(batch) else {
+            return;
+        };
+        if batch.rows() < self.settings.max_batch_rows {
+            // The writer is busy: keep gathering, the next write will be larger.
+            self.batch = batch;
+        } else {
+            metrics::counter!("fieldline_pipeline_writer_waits_total").increment(1);
+            self.writer.send(batch).await;
         }
     }
 }

@@ -16,10 +16,17 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub(crate) fn try_send(&self, batch: Batch) -> Result<(), mpsc::error::TrySendError<Batch>> {
-        self.tx.try_send(batch)?;
-        self.gauge();
-        Ok(())
+    /// Hands `batch` to the writer if its queue has room, and gives it back if not.
+    pub(crate) fn offer(&self, batch: Batch) -> Option<Batch> {
+        match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.gauge();
+                None
+            }
+            Err(
+                mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
+            ) => Some(batch),
+        }
     }
 
     pub(crate) async fn send(&self, batch: Batch) {
