@@ -90,12 +90,7 @@ impl Batch {
         self.started.get_or_insert_with(std::time::Instant::now);
     }
 
-    pub fn push_document(
-        &mut self,
-        doc: Document,
-        received_ms: i64,
-        metric_names: &mut MetricNames,
-    ) {
+    pub fn push_document(&mut self, doc: Document, received_ms: i64, metric_names: &mut Interner) {
         self.mark_started();
         self.documents += 1;
         let update = self.devices.entry(doc.device.clone()).or_default();
@@ -179,11 +174,11 @@ impl Batch {
     }
 }
 
-/// Shares one allocation per metric name across rows.
+/// Shares one allocation per distinct name (device ids, metric names) across rows.
 #[derive(Default)]
-pub struct MetricNames(std::collections::HashSet<Arc<str>>);
+pub struct Interner(std::collections::HashSet<Arc<str>>);
 
-impl MetricNames {
+impl Interner {
     pub fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(found) = self.0.get(name) {
             return found.clone();

@@ -5,11 +5,9 @@
 //! busy the current batch keeps growing, up to `max_batch_rows`; only then does it wait, which
 //! in turn makes the broker stop reading from sockets.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::batch::{Batch, MetricNames};
+use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
 use crate::document::Kind;
@@ -66,9 +64,8 @@ pub struct Pipeline {
     counters: Counters,
     writer: WriterHandle,
     dedupe: Dedupe,
-    /// One shared allocation per device id.
-    devices: HashMap<Box<str>, Arc<str>>,
-    metric_names: MetricNames,
+    device_ids: Interner,
+    metric_names: Interner,
     batch: Batch,
 }
 
@@ -86,24 +83,15 @@ impl Pipeline {
             counters: Counters::new(),
             writer,
             dedupe: Dedupe::default(),
-            devices: HashMap::new(),
-            metric_names: MetricNames::default(),
+            device_ids: Interner::default(),
+            metric_names: Interner::default(),
             batch: Batch::default(),
         };
         for seed in seeds {
-            let device = pipeline.device(&seed.device);
+            let device = pipeline.device_ids.intern(&seed.device);
             pipeline.dedupe.seed(device, seed.kind, seed.seq);
         }
         pipeline
-    }
-
-    fn device(&mut self, id: &str) -> Arc<str> {
-        if let Some(device) = self.devices.get(id) {
-            return device.clone();
-        }
-        let device: Arc<str> = Arc::from(id);
-        self.devices.insert(Box::from(id), device.clone());
-        device
     }
 
     /// Takes one publish through every stage.
@@ -119,7 +107,7 @@ impl Pipeline {
                 return self.hand_off_if_full().await;
             }
         };
-        let device = self.device(device);
+        let device = self.device_ids.intern(device);
         let decoded = decode(&device, kind, payload, received_ms, &self.settings.limits);
         for rejection in &decoded.rejections {
             self.reject(rejection, &topic, Some(&device), payload, received_ms);

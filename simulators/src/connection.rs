@@ -44,4 +44,12 @@ impl Broker {
         eventloop.set_network_options(network);
         (client, eventloop)
     }
+
+    /// A device that only publishes: its event loop runs in the background until the
+    /// connection ends, and publishing then fails.
+    pub fn publisher(&self, client_id: &str) -> AsyncClient {
+        let (client, mut eventloop) = self.connect(client_id, 100);
+        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        client
+    }
 }

@@ -45,8 +45,7 @@ const EARTH_RADIUS_M: f64 = 6_371_000.0;
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for v in 0..args.vehicles {
-        let (client, mut eventloop) = args.broker.connect(&format!("{}-{v}", args.prefix), 100);
-        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let client = args.broker.publisher(&format!("{}-{v}", args.prefix));
         let mut rng = Rng::new(args.seed.wrapping_add(v as u64));
         let topic = format!("devices/{}-{v}/location", args.prefix);
         let qos = args.broker.qos();

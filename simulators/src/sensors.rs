@@ -31,8 +31,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     for s in 0..args.sensors {
-        let (client, mut eventloop) = args.broker.connect(&format!("{}-{s}", args.prefix), 100);
-        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let client = args.broker.publisher(&format!("{}-{s}", args.prefix));
         let mut rng = Rng::new(args.seed.wrapping_add(1000 + s as u64));
         let topic = format!("devices/{}-{s}/telemetry", args.prefix);
         let qos = args.broker.qos();

@@ -6,6 +6,7 @@
 
 mod pg_copy;
 mod postgres;
+mod records;
 mod sqlite;
 
 use std::future::Future;
@@ -130,67 +131,4 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
-}
-
-/// seq is unsigned 64-bit in the contract; both databases store it in a signed 64-bit
-/// column, bit for bit.
-pub(crate) fn seq_to_db(seq: Option<u64>) -> Option<i64> {
-    seq.map(|s| s as i64)
-}
-
-pub(crate) fn seq_from_db(seq: Option<i64>) -> Option<u64> {
-    seq.map(|s| s as u64)
-}
-
-pub(crate) fn kind_from_db(kind: &str) -> Option<Kind> {
-    Kind::ALL.into_iter().find(|k| k.as_str() == kind)
-}
-
-/// The `location` object of a device summary, from its stored columns.
-pub(crate) fn location_json(row: &crate::batch::PositionRow) -> serde_json::Value {
-    serde_json::json!({
-        "ts": crate::time_format::format_ms(row.ts_ms),
-        "seq": row.seq,
-        "lat": row.lat,
-        "lon": row.lon,
-        "speed": row.speed,
-        "heading": row.heading,
-        "alt": row.alt,
-        "accuracy": row.accuracy,
-    })
-}
-
-/// The `metrics` object written for a device update: `{"name": {"ts_ms": …, "value": …}}`.
-pub(crate) fn metrics_json(update: &crate::batch::DeviceUpdate) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = update
-        .metrics
-        .iter()
-        .map(|(name, (ts, value))| {
-            (
-                name.to_string(),
-                serde_json::json!({"ts_ms": ts, "value": value}),
-            )
-        })
-        .collect();
-    serde_json::Value::Object(map)
-}
-
-/// Turns the stored metrics object (times in ms) into the API's (times in RFC 3339).
-pub(crate) fn metrics_for_api(stored: Option<&str>) -> serde_json::Value {
-    let Some(Ok(serde_json::Value::Object(map))) =
-        stored.map(serde_json::from_str::<serde_json::Value>)
-    else {
-        return serde_json::json!({});
-    };
-    let out = map
-        .into_iter()
-        .map(|(name, v)| {
-            let ts = v
-                .get("ts_ms")
-                .and_then(|t| t.as_i64())
-                .map(crate::time_format::format_ms);
-            (name, serde_json::json!({"ts": ts, "value": v.get("value")}))
-        })
-        .collect();
-    serde_json::Value::Object(out)
 }

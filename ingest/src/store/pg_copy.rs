@@ -74,7 +74,7 @@ pub(crate) fn encode_positions(rows: &[PositionRow]) -> Vec<u8> {
         enc.row(9);
         enc.timestamptz_ms(r.ts_ms);
         enc.text(&r.device);
-        enc.int8(super::seq_to_db(r.seq));
+        enc.int8(super::records::seq_to_db(r.seq));
         enc.float8(Some(r.lat));
         enc.float8(Some(r.lon));
         enc.float8(r.speed);
@@ -92,7 +92,7 @@ pub(crate) fn encode_telemetry(rows: &[TelemetryRow]) -> Vec<u8> {
         enc.row(5);
         enc.timestamptz_ms(r.ts_ms);
         enc.text(&r.device);
-        enc.int8(super::seq_to_db(r.seq));
+        enc.int8(super::records::seq_to_db(r.seq));
         enc.text(&r.metric);
         enc.float8(Some(r.value));
     }

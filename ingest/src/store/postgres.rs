@@ -5,13 +5,13 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
+use super::pg_copy;
+use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
-    kind_from_db, location_json, metrics_for_api, metrics_json, pg_copy, seq_from_db, seq_to_db,
     DeviceSummary, Range, RejectedMessage, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::{Batch, PositionRow};
-use crate::time_format::format_ms;
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
@@ -139,13 +139,8 @@ async fn upsert_devices(
         ids.push(id.to_string());
         seen.push(update.last_seen_ms);
         fix_ms.push(update.location.as_ref().map(|l: &PositionRow| l.ts_ms));
-        location.push(
-            update
-                .location
-                .as_ref()
-                .map(|l| location_json(l).to_string()),
-        );
-        metrics.push(metrics_json(update).to_string());
+        location.push(update.location.as_ref().map(|l| location_json(l)));
+        metrics.push(metrics_json(update));
         for (kind, column) in seqs.iter_mut().enumerate() {
             column.push(seq_to_db(update.last_seq[kind]));
         }
@@ -180,18 +175,6 @@ async fn upsert_devices(
     Ok(())
 }
 
-type DeviceRow = (String, i64, i64, Option<String>, Option<String>);
-
-fn summary((id, first_seen, last_seen, location, metrics): DeviceRow) -> DeviceSummary {
-    DeviceSummary {
-        id,
-        first_seen: format_ms(first_seen),
-        last_seen: format_ms(last_seen),
-        location: location.and_then(|l| serde_json::from_str(&l).ok()),
-        metrics: metrics_for_api(metrics.as_deref()),
-    }
-}
-
 impl Store for PgStore {
     fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()> {
         Box::pin(self.write(batch))
@@ -199,26 +182,26 @@ impl Store for PgStore {
 
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
         Box::pin(async move {
-            let rows: Vec<DeviceRow> = sqlx::query_as(
+            let rows: Vec<records::DeviceRecord> = sqlx::query_as(
                 "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text
                  FROM devices ORDER BY device_id",
             )
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows.into_iter().map(summary).collect())
+            Ok(rows.into_iter().map(records::device_summary).collect())
         })
     }
 
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
         Box::pin(async move {
-            let row: Option<DeviceRow> = sqlx::query_as(
+            let row: Option<records::DeviceRecord> = sqlx::query_as(
                 "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text
                  FROM devices WHERE device_id = $1",
             )
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-            Ok(row.map(summary))
+            Ok(row.map(records::device_summary))
         })
     }
 
@@ -229,7 +212,7 @@ impl Store for PgStore {
         range: Range,
     ) -> StoreFuture<'a, Vec<TelemetryPoint>> {
         Box::pin(async move {
-            let rows: Vec<(i64, Option<i64>, String, f64)> = sqlx::query_as(
+            let rows: Vec<records::TelemetryRecord> = sqlx::query_as(
                 "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, metric, value FROM telemetry
                  WHERE device_id = $1 AND ($2::text IS NULL OR metric = $2)
                    AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
@@ -243,31 +226,13 @@ impl Store for PgStore {
             .bind(i64::from(range.limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(ts, seq, metric, value)| TelemetryPoint {
-                    ts: format_ms(ts),
-                    seq: seq_from_db(seq),
-                    metric,
-                    value,
-                })
-                .collect())
+            Ok(rows.into_iter().map(records::telemetry_point).collect())
         })
     }
 
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>> {
         Box::pin(async move {
-            type Row = (
-                i64,
-                Option<i64>,
-                f64,
-                f64,
-                Option<f64>,
-                Option<f64>,
-                Option<f64>,
-                Option<f64>,
-            );
-            let rows: Vec<Row> = sqlx::query_as(
+            let rows: Vec<records::TrackRecord> = sqlx::query_as(
                 "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, lat, lon, speed, heading, alt, accuracy
                  FROM positions
                  WHERE device_id = $1
@@ -281,37 +246,13 @@ impl Store for PgStore {
             .bind(i64::from(range.limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(ts, seq, lat, lon, speed, heading, alt, accuracy)| TrackPoint {
-                        ts: format_ms(ts),
-                        seq: seq_from_db(seq),
-                        lat,
-                        lon,
-                        speed,
-                        heading,
-                        alt,
-                        accuracy,
-                    },
-                )
-                .collect())
+            Ok(rows.into_iter().map(records::track_point).collect())
         })
     }
 
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>> {
         Box::pin(async move {
-            type Row = (
-                i64,
-                i64,
-                String,
-                Option<String>,
-                String,
-                String,
-                i64,
-                String,
-            );
-            let rows: Vec<Row> = sqlx::query_as(
+            let rows: Vec<records::RejectedRecord> = sqlx::query_as(
                 "SELECT id, floor(extract(epoch FROM received_at) * 1000)::int8, topic, device_id, reason, detail,
                         payload_size, payload_preview
                  FROM rejected ORDER BY id DESC LIMIT $1",
@@ -319,29 +260,13 @@ impl Store for PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(id, at, topic, device, reason, detail, payload_size, payload_preview)| {
-                        RejectedMessage {
-                            id,
-                            received_at: format_ms(at),
-                            topic,
-                            device,
-                            reason,
-                            detail,
-                            payload_size,
-                            payload_preview,
-                        }
-                    },
-                )
-                .collect())
+            Ok(rows.into_iter().map(records::rejected_message).collect())
         })
     }
 
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
                 "SELECT device_id, kind, seq FROM devices,
                    LATERAL (VALUES ('telemetry', last_seq_telemetry), ('location', last_seq_location),
                                    ('status', last_seq_status)) AS s(kind, seq)
@@ -349,16 +274,7 @@ impl Store for PgStore {
             )
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(device, kind, seq)| {
-                    Some(StreamSeq {
-                        device,
-                        kind: kind_from_db(&kind)?,
-                        seq: seq as u64,
-                    })
-                })
-                .collect())
+            Ok(rows.into_iter().filter_map(records::stream_seq).collect())
         })
     }
 

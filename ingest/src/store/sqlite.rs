@@ -4,18 +4,18 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
+use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
-    kind_from_db, location_json, metrics_for_api, metrics_json, seq_from_db, seq_to_db,
     DeviceSummary, Range, RejectedMessage, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::Batch;
-use crate::time_format::format_ms;
 
 /// Rows per INSERT statement: well under SQLite's 32,766 bound parameters at 9 columns.
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -50,11 +50,11 @@ impl SqliteStore {
 
     async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for rows in batch.positions.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO positions (device_id, ts, seq, lat, lon, speed, heading, alt, accuracy) ",
-            )
-            .push_values(rows, |mut b, r| {
+        insert_all(
+            &mut tx,
+            "INSERT INTO positions (device_id, ts, seq, lat, lon, speed, heading, alt, accuracy) ",
+            &batch.positions,
+            |b, r| {
                 b.push_bind(r.device.to_string())
                     .push_bind(r.ts_ms)
                     .push_bind(seq_to_db(r.seq))
@@ -64,43 +64,39 @@ impl SqliteStore {
                     .push_bind(r.heading)
                     .push_bind(r.alt)
                     .push_bind(r.accuracy);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-        }
-        for rows in batch.telemetry.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO telemetry (device_id, ts, seq, metric, value) ",
-            )
-            .push_values(rows, |mut b, r| {
+            },
+        )
+        .await?;
+        insert_all(
+            &mut tx,
+            "INSERT INTO telemetry (device_id, ts, seq, metric, value) ",
+            &batch.telemetry,
+            |b, r| {
                 b.push_bind(r.device.to_string())
                     .push_bind(r.ts_ms)
                     .push_bind(seq_to_db(r.seq))
                     .push_bind(r.metric.to_string())
                     .push_bind(r.value);
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-        }
-        for rows in batch.statuses.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new("INSERT INTO statuses (device_id, ts, seq, online) ")
-                .push_values(rows, |mut b, r| {
-                    b.push_bind(r.device.to_string())
-                        .push_bind(r.ts_ms)
-                        .push_bind(seq_to_db(r.seq))
-                        .push_bind(r.online);
-                })
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        for rows in batch.rejected.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO rejected (received_at, topic, device_id, reason, detail, payload_size, payload_preview) ",
-            )
-            .push_values(rows, |mut b, r| {
+            },
+        )
+        .await?;
+        insert_all(
+            &mut tx,
+            "INSERT INTO statuses (device_id, ts, seq, online) ",
+            &batch.statuses,
+            |b, r| {
+                b.push_bind(r.device.to_string())
+                    .push_bind(r.ts_ms)
+                    .push_bind(seq_to_db(r.seq))
+                    .push_bind(r.online);
+            },
+        )
+        .await?;
+        insert_all(
+            &mut tx,
+            "INSERT INTO rejected (received_at, topic, device_id, reason, detail, payload_size, payload_preview) ",
+            &batch.rejected,
+            |b, r| {
                 b.push_bind(r.received_ms)
                     .push_bind(r.topic.clone())
                     .push_bind(r.device.clone())
@@ -108,15 +104,30 @@ impl SqliteStore {
                     .push_bind(r.detail.clone())
                     .push_bind(r.payload_size as i64)
                     .push_bind(r.payload_preview.clone());
-            })
-            .build()
-            .execute(&mut *tx)
-            .await?;
-        }
+            },
+        )
+        .await?;
         upsert_devices(&mut tx, batch).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts `rows` with multi-row VALUES, [`ROWS_PER_STATEMENT`] at a time.
+async fn insert_all<T>(
+    tx: &mut Transaction<'_, Sqlite>,
+    head: &'static str,
+    rows: &[T],
+    bind: impl Fn(&mut Separated<'_, Sqlite, &'static str>, &T),
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        QueryBuilder::<Sqlite>::new(head)
+            .push_values(chunk, |mut b, row| bind(&mut b, row))
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Result<(), StoreError> {
@@ -131,8 +142,8 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
                 .push_bind(u.last_seen_ms)
                 .push_bind(u.last_seen_ms)
                 .push_bind(u.location.as_ref().map(|l| l.ts_ms))
-                .push_bind(u.location.as_ref().map(|l| location_json(l).to_string()))
-                .push_bind(metrics_json(u).to_string())
+                .push_bind(u.location.as_ref().map(|l| location_json(l)))
+                .push_bind(metrics_json(u))
                 .push_bind(seq_to_db(u.last_seq[0]))
                 .push_bind(seq_to_db(u.last_seq[1]))
                 .push_bind(seq_to_db(u.last_seq[2]));
@@ -155,18 +166,6 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
     Ok(())
 }
 
-type DeviceRow = (String, i64, i64, Option<String>, Option<String>);
-
-fn summary((id, first_seen, last_seen, location, metrics): DeviceRow) -> DeviceSummary {
-    DeviceSummary {
-        id,
-        first_seen: format_ms(first_seen),
-        last_seen: format_ms(last_seen),
-        location: location.and_then(|l| serde_json::from_str(&l).ok()),
-        metrics: metrics_for_api(metrics.as_deref()),
-    }
-}
-
 impl Store for SqliteStore {
     fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()> {
         Box::pin(self.write(batch))
@@ -174,24 +173,24 @@ impl Store for SqliteStore {
 
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
         Box::pin(async move {
-            let rows: Vec<DeviceRow> = sqlx::query_as(
+            let rows: Vec<records::DeviceRecord> = sqlx::query_as(
                 "SELECT device_id, first_seen, last_seen, last_location, last_metrics FROM devices ORDER BY device_id",
             )
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows.into_iter().map(summary).collect())
+            Ok(rows.into_iter().map(records::device_summary).collect())
         })
     }
 
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
         Box::pin(async move {
-            let row: Option<DeviceRow> = sqlx::query_as(
+            let row: Option<records::DeviceRecord> = sqlx::query_as(
                 "SELECT device_id, first_seen, last_seen, last_location, last_metrics FROM devices WHERE device_id = ?",
             )
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-            Ok(row.map(summary))
+            Ok(row.map(records::device_summary))
         })
     }
 
@@ -202,7 +201,7 @@ impl Store for SqliteStore {
         range: Range,
     ) -> StoreFuture<'a, Vec<TelemetryPoint>> {
         Box::pin(async move {
-            let rows: Vec<(i64, Option<i64>, String, f64)> = sqlx::query_as(
+            let rows: Vec<records::TelemetryRecord> = sqlx::query_as(
                 "SELECT ts, seq, metric, value FROM telemetry
                  WHERE device_id = ?1 AND (?2 IS NULL OR metric = ?2) AND ts >= ?3 AND ts < ?4
                  ORDER BY ts, metric LIMIT ?5",
@@ -214,31 +213,13 @@ impl Store for SqliteStore {
             .bind(i64::from(range.limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(ts, seq, metric, value)| TelemetryPoint {
-                    ts: format_ms(ts),
-                    seq: seq_from_db(seq),
-                    metric,
-                    value,
-                })
-                .collect())
+            Ok(rows.into_iter().map(records::telemetry_point).collect())
         })
     }
 
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>> {
         Box::pin(async move {
-            type Row = (
-                i64,
-                Option<i64>,
-                f64,
-                f64,
-                Option<f64>,
-                Option<f64>,
-                Option<f64>,
-                Option<f64>,
-            );
-            let rows: Vec<Row> = sqlx::query_as(
+            let rows: Vec<records::TrackRecord> = sqlx::query_as(
                 "SELECT ts, seq, lat, lon, speed, heading, alt, accuracy FROM positions
                  WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts LIMIT ?4",
             )
@@ -248,82 +229,33 @@ impl Store for SqliteStore {
             .bind(i64::from(range.limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(ts, seq, lat, lon, speed, heading, alt, accuracy)| TrackPoint {
-                        ts: format_ms(ts),
-                        seq: seq_from_db(seq),
-                        lat,
-                        lon,
-                        speed,
-                        heading,
-                        alt,
-                        accuracy,
-                    },
-                )
-                .collect())
+            Ok(rows.into_iter().map(records::track_point).collect())
         })
     }
 
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>> {
         Box::pin(async move {
-            type Row = (
-                i64,
-                i64,
-                String,
-                Option<String>,
-                String,
-                String,
-                i64,
-                String,
-            );
-            let rows: Vec<Row> = sqlx::query_as(
+            let rows: Vec<records::RejectedRecord> = sqlx::query_as(
                 "SELECT id, received_at, topic, device_id, reason, detail, payload_size, payload_preview
                  FROM rejected ORDER BY id DESC LIMIT ?",
             )
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(id, at, topic, device, reason, detail, payload_size, payload_preview)| {
-                        RejectedMessage {
-                            id,
-                            received_at: format_ms(at),
-                            topic,
-                            device,
-                            reason,
-                            detail,
-                            payload_size,
-                            payload_preview,
-                        }
-                    },
-                )
-                .collect())
+            Ok(rows.into_iter().map(records::rejected_message).collect())
         })
     }
 
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
                 "SELECT device_id, 'telemetry', last_seq_telemetry FROM devices WHERE last_seq_telemetry IS NOT NULL
                  UNION ALL SELECT device_id, 'location', last_seq_location FROM devices WHERE last_seq_location IS NOT NULL
                  UNION ALL SELECT device_id, 'status', last_seq_status FROM devices WHERE last_seq_status IS NOT NULL",
             )
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(device, kind, seq)| {
-                    Some(StreamSeq {
-                        device,
-                        kind: kind_from_db(&kind)?,
-                        seq: seq as u64,
-                    })
-                })
-                .collect())
+            Ok(rows.into_iter().filter_map(records::stream_seq).collect())
         })
     }
 
