@@ -139,7 +139,7 @@ async fn upsert_devices(
         ids.push(id.to_string());
         seen.push(update.last_seen_ms);
         fix_ms.push(update.location.as_ref().map(|l: &PositionRow| l.ts_ms));
-        location.push(update.location.as_ref().map(|l| location_json(l)));
+        location.push(update.location.as_ref().map(location_json));
         metrics.push(metrics_json(update));
         for (kind, column) in seqs.iter_mut().enumerate() {
             column.push(seq_to_db(update.last_seq[kind]));

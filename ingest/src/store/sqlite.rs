@@ -142,7 +142,7 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
                 .push_bind(u.last_seen_ms)
                 .push_bind(u.last_seen_ms)
                 .push_bind(u.location.as_ref().map(|l| l.ts_ms))
-                .push_bind(u.location.as_ref().map(|l| location_json(l)))
+                .push_bind(u.location.as_ref().map(location_json))
                 .push_bind(metrics_json(u))
                 .push_bind(seq_to_db(u.last_seq[0]))
                 .push_bind(seq_to_db(u.last_seq[1]))
