@@ -78,6 +78,19 @@ pub async fn database(backend: Backend, dir: &TempDir, name: &str) -> String {
     }
 }
 
+/// Runs SQL on the PostgreSQL server the test command started, as its superuser.
+pub async fn pg_admin(sql: &str) {
+    let admin = std::env::var("FIELDLINE_TEST_DATABASE_URL")
+        .expect("FIELDLINE_TEST_DATABASE_URL is set by ./scripts/test.sh");
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL is reachable");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut conn)
+        .await
+        .expect("admin SQL runs");
+}
+
 /// The real binary, running.
 pub struct Server {
     pub child: Option<Child>,
@@ -98,6 +111,22 @@ impl Server {
     }
 
     pub async fn start_with(dir: &TempDir, database_url: &str, extra: &[&str]) -> Server {
+        // A port found free can be taken by a parallel test before the binary binds it.
+        for _ in 0..3 {
+            match Self::try_start(dir, database_url, extra).await {
+                Ok(server) => return server,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("fieldline exited during start-up:\n{log}"),
+            }
+        }
+        panic!("no free ports after three attempts");
+    }
+
+    async fn try_start(
+        dir: &TempDir,
+        database_url: &str,
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let mqtt_port = free_port();
         let http_port = free_port();
         let log = dir.0.join(format!("server-{}.log", unique("log")));
@@ -122,24 +151,23 @@ impl Server {
             log,
             http: reqwest::Client::new(),
         };
-        server.wait_ready().await;
-        server
+        server.wait_ready().await?;
+        Ok(server)
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits for `/readyz`; gives the log back when the binary exits first.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "fieldline exited during start-up ({status}):\n{}",
-                        self.log_text()
-                    );
+                    self.child = None;
+                    return Err(format!("({status})\n{}", self.log_text()));
                 }
             }
             if let Ok(resp) = self.http.get(self.url("/readyz")).send().await {
                 if resp.status().is_success() {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(

@@ -32,6 +32,8 @@ impl PgStore {
         PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            // Queries fail after 5 s rather than hang while the database is unreachable.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
