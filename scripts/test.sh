@@ -45,5 +45,7 @@ trap stop_pg EXIT
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 
 export FIELDLINE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-# Release profile: the same build that `cargo run --release` and the benchmarks use.
+# Release profile: the same build that `cargo run --release` and the benchmarks use. The
+# simulator binary is built first: the end-to-end tests run it against the server.
+cargo build --release -p fieldline-sim
 cargo test --release --workspace "$@"

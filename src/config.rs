@@ -144,6 +144,15 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_loopback_and_the_embedded_store() {
+        let config = Config::load(Args::default()).expect("defaults are valid");
+        assert_eq!(config.mqtt_listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url, "sqlite://fieldline-data/fieldline.db");
+        assert_eq!(config.max_payload_bytes, 256 * 1024);
+    }
+
+    #[test]
     fn flags_beat_the_file_which_beats_defaults() {
         let path = file(
             "http_listen = \"127.0.0.1:9000\"\nmqtt_listen = \"127.0.0.1:9001\"\nbatch_rows = 7\n",
