@@ -80,15 +80,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
 
-    let signal = shutdown_signal();
-    let pipeline = run_pipeline(pipeline, tap_rx, signal, move || {
+    let stop_accepting = async {
+        shutdown_signal().await;
+        // New connections stop first; then the tap closes and what it took is stored.
+        listeners_up.store(false, Ordering::Release);
+        broker.stop_accepting();
+    };
+    let pipeline = run_pipeline(pipeline, tap_rx, stop_accepting, move || {
         metrics::gauge!("fieldline_broker_queued_bytes").set(queued.queued_bytes() as f64);
     })
     .await;
 
     // The tap is closed and drained: everything acknowledged is in the writer's hands.
-    listeners_up.store(false, Ordering::Release);
-    broker.stop_accepting();
     drop(pipeline);
     writer_task.await.context("store writer failed")?;
     housekeeping.abort();
@@ -102,21 +105,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Feeds the pipeline until `signal`, then closes the tap and drains it; returns the pipeline
-/// with its last batch handed to the writer.
+/// Feeds the pipeline until `shutdown` completes, then closes the tap and drains it; returns
+/// the pipeline with its last batch handed to the writer.
 async fn run_pipeline(
     mut pipeline: Pipeline,
     mut tap_rx: TapReceiver,
-    signal: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()>,
     on_tick: impl Fn(),
 ) -> Pipeline {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(signal);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            () = &mut signal => break,
+            () = &mut shutdown => break,
             Some(msg) = tap_rx.recv() => feed(&mut pipeline, msg).await,
             _ = tick.tick() => {
                 pipeline.flush_if_due().await;
