@@ -27,6 +27,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    device_summary_keeps_the_newest_values,
     stores_json_and_msgpack_single_and_batched,
     rejects_bad_input_and_stores_everything_around_it,
     stores_a_redelivered_seq_once,
@@ -226,6 +227,9 @@ async fn stores_json_and_msgpack_single_and_batched(backend: Backend) {
         ("/api/devices/truck-1/track?format=kml", 400),
         ("/api/devices/truck-1/track?limit=0", 400),
         ("/api/devices/truck-1/track?limit=lots", 400),
+        ("/api/devices/truck-1/track?to=-9223372036854775808", 400),
+        ("/api/devices/truck-1/track?from=99999999999999999", 400),
+        ("/api/devices/truck-1/telemetry?from=-1", 400),
         ("/api/nothing-here", 404),
     ] {
         let (got, body) = server.get(path).await;
@@ -470,6 +474,27 @@ async fn stores_a_redelivered_seq_once(backend: Backend) {
     let seqs: Vec<Value> = stored.iter().map(|p| p["seq"].clone()).collect();
     assert_eq!(seqs, vec![json!(5), Value::Null, Value::Null, json!(6)]);
     assert_eq!(telemetry(&server, "d", 1).await.len(), 1);
+
+    // A device that reboots and counts from 1 again, with a later clock: new data, stored;
+    // a redelivery after the reboot is still caught.
+    for (seq, ts) in [
+        (1, 1764072000000u64),
+        (2, 1764072001000),
+        (3, 1764072002000),
+        (1, 1764072010000),
+        (2, 1764072011000),
+        (2, 1764072011000),
+    ] {
+        dev.publish(
+            "devices/reboot/location",
+            format!(r#"{{"ts":{ts},"seq":{seq},"lat":1,"lon":2}}"#),
+        )
+        .await;
+    }
+    dev.wait_acked(13).await;
+    let stored = track(&server, "reboot", 5).await;
+    let seqs: Vec<u64> = stored.iter().filter_map(|p| p["seq"].as_u64()).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 1, 2]);
     let metrics = server.wait_for("/metrics", |_| true).await;
     let text = metrics.as_str().unwrap_or_default().to_owned();
     assert_eq!(
@@ -477,7 +502,7 @@ async fn stores_a_redelivered_seq_once(backend: Backend) {
             &text,
             "fieldline_documents_duplicate_total{kind=\"location\"}"
         ),
-        4.0,
+        5.0,
         "{text}"
     );
 }
@@ -530,6 +555,15 @@ async fn keeps_data_and_dedupe_across_a_restart(backend: Backend) {
     let stored = track(&server, "r1", 22).await;
     let seqs: Vec<u64> = stored.iter().filter_map(|p| p["seq"].as_u64()).collect();
     assert_eq!(seqs, (1..=22).collect::<Vec<_>>());
+    // The device reboots and counts from 1 again with a later clock: stored, not dropped.
+    dev.publish(
+        "devices/r1/location",
+        r#"{"ts":1764072100000,"seq":1,"lat":1,"lon":1}"#,
+    )
+    .await;
+    dev.wait_acked(6).await;
+    let stored = track(&server, "r1", 23).await;
+    assert_eq!(stored[22]["seq"], 1);
 }
 
 async fn sigterm_during_load_loses_no_acknowledged_message(backend: Backend) {
@@ -608,4 +642,91 @@ async fn sigterm_during_load_loses_no_acknowledged_message(backend: Backend) {
             "no duplicates"
         );
     }
+}
+
+async fn device_summary_keeps_the_newest_values(backend: Backend) {
+    let dir = TempDir::new("newest");
+    let url = database(backend, &dir, "newest").await;
+    let server = Server::start(&dir, &url).await;
+    let mut dev = Device::connect(server.mqtt_port, "newest").await;
+    dev.publish(
+        "devices/n1/telemetry",
+        r#"{"ts":1764072060000,"seq":2,"metrics":{"t":20.0,"h":0.5}}"#,
+    )
+    .await;
+    dev.publish(
+        "devices/n1/location",
+        r#"{"ts":1764072060000,"seq":2,"lat":2,"lon":2}"#,
+    )
+    .await;
+    dev.wait_acked(2).await;
+    telemetry(&server, "n1", 2).await;
+    // Back-filled history arrives later in separate batches: it is stored, but the summary
+    // keeps the newer values.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    dev.publish(
+        "devices/n1/telemetry",
+        r#"{"ts":1764072000000,"seq":1,"metrics":{"t":10.0,"p":1}}"#,
+    )
+    .await;
+    dev.publish(
+        "devices/n1/location",
+        r#"{"ts":1764072000000,"seq":1,"lat":1,"lon":1}"#,
+    )
+    .await;
+    dev.wait_acked(4).await;
+    telemetry(&server, "n1", 4).await;
+    track(&server, "n1", 2).await;
+    let summary = server.get_ok("/api/devices/n1").await;
+    assert_eq!(
+        summary["metrics"]["t"],
+        json!({"ts": "2025-11-25T12:01:00Z", "value": 20.0})
+    );
+    assert_eq!(summary["metrics"]["h"]["value"], 0.5);
+    assert_eq!(
+        summary["metrics"]["p"],
+        json!({"ts": "2025-11-25T12:00:00Z", "value": 1.0}),
+        "a new metric is added"
+    );
+    assert_eq!(summary["location"]["lat"], 2.0);
+    assert!(
+        summary["first_seen"].as_str() < summary["last_seen"].as_str(),
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_before_connect_is_never_stored() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("no-connect");
+    let url = database(Backend::Sqlite, &dir, "no_connect").await;
+    let server = Server::start(&dir, &url).await;
+    // A raw MQTT PUBLISH (QoS 0) as the first packet on a socket, with no CONNECT.
+    let topic = b"devices/sneaky/location";
+    let payload = br#"{"lat":1,"lon":2}"#;
+    let mut packet = vec![
+        0x30,
+        (2 + topic.len() + payload.len()) as u8,
+        0,
+        topic.len() as u8,
+    ];
+    packet.extend_from_slice(topic);
+    packet.extend_from_slice(payload);
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", server.mqtt_port))
+        .await
+        .expect("connect");
+    raw.write_all(&packet).await.expect("write");
+    // A proper device afterwards: once its fix is stored, the raw one would have been too.
+    let mut dev = Device::connect(server.mqtt_port, "legit").await;
+    dev.publish("devices/legit/location", r#"{"lat":1,"lon":2}"#)
+        .await;
+    dev.wait_acked(1).await;
+    track(&server, "legit", 1).await;
+    assert_eq!(server.get("/api/devices/sneaky").await.0, 404);
+    let metrics = server.metrics_text().await;
+    assert_eq!(
+        server.metric(&metrics, "fieldline_messages_received_total"),
+        1.0,
+        "{metrics}"
+    );
 }

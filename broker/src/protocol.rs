@@ -25,6 +25,8 @@ enum Version {
 pub(crate) struct TappedProtocol {
     tap: Tap,
     version: Version,
+    /// A CONNECT was read; rumqttd closes connections whose first packet is anything else.
+    connected: bool,
     client_id: Arc<str>,
     /// MQTT 5 topic aliases this connection has set up, so aliased publishes carry their topic.
     topic_aliases: HashMap<u16, Bytes>,
@@ -35,6 +37,7 @@ impl TappedProtocol {
         Self {
             tap,
             version: Version::Unknown,
+            connected: false,
             client_id: Arc::from(""),
             topic_aliases: HashMap::new(),
         }
@@ -129,8 +132,11 @@ impl Protocol for TappedProtocol {
         match &packet {
             Packet::Connect(connect, ..) => {
                 self.client_id = Arc::from(connect.client_id.as_str());
+                self.connected = true;
                 metrics::counter!("fieldline_broker_connects_total").increment(1);
             }
+            // Before CONNECT, rumqttd refuses the connection; nothing of it is data.
+            Packet::Publish(..) if !self.connected => {}
             Packet::Publish(publish, properties) => {
                 let alias = properties.as_ref().and_then(|p| p.topic_alias);
                 self.tap_publish(publish, alias)?;

@@ -71,11 +71,8 @@ impl Tap {
     /// `block_in_place`: it parks this connection's task and lets the runtime move other
     /// work to another thread. The broker therefore runs on a multi-threaded runtime.
     pub fn send(&self, topic: Bytes, payload: Bytes, client_id: Arc<str>) -> Result<(), TapClosed> {
-        // A poisoned lock only means a sender panicked mid-send; the flag is still valid.
-        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
-        if *closed {
-            return Err(TapClosed);
-        }
+        // Budget first, with no lock held: a sender parked here must never keep the closer
+        // (and, behind a waiting writer, every other sender) off the lock.
         // A single message larger than the whole budget takes the whole budget.
         let cost = (topic.len() + payload.len()).clamp(1, self.budget_bytes);
         let cost = u32::try_from(cost).unwrap_or(u32::MAX);
@@ -90,6 +87,13 @@ impl Tap {
                 acquired.map_err(|_| TapClosed)?
             }
         };
+        // Held only for the check and the (non-blocking) send, so that once `closer` has the
+        // write lock, no publish is half handed over. A poisoned lock only means a sender
+        // panicked; the flag is still valid.
+        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(TapClosed);
+        }
         let inbound = Inbound {
             topic,
             payload,
@@ -128,9 +132,8 @@ impl TapReceiver {
     /// and every publish handed over before it is in this receiver's queue. Connections that
     /// try to publish afterwards are closed without an acknowledgement.
     ///
-    /// Waiting for the lock can block while a connection waits for budget, which only frees
-    /// up as this receiver is drained; so call it from a blocking thread while the pipeline
-    /// keeps reading.
+    /// Waiting for the lock blocks until in-progress sends finish (they never wait while
+    /// holding it), so call it from a blocking thread while the pipeline keeps reading.
     pub fn closer(&self) -> impl FnOnce() + Send + 'static {
         let closed = self.closed.clone();
         move || {

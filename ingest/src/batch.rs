@@ -51,13 +51,16 @@ pub struct RejectedRow {
 /// What one device's documents in this batch change in its summary row.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceUpdate {
+    /// Receive times of the device's first and last document in the batch.
+    pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     /// The newest position in the batch.
     pub location: Option<PositionRow>,
     /// Each metric's newest (ts, value) in the batch.
     pub metrics: HashMap<Arc<str>, (i64, f64)>,
-    /// Highest seq per kind, indexed by [`Kind::index`].
-    pub last_seq: [Option<u64>; 3],
+    /// Per kind (indexed by [`Kind::index`]), the seq and time of the newest document that
+    /// had a seq: what de-duplication restarts from.
+    pub last_seq: [Option<(u64, i64)>; 3],
 }
 
 /// One write to storage.
@@ -93,11 +96,19 @@ impl Batch {
     pub fn push_document(&mut self, doc: Document, received_ms: i64, metric_names: &mut Interner) {
         self.mark_started();
         self.documents += 1;
-        let update = self.devices.entry(doc.device.clone()).or_default();
+        let update = self
+            .devices
+            .entry(doc.device.clone())
+            .or_insert_with(|| DeviceUpdate {
+                first_seen_ms: received_ms,
+                ..DeviceUpdate::default()
+            });
         update.last_seen_ms = update.last_seen_ms.max(received_ms);
         if let Some(seq) = doc.seq {
             let slot = &mut update.last_seq[doc.kind().index()];
-            *slot = Some(slot.map_or(seq, |s| s.max(seq)));
+            if slot.is_none_or(|(_, ts)| ts <= doc.ts_ms) {
+                *slot = Some((seq, doc.ts_ms));
+            }
         }
         match doc.body {
             Body::Location(l) => {

@@ -320,6 +320,7 @@ fn validate(
     mut raw: RawDoc,
     received_ms: i64,
 ) -> Result<Document, Rejection> {
+    let device_ts = raw.ts.is_some();
     let ts_ms = match raw.ts.take() {
         None => received_ms,
         Some(RawTs::Millis(ms)) => ms,
@@ -361,6 +362,7 @@ fn validate(
     Ok(Document {
         device: device.clone(),
         ts_ms,
+        device_ts,
         seq: raw.seq,
         body,
     })

@@ -81,6 +81,8 @@ pub struct Document {
     pub device: Arc<str>,
     /// Unix epoch milliseconds: the device's `ts`, or the receive time when it sent none.
     pub ts_ms: i64,
+    /// Whether `ts_ms` is the device's own clock (it sent `ts`).
+    pub device_ts: bool,
     pub seq: Option<u64>,
     pub body: Body,
 }

@@ -89,7 +89,9 @@ impl Pipeline {
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
-            pipeline.dedupe.seed(device, seed.kind, seed.seq);
+            pipeline
+                .dedupe
+                .seed(device, seed.kind, seed.seq, seed.ts_ms);
         }
         pipeline
     }
@@ -114,7 +116,8 @@ impl Pipeline {
         }
         for doc in decoded.documents {
             if let Some(seq) = doc.seq {
-                if !self.dedupe.accept(&device, kind, seq) {
+                let device_ts = doc.device_ts.then_some(doc.ts_ms);
+                if !self.dedupe.accept(&device, kind, seq, device_ts) {
                     self.counters.duplicates[kind.index()].increment(1);
                     continue;
                 }

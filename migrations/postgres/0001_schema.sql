@@ -2,23 +2,26 @@
 --
 -- positions and telemetry are time series: written in binary COPY batches, read as "this
 -- device, this time range". They become TimescaleDB hypertables when the server offers the
--- extension (preloaded), and native daily range partitions otherwise. The one B-tree on
--- (device_id, time) is the index budget: it answers the per-device range queries, and each
--- extra index would cost a large share of the ingest rate (see DESIGN.md).
-
-CREATE FUNCTION fieldline_has_timescaledb() RETURNS boolean LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-       AND current_setting('shared_preload_libraries', true) LIKE '%timescaledb%'
-$$;
+-- extension (preloaded), and native daily range partitions otherwise. Each series has exactly
+-- one B-tree, led by device_id and ending in time: it answers the per-device range queries,
+-- and each extra index would cost a large share of the ingest rate (see DESIGN.md).
 
 DO $$
 DECLARE
-    timescale boolean := fieldline_has_timescaledb();
-    partitioning text := CASE WHEN timescale THEN '' ELSE 'PARTITION BY RANGE (time)' END;
+    timescale boolean := false;
+    partitioning text;
 BEGIN
-    IF timescale THEN
-        CREATE EXTENSION IF NOT EXISTS timescaledb;
+    -- TimescaleDB is used when it is installed and can be loaded (it must be preloaded). Trying
+    -- is the only check open to every role: shared_preload_libraries is superuser-only.
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+        BEGIN
+            CREATE EXTENSION IF NOT EXISTS timescaledb;
+            timescale := true;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE NOTICE 'timescaledb is installed but not usable (%); using native partitions', SQLERRM;
+        END;
     END IF;
+    partitioning := CASE WHEN timescale THEN '' ELSE 'PARTITION BY RANGE (time)' END;
 
     EXECUTE format($t$
         CREATE TABLE positions (
@@ -64,7 +67,7 @@ CREATE TABLE statuses (
 );
 CREATE INDEX statuses_device_time ON statuses (device_id, time);
 
--- One row per device: what /api/devices shows without scanning history, and the highest seq
+-- One row per device: what /api/devices shows without scanning history, and the newest seq
 -- of each stream so de-duplication survives a restart. Times in epoch milliseconds.
 CREATE TABLE devices (
     device_id          text PRIMARY KEY,
@@ -73,10 +76,22 @@ CREATE TABLE devices (
     last_fix_ms        bigint,
     last_location      jsonb,
     last_metrics       jsonb  NOT NULL DEFAULT '{}',
-    last_seq_telemetry bigint,
-    last_seq_location  bigint,
-    last_seq_status    bigint
+    -- Per kind, the seq and time (ms) of the newest document that carried a seq.
+    last_seq_telemetry    bigint,
+    last_seq_ts_telemetry bigint,
+    last_seq_location     bigint,
+    last_seq_ts_location  bigint,
+    last_seq_status       bigint,
+    last_seq_ts_status    bigint
 );
+
+-- Merges a batch's newest metric values into a device's, keeping for each metric the value
+-- with the newer time: a back-filled reading never hides a current one.
+CREATE FUNCTION fieldline_merge_metrics(old jsonb, new jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT old || coalesce(jsonb_object_agg(n.key, n.value), '{}'::jsonb)
+    FROM jsonb_each(new) AS n
+    WHERE NOT old ? n.key OR (n.value->>'ts_ms')::bigint >= (old->n.key->>'ts_ms')::bigint
+$$;
 
 CREATE TABLE rejected (
     id              bigserial PRIMARY KEY,

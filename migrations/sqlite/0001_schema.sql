@@ -38,9 +38,13 @@ CREATE TABLE devices (
     last_fix_ms        INTEGER,
     last_location      TEXT,
     last_metrics       TEXT NOT NULL DEFAULT '{}',
-    last_seq_telemetry INTEGER,
-    last_seq_location  INTEGER,
-    last_seq_status    INTEGER
+    -- Per kind, the seq and time (ms) of the newest document that carried a seq.
+    last_seq_telemetry    INTEGER,
+    last_seq_ts_telemetry INTEGER,
+    last_seq_location     INTEGER,
+    last_seq_ts_location  INTEGER,
+    last_seq_status       INTEGER,
+    last_seq_ts_status    INTEGER
 ) WITHOUT ROWID;
 
 CREATE TABLE rejected (

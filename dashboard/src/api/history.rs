@@ -17,6 +17,8 @@ use crate::{ApiError, AppState};
 const DEFAULT_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
 const DEFAULT_LIMIT: u32 = 10_000;
 const MAX_LIMIT: u32 = 100_000;
+/// Times the API accepts: 1970 to the end of year 9999, in ms.
+const TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
 #[derive(Deserialize)]
 pub struct Params {
@@ -33,9 +35,13 @@ fn range(params: &Params) -> Result<Range, ApiError> {
     let parse = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
         v.as_deref()
             .map(|t| {
-                parse_api_time(t).ok_or_else(|| {
-                    ApiError::bad_request(format!("{name} must be RFC 3339 or epoch milliseconds"))
-                })
+                parse_api_time(t)
+                    .filter(|ms| TIME_RANGE_MS.contains(ms))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{name} must be RFC 3339 or epoch milliseconds, from 1970 to 9999"
+                        ))
+                    })
             })
             .transpose()
     };
@@ -44,7 +50,8 @@ fn range(params: &Params) -> Result<Range, ApiError> {
         .map_or(0, |d| d.as_millis() as i64);
     // Include the 5 minutes of clock skew devices are allowed.
     let to_ms = parse("to", &params.to)?.unwrap_or(now_ms + 5 * 60 * 1000 + 1);
-    let from_ms = parse("from", &params.from)?.unwrap_or(to_ms - DEFAULT_SPAN_MS);
+    let from_ms =
+        parse("from", &params.from)?.unwrap_or(to_ms.saturating_sub(DEFAULT_SPAN_MS).max(0));
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from must not be after to"));
     }

@@ -31,6 +31,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
+    #[error("storage write did not finish within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -90,12 +92,15 @@ pub struct Range {
     pub limit: u32,
 }
 
-/// Where the last seq of each stream is remembered, to seed de-duplication after a restart.
+/// The newest document of each stream, remembered to seed de-duplication after a restart.
 #[derive(Debug, Clone)]
 pub struct StreamSeq {
     pub device: String,
     pub kind: Kind,
+    /// seq of the stream's newest document (by its time) ...
     pub seq: u64,
+    /// ... and that time.
+    pub ts_ms: i64,
 }
 
 /// What the pipeline writes to and the API reads from.

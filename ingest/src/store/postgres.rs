@@ -1,6 +1,8 @@
 //! The PostgreSQL back end: binary COPY for data rows, one transaction per batch, on a
 //! connection of its own so history queries never wait behind a write.
 
+use std::time::Duration;
+
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
@@ -15,6 +17,10 @@ use crate::batch::{Batch, PositionRow};
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
+/// A batch write that takes longer has met a server that vanished without closing the
+/// connection (failover, network partition); it is abandoned and retried on a new connection.
+/// Batches are at most about 100,000 rows, which COPY writes in about a second.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PgStore {
     pool: PgPool,
@@ -33,7 +39,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             // Queries fail after 5 s rather than hang while the database is unreachable.
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
@@ -60,7 +66,10 @@ impl PgStore {
             Some(conn) => conn,
             None => writer.insert(PgConnection::connect_with(&self.options).await?),
         };
-        let result = write_batch(conn, batch).await;
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, write_batch(conn, batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(WRITE_TIMEOUT)),
+        };
         if result.is_err() {
             // The connection may be mid-COPY or broken; start the next attempt afresh.
             *writer = None;
@@ -134,44 +143,63 @@ async fn upsert_devices(
         return Ok(());
     }
     let mut ids = Vec::with_capacity(batch.devices.len());
-    let (mut seen, mut fix_ms, mut location, mut metrics) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut first_seen, mut last_seen) = (Vec::new(), Vec::new());
+    let (mut fix_ms, mut location, mut metrics) = (Vec::new(), Vec::new(), Vec::new());
     let mut seqs: [Vec<Option<i64>>; 3] = Default::default();
+    let mut seq_times: [Vec<Option<i64>>; 3] = Default::default();
     for (id, update) in &batch.devices {
         ids.push(id.to_string());
-        seen.push(update.last_seen_ms);
+        first_seen.push(update.first_seen_ms);
+        last_seen.push(update.last_seen_ms);
         fix_ms.push(update.location.as_ref().map(|l: &PositionRow| l.ts_ms));
         location.push(update.location.as_ref().map(location_json));
         metrics.push(metrics_json(update));
-        for (kind, column) in seqs.iter_mut().enumerate() {
-            column.push(seq_to_db(update.last_seq[kind]));
+        for kind in 0..3 {
+            seqs[kind].push(seq_to_db(update.last_seq[kind].map(|(seq, _)| seq)));
+            seq_times[kind].push(update.last_seq[kind].map(|(_, ts)| ts));
         }
     }
-    let [seq_telemetry, seq_location, seq_status] = seqs;
+    let [seq_t, seq_l, seq_s] = seqs;
+    let [ts_t, ts_l, ts_s] = seq_times;
+    // Every "newest" column keeps the value with the newer time, whatever order batches
+    // (back-filled history, late redeliveries) arrive in.
     sqlx::query(
         "INSERT INTO devices AS d (device_id, first_seen, last_seen, last_fix_ms, last_location, last_metrics,
-                                   last_seq_telemetry, last_seq_location, last_seq_status)
-         SELECT id, seen, seen, fix, loc::jsonb, m::jsonb, st, sl, ss
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
-           AS u(id, seen, fix, loc, m, st, sl, ss)
+                                   last_seq_telemetry, last_seq_ts_telemetry, last_seq_location,
+                                   last_seq_ts_location, last_seq_status, last_seq_ts_status)
+         SELECT id, f, l, fix, loc::jsonb, m::jsonb, st, tt, sl, tl, ss, ts
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::text[],
+                     $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::int8[])
+           AS u(id, f, l, fix, loc, m, st, tt, sl, tl, ss, ts)
          ON CONFLICT (device_id) DO UPDATE SET
+           first_seen = LEAST(d.first_seen, EXCLUDED.first_seen),
            last_seen = GREATEST(d.last_seen, EXCLUDED.last_seen),
            last_location = CASE WHEN EXCLUDED.last_fix_ms >= d.last_fix_ms OR d.last_fix_ms IS NULL
                                 THEN coalesce(EXCLUDED.last_location, d.last_location) ELSE d.last_location END,
            last_fix_ms = GREATEST(d.last_fix_ms, EXCLUDED.last_fix_ms),
-           last_metrics = d.last_metrics || EXCLUDED.last_metrics,
-           last_seq_telemetry = GREATEST(d.last_seq_telemetry, EXCLUDED.last_seq_telemetry),
-           last_seq_location = GREATEST(d.last_seq_location, EXCLUDED.last_seq_location),
-           last_seq_status = GREATEST(d.last_seq_status, EXCLUDED.last_seq_status)",
+           last_metrics = fieldline_merge_metrics(d.last_metrics, EXCLUDED.last_metrics),
+           last_seq_telemetry = CASE WHEN EXCLUDED.last_seq_ts_telemetry >= d.last_seq_ts_telemetry OR d.last_seq_ts_telemetry IS NULL
+                                     THEN coalesce(EXCLUDED.last_seq_telemetry, d.last_seq_telemetry) ELSE d.last_seq_telemetry END,
+           last_seq_ts_telemetry = GREATEST(d.last_seq_ts_telemetry, EXCLUDED.last_seq_ts_telemetry),
+           last_seq_location = CASE WHEN EXCLUDED.last_seq_ts_location >= d.last_seq_ts_location OR d.last_seq_ts_location IS NULL
+                                    THEN coalesce(EXCLUDED.last_seq_location, d.last_seq_location) ELSE d.last_seq_location END,
+           last_seq_ts_location = GREATEST(d.last_seq_ts_location, EXCLUDED.last_seq_ts_location),
+           last_seq_status = CASE WHEN EXCLUDED.last_seq_ts_status >= d.last_seq_ts_status OR d.last_seq_ts_status IS NULL
+                                  THEN coalesce(EXCLUDED.last_seq_status, d.last_seq_status) ELSE d.last_seq_status END,
+           last_seq_ts_status = GREATEST(d.last_seq_ts_status, EXCLUDED.last_seq_ts_status)",
     )
     .bind(ids)
-    .bind(seen)
+    .bind(first_seen)
+    .bind(last_seen)
     .bind(fix_ms)
     .bind(location)
     .bind(metrics)
-    .bind(seq_telemetry)
-    .bind(seq_location)
-    .bind(seq_status)
+    .bind(seq_t)
+    .bind(ts_t)
+    .bind(seq_l)
+    .bind(ts_l)
+    .bind(seq_s)
+    .bind(ts_s)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -269,10 +297,11 @@ impl Store for PgStore {
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
         Box::pin(async move {
             let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
-                "SELECT device_id, kind, seq FROM devices,
-                   LATERAL (VALUES ('telemetry', last_seq_telemetry), ('location', last_seq_location),
-                                   ('status', last_seq_status)) AS s(kind, seq)
-                 WHERE seq IS NOT NULL",
+                "SELECT device_id, kind, seq, ts FROM devices,
+                   LATERAL (VALUES ('telemetry', last_seq_telemetry, last_seq_ts_telemetry),
+                                   ('location', last_seq_location, last_seq_ts_location),
+                                   ('status', last_seq_status, last_seq_ts_status)) AS s(kind, seq, ts)
+                 WHERE seq IS NOT NULL AND ts IS NOT NULL",
             )
             .fetch_all(&self.pool)
             .await?;

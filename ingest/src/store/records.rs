@@ -32,8 +32,8 @@ pub(crate) type RejectedRecord = (
     i64,
     String,
 );
-/// device, kind, highest seq.
-pub(crate) type StreamSeqRecord = (String, String, i64);
+/// device, kind, seq and time (ms) of the stream's newest document.
+pub(crate) type StreamSeqRecord = (String, String, i64, i64);
 
 /// seq is unsigned 64-bit in the contract; both databases keep it in a signed 64-bit column,
 /// bit for bit.
@@ -96,12 +96,13 @@ pub(crate) fn rejected_message(
     }
 }
 
-pub(crate) fn stream_seq((device, kind, seq): StreamSeqRecord) -> Option<StreamSeq> {
+pub(crate) fn stream_seq((device, kind, seq, ts_ms): StreamSeqRecord) -> Option<StreamSeq> {
     let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
     Some(StreamSeq {
         device,
         kind,
         seq: seq as u64,
+        ts_ms,
     })
 }
 

@@ -135,31 +135,48 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
     for chunk in devices.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO devices (device_id, first_seen, last_seen, last_fix_ms, last_location, last_metrics,
-                                  last_seq_telemetry, last_seq_location, last_seq_status) ",
+                                  last_seq_telemetry, last_seq_ts_telemetry, last_seq_location,
+                                  last_seq_ts_location, last_seq_status, last_seq_ts_status) ",
         );
         q.push_values(chunk, |mut b, (id, u)| {
             b.push_bind(id.to_string())
-                .push_bind(u.last_seen_ms)
+                .push_bind(u.first_seen_ms)
                 .push_bind(u.last_seen_ms)
                 .push_bind(u.location.as_ref().map(|l| l.ts_ms))
                 .push_bind(u.location.as_ref().map(location_json))
-                .push_bind(metrics_json(u))
-                .push_bind(seq_to_db(u.last_seq[0]))
-                .push_bind(seq_to_db(u.last_seq[1]))
-                .push_bind(seq_to_db(u.last_seq[2]));
+                .push_bind(metrics_json(u));
+            for newest in &u.last_seq {
+                b.push_bind(seq_to_db(newest.map(|(seq, _)| seq)))
+                    .push_bind(newest.map(|(_, ts)| ts));
+            }
         });
-        // SQLite's max() of a NULL is NULL, hence the coalesce around each one.
+        // Every "newest" column keeps the value with the newer time, whatever order batches
+        // arrive in. SQLite's max() of a NULL is NULL, hence the coalesce around each one.
         q.push(
             " ON CONFLICT (device_id) DO UPDATE SET
+               first_seen = min(first_seen, excluded.first_seen),
                last_seen = max(last_seen, excluded.last_seen),
                last_location = CASE WHEN excluded.last_fix_ms IS NOT NULL
                                      AND (last_fix_ms IS NULL OR excluded.last_fix_ms >= last_fix_ms)
                                     THEN excluded.last_location ELSE last_location END,
                last_fix_ms = coalesce(max(last_fix_ms, excluded.last_fix_ms), last_fix_ms, excluded.last_fix_ms),
-               last_metrics = json_patch(last_metrics, excluded.last_metrics),
-               last_seq_telemetry = coalesce(max(last_seq_telemetry, excluded.last_seq_telemetry), last_seq_telemetry, excluded.last_seq_telemetry),
-               last_seq_location = coalesce(max(last_seq_location, excluded.last_seq_location), last_seq_location, excluded.last_seq_location),
-               last_seq_status = coalesce(max(last_seq_status, excluded.last_seq_status), last_seq_status, excluded.last_seq_status)",
+               last_metrics = json_patch(last_metrics, (
+                   SELECT json_group_object(n.key, json(n.value))
+                   FROM json_each(excluded.last_metrics) AS n
+                   WHERE json_extract(devices.last_metrics, '$.\"' || n.key || '\".ts_ms') IS NULL
+                      OR json_extract(n.value, '$.ts_ms') >= json_extract(devices.last_metrics, '$.\"' || n.key || '\".ts_ms'))),
+               last_seq_telemetry = CASE WHEN excluded.last_seq_ts_telemetry IS NOT NULL
+                                          AND (last_seq_ts_telemetry IS NULL OR excluded.last_seq_ts_telemetry >= last_seq_ts_telemetry)
+                                         THEN excluded.last_seq_telemetry ELSE last_seq_telemetry END,
+               last_seq_ts_telemetry = coalesce(max(last_seq_ts_telemetry, excluded.last_seq_ts_telemetry), last_seq_ts_telemetry, excluded.last_seq_ts_telemetry),
+               last_seq_location = CASE WHEN excluded.last_seq_ts_location IS NOT NULL
+                                         AND (last_seq_ts_location IS NULL OR excluded.last_seq_ts_location >= last_seq_ts_location)
+                                        THEN excluded.last_seq_location ELSE last_seq_location END,
+               last_seq_ts_location = coalesce(max(last_seq_ts_location, excluded.last_seq_ts_location), last_seq_ts_location, excluded.last_seq_ts_location),
+               last_seq_status = CASE WHEN excluded.last_seq_ts_status IS NOT NULL
+                                       AND (last_seq_ts_status IS NULL OR excluded.last_seq_ts_status >= last_seq_ts_status)
+                                      THEN excluded.last_seq_status ELSE last_seq_status END,
+               last_seq_ts_status = coalesce(max(last_seq_ts_status, excluded.last_seq_ts_status), last_seq_ts_status, excluded.last_seq_ts_status)",
         );
         q.build().execute(&mut **tx).await?;
     }
@@ -249,9 +266,12 @@ impl Store for SqliteStore {
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
         Box::pin(async move {
             let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
-                "SELECT device_id, 'telemetry', last_seq_telemetry FROM devices WHERE last_seq_telemetry IS NOT NULL
-                 UNION ALL SELECT device_id, 'location', last_seq_location FROM devices WHERE last_seq_location IS NOT NULL
-                 UNION ALL SELECT device_id, 'status', last_seq_status FROM devices WHERE last_seq_status IS NOT NULL",
+                "SELECT device_id, 'telemetry', last_seq_telemetry, last_seq_ts_telemetry FROM devices
+                   WHERE last_seq_telemetry IS NOT NULL AND last_seq_ts_telemetry IS NOT NULL
+                 UNION ALL SELECT device_id, 'location', last_seq_location, last_seq_ts_location FROM devices
+                   WHERE last_seq_location IS NOT NULL AND last_seq_ts_location IS NOT NULL
+                 UNION ALL SELECT device_id, 'status', last_seq_status, last_seq_ts_status FROM devices
+                   WHERE last_seq_status IS NOT NULL AND last_seq_ts_status IS NOT NULL",
             )
             .fetch_all(&self.pool)
             .await?;
