@@ -508,19 +508,18 @@ async fn stores_a_redelivered_seq_once(backend: Backend) {
 }
 
 async fn keeps_data_and_dedupe_across_a_restart(backend: Backend) {
+    let fix = |seq: u64| {
+        format!(
+            r#"{{"ts":{},"seq":{seq},"lat":1,"lon":{seq}}}"#,
+            1764072000000u64 + seq
+        )
+    };
     let dir = TempDir::new("restart");
     let url = database(backend, &dir, "restart").await;
     let mut server = Server::start(&dir, &url).await;
     let mut dev = Device::connect(server.mqtt_port, "r").await;
     for seq in 1..=20u64 {
-        dev.publish(
-            "devices/r1/location",
-            format!(
-                r#"{{"ts":{},"seq":{seq},"lat":1,"lon":{seq}}}"#,
-                1764072000000u64 + seq
-            ),
-        )
-        .await;
+        dev.publish("devices/r1/location", fix(seq)).await;
     }
     dev.wait_acked(20).await;
     track(&server, "r1", 20).await;
@@ -542,14 +541,7 @@ async fn keeps_data_and_dedupe_across_a_restart(backend: Backend) {
     // A device resending after the restart does not duplicate what is stored.
     let mut dev = Device::connect(server.mqtt_port, "r").await;
     for seq in 18..=22u64 {
-        dev.publish(
-            "devices/r1/location",
-            format!(
-                r#"{{"ts":{},"seq":{seq},"lat":1,"lon":{seq}}}"#,
-                1764072000000u64 + seq
-            ),
-        )
-        .await;
+        dev.publish("devices/r1/location", fix(seq)).await;
     }
     dev.wait_acked(5).await;
     let stored = track(&server, "r1", 22).await;

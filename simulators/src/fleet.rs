@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::connection::Broker;
-use crate::payload::{encode, now_ms, Encoding, Fix};
+use crate::payload::{now_ms, publish, Encoding, Fix};
 use crate::random::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -68,14 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 drive(&mut fix, &mut rng, interval.as_secs_f64());
                 fix.seq += 1;
                 fix.ts = now_ms();
-                let Ok(payload) = encode(std::slice::from_ref(&fix), encoding) else {
-                    return;
-                };
-                if client
-                    .publish(topic.as_str(), qos, false, payload)
-                    .await
-                    .is_err()
-                {
+                if !publish(&client, &topic, qos, std::slice::from_ref(&fix), encoding).await {
                     return;
                 }
             }

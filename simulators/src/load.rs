@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Event, Packet, QoS};
 
 use crate::connection::Broker;
-use crate::payload::{encode, now_ms, Encoding, Fix};
+use crate::payload::{now_ms, publish, Encoding, Fix};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -110,14 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         fix.lon = (fix.lon + 0.0001).min(179.0);
                         docs.push(fix.clone());
                     }
-                    let Ok(payload) = encode(&docs, encoding) else {
-                        return;
-                    };
-                    if client
-                        .publish(topic.as_str(), qos, false, payload)
-                        .await
-                        .is_err()
-                    {
+                    if !publish(&client, &topic, qos, &docs, encoding).await {
                         return;
                     }
                     published += 1;

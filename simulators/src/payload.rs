@@ -1,6 +1,7 @@
 //! Documents as devices send them, in JSON or MessagePack.
 
 use clap::ValueEnum;
+use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -40,4 +41,18 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Encodes and publishes; `false` once the connection is gone (the simulator then stops).
+pub async fn publish<T: Serialize>(
+    client: &AsyncClient,
+    topic: &str,
+    qos: QoS,
+    docs: &[T],
+    encoding: Encoding,
+) -> bool {
+    match encode(docs, encoding) {
+        Ok(payload) => client.publish(topic, qos, false, payload).await.is_ok(),
+        Err(_) => false,
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::connection::Broker;
-use crate::payload::{encode, now_ms, Encoding, Reading};
+use crate::payload::{now_ms, publish, Encoding, Reading};
 use crate::random::Rng;
 
 #[derive(clap::Args, Debug)]
@@ -73,13 +73,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         ("pump_on", f64::from(u8::from(pump_on))),
                     ]),
                 };
-                let Ok(payload) = encode(std::slice::from_ref(&reading), encoding) else {
-                    return;
-                };
-                if client
-                    .publish(topic.as_str(), qos, false, payload)
-                    .await
-                    .is_err()
+                if !publish(
+                    &client,
+                    &topic,
+                    qos,
+                    std::slice::from_ref(&reading),
+                    encoding,
+                )
+                .await
                 {
                     return;
                 }
