@@ -652,10 +652,10 @@ async fn device_summary_keeps_the_newest_values(backend: Backend) {
     )
     .await;
     dev.wait_acked(2).await;
-    telemetry(&server, "n1", 2).await;
-    // Back-filled history arrives later in separate batches: it is stored, but the summary
+    // Stored means written: a batch is one transaction, so the location is stored too and
+    // the back-filled history below arrives in a later batch. It is stored, but the summary
     // keeps the newer values.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    telemetry(&server, "n1", 2).await;
     dev.publish(
         "devices/n1/telemetry",
         r#"{"ts":1764072000000,"seq":1,"metrics":{"t":10.0,"p":1}}"#,
