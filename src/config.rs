@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use fieldline_dashboard::live::HubSettings;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
@@ -39,6 +40,18 @@ pub struct Args {
     /// Longest a row waits before its batch is written, in ms [default: 200]
     #[arg(long, env = "FIELDLINE_BATCH_AGE_MS")]
     pub batch_age_ms: Option<u64>,
+    /// Live events kept for clients resuming after a disconnect [default: 100000]
+    #[arg(long, env = "FIELDLINE_LIVE_HISTORY_EVENTS")]
+    pub live_history_events: Option<usize>,
+    /// Longest a live event is kept for resume, in seconds [default: 600]
+    #[arg(long, env = "FIELDLINE_LIVE_HISTORY_SECONDS")]
+    pub live_history_seconds: Option<u64>,
+    /// Events one live client may have waiting before its streams are conflated [default: 4096]
+    #[arg(long, env = "FIELDLINE_LIVE_CLIENT_QUEUE")]
+    pub live_client_queue: Option<usize>,
+    /// A live client that reads nothing for this long while its queue is full is cut off, in seconds [default: 30]
+    #[arg(long, env = "FIELDLINE_LIVE_STALL_SECONDS")]
+    pub live_stall_seconds: Option<u64>,
 }
 
 /// The same settings, as read from the TOML file.
@@ -52,6 +65,10 @@ struct FileConfig {
     max_connections: Option<usize>,
     batch_rows: Option<usize>,
     batch_age_ms: Option<u64>,
+    live_history_events: Option<usize>,
+    live_history_seconds: Option<u64>,
+    live_client_queue: Option<usize>,
+    live_stall_seconds: Option<u64>,
 }
 
 /// Settings after merging every source.
@@ -64,6 +81,7 @@ pub struct Config {
     pub max_connections: usize,
     pub batch_rows: usize,
     pub batch_age: Duration,
+    pub live: HubSettings,
 }
 
 impl Config {
@@ -102,7 +120,33 @@ impl Config {
             batch_age: Duration::from_millis(
                 args.batch_age_ms.or(file.batch_age_ms).unwrap_or(200),
             ),
+            live: HubSettings {
+                history_events: args
+                    .live_history_events
+                    .or(file.live_history_events)
+                    .unwrap_or(100_000),
+                history_age: Duration::from_secs(
+                    args.live_history_seconds
+                        .or(file.live_history_seconds)
+                        .unwrap_or(600),
+                ),
+                client_queue: args
+                    .live_client_queue
+                    .or(file.live_client_queue)
+                    .unwrap_or(4_096),
+                stall_limit: Duration::from_secs(
+                    args.live_stall_seconds
+                        .or(file.live_stall_seconds)
+                        .unwrap_or(30),
+                ),
+            },
         };
+        if config.live.client_queue < 16 || config.live.client_queue > 1_000_000 {
+            anyhow::bail!("live_client_queue must be between 16 and 1,000,000 events");
+        }
+        if config.live.history_events > 10_000_000 {
+            anyhow::bail!("live_history_events must be at most 10,000,000");
+        }
         if config.max_payload_bytes == 0 || config.max_payload_bytes > 16 * 1024 * 1024 {
             anyhow::bail!("max_payload_bytes must be between 1 and 16 MiB");
         }

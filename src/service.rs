@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fieldline_broker::{BrokerSettings, Inbound, TapReceiver};
+use fieldline_broker::{BrokerSettings, Inbound, Message, TapReceiver};
+use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store, Pipeline, PipelineSettings, Store};
@@ -36,6 +37,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .stream_seqs()
         .await
         .context("cannot read the last sequence numbers")?;
+    // No connection outlives the process: whoever was online when it stopped is not now.
+    let ended = store
+        .end_presence(now_ms(), "dropped")
+        .await
+        .context("cannot reset device presence")?;
+    if ended > 0 {
+        tracing::info!(
+            devices = ended,
+            "marked devices offline that were online at the last stop"
+        );
+    }
+    let hub = Hub::new(config.live.clone());
     let (writer, writer_task) = spawn_writer(store.clone(), WRITER_QUEUE_BATCHES);
     let pipeline = Pipeline::new(
         PipelineSettings {
@@ -47,6 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_batch_rows: config.batch_rows.saturating_mul(20),
         },
         writer,
+        hub.clone(),
         seeds,
     );
 
@@ -68,6 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let app = fieldline_dashboard::router(fieldline_dashboard::AppState {
         store: store.clone(),
+        hub: hub.clone(),
         metrics,
         listeners_up: listeners_up.clone(),
     });
@@ -79,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
+    let live_metrics = tokio::spawn(report_live_queues(hub));
 
     let stop_accepting = async {
         shutdown_signal().await;
@@ -95,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(pipeline);
     writer_task.await.context("store writer failed")?;
     housekeeping.abort();
+    live_metrics.abort();
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
@@ -145,9 +162,55 @@ async fn run_pipeline(
 }
 
 async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
-    pipeline
-        .handle(&msg.topic, &msg.payload, msg.received_at)
-        .await;
+    match &msg.message {
+        Message::Publish { topic, payload } => {
+            pipeline.handle(topic, payload, msg.received_at).await;
+        }
+        Message::Connected(session) => {
+            pipeline
+                .connected(
+                    &msg.client_id,
+                    session.username.as_deref(),
+                    session.connection,
+                    msg.received_at,
+                )
+                .await;
+        }
+        Message::Disconnected {
+            session,
+            reason,
+            will,
+        } => {
+            pipeline
+                .disconnected(
+                    &msg.client_id,
+                    session.username.as_deref(),
+                    session.connection,
+                    reason.as_str(),
+                    will.as_ref().map(|w| (&w.topic[..], &w.payload[..])),
+                    msg.received_at,
+                )
+                .await;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Live clients' queue depths, for the operator: how many wait and how deep the worst is.
+async fn report_live_queues(hub: Arc<Hub>) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every_second.tick().await;
+        let (clients, queued, deepest) = hub.queue_depths();
+        metrics::gauge!("fieldline_live_subscriptions").set(clients as f64);
+        metrics::gauge!("fieldline_live_queued_events").set(queued as f64);
+        metrics::gauge!("fieldline_live_deepest_queue_events").set(deepest as f64);
+    }
 }
 
 async fn housekeeping(store: Arc<dyn Store>) {

@@ -13,4 +13,6 @@ mod tap;
 
 pub use server::{start, BrokerError, RunningBroker};
 pub use settings::BrokerSettings;
-pub use tap::{tap, Inbound, Tap, TapClosed, TapReceiver};
+pub use tap::{
+    tap, DisconnectReason, Inbound, Message, Session, Tap, TapClosed, TapReceiver, Will,
+};

@@ -3,15 +3,22 @@
 //!
 //! rumqttd clones the protocol value once per accepted connection, so this wrapper lives
 //! exactly as long as one connection and sees every packet it reads, before the router acts
-//! on it (and so before any PUBACK is written).
+//! on it (and so before any PUBACK is written). That lifetime also makes it the source of
+//! presence: a connection is online from the moment its successful CONNACK is written until
+//! the wrapper is dropped, whatever ended it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{self, v4::V4, v5::V5, Packet, Protocol};
+use rumqttd::protocol::{self, v4::V4, v5::V5, ConnectReturnCode, Packet, Protocol};
 
-use crate::tap::Tap;
+use crate::tap::{DisconnectReason, Message, Session, Tap, Will};
+
+/// Numbers connections for the life of the process.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// MQTT protocol level of the connection, known once its CONNECT header is buffered.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,7 +28,6 @@ enum Version {
     V5,
 }
 
-#[derive(Clone)]
 pub(crate) struct TappedProtocol {
     tap: Tap,
     version: Version,
@@ -30,6 +36,20 @@ pub(crate) struct TappedProtocol {
     client_id: Arc<str>,
     /// MQTT 5 topic aliases this connection has set up, so aliased publishes carry their topic.
     topic_aliases: HashMap<u16, Bytes>,
+    session: Option<Session>,
+    will: Option<Will>,
+    /// Set when the broker writes a successful CONNACK (`write` only gets `&self`).
+    online: AtomicBool,
+    /// The client ended with DISCONNECT, which also discards its will.
+    clean_end: bool,
+    last_packet: Instant,
+}
+
+/// rumqttd clones the listener's template once per connection: each clone starts fresh.
+impl Clone for TappedProtocol {
+    fn clone(&self) -> Self {
+        Self::new(self.tap.clone())
+    }
 }
 
 impl TappedProtocol {
@@ -40,6 +60,27 @@ impl TappedProtocol {
             connected: false,
             client_id: Arc::from(""),
             topic_aliases: HashMap::new(),
+            session: None,
+            will: None,
+            online: AtomicBool::new(false),
+            clean_end: false,
+            last_packet: Instant::now(),
+        }
+    }
+
+    /// Why the connection ended, judged when it is dropped. rumqttd does not say, but its
+    /// keep-alive timer closes a link after 1.5 × keep-alive of silence; a shorter silence
+    /// means the socket went away.
+    fn end_reason(&self, keep_alive: u16) -> DisconnectReason {
+        if self.clean_end {
+            return DisconnectReason::Disconnect;
+        }
+        let limit = Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5);
+        // A little slack for the timer firing a moment before our clock says so.
+        if keep_alive > 0 && self.last_packet.elapsed() + Duration::from_millis(250) >= limit {
+            DisconnectReason::KeepAlive
+        } else {
+            DisconnectReason::Dropped
         }
     }
 
@@ -129,12 +170,23 @@ impl Protocol for TappedProtocol {
                 return Err(e);
             }
         };
+        self.last_packet = Instant::now();
         match &packet {
-            Packet::Connect(connect, ..) => {
+            Packet::Connect(connect, _, will, _, login) => {
                 self.client_id = Arc::from(connect.client_id.as_str());
                 self.connected = true;
+                self.session = Some(Session {
+                    connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+                    username: login.as_ref().map(|l| Arc::from(l.username.as_str())),
+                    keep_alive: connect.keep_alive,
+                });
+                self.will = will.as_ref().map(|w| Will {
+                    topic: w.topic.clone(),
+                    payload: w.message.clone(),
+                });
                 metrics::counter!("fieldline_broker_connects_total").increment(1);
             }
+            Packet::Disconnect(..) => self.clean_end = true,
             // Before CONNECT, rumqttd refuses the connection; nothing of it is data.
             Packet::Publish(..) if !self.connected => {}
             Packet::Publish(publish, properties) => {
@@ -147,10 +199,42 @@ impl Protocol for TappedProtocol {
     }
 
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+        if let (Packet::ConnAck(ack, _), Some(session)) = (&packet, &self.session) {
+            if ack.code == ConnectReturnCode::Success && !self.online.swap(true, Ordering::Relaxed)
+            {
+                self.tap
+                    .presence(self.client_id.clone(), Message::Connected(session.clone()));
+            }
+        }
         match self.version {
             Version::V5 => V5.write(packet, write),
             _ => V4.write(packet, write),
         }
+    }
+}
+
+impl Drop for TappedProtocol {
+    fn drop(&mut self) {
+        if !self.online.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let reason = self.end_reason(session.keep_alive);
+        let will = if self.clean_end {
+            None
+        } else {
+            self.will.take()
+        };
+        self.tap.presence(
+            self.client_id.clone(),
+            Message::Disconnected {
+                session,
+                reason,
+                will,
+            },
+        );
     }
 }
 

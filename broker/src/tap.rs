@@ -12,16 +12,69 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// One publish as read from a device connection.
+/// One thing read from a device connection, in the order the connection produced it.
 #[derive(Debug)]
 pub struct Inbound {
-    pub topic: Bytes,
-    pub payload: Bytes,
     /// Client id given in the connection's CONNECT.
     pub client_id: Arc<str>,
     pub received_at: SystemTime,
-    /// Holds this message's share of the hand-over budget until the pipeline drops it.
-    _budget: OwnedSemaphorePermit,
+    pub message: Message,
+    /// Holds a publish's share of the hand-over budget until the pipeline drops it.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+pub enum Message {
+    Publish {
+        topic: Bytes,
+        payload: Bytes,
+    },
+    /// The broker accepted the connection (its CONNACK was written).
+    Connected(Session),
+    /// An accepted connection ended.
+    Disconnected {
+        session: Session,
+        reason: DisconnectReason,
+        /// The connection's Last Will, when it ended without a DISCONNECT.
+        will: Option<Will>,
+    },
+}
+
+/// Who is on one accepted connection.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Unique for the life of the process, so a stale connection's end can be told apart
+    /// from a newer connection of the same device.
+    pub connection: u64,
+    pub username: Option<Arc<str>>,
+    /// Seconds, as the client asked in CONNECT.
+    pub keep_alive: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The client said nothing for 1.5 × its keep-alive.
+    KeepAlive,
+    /// The socket closed or failed, or the broker closed the connection.
+    Dropped,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Disconnect => "disconnect",
+            DisconnectReason::KeepAlive => "keepalive",
+            DisconnectReason::Dropped => "dropped",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Will {
+    pub topic: Bytes,
+    pub payload: Bytes,
 }
 
 /// The broker-side end: cloned into every connection.
@@ -95,11 +148,10 @@ impl Tap {
             return Err(TapClosed);
         }
         let inbound = Inbound {
-            topic,
-            payload,
             client_id,
             received_at: SystemTime::now(),
-            _budget: permit,
+            message: Message::Publish { topic, payload },
+            _budget: Some(permit),
         };
         if self.tx.send(inbound).is_err() {
             // The pipeline is gone; refusing here keeps the publish unacknowledged, so the
@@ -109,6 +161,21 @@ impl Tap {
         }
         self.publishes.increment(1);
         Ok(())
+    }
+
+    /// Hands a connect or disconnect to the pipeline. Costs no budget (it is tiny and must
+    /// not wait), and is dropped once the tap is closed: presence ends with the process.
+    pub fn presence(&self, client_id: Arc<str>, message: Message) {
+        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return;
+        }
+        let _ = self.tx.send(Inbound {
+            client_id,
+            received_at: SystemTime::now(),
+            message,
+            _budget: None,
+        });
     }
 
     /// Bytes currently waiting between the broker and the pipeline.
@@ -156,7 +223,10 @@ mod tests {
     }
 
     fn topic(msg: Inbound) -> String {
-        String::from_utf8_lossy(&msg.topic).into_owned()
+        match msg.message {
+            Message::Publish { topic, .. } => String::from_utf8_lossy(&topic).into_owned(),
+            other => panic!("expected a publish, got {other:?}"),
+        }
     }
 
     // block_in_place needs the multi-threaded runtime, as in the service.

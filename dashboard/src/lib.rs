@@ -1,9 +1,12 @@
-//! The HTTP side of Fieldline: the REST API over the store, health and readiness, and
-//! Prometheus metrics. Handlers are small and get everything through [`AppState`].
+//! The HTTP side of Fieldline: the REST API over the store, the [`live`] hub with its SSE and
+//! WebSocket streams, health and readiness, and Prometheus metrics. Handlers are small and get
+//! everything through [`AppState`].
 
 mod api;
 mod error;
 mod health;
+pub mod live;
+mod live_clients;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -20,6 +23,7 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub hub: Arc<live::Hub>,
     pub metrics: PrometheusHandle,
     /// Set by the binary once every listener is up; cleared when shutdown starts.
     pub listeners_up: Arc<AtomicBool>,
@@ -34,7 +38,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}", get(api::devices::one))
         .route("/api/devices/{id}/telemetry", get(api::history::telemetry))
         .route("/api/devices/{id}/track", get(api::history::track))
+        .route("/api/devices/{id}/status", get(api::history::statuses))
         .route("/api/rejected", get(api::rejected::recent))
+        .route("/api/stream", get(api::stream::stream))
+        .route("/api/ws", get(api::ws::ws))
         .fallback(api::not_found)
         .with_state(state)
 }

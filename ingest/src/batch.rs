@@ -34,6 +34,8 @@ pub struct StatusRow {
     pub ts_ms: i64,
     pub seq: Option<u64>,
     pub online: bool,
+    /// For presence changes, what caused them; see [`crate::document::Status::reason`].
+    pub reason: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +63,8 @@ pub struct DeviceUpdate {
     /// Per kind (indexed by [`Kind::index`]), the seq and time of the newest document that
     /// had a seq: what de-duplication restarts from.
     pub last_seq: [Option<(u64, i64)>; 3],
+    /// The device's connection state after this batch, when a connection started or ended.
+    pub online: Option<bool>,
 }
 
 /// One write to storage.
@@ -93,7 +97,7 @@ impl Batch {
         self.started.get_or_insert_with(std::time::Instant::now);
     }
 
-    pub fn push_document(&mut self, doc: Document, received_ms: i64, metric_names: &mut Interner) {
+    pub fn push_document(&mut self, doc: &Document, received_ms: i64, metric_names: &mut Interner) {
         self.mark_started();
         self.documents += 1;
         let update = self
@@ -110,10 +114,10 @@ impl Batch {
                 *slot = Some((seq, doc.ts_ms));
             }
         }
-        match doc.body {
+        match &doc.body {
             Body::Location(l) => {
                 let row = PositionRow {
-                    device: doc.device,
+                    device: doc.device.clone(),
                     ts_ms: doc.ts_ms,
                     seq: doc.seq,
                     lat: l.lat,
@@ -133,7 +137,7 @@ impl Batch {
                 self.positions.push(row);
             }
             Body::Telemetry(t) => {
-                for m in t.metrics {
+                for m in &t.metrics {
                     let metric = metric_names.intern(&m.name);
                     let newest = update
                         .metrics
@@ -151,12 +155,18 @@ impl Batch {
                     });
                 }
             }
-            Body::Status(s) => self.statuses.push(StatusRow {
-                device: doc.device,
-                ts_ms: doc.ts_ms,
-                seq: doc.seq,
-                online: s.online,
-            }),
+            Body::Status(s) => {
+                if s.is_presence() {
+                    update.online = Some(s.online);
+                }
+                self.statuses.push(StatusRow {
+                    device: doc.device.clone(),
+                    ts_ms: doc.ts_ms,
+                    seq: doc.seq,
+                    online: s.online,
+                    reason: s.reason,
+                });
+            }
         }
     }
 

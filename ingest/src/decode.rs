@@ -357,6 +357,7 @@ fn validate(
                     "status needs \"online\": true or false",
                 )
             })?,
+            reason: None,
         }),
     };
     Ok(Document {

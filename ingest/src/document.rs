@@ -66,6 +66,17 @@ pub struct Location {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
     pub online: bool,
+    /// Set when the broker, not the device, reports this status: `connect` for a connection
+    /// it accepted, and for an ended one why it ended (`disconnect`, `dropped`, `keepalive`,
+    /// `will`). `None` for a status document the device published itself.
+    pub reason: Option<&'static str>,
+}
+
+impl Status {
+    /// Whether this comes from the device's connection (presence) rather than its payload.
+    pub fn is_presence(&self) -> bool {
+        self.reason.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -3,18 +3,23 @@
 //! The stages follow the data: [`topic`] says who sent what kind of document, [`decode`] turns
 //! a payload into validated [`document`]s (or [`rejection`]s with reasons), [`dedupe`] drops
 //! redelivered sequence numbers, [`batch`] gathers rows, and the [`writer`] hands batches to a
-//! [`store`]. [`pipeline`] runs those stages over the messages the broker hands over.
+//! [`store`]. [`pipeline`] runs those stages over the messages the broker hands over, tracks
+//! device [`presence`] from connection starts and ends, and gives every accepted document to
+//! the [`live`] feed as it is accepted.
 
 pub mod batch;
 pub mod decode;
 pub mod dedupe;
 pub mod document;
+pub mod live;
 pub mod pipeline;
+pub mod presence;
 pub mod rejection;
 pub mod store;
 pub mod time_format;
 pub mod topic;
 pub mod writer;
 
+pub use live::{LiveFeed, NoLiveFeed};
 pub use pipeline::{Pipeline, PipelineSettings};
 pub use store::{open_store, Store, StoreError};

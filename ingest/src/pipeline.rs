@@ -1,16 +1,20 @@
 //! The pipeline stage between the broker and the writer: route, decode, validate, de-duplicate,
 //! and gather rows into batches.
 //!
+//! Every accepted document goes to the live feed the moment it is accepted, and into the batch.
 //! It runs on one task and never waits on the database while it has room: when the writer is
 //! busy the current batch keeps growing, up to `max_batch_rows`; only then does it wait, which
 //! in turn makes the broker stop reading from sockets.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
-use crate::document::Kind;
+use crate::document::{Body, Document, Kind, Status};
+use crate::live::LiveFeed;
+use crate::presence::{device_of, Presence};
 use crate::rejection::{Reason, Rejection};
 use crate::store::StreamSeq;
 use crate::topic::{route, Route};
@@ -44,6 +48,7 @@ struct Counters {
     received: metrics::Counter,
     accepted: [metrics::Counter; 3],
     duplicates: [metrics::Counter; 3],
+    online: metrics::Gauge,
 }
 
 impl Counters {
@@ -55,6 +60,7 @@ impl Counters {
             received: metrics::counter!("fieldline_messages_received_total"),
             accepted: per_kind("fieldline_documents_accepted_total"),
             duplicates: per_kind("fieldline_documents_duplicate_total"),
+            online: metrics::gauge!("fieldline_devices_online"),
         }
     }
 }
@@ -63,6 +69,8 @@ pub struct Pipeline {
     settings: PipelineSettings,
     counters: Counters,
     writer: WriterHandle,
+    live: Arc<dyn LiveFeed>,
+    presence: Presence,
     dedupe: Dedupe,
     device_ids: Interner,
     metric_names: Interner,
@@ -77,11 +85,18 @@ fn epoch_ms(t: SystemTime) -> i64 {
 impl Pipeline {
     /// `seeds` are the last stored seq of each stream, so redeliveries after a restart are
     /// still recognised.
-    pub fn new(settings: PipelineSettings, writer: WriterHandle, seeds: Vec<StreamSeq>) -> Self {
+    pub fn new(
+        settings: PipelineSettings,
+        writer: WriterHandle,
+        live: Arc<dyn LiveFeed>,
+        seeds: Vec<StreamSeq>,
+    ) -> Self {
         let mut pipeline = Self {
             settings,
             counters: Counters::new(),
             writer,
+            live,
+            presence: Presence::default(),
             dedupe: Dedupe::default(),
             device_ids: Interner::default(),
             metric_names: Interner::default(),
@@ -123,10 +138,110 @@ impl Pipeline {
                 }
             }
             self.counters.accepted[kind.index()].increment(1);
-            self.batch
-                .push_document(doc, received_ms, &mut self.metric_names);
+            self.accept(doc, received_ms);
         }
         self.hand_off_if_full().await;
+    }
+
+    fn accept(&mut self, doc: Document, received_ms: i64) {
+        let doc = Arc::new(doc);
+        self.batch
+            .push_document(&doc, received_ms, &mut self.metric_names);
+        self.live.publish(doc);
+    }
+
+    /// The broker accepted a connection: its device is online.
+    pub async fn connected(
+        &mut self,
+        client_id: &str,
+        username: Option<&str>,
+        connection: u64,
+        at: SystemTime,
+    ) {
+        let Some(device) = device_of(username, client_id) else {
+            return;
+        };
+        let device = self.device_ids.intern(device);
+        if self.presence.connected(&device, connection) {
+            self.presence_change(device, epoch_ms(at), None, true, "connect");
+            self.hand_off_if_full().await;
+        }
+    }
+
+    /// A connection ended. When it was its device's current one the device goes offline;
+    /// a Last Will the connection left on its own status topic becomes that offline status
+    /// (reason `will`), and a will on any other topic is ingested like a publish.
+    pub async fn disconnected(
+        &mut self,
+        client_id: &str,
+        username: Option<&str>,
+        connection: u64,
+        reason: &'static str,
+        will: Option<(&[u8], &[u8])>,
+        at: SystemTime,
+    ) {
+        let Some(device) = device_of(username, client_id) else {
+            return;
+        };
+        let device = self.device_ids.intern(device);
+        let received_ms = epoch_ms(at);
+        let (mut reason, mut ts_ms, mut seq) = (reason, received_ms, None);
+        if let Some((topic, payload)) = will {
+            let status_topic = format!("devices/{device}/status");
+            if topic == status_topic.as_bytes() {
+                let decoded = decode(
+                    &device,
+                    Kind::Status,
+                    payload,
+                    received_ms,
+                    &self.settings.limits,
+                );
+                for rejection in &decoded.rejections {
+                    self.reject(
+                        rejection,
+                        &status_topic,
+                        Some(&device),
+                        payload,
+                        received_ms,
+                    );
+                }
+                if let Some(doc) = decoded.documents.last() {
+                    (reason, ts_ms, seq) = ("will", doc.ts_ms, doc.seq);
+                }
+            } else {
+                self.handle(topic, payload, at).await;
+            }
+        }
+        if self.presence.disconnected(&device, connection) {
+            self.presence_change(device, ts_ms, seq, false, reason);
+            self.hand_off_if_full().await;
+        }
+    }
+
+    fn presence_change(
+        &mut self,
+        device: Arc<str>,
+        ts_ms: i64,
+        seq: Option<u64>,
+        online: bool,
+        reason: &'static str,
+    ) {
+        metrics::counter!("fieldline_device_presence_changes_total", "reason" => reason)
+            .increment(1);
+        self.counters
+            .online
+            .set(self.presence.online_devices() as f64);
+        let doc = Document {
+            device,
+            ts_ms,
+            device_ts: false,
+            seq,
+            body: Body::Status(Status {
+                online,
+                reason: Some(reason),
+            }),
+        };
+        self.accept(doc, epoch_ms(SystemTime::now()));
     }
 
     fn reject(

@@ -1,4 +1,4 @@
-//! Raw history of one device: `GET /api/devices/{id}/telemetry` and `/track`.
+//! Raw history of one device: `GET /api/devices/{id}/telemetry`, `/track` and `/status`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -94,6 +94,18 @@ pub async fn telemetry(
         .telemetry(device, params.metric.as_deref(), range)
         .await?;
     Ok(Json(points).into_response())
+}
+
+/// Connects, disconnects (with their reasons) and published statuses, oldest first.
+pub async fn statuses(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let range = range(&params)?;
+    let device = existing_device(&state, &id).await?;
+    Ok(Json(state.store.statuses(device, range).await?).into_response())
 }
 
 pub async fn track(

@@ -3,6 +3,8 @@
 pub mod devices;
 pub mod history;
 pub mod rejected;
+pub mod stream;
+pub mod ws;
 
 use crate::ApiError;
 

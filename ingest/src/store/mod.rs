@@ -46,10 +46,22 @@ pub struct DeviceSummary {
     pub id: String,
     pub first_seen: String,
     pub last_seen: String,
+    /// Connected to the broker now.
+    pub online: bool,
     /// The newest position, as a location object, or null.
     pub location: Option<serde_json::Value>,
     /// Each metric's newest value: `{"name": {"ts": …, "value": …}}`.
     pub metrics: serde_json::Value,
+}
+
+/// One change of a device's status: its connection (with a reason) or a status document it
+/// published (no reason).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatusPoint {
+    pub ts: String,
+    pub seq: Option<u64>,
+    pub online: bool,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -116,6 +128,11 @@ pub trait Store: Send + Sync {
         range: Range,
     ) -> StoreFuture<'a, Vec<TelemetryPoint>>;
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>>;
+    /// Status history: connects, disconnects with their reasons, and published statuses.
+    fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>>;
+    /// Marks every device offline, recording why (at start-up: no connection survives a
+    /// restart). Returns how many were online.
+    fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64>;
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>>;
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>>;
     /// Keeps the record of rejected messages to its newest `keep` entries.

@@ -10,7 +10,7 @@ use tokio::sync::Mutex;
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
-    DeviceSummary, Range, RejectedMessage, Store, StoreError, StoreFuture, StreamSeq,
+    DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::{Batch, PositionRow};
@@ -101,14 +101,15 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<(), Store
     if !batch.statuses.is_empty() {
         let s = &batch.statuses;
         sqlx::query(
-            "INSERT INTO statuses (time, device_id, seq, online)
-             SELECT timestamptz 'epoch' + t * interval '1 millisecond', d, q, o
-             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[]) AS u(t, d, q, o)",
+            "INSERT INTO statuses (time, device_id, seq, online, reason)
+             SELECT timestamptz 'epoch' + t * interval '1 millisecond', d, q, o, r
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::bool[], $5::text[]) AS u(t, d, q, o, r)",
         )
         .bind(s.iter().map(|r| r.ts_ms).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.device.to_string()).collect::<Vec<_>>())
         .bind(s.iter().map(|r| seq_to_db(r.seq)).collect::<Vec<_>>())
         .bind(s.iter().map(|r| r.online).collect::<Vec<_>>())
+        .bind(s.iter().map(|r| r.reason).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -202,6 +203,21 @@ async fn upsert_devices(
     .bind(ts_s)
     .execute(&mut **tx)
     .await?;
+    let (ids, online): (Vec<String>, Vec<bool>) = batch
+        .devices
+        .iter()
+        .filter_map(|(id, u)| Some((id.to_string(), u.online?)))
+        .unzip();
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE devices d SET online = u.o
+             FROM UNNEST($1::text[], $2::bool[]) AS u(id, o) WHERE d.device_id = u.id",
+        )
+        .bind(ids)
+        .bind(online)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(())
 }
 
@@ -213,7 +229,7 @@ impl Store for PgStore {
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
         Box::pin(async move {
             let rows: Vec<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text
+                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text, online
                  FROM devices ORDER BY device_id",
             )
             .fetch_all(&self.pool)
@@ -225,7 +241,7 @@ impl Store for PgStore {
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
         Box::pin(async move {
             let row: Option<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text
+                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text, online
                  FROM devices WHERE device_id = $1",
             )
             .bind(id)
@@ -277,6 +293,47 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
             Ok(rows.into_iter().map(records::track_point).collect())
+        })
+    }
+
+    fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>> {
+        Box::pin(async move {
+            let rows: Vec<records::StatusRecord> = sqlx::query_as(
+                "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, online, reason
+                 FROM statuses
+                 WHERE device_id = $1
+                   AND time >= timestamptz 'epoch' + $2 * interval '1 millisecond'
+                   AND time <  timestamptz 'epoch' + $3 * interval '1 millisecond'
+                 ORDER BY time LIMIT $4",
+            )
+            .bind(device)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .bind(i64::from(range.limit))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.into_iter().map(records::status_point).collect())
+        })
+    }
+
+    fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO statuses (time, device_id, seq, online, reason)
+                 SELECT timestamptz 'epoch' + $1 * interval '1 millisecond', device_id, NULL, false, $2
+                 FROM devices WHERE online",
+            )
+            .bind(now_ms)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+            let ended = sqlx::query("UPDATE devices SET online = false WHERE online")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(ended)
         })
     }
 

@@ -1,13 +1,15 @@
 //! Rows as both back ends read them, and the API shapes they become. Each back end differs only
 //! in its SQL; what a row means is decided here, once.
 
-use super::{DeviceSummary, RejectedMessage, StreamSeq, TelemetryPoint, TrackPoint};
+use super::{DeviceSummary, RejectedMessage, StatusPoint, StreamSeq, TelemetryPoint, TrackPoint};
 use crate::batch::{DeviceUpdate, PositionRow};
 use crate::document::Kind;
 use crate::time_format::format_ms;
 
-/// device_id, first_seen ms, last_seen ms, last_location JSON, last_metrics JSON.
-pub(crate) type DeviceRecord = (String, i64, i64, Option<String>, Option<String>);
+/// device_id, first_seen ms, last_seen ms, last_location JSON, last_metrics JSON, online.
+pub(crate) type DeviceRecord = (String, i64, i64, Option<String>, Option<String>, bool);
+/// time ms, seq, online, reason.
+pub(crate) type StatusRecord = (i64, Option<i64>, bool, Option<String>);
 /// time ms, seq, metric, value.
 pub(crate) type TelemetryRecord = (i64, Option<i64>, String, f64);
 /// time ms, seq, lat, lon, speed, heading, alt, accuracy.
@@ -46,14 +48,24 @@ fn seq_from_db(seq: Option<i64>) -> Option<u64> {
 }
 
 pub(crate) fn device_summary(
-    (id, first_seen, last_seen, location, metrics): DeviceRecord,
+    (id, first_seen, last_seen, location, metrics, online): DeviceRecord,
 ) -> DeviceSummary {
     DeviceSummary {
         id,
         first_seen: format_ms(first_seen),
         last_seen: format_ms(last_seen),
+        online,
         location: location.and_then(|l| serde_json::from_str(&l).ok()),
         metrics: metrics_for_api(metrics.as_deref()),
+    }
+}
+
+pub(crate) fn status_point((ts, seq, online, reason): StatusRecord) -> StatusPoint {
+    StatusPoint {
+        ts: format_ms(ts),
+        seq: seq_from_db(seq),
+        online,
+        reason,
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
-    DeviceSummary, Range, RejectedMessage, Store, StoreError, StoreFuture, StreamSeq,
+    DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::Batch;
@@ -82,13 +82,14 @@ impl SqliteStore {
         .await?;
         insert_all(
             &mut tx,
-            "INSERT INTO statuses (device_id, ts, seq, online) ",
+            "INSERT INTO statuses (device_id, ts, seq, online, reason) ",
             &batch.statuses,
             |b, r| {
                 b.push_bind(r.device.to_string())
                     .push_bind(r.ts_ms)
                     .push_bind(seq_to_db(r.seq))
-                    .push_bind(r.online);
+                    .push_bind(r.online)
+                    .push_bind(r.reason);
             },
         )
         .await?;
@@ -108,6 +109,17 @@ impl SqliteStore {
         )
         .await?;
         upsert_devices(&mut tx, batch).await?;
+        for (id, online) in batch
+            .devices
+            .iter()
+            .filter_map(|(id, u)| Some((id, u.online?)))
+        {
+            sqlx::query("UPDATE devices SET online = ? WHERE device_id = ?")
+                .bind(online)
+                .bind(id.as_ref())
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -191,7 +203,7 @@ impl Store for SqliteStore {
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
         Box::pin(async move {
             let rows: Vec<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location, last_metrics FROM devices ORDER BY device_id",
+                "SELECT device_id, first_seen, last_seen, last_location, last_metrics, online FROM devices ORDER BY device_id",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -202,7 +214,7 @@ impl Store for SqliteStore {
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
         Box::pin(async move {
             let row: Option<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location, last_metrics FROM devices WHERE device_id = ?",
+                "SELECT device_id, first_seen, last_seen, last_location, last_metrics, online FROM devices WHERE device_id = ?",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -247,6 +259,42 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
             Ok(rows.into_iter().map(records::track_point).collect())
+        })
+    }
+
+    fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>> {
+        Box::pin(async move {
+            let rows: Vec<records::StatusRecord> = sqlx::query_as(
+                "SELECT ts, seq, online, reason FROM statuses
+                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
+            )
+            .bind(device)
+            .bind(range.from_ms)
+            .bind(range.to_ms)
+            .bind(i64::from(range.limit))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.into_iter().map(records::status_point).collect())
+        })
+    }
+
+    fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO statuses (device_id, ts, seq, online, reason)
+                 SELECT device_id, ?, NULL, 0, ? FROM devices WHERE online",
+            )
+            .bind(now_ms)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+            let ended = sqlx::query("UPDATE devices SET online = 0 WHERE online")
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(ended)
         })
     }
 

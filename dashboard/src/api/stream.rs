@@ -1,0 +1,145 @@
+//! `GET /api/stream`: live events as Server-Sent Events.
+//!
+//! Frames are written by hand (`id`, `event`, `data`), several per chunk when a client has a
+//! backlog, so a busy stream costs one write per batch rather than per event. The event JSON
+//! is shared by every client that receives it.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::live::{Filter, Outgoing, Position};
+use crate::live_clients::LiveClient;
+use crate::{ApiError, AppState};
+
+/// A comment line at least this often, so proxies and clients know the stream is alive.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+pub struct StreamParams {
+    kinds: Option<String>,
+    devices: Option<String>,
+    bbox: Option<String>,
+    since: Option<String>,
+}
+
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Result<Query<StreamParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let filter = Filter::from_query(
+        params.kinds.as_deref(),
+        params.devices.as_deref(),
+        params.bbox.as_deref(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // A reconnecting EventSource repeats the URL (with its `since`) and adds the id of the
+    // last event it got: the header is the newer of the two.
+    let last_event_id = headers.get("last-event-id").map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<Position>().ok())
+    });
+    let since = match (&last_event_id, &params.since) {
+        (Some(header), _) => *header,
+        (None, Some(since)) => Some(
+            since
+                .parse::<Position>()
+                .map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let mut subscription = state.hub.subscribe(filter, since);
+    if matches!(last_event_id, Some(None)) {
+        // Not an error response: the browser would retry with the same header forever.
+        subscription.reset_first("Last-Event-ID is not a stream position");
+    }
+    let client = LiveClient::new("sse");
+    let mut first = Some(subscription.start_position());
+    let body = futures_util::stream::unfold(Some((subscription, client)), move |state| {
+        let opening = first.take();
+        async move {
+            let (mut subscription, client) = state?;
+            if let Some(start) = opening {
+                return Some((
+                    Ok::<_, Infallible>(opening_frame(start)),
+                    Some((subscription, client)),
+                ));
+            }
+            match tokio::time::timeout(KEEP_ALIVE, subscription.next()).await {
+                Err(_) => Some((
+                    Ok(Bytes::from_static(b": keep-alive\n\n")),
+                    Some((subscription, client)),
+                )),
+                Ok(batch) => {
+                    let (frames, closed) = frames(&batch, &client);
+                    let next = (!closed).then_some((subscription, client));
+                    Some((Ok(frames), next))
+                }
+            }
+        }
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The reconnect delay for EventSource, and, for a stream that starts live, the head position
+/// as an id-only frame: a client that disconnects before any event still resumes from here.
+fn opening_frame(start: Option<Position>) -> Bytes {
+    let mut out = String::from("retry: 1000\n");
+    match start {
+        Some(head) => out.push_str(&format!(": ready\nid: {head}\n\n")),
+        None => out.push_str(": ready\n\n"),
+    }
+    Bytes::from(out)
+}
+
+/// The SSE frames for one batch, and whether the stream ends after them.
+fn frames(batch: &[Outgoing], client: &LiveClient) -> (Bytes, bool) {
+    let mut out = BytesMut::new();
+    let mut closed = false;
+    let mut events = 0;
+    for item in batch {
+        match item {
+            Outgoing::Event { event, skipped } => {
+                events += 1;
+                out.put_slice(b"id: ");
+                out.put_slice(event.position.to_string().as_bytes());
+                out.put_slice(b"\nevent: ");
+                out.put_slice(event.kind().as_str().as_bytes());
+                out.put_slice(b"\ndata: ");
+                out.put_slice(&event.json(*skipped));
+                out.put_slice(b"\n\n");
+            }
+            Outgoing::Reset { reason, position } => {
+                let data = serde_json::json!({ "reason": reason });
+                out.put_slice(format!("id: {position}\nevent: reset\ndata: {data}\n\n").as_bytes());
+            }
+            Outgoing::Closed { reason } => {
+                let data = serde_json::json!({ "error": reason });
+                out.put_slice(format!("event: error\ndata: {data}\n\n").as_bytes());
+                client.closed(reason);
+                closed = true;
+            }
+        }
+    }
+    client.sent(events);
+    (out.freeze(), closed)
+}

@@ -1,0 +1,268 @@
+//! `GET /api/ws`: live events over WebSocket, JSON (`fieldline.json`, text frames) or
+//! MessagePack (`fieldline.msgpack`, binary frames).
+//!
+//! The client sends `{"type": "subscribe", ...}` (in its format) to start or change its
+//! filters; the server answers `{"type": "subscribed", "id": ...}` and then sends events, a
+//! single object or an array of them per frame. Mistakes in a message get a
+//! `{"type": "error"}` reply and the socket stays open; frames of the wrong type for the
+//! subprotocol close it with 1003, as the WebSocket standard says.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use super::stream::KEEP_ALIVE;
+use crate::live::{Filter, Outgoing, Position, Subscription};
+use crate::live_clients::LiveClient;
+use crate::AppState;
+
+/// A client that cannot take a frame for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (a subscribe naming 10,000 devices fits).
+const MAX_MESSAGE: usize = 1024 * 1024;
+/// Events per frame when a client has a backlog.
+const EVENTS_PER_FRAME: usize = 256;
+
+/// Close codes: 1003 unsupported data, 1008 policy violation (here: too slow).
+const UNSUPPORTED_DATA: u16 = 1003;
+const POLICY: u16 = 1008;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    MessagePack,
+}
+
+pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .protocols(["fieldline.json", "fieldline.msgpack"])
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| session(socket, state))
+}
+
+#[derive(Deserialize)]
+struct Control {
+    #[serde(rename = "type")]
+    kind: String,
+    kinds: Option<Vec<String>>,
+    devices: Option<Vec<String>>,
+    bbox: Option<Vec<f64>>,
+    since: Option<String>,
+}
+
+async fn session(mut socket: WebSocket, state: AppState) {
+    let format = match socket.protocol().map(|p| p.as_bytes()) {
+        Some(b"fieldline.msgpack") => Format::MessagePack,
+        _ => Format::Json,
+    };
+    let client = LiveClient::new("ws");
+    let mut subscription: Option<Subscription> = None;
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.reset();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let reply = match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription),
+                    Some(Ok(Message::Binary(bytes))) if format == Format::MessagePack => {
+                        control(&bytes, Format::MessagePack, &state, &mut subscription)
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        close(&mut socket, UNSUPPORTED_DATA, "binary frames need the fieldline.msgpack subprotocol").await;
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                if send(&mut socket, encode_control(&reply, format)).await.is_err() {
+                    break;
+                }
+            }
+            batch = next(&mut subscription) => {
+                let mut ended = None;
+                let mut frames = Vec::new();
+                let mut pending: Vec<Bytes> = Vec::new();
+                let mut events = 0;
+                for item in batch {
+                    match item {
+                        Outgoing::Event { event, skipped } => {
+                            events += 1;
+                            pending.push(match format {
+                                Format::Json => event.json(skipped),
+                                Format::MessagePack => event.msgpack(skipped),
+                            });
+                            if pending.len() == EVENTS_PER_FRAME {
+                                frames.push(frame(std::mem::take(&mut pending), format));
+                            }
+                        }
+                        Outgoing::Reset { reason, position } => {
+                            if !pending.is_empty() {
+                                frames.push(frame(std::mem::take(&mut pending), format));
+                            }
+                            let reset = serde_json::json!({"type": "reset", "reason": reason, "id": position.to_string()});
+                            frames.push(encode_control(&reset, format));
+                        }
+                        Outgoing::Closed { reason } => ended = Some(reason),
+                    }
+                }
+                if !pending.is_empty() {
+                    frames.push(frame(pending, format));
+                }
+                client.sent(events);
+                let mut failed = false;
+                for f in frames {
+                    if send(&mut socket, f).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if let Some(reason) = ended {
+                    client.closed(reason);
+                    close(&mut socket, POLICY, reason).await;
+                    break;
+                }
+                if failed {
+                    break;
+                }
+            }
+            _ = keep_alive.tick() => {
+                if send(&mut socket, Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the subscription's next events; forever when there is none yet.
+async fn next(subscription: &mut Option<Subscription>) -> Vec<Outgoing> {
+    match subscription {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Applies one client message; returns the reply.
+fn control(
+    bytes: &[u8],
+    format: Format,
+    state: &AppState,
+    subscription: &mut Option<Subscription>,
+) -> serde_json::Value {
+    let parsed: Result<Control, String> = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Format::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    };
+    let error = |message: String| serde_json::json!({"type": "error", "error": message});
+    let control = match parsed {
+        Ok(c) => c,
+        Err(e) => return error(format!("malformed message: {e}")),
+    };
+    if control.kind != "subscribe" {
+        return error(format!(
+            "unknown message type {:?}: send {{\"type\": \"subscribe\", ...}}",
+            control.kind.chars().take(64).collect::<String>()
+        ));
+    }
+    let filter = match Filter::from_lists(control.kinds, control.devices, control.bbox) {
+        Ok(f) => f,
+        Err(e) => return error(e.to_string()),
+    };
+    let since = match control.since.as_deref().map(str::parse::<Position>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return error(format!("since: {e}")),
+    };
+    // The old subscription ends first, so the client is never registered twice.
+    *subscription = None;
+    let fresh = state.hub.subscribe(filter, since);
+    let id = fresh.start_position().map(|p| p.to_string());
+    *subscription = Some(fresh);
+    serde_json::json!({"type": "subscribed", "id": id})
+}
+
+fn encode_control(value: &serde_json::Value, format: Format) -> Message {
+    match format {
+        Format::Json => Message::Text(Utf8Bytes::from(value.to_string())),
+        Format::MessagePack => Message::Binary(Bytes::from(
+            rmp_serde::to_vec_named(value).unwrap_or_default(),
+        )),
+    }
+}
+
+/// One frame: the event itself, or an array of events.
+fn frame(events: Vec<Bytes>, format: Format) -> Message {
+    if events.len() == 1 {
+        let only = events.into_iter().next().unwrap_or_default();
+        return match format {
+            Format::Json => text(only),
+            Format::MessagePack => Message::Binary(only),
+        };
+    }
+    let size: usize = events.iter().map(Bytes::len).sum::<usize>() + events.len() + 8;
+    let mut out = BytesMut::with_capacity(size);
+    match format {
+        Format::Json => {
+            out.put_u8(b'[');
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b',');
+                }
+                out.put_slice(e);
+            }
+            out.put_u8(b']');
+            text(out.freeze())
+        }
+        Format::MessagePack => {
+            // MessagePack array header, then the maps as they are.
+            match events.len() {
+                n @ 0..=15 => out.put_u8(0x90 | n as u8),
+                n @ 16..=0xffff => {
+                    out.put_u8(0xdc);
+                    out.put_u16(n as u16);
+                }
+                n => {
+                    out.put_u8(0xdd);
+                    out.put_u32(n as u32);
+                }
+            }
+            for e in &events {
+                out.put_slice(e);
+            }
+            Message::Binary(out.freeze())
+        }
+    }
+}
+
+fn text(json: Bytes) -> Message {
+    // serde_json only writes UTF-8.
+    match Utf8Bytes::try_from(json) {
+        Ok(t) => Message::Text(t),
+        Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(()),
+        Err(_) => {
+            metrics::counter!("fieldline_live_disconnects_total", "reason" => "write_timeout")
+                .increment(1);
+            Err(())
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = send(socket, Message::Close(Some(frame))).await;
+}

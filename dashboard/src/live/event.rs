@@ -1,0 +1,212 @@
+//! One live event and its wire forms. Each event is serialized at most once per format, on
+//! first use, and the bytes are shared by every client that receives it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use fieldline_ingest::document::{Body, Document, Kind};
+use fieldline_ingest::time_format::format_ms;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::position::Position;
+
+pub struct LiveEvent {
+    pub position: Position,
+    pub document: Arc<Document>,
+    /// When the hub took it, for the history's age limit.
+    pub(crate) at: Instant,
+    json: OnceLock<Bytes>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl LiveEvent {
+    pub(crate) fn new(position: Position, document: Arc<Document>) -> Self {
+        Self {
+            position,
+            document,
+            at: Instant::now(),
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.document.kind()
+    }
+
+    pub fn device(&self) -> &str {
+        &self.document.device
+    }
+
+    /// Location and telemetry may be conflated for a lagging client; other kinds never.
+    pub fn conflatable(&self) -> bool {
+        matches!(self.kind(), Kind::Location | Kind::Telemetry)
+    }
+
+    /// The event as a JSON object; `skipped` is added when earlier events were conflated away.
+    pub fn json(&self, skipped: u64) -> Bytes {
+        if skipped > 0 {
+            return Bytes::from(self.to_json(skipped));
+        }
+        self.json
+            .get_or_init(|| Bytes::from(self.to_json(0)))
+            .clone()
+    }
+
+    /// The same fields as a MessagePack map.
+    pub fn msgpack(&self, skipped: u64) -> Bytes {
+        if skipped > 0 {
+            return Bytes::from(self.to_msgpack(skipped));
+        }
+        self.msgpack
+            .get_or_init(|| Bytes::from(self.to_msgpack(0)))
+            .clone()
+    }
+
+    fn to_json(&self, skipped: u64) -> Vec<u8> {
+        // Serializing plain numbers and strings into a Vec cannot fail; NaN never gets here
+        // (ingest rejects it), and serde_json writes null for it anyway.
+        serde_json::to_vec(&Wire {
+            event: self,
+            skipped,
+        })
+        .unwrap_or_default()
+    }
+
+    fn to_msgpack(&self, skipped: u64) -> Vec<u8> {
+        rmp_serde::to_vec_named(&Wire {
+            event: self,
+            skipped,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The contract's event object: `kind`, `id`, `device`, `ts`, then the document's fields.
+struct Wire<'a> {
+    event: &'a LiveEvent,
+    skipped: u64,
+}
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let doc = &self.event.document;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", doc.kind().as_str())?;
+        map.serialize_entry("id", &self.event.position.to_string())?;
+        map.serialize_entry("device", &*doc.device)?;
+        map.serialize_entry("ts", &format_ms(doc.ts_ms))?;
+        if let Some(seq) = doc.seq {
+            map.serialize_entry("seq", &seq)?;
+        }
+        match &doc.body {
+            Body::Location(l) => {
+                map.serialize_entry("lat", &l.lat)?;
+                map.serialize_entry("lon", &l.lon)?;
+                map.serialize_entry("speed", &l.speed)?;
+                map.serialize_entry("heading", &l.heading)?;
+                map.serialize_entry("alt", &l.alt)?;
+                map.serialize_entry("accuracy", &l.accuracy)?;
+            }
+            Body::Telemetry(t) => map.serialize_entry("metrics", &Metrics(&t.metrics))?,
+            Body::Status(s) => {
+                map.serialize_entry("online", &s.online)?;
+                if let Some(reason) = s.reason.filter(|_| !s.online) {
+                    map.serialize_entry("reason", reason)?;
+                }
+            }
+        }
+        if self.skipped > 0 {
+            map.serialize_entry("skipped", &self.skipped)?;
+        }
+        map.end()
+    }
+}
+
+struct Metrics<'a>(&'a [fieldline_ingest::document::Metric]);
+
+impl Serialize for Metrics<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for m in self.0 {
+            map.serialize_entry(&m.name, &m.value)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldline_ingest::document::{Location, Metric, Status, Telemetry};
+
+    fn event(body: Body, seq: Option<u64>) -> LiveEvent {
+        LiveEvent::new(
+            Position {
+                epoch: 0xabc,
+                offset: 7,
+            },
+            Arc::new(Document {
+                device: Arc::from("truck-1"),
+                ts_ms: 1_764_072_000_123,
+                device_ts: true,
+                seq,
+                body,
+            }),
+        )
+    }
+
+    #[test]
+    fn location_carries_every_field_of_the_contract() {
+        let e = event(
+            Body::Location(Location {
+                lat: 40.5,
+                lon: -74.25,
+                speed: Some(12.5),
+                heading: None,
+                alt: None,
+                accuracy: Some(4.0),
+            }),
+            Some(43),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.json(0)).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"kind": "location", "id": "abc-7", "device": "truck-1",
+                "ts": "2025-11-25T12:00:00.123Z", "seq": 43, "lat": 40.5, "lon": -74.25,
+                "speed": 12.5, "heading": null, "alt": null, "accuracy": 4.0})
+        );
+        let conflated: serde_json::Value = serde_json::from_slice(&e.json(5)).expect("valid JSON");
+        assert_eq!(conflated["skipped"], 5);
+        let from_msgpack: serde_json::Value =
+            rmp_serde::from_slice(&e.msgpack(0)).expect("valid MessagePack");
+        assert_eq!(from_msgpack, v, "both formats carry the same fields");
+    }
+
+    #[test]
+    fn telemetry_and_status_shapes() {
+        let t = event(
+            Body::Telemetry(Telemetry {
+                metrics: vec![Metric {
+                    name: "temp_c".into(),
+                    value: 21.5,
+                }],
+            }),
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&t.json(0)).expect("valid JSON");
+        assert_eq!(v["metrics"], serde_json::json!({"temp_c": 21.5}));
+        assert!(v.get("seq").is_none(), "no seq when the device sent none");
+        let s = event(
+            Body::Status(Status {
+                online: false,
+                reason: Some("keepalive"),
+            }),
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&s.json(0)).expect("valid JSON");
+        assert_eq!(v["online"], false);
+        assert_eq!(v["reason"], "keepalive");
+    }
+}

@@ -1,0 +1,427 @@
+//! The hub: numbers events, keeps the resume history, and fans events out to client queues.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldline_ingest::document::{Body, Document};
+use fieldline_ingest::LiveFeed;
+use tokio::sync::Notify;
+
+use super::event::LiveEvent;
+use super::filter::Filter;
+use super::position::Position;
+use super::queue::{ClientQueue, Pushed};
+
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    /// Events kept for resume, at most ...
+    pub history_events: usize,
+    /// ... and for at most this long.
+    pub history_age: Duration,
+    /// Events one client may have waiting before its streams are conflated.
+    pub client_queue: usize,
+    /// A client whose queue is full and who has taken nothing for this long is cut off.
+    pub stall_limit: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            history_events: 100_000,
+            history_age: Duration::from_secs(600),
+            client_queue: 4_096,
+            stall_limit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Events handed to a client's writer.
+pub enum Outgoing {
+    Event {
+        event: Arc<LiveEvent>,
+        skipped: u64,
+    },
+    /// The client cannot get every event it asked for: it should reload from the REST API.
+    /// Events after `position` follow.
+    Reset {
+        reason: &'static str,
+        position: Position,
+    },
+    /// The hub stopped serving this client; say why and close.
+    Closed {
+        reason: &'static str,
+    },
+}
+
+struct Client {
+    id: u64,
+    filter: Filter,
+    queue: Mutex<ClientQueue>,
+    wake: Notify,
+}
+
+struct State {
+    /// Offset the next event gets; offsets start at 1, so `{epoch}-0` means "from the start".
+    next_offset: u64,
+    history: VecDeque<Arc<LiveEvent>>,
+    /// Each device's newest position, for bounding-box filters on its other events.
+    positions: HashMap<Arc<str>, (f64, f64)>,
+    /// Clients without a device filter see every event (then filter on kind and box) ...
+    everyone: Vec<Arc<Client>>,
+    /// ... and those with one are found through the event's device.
+    by_device: HashMap<Arc<str>, Vec<Arc<Client>>>,
+}
+
+pub struct Hub {
+    epoch: u64,
+    settings: HubSettings,
+    state: Mutex<State>,
+    next_client: AtomicU64,
+    published: metrics::Counter,
+    conflated: metrics::Counter,
+    history_len: metrics::Gauge,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a hub lock leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings) -> Arc<Self> {
+        // Microseconds since 1970: a new epoch at every start, and ids sort by start.
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Arc::new(Self {
+            epoch,
+            settings,
+            state: Mutex::new(State {
+                next_offset: 1,
+                history: VecDeque::new(),
+                positions: HashMap::new(),
+                everyone: Vec::new(),
+                by_device: HashMap::new(),
+            }),
+            next_client: AtomicU64::new(1),
+            published: metrics::counter!("fieldline_live_events_total"),
+            conflated: metrics::counter!("fieldline_live_conflated_events_total"),
+            history_len: metrics::gauge!("fieldline_live_history_events"),
+        })
+    }
+
+    /// The position of the newest event (offset 0 before the first).
+    pub fn head(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: lock(&self.state).next_offset - 1,
+        }
+    }
+
+    /// Registers a client. With `since`, the events after it that the history still holds are
+    /// replayed first; when they are not all held (or `since` is from another epoch), the
+    /// subscription starts with a reset.
+    pub fn subscribe(self: &Arc<Self>, filter: Filter, since: Option<Position>) -> Subscription {
+        let client = Arc::new(Client {
+            id: self.next_client.fetch_add(1, Ordering::Relaxed),
+            filter,
+            queue: Mutex::new(ClientQueue::new(self.settings.client_queue)),
+            wake: Notify::new(),
+        });
+        let mut state = lock(&self.state);
+        match client.filter.devices() {
+            Some(devices) => {
+                for device in devices {
+                    state
+                        .by_device
+                        .entry(device.clone())
+                        .or_default()
+                        .push(client.clone());
+                }
+            }
+            None => state.everyone.push(client.clone()),
+        }
+        let head = state.next_offset;
+        let oldest = state.history.front().map_or(head, |e| e.position.offset);
+        let (replay, reset) = match since {
+            None => (None, None),
+            Some(p) if p.epoch != self.epoch => {
+                (None, Some("the server restarted since that position"))
+            }
+            Some(p) if p.offset >= head => {
+                (None, Some("that position is not one of this stream's"))
+            }
+            Some(p) if p.offset + 1 < oldest => {
+                (None, Some("events after that position are no longer held"))
+            }
+            Some(p) => (Some(p.offset + 1..head), None),
+        };
+        drop(state);
+        if let Some(reason) = reset {
+            metrics::counter!("fieldline_live_resets_total", "reason" => "resume").increment(1);
+            tracing::debug!(reason, "live client resumes with a reset");
+        }
+        Subscription {
+            hub: self.clone(),
+            client,
+            replay: replay.filter(|r| !r.is_empty()),
+            reset,
+            live_from: Position {
+                epoch: self.epoch,
+                offset: head - 1,
+            },
+        }
+    }
+
+    fn unsubscribe(&self, client: &Client) {
+        let mut state = lock(&self.state);
+        match client.filter.devices() {
+            Some(devices) => {
+                for device in devices {
+                    if let Some(list) = state.by_device.get_mut(device) {
+                        list.retain(|c| c.id != client.id);
+                        if list.is_empty() {
+                            state.by_device.remove(device);
+                        }
+                    }
+                }
+            }
+            None => state.everyone.retain(|c| c.id != client.id),
+        }
+    }
+
+    /// Up to `max` events of `range` that `filter` matches, from the history; `Err` when the
+    /// start of the range has left the history.
+    fn replay_chunk(
+        &self,
+        range: &mut Range<u64>,
+        filter: &Filter,
+        max: usize,
+    ) -> Result<Vec<Arc<LiveEvent>>, ()> {
+        let state = lock(&self.state);
+        let oldest = state
+            .history
+            .front()
+            .map_or(state.next_offset, |e| e.position.offset);
+        if range.start < oldest {
+            return Err(());
+        }
+        let mut out = Vec::new();
+        // Offsets in the history are contiguous, so an offset maps straight to an index.
+        let from = (range.start - oldest) as usize;
+        for event in state.history.range(from..) {
+            if event.position.offset >= range.end || out.len() >= max {
+                break;
+            }
+            range.start = event.position.offset + 1;
+            if filter.matches(event, &state.positions) {
+                out.push(event.clone());
+            }
+        }
+        if out.len() < max {
+            range.start = range.start.max(range.end.min(state.next_offset));
+        }
+        Ok(out)
+    }
+
+    /// Queue depths across clients: (clients, events waiting in all queues, deepest queue).
+    pub fn queue_depths(&self) -> (usize, usize, usize) {
+        let state = lock(&self.state);
+        let mut seen = std::collections::HashSet::new();
+        let (mut total, mut deepest) = (0, 0);
+        let clients = state
+            .everyone
+            .iter()
+            .chain(state.by_device.values().flatten());
+        for client in clients {
+            if seen.insert(client.id) {
+                let len = lock(&client.queue).len();
+                total += len;
+                deepest = deepest.max(len);
+            }
+        }
+        (seen.len(), total, deepest)
+    }
+
+    fn deliver(&self, client: &Client, event: &Arc<LiveEvent>) -> bool {
+        let mut queue = lock(&client.queue);
+        let was_empty = queue.is_empty();
+        let outcome = queue.push(event.clone(), self.settings.stall_limit);
+        drop(queue);
+        let cut_off = match outcome {
+            Pushed::Queued => false,
+            Pushed::Conflated { dropped } => {
+                self.conflated.increment(dropped);
+                false
+            }
+            Pushed::Overflowed => {
+                metrics::counter!("fieldline_live_resets_total", "reason" => "overflow")
+                    .increment(1);
+                false
+            }
+            Pushed::Stalled => {
+                metrics::counter!("fieldline_live_disconnects_total", "reason" => "stalled")
+                    .increment(1);
+                tracing::info!(
+                    client = client.id,
+                    "live client stopped reading; cutting it off"
+                );
+                true
+            }
+        };
+        if was_empty || cut_off {
+            client.wake.notify_one();
+        }
+        cut_off
+    }
+}
+
+impl LiveFeed for Hub {
+    fn publish(&self, document: Arc<Document>) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let position = Position {
+            epoch: self.epoch,
+            offset: state.next_offset,
+        };
+        state.next_offset += 1;
+        let event = Arc::new(LiveEvent::new(position, document));
+        if let Body::Location(l) = &event.document.body {
+            match state.positions.get_mut(event.device()) {
+                Some(p) => *p = (l.lat, l.lon),
+                None => {
+                    state
+                        .positions
+                        .insert(event.document.device.clone(), (l.lat, l.lon));
+                }
+            }
+        }
+        state.history.push_back(event.clone());
+        while state.history.len() > self.settings.history_events
+            || state
+                .history
+                .front()
+                .is_some_and(|e| e.at.elapsed() > self.settings.history_age)
+        {
+            state.history.pop_front();
+        }
+        let mut cut_off = Vec::new();
+        let targeted = state.by_device.get(event.device());
+        for client in state.everyone.iter().chain(targeted.into_iter().flatten()) {
+            if client.filter.matches(&event, &state.positions) && self.deliver(client, &event) {
+                cut_off.push(client.clone());
+            }
+        }
+        self.published.increment(1);
+        self.history_len.set(state.history.len() as f64);
+        drop(guard);
+        for client in cut_off {
+            // Its queue is closed and empty: stop spending anything on it.
+            self.unsubscribe(&client);
+        }
+    }
+}
+
+/// One client's view of the hub: replayed history first, then live events. Dropping it
+/// unregisters the client.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    client: Arc<Client>,
+    replay: Option<Range<u64>>,
+    reset: Option<&'static str>,
+    /// The newest event before this client's live queue began.
+    live_from: Position,
+}
+
+/// Events per replay step, so a long replay never holds the hub for long.
+const REPLAY_CHUNK: usize = 512;
+
+impl Subscription {
+    /// The next events to send, waiting until there is at least one.
+    pub async fn next(&mut self) -> Vec<Outgoing> {
+        if let Some(reason) = self.reset.take() {
+            return vec![Outgoing::Reset {
+                reason,
+                position: self.live_from,
+            }];
+        }
+        while let Some(range) = &mut self.replay {
+            // Replaying counts as reading: a client catching up is not stalled.
+            lock(&self.client.queue).touch();
+            match self
+                .hub
+                .replay_chunk(range, &self.client.filter, REPLAY_CHUNK)
+            {
+                Ok(events) => {
+                    if range.is_empty() {
+                        self.replay = None;
+                    }
+                    if !events.is_empty() {
+                        return events
+                            .into_iter()
+                            .map(|event| Outgoing::Event { event, skipped: 0 })
+                            .collect();
+                    }
+                }
+                Err(()) => {
+                    self.replay = None;
+                    metrics::counter!("fieldline_live_resets_total", "reason" => "resume")
+                        .increment(1);
+                    return vec![Outgoing::Reset {
+                        reason: "events after that position left the history during the replay",
+                        position: self.live_from,
+                    }];
+                }
+            }
+        }
+        loop {
+            {
+                let mut queue = lock(&self.client.queue);
+                if let Some(reason) = queue.closed {
+                    return vec![Outgoing::Closed { reason }];
+                }
+                let mut out = Vec::new();
+                if let Some((reason, offset)) = queue.reset.take() {
+                    out.push(Outgoing::Reset {
+                        reason,
+                        position: Position {
+                            epoch: self.live_from.epoch,
+                            offset,
+                        },
+                    });
+                }
+                out.extend(queue.take().into_iter().map(|q| Outgoing::Event {
+                    event: q.event,
+                    skipped: q.skipped,
+                }));
+                if !out.is_empty() {
+                    return out;
+                }
+            }
+            self.client.wake.notified().await;
+        }
+    }
+}
+
+impl Subscription {
+    /// Where this client stands before its first event, when that is already known: the
+    /// stream head for a fresh subscription. `None` while history is still to be replayed.
+    pub fn start_position(&self) -> Option<Position> {
+        (self.replay.is_none() && self.reset.is_none()).then_some(self.live_from)
+    }
+
+    /// Starts the stream with a reset, e.g. when the client's resume position was garbage.
+    pub fn reset_first(&mut self, reason: &'static str) {
+        self.replay = None;
+        self.reset = Some(reason);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.client);
+    }
+}
