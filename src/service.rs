@@ -94,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
-    let live_metrics = tokio::spawn(report_live_queues(hub));
+    let live_metrics = tokio::spawn(report_live_queues(hub.clone()));
 
     let stop_accepting = async {
         shutdown_signal().await;
@@ -112,6 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     writer_task.await.context("store writer failed")?;
     housekeeping.abort();
     live_metrics.abort();
+    hub.close_all("the server is shutting down");
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(5), http).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -285,6 +287,7 @@ impl Drop for Server {
 /// A device connected with rumqttc (MQTT 3.1.1), publishing at QoS 1 and counting PUBACKs.
 pub struct Device {
     pub client: AsyncClient,
+    pub client_id: String,
     acks: tokio::sync::watch::Receiver<usize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -299,7 +302,12 @@ impl Device {
         let (client, eventloop) = AsyncClient::new(options, 1000);
         let (ack_tx, acks) = tokio::sync::watch::channel(0usize);
         let task = tokio::spawn(drive(eventloop, ack_tx));
-        let mut device = Device { client, acks, task };
+        let mut device = Device {
+            client,
+            client_id: client_id.to_string(),
+            acks,
+            task,
+        };
         device.wait_connected().await;
         device
     }

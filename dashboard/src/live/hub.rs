@@ -227,6 +227,20 @@ impl Hub {
         Ok(out)
     }
 
+    /// Ends every subscription with `reason` (at shutdown), so streams close instead of
+    /// holding the HTTP server open.
+    pub fn close_all(&self, reason: &'static str) {
+        let state = lock(&self.state);
+        for client in state
+            .everyone
+            .iter()
+            .chain(state.by_device.values().flatten())
+        {
+            lock(&client.queue).closed = Some(reason);
+            client.wake.notify_one();
+        }
+    }
+
     /// Queue depths across clients: (clients, events waiting in all queues, deepest queue).
     pub fn queue_depths(&self) -> (usize, usize, usize) {
         let state = lock(&self.state);

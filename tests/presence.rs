@@ -1,0 +1,176 @@
+//! Presence end to end: connections of real MQTT clients (rumqttc, `mosquitto_sub` processes,
+//! a raw socket) make devices online and offline, live and in `/api/devices`, with the reason
+//! each connection ended, on both storage back ends.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::live::Sse;
+use support::{database, Backend, Device, Server, TempDir};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(every_way_a_connection_ends_makes_its_device_offline);
+
+/// `mosquitto_sub` as a device process that stays connected until killed.
+fn mosquitto_device(port: u16, id: &str, extra: &[&str]) -> Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            id,
+            "-k",
+            "60",
+        ])
+        .args(["-t", &format!("devices/{id}/commands/#")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub is installed (scripts/test.sh installs mosquitto-clients)")
+}
+
+/// The next status event, checked to be about `device`.
+async fn status(sse: &mut Sse, device: &str) -> Value {
+    let event = sse.event().await.json();
+    assert_eq!(event["kind"], "status", "{event}");
+    assert_eq!(event["device"], device, "{event}");
+    event
+}
+
+/// A CONNECT with a 1 s keep-alive, written by hand, after which the client says nothing more
+/// while keeping its socket open.
+fn silent_client(port: u16, id: &str) -> std::net::TcpStream {
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut packet = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    packet.extend_from_slice(b"MQTT");
+    packet.extend_from_slice(&[4, 0x02, 0, 1, 0, id.len() as u8]);
+    packet.extend_from_slice(id.as_bytes());
+    socket.write_all(&packet).expect("CONNECT sent");
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "connection accepted");
+    socket
+}
+
+async fn every_way_a_connection_ends_makes_its_device_offline(backend: Backend) {
+    let dir = TempDir::new("presence");
+    let url = database(backend, &dir, "presence").await;
+    let mut server = Server::start(&dir, &url).await;
+    let mut sse = Sse::open(&server, "kinds=status", None).await;
+
+    // A clean DISCONNECT.
+    let device = Device::connect(server.mqtt_port, "clean-1").await;
+    assert_eq!(status(&mut sse, "clean-1").await["online"], true);
+    server
+        .wait_for("/api/devices/clean-1", |d| d["online"] == true)
+        .await;
+    device.client.disconnect().await.expect("disconnect queued");
+    let offline = status(&mut sse, "clean-1").await;
+    assert_eq!(offline["online"], false);
+    assert_eq!(offline["reason"], "disconnect");
+
+    // A device process killed outright: the socket closes under the broker.
+    let mut killed = mosquitto_device(server.mqtt_port, "killed-2", &[]);
+    assert_eq!(status(&mut sse, "killed-2").await["online"], true);
+    killed.kill().expect("SIGKILL");
+    let _ = killed.wait();
+    let offline = status(&mut sse, "killed-2").await;
+    assert_eq!(
+        (offline["online"].clone(), offline["reason"].clone()),
+        (false.into(), "dropped".into())
+    );
+
+    // Killed with a Last Will on its status topic: the will is the offline status.
+    let mut willing = mosquitto_device(
+        server.mqtt_port,
+        "will-3",
+        &[
+            "--will-topic",
+            "devices/will-3/status",
+            "--will-payload",
+            r#"{"online": false, "seq": 7}"#,
+        ],
+    );
+    assert_eq!(status(&mut sse, "will-3").await["online"], true);
+    willing.kill().expect("SIGKILL");
+    let _ = willing.wait();
+    let offline = status(&mut sse, "will-3").await;
+    assert_eq!(offline["online"], false);
+    assert_eq!(offline["reason"], "will");
+    assert_eq!(offline["seq"], 7, "the will's own fields are kept");
+
+    // Silence past the keep-alive: the broker's timer (1.5 × 1 s) ends the connection.
+    let silent = silent_client(server.mqtt_port, "silent-4");
+    assert_eq!(status(&mut sse, "silent-4").await["online"], true);
+    let went_silent = Instant::now();
+    let offline = status(&mut sse, "silent-4").await;
+    let after = went_silent.elapsed();
+    assert_eq!(offline["reason"], "keepalive", "{offline}");
+    // Not a timing assertion: a bound that only a missing timer would break.
+    assert!(
+        after < Duration::from_secs(15),
+        "offline {after:?} after going silent"
+    );
+    drop(silent);
+
+    // The summary and the stored history agree with what went live.
+    for id in ["clean-1", "killed-2", "will-3", "silent-4"] {
+        let device = server
+            .wait_for(&format!("/api/devices/{id}"), |d| d["online"] == false)
+            .await;
+        assert!(device["last_seen"].is_string(), "{device}");
+    }
+    let history = server
+        .wait_for("/api/devices/clean-1/status", |h| {
+            h.as_array().is_some_and(|a| a.len() == 2)
+        })
+        .await;
+    let reasons: Vec<&str> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons, ["connect", "disconnect"]);
+
+    // A device still connected when the server stops is offline once it is back.
+    let _stays = Device::connect(server.mqtt_port, "stays-5").await;
+    assert_eq!(status(&mut sse, "stays-5").await["online"], true);
+    server
+        .wait_for("/api/devices/stays-5", |d| d["online"] == true)
+        .await;
+    drop(sse);
+    assert!(server.stop().success());
+    let server = Server::start(&dir, &url).await;
+    let device = server.get_ok("/api/devices/stays-5").await;
+    assert_eq!(device["online"], false, "{device}");
+    let history = server.get_ok("/api/devices/stays-5/status").await;
+    let last = history
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["reason"], "dropped", "{history}");
+}
