@@ -21,38 +21,12 @@ MQTT_PORT=18883
 HTTP_PORT=18088
 WORK="${TMPDIR:-/tmp}/fieldline-bench"
 
-need=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
-if [ ${#need[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --release --workspace -q
-BIN=target/release
-PG_BIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-psql_q() { psql -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "${DB:-postgres}" -c "$1"; }
-
-cleanup() {
-    [ -n "${FL_PID:-}" ] && kill "$FL_PID" 2>/dev/null || true
-    [ -n "${MQ_PID:-}" ] && kill "$MQ_PID" 2>/dev/null || true
-    as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-cleanup
-rm -rf "$WORK" && mkdir -p "$WORK/pg" && { [ "$(id -u)" -ne 0 ] || chown -R postgres: "$WORK"; }
-# PostgreSQL with its default settings (fsync on), listening on loopback only.
-as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1" start >/dev/null
-psql_q "CREATE DATABASE bench"
-DB=bench
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 echo "== fieldline $(git rev-parse --short HEAD 2>/dev/null || echo '?'); machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB"
 echo "== load: $DEVICES devices, QoS 1, JSON location fixes, $BATCH per publish, ${DURATION}s per run"
 
-peak_rss() { awk '/VmHWM/ {print $2 " " $3}' "/proc/$1/status"; }
-cpu_secs() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 pg_cpu_secs() { # all PostgreSQL processes of this cluster
     local total=0
     for pid in $(pgrep -f -- "-D $WORK/pg" ; pgrep -P "$(head -1 "$WORK/pg/postmaster.pid")"); do

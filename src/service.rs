@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use fieldline_broker::{BrokerSettings, Inbound, Message, TapReceiver};
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
@@ -87,6 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners_up: listeners_up.clone(),
     });
     let http = tokio::spawn(async move {
+        // Live streams write small frames that must leave at once: no Nagle delay.
+        let http_listener = http_listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+            }
+        });
         axum::serve(http_listener, app)
             .with_graceful_shutdown(async {
                 let _ = http_stopped.await;

@@ -1,6 +1,8 @@
 //! The load client: N devices publishing location fixes at a total rate for a duration, each
 //! counting its PUBACKs, then a report of what was sent and acknowledged. With `--subscribe`
 //! it also counts what one subscriber receives (to measure a plain broker such as Mosquitto).
+//! With `--watch sse|ws` it reads the fixes back through Fieldline's live streams with
+//! `--watchers` clients, reporting publish-to-receive latency and anything missed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use rumqttc::{Event, Packet, QoS};
 
 use crate::connection::Broker;
 use crate::payload::{now_ms, publish, Encoding, Fix};
+use crate::watch::{sample_peak_rss, SentTimes, WatchArgs, Watchers};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -38,6 +41,8 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    watch: WatchArgs,
 }
 
 #[derive(Default)]
@@ -62,6 +67,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let per_device = args.rate as f64 / args.devices as f64;
+    let docs_per_device =
+        (per_device * args.duration as f64 * f64::from(args.batch) * 1.2) as usize + 1000;
+    let sent_times = Arc::new(SentTimes::new(
+        Instant::now(),
+        args.devices,
+        docs_per_device,
+    ));
+    let watchers = match args.watch.watch {
+        Some(transport) => Some(
+            Watchers::connect(
+                &args.watch,
+                transport,
+                args.devices,
+                &args.prefix,
+                sent_times.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak_rss = sample_peak_rss(args.watch.server_pid, stop_sampling.clone());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::with_capacity(args.devices);
@@ -86,6 +113,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let c = counters.clone();
         let topic = format!("devices/{}-{d}/location", args.prefix);
         let (batch, encoding) = (usize::from(args.batch), args.encoding);
+        let sent_times = sent_times.clone();
+        let devices = args.devices;
         let publisher = tokio::spawn(async move {
             // Spread devices around the world so fixes differ; each moves a little per fix.
             let mut fix = Fix {
@@ -97,7 +126,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 heading: 90.0,
             };
             let mut published = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            // One tick per publish (1 to 10 ms apart), each device at its own phase, so the
+            // fleet's publishes are spread out as real devices' are, not sent in bursts.
+            let period = Duration::from_secs_f64(1.0 / per_device)
+                .clamp(Duration::from_millis(1), Duration::from_millis(10));
+            let phase = period.mul_f64(d as f64 / devices as f64);
+            let mut tick = tokio::time::interval_at((started + phase).into(), period);
             while Instant::now() < deadline {
                 tick.tick().await;
                 // Catch up to where this device should be, so pacing does not drift.
@@ -108,6 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         fix.seq += 1;
                         fix.ts = now_ms();
                         fix.lon = (fix.lon + 0.0001).min(179.0);
+                        sent_times.record(d, fix.seq);
                         docs.push(fix.clone());
                     }
                     if !publish(&client, &topic, qos, &docs, encoding).await {
@@ -161,7 +196,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for (_, poller) in &tasks {
         poller.abort();
     }
+    let per_client_kb = watchers.as_ref().and_then(Watchers::per_client_kb);
+    let watched = match watchers {
+        Some(w) => Some(w.finish(Duration::from_secs(30)).await),
+        None => None,
+    };
+    stop_sampling.store(true, Ordering::Relaxed);
+    let peak_rss_kb = peak_rss.await.ok().filter(|&kb| kb > 0);
     let report = serde_json::json!({
+        "watch": watched,
+        "server_rss_kb_per_idle_client": per_client_kb,
+        "server_rss_kb_peak": peak_rss_kb,
         "devices": args.devices,
         "target_rate": args.rate,
         "duration_s": args.duration,
@@ -190,6 +235,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             counters.disconnects.load(Ordering::Relaxed),
             subscriber.map(|_| format!("; subscriber received {received}")).unwrap_or_default(),
         );
+        if let Some(w) = &report["watch"].as_object() {
+            println!("live clients: {}", serde_json::to_string_pretty(w)?);
+        }
     }
     anyhow::ensure!(
         qos == QoS::AtMostOnce || acked == sent,

@@ -3,10 +3,12 @@
 
 mod connection;
 mod fleet;
+mod latency;
 mod load;
 mod payload;
 mod random;
 mod sensors;
+mod watch;
 
 use clap::{Parser, Subcommand};
 

@@ -13,6 +13,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::stream::KEEP_ALIVE;
@@ -42,6 +44,11 @@ pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Res
         .protocols(["fieldline.json", "fieldline.msgpack"])
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        // Clients send only small control messages: a small read buffer keeps an idle
+        // connection cheap (tungstenite's default is 128 KiB per socket).
+        .read_buffer_size(4 * 1024)
+        // Each frame is flushed as it is sent; nothing waits to fill a buffer.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| session(socket, state))
 }
 
@@ -55,18 +62,32 @@ struct Control {
     since: Option<String>,
 }
 
-async fn session(mut socket: WebSocket, state: AppState) {
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn session(socket: WebSocket, state: AppState) {
     let format = match socket.protocol().map(|p| p.as_bytes()) {
         Some(b"fieldline.msgpack") => Format::MessagePack,
         _ => Format::Json,
     };
+    // Reading runs on its own task: polling the socket for input on every pass of the send
+    // loop would make tungstenite prepare its read buffer thousands of times a second.
+    let (mut socket, mut reader) = socket.split();
+    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::channel(8);
+    let reading = tokio::spawn(async move {
+        while let Some(message) = reader.next().await {
+            let end = message.is_err();
+            if incoming_tx.send(message).await.is_err() || end {
+                break;
+            }
+        }
+    });
     let client = LiveClient::new("ws");
     let mut subscription: Option<Subscription> = None;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.reset();
     loop {
         tokio::select! {
-            incoming = socket.recv() => {
+            incoming = incoming_rx.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription),
@@ -137,6 +158,7 @@ async fn session(mut socket: WebSocket, state: AppState) {
             }
         }
     }
+    reading.abort();
 }
 
 /// Waits for the subscription's next events; forever when there is none yet.
@@ -247,7 +269,7 @@ fn text(json: Bytes) -> Message {
     }
 }
 
-async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+async fn send(socket: &mut Sink, message: Message) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(()),
@@ -259,7 +281,7 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
     }
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+async fn close(socket: &mut Sink, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
