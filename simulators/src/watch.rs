@@ -71,7 +71,11 @@ impl SentTimes {
     }
 
     fn latency_us(&self, device: usize, seq: u64) -> Option<u64> {
-        let sent = self.per_device.get(device)?.get(seq as usize)?.load(Ordering::Relaxed);
+        let sent = self
+            .per_device
+            .get(device)?
+            .get(seq as usize)?
+            .load(Ordering::Relaxed);
         let now = self.start.elapsed().as_nanos() as u64 + 1;
         (sent > 0).then(|| now.saturating_sub(sent) / 1000)
     }
@@ -260,7 +264,10 @@ impl Watchers {
                     Transport::Ws => read_ws(&w, &http, &plan.subscribe, msgpack, ready_tx).await,
                 };
                 if let Err(e) = result {
-                    w.stats.lock().map(|mut s| s.error = Some(e.to_string())).ok();
+                    w.stats
+                        .lock()
+                        .map(|mut s| s.error = Some(e.to_string()))
+                        .ok();
                 }
             }));
             tokio::time::timeout(Duration::from_secs(30), ready_rx)
