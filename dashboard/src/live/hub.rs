@@ -416,19 +416,9 @@ impl Subscription {
                 }
             }
             self.client.wake.notified().await;
-            // A busy stream is sent in batches: when this client took events less than a
-            // millisecond ago, let more gather before waking its writer again. One wake and
-            // one write per batch instead of per event is what keeps many clients affordable.
-            let since_taken = lock(&self.client.queue).since_taken();
-            if since_taken < LINGER {
-                tokio::time::sleep(LINGER - since_taken).await;
-            }
         }
     }
 }
-
-/// The least time between two sends to one client while events keep coming.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Subscription {
     /// Where this client stands before its first event, when that is already known: the

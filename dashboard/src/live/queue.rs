@@ -120,11 +120,6 @@ impl ClientQueue {
         (before - self.events.len()) as u64
     }
 
-    /// How long ago the client last took its events.
-    pub fn since_taken(&self) -> Duration {
-        self.last_taken.elapsed()
-    }
-
     /// Counts as the client reading, without taking anything.
     pub fn touch(&mut self) {
         self.last_taken = Instant::now();
