@@ -176,7 +176,8 @@ async fn filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket() 
     publish(&b, "telemetry", json!({"seq": 1, "metrics": {"x": 2}})).await;
     b.wait_acked(2).await;
     assert_eq!(key(&ws.next().await), k("location", "dev-a", Some(1)));
-    // New filters on the open socket: only dev-b's telemetry from now on.
+    // New filters on the open socket: dev-b's telemetry, from the last event this socket got
+    // (so dev-b's reading published meanwhile is not lost).
     let ack = ws
         .subscribe(json!({"type": "subscribe", "kinds": ["telemetry"], "devices": ["dev-b"]}))
         .await;
@@ -220,6 +221,7 @@ async fn filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket() 
             k("telemetry", "dev-a", Some(99)),
         ]
     );
+    assert_eq!(key(&ws.next().await), k("telemetry", "dev-b", Some(1)));
     assert_eq!(key(&ws.next().await), k("telemetry", "dev-b", Some(99)));
 }
 

@@ -135,6 +135,19 @@ async fn every_way_a_connection_ends_makes_its_device_offline(backend: Backend) 
     );
     drop(silent);
 
+    // A second CONNECT on the same connection is a protocol error: the connection is closed,
+    // and the device it first named goes offline.
+    let mut twice = silent_client(server.mqtt_port, "twice-6");
+    assert_eq!(status(&mut sse, "twice-6").await["online"], true);
+    let mut packet = vec![0x10, 12 + 5, 0, 4];
+    packet.extend_from_slice(b"MQTT");
+    packet.extend_from_slice(&[4, 0x02, 0, 60, 0, 5]);
+    packet.extend_from_slice(b"other");
+    twice.write_all(&packet).expect("second CONNECT sent");
+    let offline = status(&mut sse, "twice-6").await;
+    assert_eq!(offline["online"], false);
+    assert_eq!(offline["reason"], "dropped");
+
     // The summary and the stored history agree with what went live.
     for id in ["clean-1", "killed-2", "will-3", "silent-4"] {
         let device = server

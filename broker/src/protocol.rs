@@ -40,6 +40,9 @@ pub(crate) struct TappedProtocol {
     will: Option<Will>,
     /// Set when the broker writes a successful CONNACK (`write` only gets `&self`).
     online: AtomicBool,
+    /// Numbered at the CONNACK, so the order of ids is the order in which the broker
+    /// accepted connections (a device's newest connection has the highest).
+    connection: AtomicU64,
     /// The client ended with DISCONNECT, which also discards its will.
     clean_end: bool,
     last_packet: Instant,
@@ -63,6 +66,7 @@ impl TappedProtocol {
             session: None,
             will: None,
             online: AtomicBool::new(false),
+            connection: AtomicU64::new(0),
             clean_end: false,
             last_packet: Instant::now(),
         }
@@ -172,11 +176,17 @@ impl Protocol for TappedProtocol {
         };
         self.last_packet = Instant::now();
         match &packet {
+            // MQTT: a second CONNECT is a protocol violation that closes the connection; it
+            // must not rename the device this connection speaks for.
+            Packet::Connect(..) if self.connected => {
+                metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+                return Err(protocol::Error::InvalidProtocol);
+            }
             Packet::Connect(connect, _, will, _, login) => {
                 self.client_id = Arc::from(connect.client_id.as_str());
                 self.connected = true;
                 self.session = Some(Session {
-                    connection: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
+                    connection: 0,
                     username: login.as_ref().map(|l| Arc::from(l.username.as_str())),
                     keep_alive: connect.keep_alive,
                 });
@@ -202,8 +212,14 @@ impl Protocol for TappedProtocol {
         if let (Packet::ConnAck(ack, _), Some(session)) = (&packet, &self.session) {
             if ack.code == ConnectReturnCode::Success && !self.online.swap(true, Ordering::Relaxed)
             {
+                let connection = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+                self.connection.store(connection, Ordering::Relaxed);
+                let session = Session {
+                    connection,
+                    ..session.clone()
+                };
                 self.tap
-                    .presence(self.client_id.clone(), Message::Connected(session.clone()));
+                    .presence(self.client_id.clone(), Message::Connected(session));
             }
         }
         match self.version {
@@ -218,9 +234,10 @@ impl Drop for TappedProtocol {
         if !self.online.load(Ordering::Relaxed) {
             return;
         }
-        let Some(session) = self.session.take() else {
+        let Some(mut session) = self.session.take() else {
             return;
         };
+        session.connection = self.connection.load(Ordering::Relaxed);
         let reason = self.end_reason(session.keep_alive);
         let will = if self.clean_end {
             None

@@ -185,7 +185,7 @@ impl Pipeline {
         };
         let device = self.device_ids.intern(device);
         let received_ms = epoch_ms(at);
-        let (mut reason, mut ts_ms, mut seq) = (reason, received_ms, None);
+        let (mut reason, mut seq) = (reason, None);
         if let Some((topic, payload)) = will {
             let status_topic = format!("devices/{device}/status");
             if topic == status_topic.as_bytes() {
@@ -205,15 +205,17 @@ impl Pipeline {
                         received_ms,
                     );
                 }
+                // The will was written at connect time: its seq is kept, but the offline
+                // status is dated when the connection ended.
                 if let Some(doc) = decoded.documents.last() {
-                    (reason, ts_ms, seq) = ("will", doc.ts_ms, doc.seq);
+                    (reason, seq) = ("will", doc.seq);
                 }
             } else {
                 self.handle(topic, payload, at).await;
             }
         }
         if self.presence.disconnected(&device, connection) {
-            self.presence_change(device, ts_ms, seq, false, reason);
+            self.presence_change(device, received_ms, seq, false, reason);
             self.hand_off_if_full().await;
         }
     }

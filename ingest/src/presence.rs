@@ -17,9 +17,19 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Records a new connection; true when the device was offline until now.
+    /// Records a new connection; true when the device was offline until now. Connection ids
+    /// grow in the order the broker accepted them, so an older one arriving late is ignored.
     pub fn connected(&mut self, device: &Arc<str>, connection: u64) -> bool {
-        self.current.insert(device.clone(), connection).is_none()
+        match self.current.get_mut(device) {
+            Some(current) => {
+                *current = (*current).max(connection);
+                false
+            }
+            None => {
+                self.current.insert(device.clone(), connection);
+                true
+            }
+        }
     }
 
     /// Records the end of a connection; true when it was the device's current one, so the
@@ -62,6 +72,11 @@ mod tests {
             !presence.disconnected("truck-1", 1),
             "a stale end changes nothing"
         );
+        assert!(
+            !presence.connected(&truck, 1),
+            "an older connection reported late"
+        );
+        assert!(!presence.disconnected("truck-1", 1));
         assert_eq!(presence.online_devices(), 1);
         assert!(presence.disconnected("truck-1", 2));
         assert!(

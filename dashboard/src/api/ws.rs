@@ -3,7 +3,8 @@
 //!
 //! The client sends `{"type": "subscribe", ...}` (in its format) to start or change its
 //! filters; the server answers `{"type": "subscribed", "id": ...}` and then sends events, a
-//! single object or an array of them per frame. Mistakes in a message get a
+//! single object or an array of them per frame. A new subscribe without `since` goes on from
+//! the last position this socket sent, so changing filters loses no event of the new filter. Mistakes in a message get a
 //! `{"type": "error"}` reply and the socket stays open; frames of the wrong type for the
 //! subprotocol close it with 1003, as the WebSocket standard says.
 
@@ -83,6 +84,8 @@ async fn session(socket: WebSocket, state: AppState) {
     });
     let client = LiveClient::new("ws");
     let mut subscription: Option<Subscription> = None;
+    // The position of the last event (or reset) sent on this socket.
+    let mut cursor: Option<Position> = None;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.reset();
     loop {
@@ -90,9 +93,9 @@ async fn session(socket: WebSocket, state: AppState) {
             incoming = incoming_rx.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription),
+                    Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription, &mut cursor),
                     Some(Ok(Message::Binary(bytes))) if format == Format::MessagePack => {
-                        control(&bytes, Format::MessagePack, &state, &mut subscription)
+                        control(&bytes, Format::MessagePack, &state, &mut subscription, &mut cursor)
                     }
                     Some(Ok(Message::Binary(_))) => {
                         close(&mut socket, UNSUPPORTED_DATA, "binary frames need the fieldline.msgpack subprotocol").await;
@@ -113,6 +116,7 @@ async fn session(socket: WebSocket, state: AppState) {
                     match item {
                         Outgoing::Event { event, skipped } => {
                             events += 1;
+                            cursor = Some(event.position);
                             pending.push(match format {
                                 Format::Json => event.json(skipped),
                                 Format::MessagePack => event.msgpack(skipped),
@@ -122,6 +126,7 @@ async fn session(socket: WebSocket, state: AppState) {
                             }
                         }
                         Outgoing::Reset { reason, position } => {
+                            cursor = Some(position);
                             if !pending.is_empty() {
                                 frames.push(frame(std::mem::take(&mut pending), format));
                             }
@@ -175,6 +180,7 @@ fn control(
     format: Format,
     state: &AppState,
     subscription: &mut Option<Subscription>,
+    cursor: &mut Option<Position>,
 ) -> serde_json::Value {
     let parsed: Result<Control, String> = match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
@@ -196,14 +202,15 @@ fn control(
         Err(e) => return error(e.to_string()),
     };
     let since = match control.since.as_deref().map(str::parse::<Position>) {
-        None => None,
+        None => *cursor,
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => return error(format!("since: {e}")),
     };
     // The old subscription ends first, so the client is never registered twice.
     *subscription = None;
     let fresh = state.hub.subscribe(filter, since);
-    let id = fresh.start_position().map(|p| p.to_string());
+    *cursor = fresh.start_position().or(since);
+    let id = cursor.map(|p| p.to_string());
     *subscription = Some(fresh);
     serde_json::json!({"type": "subscribed", "id": id})
 }

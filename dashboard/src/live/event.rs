@@ -16,16 +16,24 @@ pub struct LiveEvent {
     pub document: Arc<Document>,
     /// When the hub took it, for the history's age limit.
     pub(crate) at: Instant,
+    /// The device's newest known position when the event was published, so bounding-box
+    /// filters give the same answer live and on replay.
+    pub(crate) device_position: Option<(f64, f64)>,
     json: OnceLock<Bytes>,
     msgpack: OnceLock<Bytes>,
 }
 
 impl LiveEvent {
-    pub(crate) fn new(position: Position, document: Arc<Document>) -> Self {
+    pub(crate) fn new(
+        position: Position,
+        document: Arc<Document>,
+        device_position: Option<(f64, f64)>,
+    ) -> Self {
         Self {
             position,
             document,
             at: Instant::now(),
+            device_position,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
@@ -154,6 +162,7 @@ mod tests {
                 seq,
                 body,
             }),
+            None,
         )
     }
 

@@ -1,6 +1,6 @@
 //! What a client wants to see: kinds, devices and a bounding box, as the contract defines them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use fieldline_ingest::document::{is_valid_name, Body, Kind};
@@ -145,14 +145,9 @@ impl Filter {
         self.devices.as_ref()
     }
 
-    /// `positions` holds each device's newest known position, for the bounding box rule:
-    /// location events inside the box, and every other kind of a device whose newest position
-    /// is inside it.
-    pub(crate) fn matches(
-        &self,
-        event: &LiveEvent,
-        positions: &HashMap<Arc<str>, (f64, f64)>,
-    ) -> bool {
+    /// The bounding box rule: location events inside the box, and every other kind of a
+    /// device whose newest position (when the event was published) is inside it.
+    pub(crate) fn matches(&self, event: &LiveEvent) -> bool {
         if let Some(kinds) = &self.kinds {
             if !kinds.contains(&event.kind()) {
                 return false;
@@ -166,9 +161,9 @@ impl Filter {
         match (&self.bbox, &event.document.body) {
             (None, _) => true,
             (Some(bbox), Body::Location(l)) => bbox.contains(l.lat, l.lon),
-            (Some(bbox), _) => positions
-                .get(event.device())
-                .is_some_and(|&(lat, lon)| bbox.contains(lat, lon)),
+            (Some(bbox), _) => event
+                .device_position
+                .is_some_and(|(lat, lon)| bbox.contains(lat, lon)),
         }
     }
 }

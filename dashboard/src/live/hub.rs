@@ -217,7 +217,7 @@ impl Hub {
                 break;
             }
             range.start = event.position.offset + 1;
-            if filter.matches(event, &state.positions) {
+            if filter.matches(event) {
                 out.push(event.clone());
             }
         }
@@ -302,17 +302,21 @@ impl LiveFeed for Hub {
             offset: state.next_offset,
         };
         state.next_offset += 1;
-        let event = Arc::new(LiveEvent::new(position, document));
-        if let Body::Location(l) = &event.document.body {
-            match state.positions.get_mut(event.device()) {
-                Some(p) => *p = (l.lat, l.lon),
-                None => {
-                    state
-                        .positions
-                        .insert(event.document.device.clone(), (l.lat, l.lon));
+        let device_position = match &document.body {
+            Body::Location(l) => {
+                match state.positions.get_mut(&*document.device) {
+                    Some(p) => *p = (l.lat, l.lon),
+                    None => {
+                        state
+                            .positions
+                            .insert(document.device.clone(), (l.lat, l.lon));
+                    }
                 }
+                Some((l.lat, l.lon))
             }
-        }
+            _ => state.positions.get(&*document.device).copied(),
+        };
+        let event = Arc::new(LiveEvent::new(position, document, device_position));
         state.history.push_back(event.clone());
         while state.history.len() > self.settings.history_events
             || state
@@ -325,7 +329,7 @@ impl LiveFeed for Hub {
         let mut cut_off = Vec::new();
         let targeted = state.by_device.get(event.device());
         for client in state.everyone.iter().chain(targeted.into_iter().flatten()) {
-            if client.filter.matches(&event, &state.positions) && self.deliver(client, &event) {
+            if client.filter.matches(&event) && self.deliver(client, &event) {
                 cut_off.push(client.clone());
             }
         }

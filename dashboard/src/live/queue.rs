@@ -163,6 +163,7 @@ mod tests {
                 seq: Some(offset),
                 body,
             }),
+            None,
         ))
     }
 
