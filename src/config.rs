@@ -52,6 +52,10 @@ pub struct Args {
     /// A live client that reads nothing for this long while its queue is full is cut off, in seconds [default: 30]
     #[arg(long, env = "FIELDLINE_LIVE_STALL_SECONDS")]
     pub live_stall_seconds: Option<u64>,
+    /// Listen on non-loopback addresses although no device or API authentication is
+    /// configured: anyone who reaches them can publish as any device and read everything.
+    #[arg(long, env = "FIELDLINE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 }
 
 /// The same settings, as read from the TOML file.
@@ -69,6 +73,7 @@ struct FileConfig {
     live_history_seconds: Option<u64>,
     live_client_queue: Option<usize>,
     live_stall_seconds: Option<u64>,
+    allow_anonymous: Option<bool>,
 }
 
 /// Settings after merging every source.
@@ -82,6 +87,7 @@ pub struct Config {
     pub batch_rows: usize,
     pub batch_age: Duration,
     pub live: HubSettings,
+    pub allow_anonymous: bool,
 }
 
 impl Config {
@@ -140,7 +146,9 @@ impl Config {
                         .unwrap_or(30),
                 ),
             },
+            allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
+        config.check_exposure()?;
         if config.live.client_queue < 16 || config.live.client_queue > 1_000_000 {
             anyhow::bail!("live_client_queue must be between 16 and 1,000,000 events");
         }
@@ -154,6 +162,27 @@ impl Config {
             anyhow::bail!("batch_rows must be at least 1");
         }
         Ok(config)
+    }
+
+    /// The contract's secure default: without authentication, listen on loopback only,
+    /// unless the operator accepts the risk with `--allow-anonymous`. Authentication is not
+    /// configurable yet, so any non-loopback listener needs that flag.
+    fn check_exposure(&self) -> anyhow::Result<()> {
+        for (what, addr) in [("MQTT", self.mqtt_listen), ("HTTP", self.http_listen)] {
+            if addr.ip().is_loopback() {
+                continue;
+            }
+            if !self.allow_anonymous {
+                anyhow::bail!(
+                    "refusing to listen for {what} on {addr} without authentication: anyone who \
+                     can reach it could publish as any device and read every reading. Listen on \
+                     a loopback address (127.0.0.1 or ::1), or pass --allow-anonymous to accept \
+                     that on a network you trust"
+                );
+            }
+            tracing::warn!(%addr, "listening for {what} on a non-loopback address without authentication (--allow-anonymous)");
+        }
+        Ok(())
     }
 
     /// The database URL with any password hidden, for logs and errors.

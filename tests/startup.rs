@@ -106,3 +106,55 @@ fn default_run_creates_the_sqlite_store_under_fieldline_data() {
     assert_ne!(code, 0);
     assert!(dir.0.join("fieldline-data/fieldline.db").exists());
 }
+
+#[test]
+fn a_non_loopback_listener_without_authentication_is_refused() {
+    let dir = TempDir::new("exposed");
+    let local = |port: u16| format!("127.0.0.1:{port}");
+    let everywhere = |port: u16| format!("0.0.0.0:{port}");
+    for (mqtt, http, what) in [
+        (everywhere(free_port()), local(free_port()), "MQTT"),
+        (local(free_port()), everywhere(free_port()), "HTTP"),
+    ] {
+        let (code, stderr) = run(&dir, &["--mqtt-listen", &mqtt, "--http-listen", &http]);
+        assert_ne!(code, 0, "{what} on all interfaces must be refused");
+        assert!(
+            stderr.contains(&format!("refusing to listen for {what}"))
+                && stderr.contains("--allow-anonymous"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn allow_anonymous_overrides_the_refusal() {
+    let dir = TempDir::new("exposed-allowed");
+    let mqtt_port = free_port();
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(binary())
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .args(["--mqtt-listen", &format!("0.0.0.0:{mqtt_port}")])
+        .args(["--http-listen", &http, "--allow-anonymous"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // Listening on every interface, so reachable on loopback too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("fieldline exited: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "MQTT never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("exit");
+    // Logs go to stdout, errors to stderr.
+    let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("without authentication"),
+        "a warning says so: {log}"
+    );
+}
