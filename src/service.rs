@@ -15,6 +15,7 @@ use axum::serve::ListenerExt;
 use fieldline_broker::{BrokerSettings, Inbound, Message, TapReceiver};
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
+use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store, Pipeline, PipelineSettings, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -201,12 +202,6 @@ async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
                 .await;
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Live clients' queue depths, for the operator: how many wait and how deep the worst is.

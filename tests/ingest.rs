@@ -2,29 +2,13 @@
 //! what is valid, and every row is read back over HTTP. Each test runs against SQLite and
 //! against PostgreSQL.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 use support::{database, mosquitto_pub, Backend, Device, Server, TempDir};
-
-/// Runs a test body once per backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Backend::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     device_summary_keeps_the_newest_values,

@@ -2,6 +2,7 @@
 //! a raw socket) make devices online and offline, live and in `/api/devices`, with the reason
 //! each connection ended, on both storage back ends.
 
+#[macro_use]
 mod support;
 
 use std::io::{Read, Write};
@@ -11,22 +12,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::live::Sse;
 use support::{database, Backend, Device, Server, TempDir};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Backend::Postgres).await
-            }
-        }
-    )*};
-}
 
 on_both_backends!(every_way_a_connection_ends_makes_its_device_offline);
 

@@ -7,7 +7,7 @@
 //! in turn makes the broker stop reading from sockets.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
@@ -17,6 +17,7 @@ use crate::live::LiveFeed;
 use crate::presence::{device_of, Presence};
 use crate::rejection::{Reason, Rejection};
 use crate::store::StreamSeq;
+use crate::time_format::{epoch_ms, now_ms};
 use crate::topic::{route, Route};
 use crate::writer::WriterHandle;
 
@@ -75,11 +76,6 @@ pub struct Pipeline {
     device_ids: Interner,
     metric_names: Interner,
     batch: Batch,
-}
-
-fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Pipeline {
@@ -243,7 +239,7 @@ impl Pipeline {
                 reason: Some(reason),
             }),
         };
-        self.accept(doc, epoch_ms(SystemTime::now()));
+        self.accept(doc, now_ms());
     }
 
     fn reject(

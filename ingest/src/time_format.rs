@@ -3,6 +3,17 @@
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// Unix epoch milliseconds of `t` (0 before 1970).
+pub fn epoch_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    epoch_ms(std::time::SystemTime::now())
+}
+
 /// Formats epoch milliseconds as RFC 3339 in UTC, e.g. `2026-11-25T12:00:00.123Z`.
 pub fn format_ms(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

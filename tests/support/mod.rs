@@ -1,7 +1,25 @@
 //! Shared harness for the end-to-end tests: the real `fieldline` binary on free ports, a fresh
 //! database per test (SQLite file or PostgreSQL database), real MQTT clients, real HTTP.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Runs a test body once per backend: `mod name { sqlite, postgres }`. The test file
+/// imports `Backend`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Backend::Postgres).await
+            }
+        }
+    )*};
+}
 
 pub mod live;
 
@@ -222,6 +240,19 @@ impl Server {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the metrics text satisfies `done`; returns it.
+    pub async fn wait_for_metrics(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.metrics_text().await;
+            if done(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "metrics never matched:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,14 +1,12 @@
 //! Raw history of one device: `GET /api/devices/{id}/telemetry`, `/track` and `/status`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::store::{Range, TrackPoint};
-use fieldline_ingest::time_format::parse_api_time;
+use fieldline_ingest::time_format::{now_ms, parse_api_time};
 use serde::Deserialize;
 
 use super::checked_device_id;
@@ -45,9 +43,7 @@ fn range(params: &Params) -> Result<Range, ApiError> {
             })
             .transpose()
     };
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = now_ms();
     // Include the 5 minutes of clock skew devices are allowed.
     let to_ms = parse("to", &params.to)?.unwrap_or(now_ms + 5 * 60 * 1000 + 1);
     let from_ms =

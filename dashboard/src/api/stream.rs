@@ -13,6 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::live::{Filter, Outgoing, Position};
@@ -63,31 +64,24 @@ pub async fn stream(
         // Not an error response: the browser would retry with the same header forever.
         subscription.reset_first("Last-Event-ID is not a stream position");
     }
+    let opening = opening_frame(subscription.start_position());
     let client = LiveClient::new("sse");
-    let mut first = Some(subscription.start_position());
-    let body = futures_util::stream::unfold(Some((subscription, client)), move |state| {
-        let opening = first.take();
-        async move {
-            let (mut subscription, client) = state?;
-            if let Some(start) = opening {
-                return Some((
-                    Ok::<_, Infallible>(opening_frame(start)),
-                    Some((subscription, client)),
-                ));
-            }
-            match tokio::time::timeout(KEEP_ALIVE, subscription.next()).await {
-                Err(_) => Some((
-                    Ok(Bytes::from_static(b": keep-alive\n\n")),
-                    Some((subscription, client)),
-                )),
-                Ok(batch) => {
-                    let (frames, closed) = frames(&batch, &client);
-                    let next = (!closed).then_some((subscription, client));
-                    Some((Ok(frames), next))
-                }
+    let events = futures_util::stream::unfold(Some((subscription, client)), |state| async move {
+        let (mut subscription, client) = state?;
+        match tokio::time::timeout(KEEP_ALIVE, subscription.next()).await {
+            Err(_) => Some((
+                Bytes::from_static(b": keep-alive\n\n"),
+                Some((subscription, client)),
+            )),
+            Ok(batch) => {
+                let (frames, closed) = frames(&batch, &client);
+                Some((frames, (!closed).then_some((subscription, client))))
             }
         }
     });
+    let body = futures_util::stream::once(std::future::ready(opening))
+        .chain(events)
+        .map(Ok::<_, Infallible>);
     let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
     h.insert(
