@@ -504,6 +504,64 @@ async fn bad_stream_requests_get_clear_errors_and_the_server_stays_up() {
         "error",
         "garbage MessagePack gets an error"
     );
+    // A message over the 1 MiB limit ends that socket and nothing else.
+    let mut huge = Ws::open(&server, "fieldline.json").await;
+    let subscribe = format!(
+        r#"{{"type": "subscribe", "devices": ["{}"]}}"#,
+        "a".repeat(2 << 20)
+    );
+    // The server may reset the connection before the client has even finished sending.
+    let sent = huge.try_send_raw(Message::Text(subscribe.into())).await;
+    while let Some(frame) = if sent { huge.raw().await } else { None } {
+        assert!(
+            matches!(
+                frame,
+                Message::Close(_) | Message::Ping(_) | Message::Pong(_)
+            ),
+            "no reply but the end: {frame:?}"
+        );
+        if matches!(frame, Message::Close(_)) {
+            break;
+        }
+    }
+    let mut ws = Ws::open(&server, "fieldline.json").await;
+    ws.subscribe(json!({"type": "subscribe"})).await;
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, 200, "the server stays up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_get_keep_alives_and_clients_are_counted() {
+    let dir = TempDir::new("live-keepalive");
+    let server = sqlite_server(&dir, &[]).await;
+    let mut sse = Sse::open(&server, "", None).await;
+    let mut ws = Ws::open(&server, "fieldline.json").await;
+    ws.subscribe(json!({"type": "subscribe"})).await;
+    let metrics = server
+        .wait_for_metrics(|m| m.contains("fieldline_live_subscriptions 2"))
+        .await;
+    assert!(
+        metrics.contains(r#"fieldline_live_clients{transport="sse"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"fieldline_live_clients{transport="ws"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fieldline_live_queued_events 0"),
+        "{metrics}"
+    );
+    // Nothing happens for 15 s: a comment line on SSE, a ping on WebSocket.
+    let (comment, ping) = tokio::join!(sse.frame(), ws.raw());
+    assert_eq!(
+        comment.comment.as_deref(),
+        Some("keep-alive"),
+        "{comment:?}"
+    );
+    assert!(matches!(ping, Some(Message::Ping(_))), "{ping:?}");
+    drop((sse, ws));
+    server
+        .wait_for_metrics(|m| m.contains("fieldline_live_subscriptions 0"))
+        .await;
 }

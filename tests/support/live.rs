@@ -155,6 +155,11 @@ impl Ws {
         self.stream.send(frame).await.expect("ws send");
     }
 
+    /// Sends a frame the server may refuse by closing the connection; whether it all went.
+    pub async fn try_send_raw(&mut self, frame: Message) -> bool {
+        self.stream.send(frame).await.is_ok()
+    }
+
     pub async fn send_raw(&mut self, frame: Message) {
         self.stream.send(frame).await.expect("ws send");
     }
@@ -203,6 +208,15 @@ impl Ws {
             if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
                 return message;
             }
+        }
+    }
+
+    /// The next frame as the server sent it, pings included; `None` once the socket ended.
+    pub async fn raw(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, self.stream.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(_) => None,
+            Err(_) => panic!("no WebSocket frame within 20 s"),
         }
     }
 
