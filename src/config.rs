@@ -7,17 +7,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use fieldline_broker::TlsListener;
 use fieldline_dashboard::live::HubSettings;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
 
 /// Fieldline: MQTT telemetry broker, ingest pipeline and live dashboards in one binary.
+///
+/// Without a command it runs the service. `device` and `token` manage the access registry
+/// in the configured database (the running service picks changes up within seconds).
 #[derive(Parser, Debug, Default)]
 #[command(version, about)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<crate::registry_cli::Command>,
     /// TOML file with any of the settings below (flags and environment win over it).
-    #[arg(long, env = "FIELDLINE_CONFIG")]
+    #[arg(long, env = "FIELDLINE_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// MQTT over TCP (3.1.1 and 5) [default: 127.0.0.1:1883]
     #[arg(long, env = "FIELDLINE_MQTT_LISTEN")]
@@ -25,8 +31,20 @@ pub struct Args {
     /// HTTP API and dashboard [default: 127.0.0.1:8080]
     #[arg(long, env = "FIELDLINE_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// MQTT over TLS (needs --tls-cert and --tls-key) [default: off]
+    #[arg(long, env = "FIELDLINE_MQTTS_LISTEN")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// PEM file with the TLS certificate chain, server certificate first
+    #[arg(long, env = "FIELDLINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, env = "FIELDLINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// MQTT over WebSocket (3.1.1 and 5, subprotocol "mqtt") [default: off]
+    #[arg(long, env = "FIELDLINE_MQTT_WS_LISTEN")]
+    pub mqtt_ws_listen: Option<SocketAddr>,
     /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite://fieldline-data/fieldline.db]
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
     /// Largest payload stored; larger ones are rejected with a reason [default: 262144]
     #[arg(long, env = "FIELDLINE_MAX_PAYLOAD_BYTES")]
@@ -34,6 +52,15 @@ pub struct Args {
     /// MQTT connections accepted at once [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Publishes per second one MQTT connection may keep up; faster ones wait [default: 1000]
+    #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_RATE")]
+    pub device_publish_rate: Option<f64>,
+    /// Publishes one MQTT connection may send at once above its rate [default: 2000]
+    #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_BURST")]
+    pub device_publish_burst: Option<f64>,
+    /// Live streams (SSE and WebSocket) open at once; more get 503 [default: 10000]
+    #[arg(long, env = "FIELDLINE_MAX_LIVE_CLIENTS")]
+    pub max_live_clients: Option<usize>,
     /// Rows per storage write [default: 5000]
     #[arg(long, env = "FIELDLINE_BATCH_ROWS")]
     pub batch_rows: Option<usize>,
@@ -52,8 +79,9 @@ pub struct Args {
     /// A live client that reads nothing for this long while its queue is full is cut off, in seconds [default: 30]
     #[arg(long, env = "FIELDLINE_LIVE_STALL_SECONDS")]
     pub live_stall_seconds: Option<u64>,
-    /// Listen on non-loopback addresses although no device or API authentication is
-    /// configured: anyone who reaches them can publish as any device and read everything.
+    /// Accept MQTT clients without a username, and listen on non-loopback addresses although
+    /// no device or API authentication is configured: anyone who reaches them can publish as
+    /// any device and read everything.
     #[arg(long, env = "FIELDLINE_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 }
@@ -63,6 +91,13 @@ pub struct Args {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 struct FileConfig {
     mqtt_listen: Option<SocketAddr>,
+    mqtts_listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    mqtt_ws_listen: Option<SocketAddr>,
+    device_publish_rate: Option<f64>,
+    device_publish_burst: Option<f64>,
+    max_live_clients: Option<usize>,
     http_listen: Option<SocketAddr>,
     database_url: Option<String>,
     max_payload_bytes: Option<usize>,
@@ -80,6 +115,11 @@ struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub mqtt_listen: SocketAddr,
+    pub mqtts: Option<TlsListener>,
+    pub mqtt_ws_listen: Option<SocketAddr>,
+    pub device_publish_rate: f64,
+    pub device_publish_burst: f64,
+    pub max_live_clients: usize,
     pub http_listen: SocketAddr,
     pub database_url: String,
     pub max_payload_bytes: usize,
@@ -101,7 +141,32 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let mqtts = match (
+            args.mqtts_listen.or(file.mqtts_listen),
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (None, None, None) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
+            _ => anyhow::bail!(
+                "MQTT over TLS needs all three of --mqtts-listen, --tls-cert and --tls-key"
+            ),
+        };
         let config = Config {
+            mqtts,
+            mqtt_ws_listen: args.mqtt_ws_listen.or(file.mqtt_ws_listen),
+            device_publish_rate: args
+                .device_publish_rate
+                .or(file.device_publish_rate)
+                .unwrap_or(1_000.0),
+            device_publish_burst: args
+                .device_publish_burst
+                .or(file.device_publish_burst)
+                .unwrap_or(2_000.0),
+            max_live_clients: args
+                .max_live_clients
+                .or(file.max_live_clients)
+                .unwrap_or(10_000),
             mqtt_listen: args
                 .mqtt_listen
                 .or(file.mqtt_listen)
@@ -148,7 +213,16 @@ impl Config {
             },
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
-        config.check_exposure()?;
+        if !(config.device_publish_rate.is_finite() && config.device_publish_rate > 0.0)
+            || !(config.device_publish_burst.is_finite() && config.device_publish_burst >= 1.0)
+        {
+            anyhow::bail!(
+                "device_publish_rate must be above 0 and device_publish_burst at least 1"
+            );
+        }
+        if config.max_live_clients == 0 {
+            anyhow::bail!("max_live_clients must be at least 1");
+        }
         if config.live.client_queue < 16 || config.live.client_queue > 1_000_000 {
             anyhow::bail!("live_client_queue must be between 16 and 1,000,000 events");
         }
@@ -164,20 +238,35 @@ impl Config {
         Ok(config)
     }
 
-    /// The contract's secure default: without authentication, listen on loopback only,
-    /// unless the operator accepts the risk with `--allow-anonymous`. Authentication is not
-    /// configurable yet, so any non-loopback listener needs that flag.
-    fn check_exposure(&self) -> anyhow::Result<()> {
-        for (what, addr) in [("MQTT", self.mqtt_listen), ("HTTP", self.http_listen)] {
-            if addr.ip().is_loopback() {
+    /// The contract's secure default: a listener on a non-loopback address needs
+    /// authentication configured (devices in the registry for MQTT, API tokens for HTTP),
+    /// unless the operator accepts the risk with `--allow-anonymous`.
+    pub fn check_exposure(&self, mqtt_auth: bool, api_auth: bool) -> anyhow::Result<()> {
+        let mqtt = [
+            Some(self.mqtt_listen),
+            self.mqtts.as_ref().map(|t| t.listen),
+            self.mqtt_ws_listen,
+        ];
+        let exposed = mqtt
+            .into_iter()
+            .flatten()
+            .map(|addr| ("MQTT", addr, mqtt_auth))
+            .chain([("HTTP", self.http_listen, api_auth)]);
+        for (what, addr, authenticated) in exposed {
+            if addr.ip().is_loopback() || authenticated {
                 continue;
             }
             if !self.allow_anonymous {
+                let how = if what == "MQTT" {
+                    "register a device (fieldline device add ID)"
+                } else {
+                    "create an API token (fieldline token add NAME --role admin)"
+                };
                 anyhow::bail!(
                     "refusing to listen for {what} on {addr} without authentication: anyone who \
                      can reach it could publish as any device and read every reading. Listen on \
-                     a loopback address (127.0.0.1 or ::1), or pass --allow-anonymous to accept \
-                     that on a network you trust"
+                     a loopback address (127.0.0.1 or ::1), {how} to turn authentication on, or \
+                     pass --allow-anonymous to accept that on a network you trust"
                 );
             }
             tracing::warn!(%addr, "listening for {what} on a non-loopback address without authentication (--allow-anonymous)");

@@ -1,6 +1,8 @@
 //! The `fieldline` binary: reads configuration, starts the service, reports errors.
 
+mod access_sync;
 mod config;
+mod registry_cli;
 mod service;
 
 use std::process::ExitCode;
@@ -9,7 +11,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = config::Args::parse();
+    let mut args = config::Args::parse();
+    let command = args.command.take();
     // rumqttd logs every ordinary disconnect at error level; Fieldline logs what matters itself.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
@@ -19,7 +22,10 @@ fn main() -> ExitCode {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(service::run(config))
+        match command {
+            Some(command) => runtime.block_on(registry_cli::run(command, &config)),
+            None => runtime.block_on(service::run(config)),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use fieldline_broker::{BrokerSettings, Inbound, Message, TapReceiver};
+use fieldline_broker::{BrokerSettings, Guard, GuardSettings, Inbound, Message, TapReceiver};
+use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::time_format::now_ms;
@@ -50,6 +51,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "marked devices offline that were online at the last stop"
         );
     }
+    let guard = Guard::new(GuardSettings {
+        allow_anonymous: config.allow_anonymous,
+        publish_rate: config.device_publish_rate,
+        publish_burst: config.device_publish_burst,
+        ..GuardSettings::default()
+    });
+    let api_access = Arc::new(ApiAccess::default());
+    let access_revision = crate::access_sync::load(store.as_ref(), &guard, &api_access)
+        .await
+        .context("cannot read the access registry (devices and API tokens)")?;
+    config.check_exposure(guard.auth_configured(), api_access.configured())?;
+    tracing::info!(
+        devices = if guard.auth_configured() {
+            "required"
+        } else {
+            "anonymous on loopback"
+        },
+        api = if api_access.configured() {
+            "token required"
+        } else {
+            "open on loopback"
+        },
+        "authentication"
+    );
     let hub = Hub::new(config.live.clone());
     let (writer, writer_task) = spawn_writer(store.clone(), WRITER_QUEUE_BATCHES);
     let pipeline = Pipeline::new(
@@ -68,6 +93,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let broker_settings = BrokerSettings {
         mqtt_listen: config.mqtt_listen,
+        mqtts: config.mqtts.clone(),
+        mqtt_ws_listen: config.mqtt_ws_listen,
         max_connections: config.max_connections,
         // Read payloads up to 4x the storage limit so they can be rejected with a reason.
         max_packet_size: config.max_payload_bytes.saturating_mul(4).max(64 * 1024),
@@ -77,9 +104,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let queued = tap.clone();
 
     let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
-    let broker = fieldline_broker::start(&broker_settings, tap).await?;
+    let broker = fieldline_broker::start(&broker_settings, tap, guard.clone()).await?;
     let listeners_up = Arc::new(AtomicBool::new(true));
-    tracing::info!(http = %config.http_listen, mqtt = %broker.mqtt_addr(), "fieldline is ready");
+    tracing::info!(
+        http = %config.http_listen,
+        mqtt = %broker.mqtt_addr(),
+        mqtts = ?broker.mqtts_addr(),
+        mqtt_ws = ?broker.mqtt_ws_addr(),
+        "fieldline is ready"
+    );
+    let access_sync = tokio::spawn(crate::access_sync::follow(
+        store.clone(),
+        guard,
+        api_access.clone(),
+        access_revision,
+    ));
 
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let app = fieldline_dashboard::router(fieldline_dashboard::AppState {
@@ -87,6 +126,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub: hub.clone(),
         metrics,
         listeners_up: listeners_up.clone(),
+        access: api_access,
+        live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
     });
     let http = tokio::spawn(async move {
         // Live streams write small frames that must leave at once: no Nagle delay.
@@ -119,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(pipeline);
     writer_task.await.context("store writer failed")?;
     housekeeping.abort();
+    access_sync.abort();
     live_metrics.abort();
     hub.close_all("the server is shutting down");
     let _ = stop_http.send(());

@@ -6,13 +6,26 @@
 //! every publish to the ingest pipeline *before* the broker acknowledges it, so an
 //! acknowledged publish can never be lost between the broker and the pipeline.
 
+//!
+//! The [`Guard`] decides who may connect (the device registry, anonymous rules) and the codec
+//! enforces what each connection may do: per-device topics, publish rate, and an end to
+//! connections of disabled or re-keyed devices. TLS and WebSocket clients pass through
+//! front ends that handshake off the accept path.
+
+pub mod acl;
+pub mod credentials;
+mod guard;
 mod protocol;
+mod rate_limit;
 mod server;
 mod settings;
 mod tap;
+mod tunnel;
 
+pub use guard::{DeviceAccess, Guard, GuardSettings};
 pub use server::{start, BrokerError, RunningBroker};
-pub use settings::BrokerSettings;
+pub use settings::{BrokerSettings, TlsListener};
 pub use tap::{
     tap, DisconnectReason, Inbound, Message, Session, Tap, TapClosed, TapReceiver, Will,
 };
+pub use tunnel::TlsError;

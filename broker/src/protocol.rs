@@ -6,6 +6,11 @@
 //! on it (and so before any PUBACK is written). That lifetime also makes it the source of
 //! presence: a connection is online from the moment its successful CONNACK is written until
 //! the wrapper is dropped, whatever ended it.
+//!
+//! It is also where the [`Guard`]'s decisions are enforced, since it is the one place that sees
+//! every packet before rumqttd acts on it: admission at CONNECT, the per-device access rules on
+//! every PUBLISH, SUBSCRIBE and Last Will, cutting off connections whose device was disabled
+//! or re-keyed, and the per-connection publish rate.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,8 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::protocol::{self, v4::V4, v5::V5, ConnectReturnCode, Packet, Protocol};
+use rumqttd::protocol::{self, v4::V4, v5::V5, ConnectReturnCode, Login, Packet, Protocol};
 
+use crate::acl;
+use crate::guard::{Admission, Guard, MAX_PAUSED};
+use crate::rate_limit::TokenBucket;
 use crate::tap::{DisconnectReason, Message, Session, Tap, Will};
 
 /// Numbers connections for the life of the process.
@@ -28,8 +36,28 @@ enum Version {
     V5,
 }
 
+/// What a connection's rules depend on: which listener accepted it.
+#[derive(Debug, Clone)]
+pub(crate) struct Listener {
+    /// `mqtt`, `mqtts` or `mqtt-ws`, for logs and metrics.
+    pub(crate) name: &'static str,
+    /// The public address is a loopback one (anonymous clients may be welcome there).
+    pub(crate) loopback: bool,
+}
+
 pub(crate) struct TappedProtocol {
     tap: Tap,
+    guard: Arc<Guard>,
+    listener: Arc<Listener>,
+    admission: Admission,
+    /// The guard's generation last seen; a change means the registry must be asked again.
+    seen_generation: u64,
+    bucket: TokenBucket,
+    /// The last packet parsed came in the same read as this one: rumqttd is parsing a run of
+    /// packets while holding a lock the router also takes, so this connection must not wait.
+    in_run: bool,
+    /// The broker ended the connection (access rules, a changed registry entry, rate).
+    kicked: bool,
     version: Version,
     /// A CONNECT was read; rumqttd closes connections whose first packet is anything else.
     connected: bool,
@@ -51,14 +79,25 @@ pub(crate) struct TappedProtocol {
 /// rumqttd clones the listener's template once per connection: each clone starts fresh.
 impl Clone for TappedProtocol {
     fn clone(&self) -> Self {
-        Self::new(self.tap.clone())
+        Self::new(self.tap.clone(), self.guard.clone(), self.listener.clone())
     }
 }
 
 impl TappedProtocol {
-    pub(crate) fn new(tap: Tap) -> Self {
+    pub(crate) fn new(tap: Tap, guard: Arc<Guard>, listener: Arc<Listener>) -> Self {
+        let bucket = TokenBucket::new(
+            guard.settings().publish_rate,
+            guard.settings().publish_burst,
+        );
         Self {
             tap,
+            seen_generation: guard.generation(),
+            guard,
+            listener,
+            admission: Admission::Anonymous,
+            bucket,
+            in_run: false,
+            kicked: false,
             version: Version::Unknown,
             connected: false,
             client_id: Arc::from(""),
@@ -76,6 +115,9 @@ impl TappedProtocol {
     /// keep-alive timer closes a link after 1.5 × keep-alive of silence; a shorter silence
     /// means the socket went away.
     fn end_reason(&self, keep_alive: u16) -> DisconnectReason {
+        if self.kicked {
+            return DisconnectReason::Kicked;
+        }
         if self.clean_end {
             return DisconnectReason::Disconnect;
         }
@@ -105,10 +147,130 @@ impl TappedProtocol {
             }
             None => publish.topic.clone(),
         };
+        if let Admission::Device { id, .. } = &self.admission {
+            let allowed = std::str::from_utf8(&topic).is_ok_and(|t| acl::may_publish(id, t));
+            if !allowed {
+                return Err(self.deny("publish", &String::from_utf8_lossy(&topic)));
+            }
+        }
         self.tap
             .send(topic, publish.payload.clone(), self.client_id.clone())
             // Ends the connection before the router sees the publish, so it is never acked.
             .map_err(|_| protocol::Error::InvalidProtocol)
+    }
+}
+
+impl TappedProtocol {
+    /// Ends the connection for breaking the access rules: counted, and logged with the device.
+    fn deny(&mut self, action: &'static str, topic: &str) -> protocol::Error {
+        metrics::counter!("fieldline_broker_acl_denied_total", "action" => action).increment(1);
+        tracing::warn!(
+            device = %self.device_name(),
+            listener = self.listener.name,
+            action,
+            topic = %topic.escape_debug(),
+            "refused: outside the device's own topics; closing the connection"
+        );
+        self.kicked = true;
+        protocol::Error::InvalidProtocol
+    }
+
+    fn device_name(&self) -> &str {
+        match &self.admission {
+            Admission::Device { id, .. } => id,
+            _ => &self.client_id,
+        }
+    }
+
+    /// Admission at CONNECT: refuses, or rewrites the packet so rumqttd's password hook and
+    /// session table see what the guard decided.
+    fn admit(&mut self, packet: &mut Packet) -> Result<(), protocol::Error> {
+        let Packet::Connect(connect, _, will, _, login) = packet else {
+            return Ok(());
+        };
+        let username = login.as_ref().map(|l| l.username.as_str());
+        self.admission = self.guard.admission(self.listener.loopback, username);
+        match &self.admission {
+            Admission::Refused(why) => {
+                metrics::counter!("fieldline_broker_auth_total", "result" => "anonymous_refused")
+                    .increment(1);
+                tracing::warn!(listener = self.listener.name, client_id = %connect.client_id.escape_debug(), "MQTT connection refused: {why}");
+                return Err(protocol::Error::InvalidProtocol);
+            }
+            Admission::Anonymous => {
+                // rumqttd's hook refuses logins it is not given; this one only the guard knows.
+                let (username, password) = self.guard.anonymous_login();
+                *login = Some(Login { username, password });
+            }
+            Admission::Device { id, .. } => {
+                let id = id.clone();
+                if let Some(will) = will.as_ref() {
+                    let allowed =
+                        std::str::from_utf8(&will.topic).is_ok_and(|t| acl::may_publish(&id, t));
+                    if !allowed {
+                        let topic = String::from_utf8_lossy(&will.topic).into_owned();
+                        return Err(self.deny("will", &topic));
+                    }
+                }
+                // Client ids live in the device's own namespace, so no device can take over
+                // (and so disconnect) another device's session by naming its client id.
+                if !connect.client_id.is_empty() && connect.client_id != *id {
+                    connect.client_id = format!("{id}:{}", connect.client_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the next packet: is the connection's device still what it was at CONNECT?
+    fn check_still_admitted(&mut self) -> Result<(), protocol::Error> {
+        let generation = self.guard.generation();
+        if generation == self.seen_generation {
+            return Ok(());
+        }
+        self.seen_generation = generation;
+        if let Admission::Device { id, revision } = &self.admission {
+            if !self.guard.still_valid(id, *revision) {
+                metrics::counter!("fieldline_broker_kicked_total", "reason" => "registry")
+                    .increment(1);
+                tracing::info!(device = %id, "device disabled or its secret rotated: closing its connection");
+                self.kicked = true;
+                return Err(protocol::Error::InvalidProtocol);
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a PUBLISH back until the connection's rate allows it. Waiting happens only when
+    /// rumqttd is not in the middle of a run of packets (it holds a lock the router needs
+    /// then); in a run, the run is ended and the wait happens at the start of the next read.
+    fn pace(&mut self, stream: &BytesMut) -> Result<(), protocol::Error> {
+        let is_publish = stream.first().is_some_and(|b| b >> 4 == 3);
+        if !self.connected || !is_publish || self.bucket.time_to_token(Instant::now()).is_zero() {
+            return Ok(());
+        }
+        if self.in_run {
+            self.in_run = false;
+            return Err(protocol::Error::InsufficientBytes(1));
+        }
+        let paused = &self.guard.paused;
+        if paused.fetch_add(1, Ordering::AcqRel) >= MAX_PAUSED {
+            paused.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("fieldline_broker_kicked_total", "reason" => "rate").increment(1);
+            tracing::warn!(device = %self.device_name(), "publish rate exceeded while too many connections wait; closing the connection");
+            self.kicked = true;
+            return Err(protocol::Error::InvalidProtocol);
+        }
+        metrics::counter!("fieldline_broker_rate_limited_total").increment(1);
+        tokio::task::block_in_place(|| loop {
+            let wait = self.bucket.time_to_token(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait);
+        });
+        paused.fetch_sub(1, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -159,14 +321,17 @@ impl Protocol for TappedProtocol {
                 Version::V4
             };
         }
+        self.check_still_admitted()?;
+        self.pace(stream)?;
         let packet = match self.version {
             Version::V5 => V5.read_mut(stream, max_size),
             _ => V4.read_mut(stream, max_size),
         };
-        let packet = match packet {
+        let mut packet = match packet {
             Ok(packet) => packet,
             Err(protocol::Error::InsufficientBytes(n)) => {
-                return Err(protocol::Error::InsufficientBytes(n))
+                self.in_run = false;
+                return Err(protocol::Error::InsufficientBytes(n));
             }
             Err(e) => {
                 tracing::debug!(client_id = %self.client_id, error = %e, "malformed MQTT packet, closing connection");
@@ -174,6 +339,7 @@ impl Protocol for TappedProtocol {
                 return Err(e);
             }
         };
+        self.in_run = true;
         self.last_packet = Instant::now();
         match &packet {
             // MQTT: a second CONNECT is a protocol violation that closes the connection; it
@@ -200,10 +366,27 @@ impl Protocol for TappedProtocol {
             // Before CONNECT, rumqttd refuses the connection; nothing of it is data.
             Packet::Publish(..) if !self.connected => {}
             Packet::Publish(publish, properties) => {
+                self.bucket.take(Instant::now());
                 let alias = properties.as_ref().and_then(|p| p.topic_alias);
                 self.tap_publish(publish, alias)?;
             }
+            Packet::Subscribe(subscribe, _) => {
+                if let Admission::Device { id, .. } = &self.admission {
+                    let id = id.clone();
+                    if let Some(refused) = subscribe
+                        .filters
+                        .iter()
+                        .find(|f| !acl::may_subscribe(&id, &f.path))
+                    {
+                        let filter = refused.path.clone();
+                        return Err(self.deny("subscribe", &filter));
+                    }
+                }
+            }
             _ => {}
+        }
+        if matches!(packet, Packet::Connect(..)) {
+            self.admit(&mut packet)?;
         }
         Ok(packet)
     }

@@ -2,15 +2,22 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rumqttd::{ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{AuthHandler, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// Everything an operator can tune about the embedded broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     /// Address of the plain-TCP MQTT listener (3.1.1 and 5 on the same port).
     pub mqtt_listen: SocketAddr,
+    /// MQTT over TLS, when configured.
+    pub mqtts: Option<TlsListener>,
+    /// MQTT over WebSocket, when configured.
+    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// Time a TLS or WebSocket client gets to finish its handshake.
+    pub handshake_timeout: Duration,
     /// Connections the router accepts at once; further CONNECTs are refused.
     pub max_connections: usize,
     /// Largest MQTT packet the broker reads. Payloads above the pipeline's own (smaller)
@@ -29,6 +36,9 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtts: None,
+            mqtt_ws_listen: None,
+            handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -36,6 +46,14 @@ impl Default for BrokerSettings {
             handover_budget_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// A TLS listener and the PEM files of its certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl BrokerSettings {
@@ -57,12 +75,18 @@ impl BrokerSettings {
         }
     }
 
-    pub(crate) fn server_settings(&self) -> ServerSettings {
+    /// One rumqttd listener; every one asks `auth` about every CONNECT.
+    pub(crate) fn server_settings(
+        &self,
+        name: &str,
+        listen: SocketAddr,
+        auth: AuthHandler,
+    ) -> ServerSettings {
         let connect_timeout_ms =
             u16::try_from(self.connect_timeout.as_millis()).unwrap_or(u16::MAX);
         ServerSettings {
-            name: "mqtt".to_string(),
-            listen: self.mqtt_listen,
+            name: name.to_string(),
+            listen,
             tls: None,
             next_connection_delay_ms: 0,
             connections: ConnectionSettings {
@@ -70,7 +94,7 @@ impl BrokerSettings {
                 max_payload_size: self.max_packet_size,
                 max_inflight_count: self.max_inflight,
                 auth: None::<HashMap<String, String>>,
-                external_auth: None,
+                external_auth: Some(auth),
                 dynamic_filters: true,
             },
         }

@@ -57,8 +57,11 @@ pub enum DisconnectReason {
     Disconnect,
     /// The client said nothing for 1.5 × its keep-alive.
     KeepAlive,
-    /// The socket closed or failed, or the broker closed the connection.
+    /// The socket closed or failed, or the broker closed the connection for a protocol error.
     Dropped,
+    /// The broker cut the connection off: it broke the access rules or its publish rate, or
+    /// its device was disabled or given a new secret.
+    Kicked,
 }
 
 impl DisconnectReason {
@@ -67,6 +70,7 @@ impl DisconnectReason {
             DisconnectReason::Disconnect => "disconnect",
             DisconnectReason::KeepAlive => "keepalive",
             DisconnectReason::Dropped => "dropped",
+            DisconnectReason::Kicked => "kicked",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! everything through [`AppState`].
 
 mod api;
+pub mod auth;
 mod error;
 mod health;
 pub mod live;
@@ -12,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::Router;
 use fieldline_ingest::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -27,12 +28,15 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Set by the binary once every listener is up; cleared when shutdown starts.
     pub listeners_up: Arc<AtomicBool>,
+    pub access: Arc<auth::ApiAccess>,
+    /// One permit per open live stream (SSE or WebSocket); when none is left, new streams
+    /// get 503.
+    pub live_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    // Everything but the probes needs a token once API authentication is on.
+    let guarded = Router::new()
         .route("/metrics", get(health::metrics))
         .route("/api/devices", get(api::devices::list))
         .route("/api/devices/{id}", get(api::devices::one))
@@ -42,7 +46,32 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rejected", get(api::rejected::recent))
         .route("/api/stream", get(api::stream::stream))
         .route("/api/ws", get(api::ws::ws))
+        .route(
+            "/api/admin/devices",
+            get(api::admin::devices).post(api::admin::add_device),
+        )
+        .route("/api/admin/devices/{id}", patch(api::admin::change_device))
+        .route(
+            "/api/admin/devices/{id}/secret",
+            post(api::admin::rotate_secret),
+        )
+        .route(
+            "/api/admin/tokens",
+            get(api::admin::tokens).post(api::admin::add_token),
+        )
+        .route(
+            "/api/admin/tokens/{id}",
+            axum::routing::delete(api::admin::revoke_token),
+        )
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(guarded)
         .with_state(state)
 }
 

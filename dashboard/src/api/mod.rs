@@ -1,5 +1,6 @@
 //! The `/api` endpoints.
 
+pub mod admin;
 pub mod devices;
 pub mod history;
 pub mod rejected;

@@ -5,17 +5,20 @@
 //! is shared by every client that receives it.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::live::{Filter, Outgoing, Position};
 use crate::live_clients::LiveClient;
 use crate::{ApiError, AppState};
@@ -33,6 +36,7 @@ pub struct StreamParams {
 
 pub async fn stream(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     params: Result<Query<StreamParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -65,7 +69,11 @@ pub async fn stream(
         subscription.reset_first("Last-Event-ID is not a stream position");
     }
     let opening = opening_frame(subscription.start_position());
-    let client = LiveClient::new("sse");
+    let client = LiveClient::admit("sse", &state.live_slots)?;
+    let revoked = state
+        .access
+        .clone()
+        .revoked(principal.map(|Extension(p)| p));
     let events = futures_util::stream::unfold(Some((subscription, client)), |state| async move {
         let (mut subscription, client) = state?;
         match tokio::time::timeout(KEEP_ALIVE, subscription.next()).await {
@@ -79,6 +87,23 @@ pub async fn stream(
             }
         }
     });
+    // A revoked token ends the stream with a last frame that says why.
+    let was_revoked = Arc::new(AtomicBool::new(false));
+    let flag = was_revoked.clone();
+    let revoked = async move {
+        revoked.await;
+        flag.store(true, Ordering::Release);
+    };
+    let events = events.take_until(revoked).chain(
+        futures_util::stream::once(async move {
+            was_revoked
+                .load(Ordering::Acquire)
+                .then_some(Bytes::from_static(
+                    b"event: error\ndata: {\"error\":\"the API token was revoked\"}\n\n",
+                ))
+        })
+        .filter_map(std::future::ready),
+    );
     let body = futures_util::stream::once(std::future::ready(opening))
         .chain(events)
         .map(Ok::<_, Infallible>);

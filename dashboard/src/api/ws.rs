@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::SplitSink;
@@ -19,9 +19,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::stream::KEEP_ALIVE;
+use crate::auth::Principal;
 use crate::live::{Filter, Outgoing, Position, Subscription};
 use crate::live_clients::LiveClient;
-use crate::AppState;
+use crate::{ApiError, AppState};
 
 /// A client that cannot take a frame for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,8 +41,18 @@ enum Format {
     MessagePack,
 }
 
-pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
+/// Close code 1008 also ends a stream whose API token was revoked.
+const TOKEN_REVOKED: &str = "the API token was revoked";
+
+pub async fn ws(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // The slot is taken before the upgrade, so a full server answers 503 instead of 101.
+    let client = LiveClient::admit("ws", &state.live_slots)?;
+    let principal = principal.map(|Extension(p)| p);
+    Ok(upgrade
         .protocols(["fieldline.json", "fieldline.msgpack"])
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
@@ -50,7 +61,7 @@ pub async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Res
         .read_buffer_size(4 * 1024)
         // Each frame is flushed as it is sent; nothing waits to fill a buffer.
         .write_buffer_size(0)
-        .on_upgrade(move |socket| session(socket, state))
+        .on_upgrade(move |socket| session(socket, state, client, principal)))
 }
 
 #[derive(Deserialize)]
@@ -65,7 +76,14 @@ struct Control {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-async fn session(socket: WebSocket, state: AppState) {
+async fn session(
+    socket: WebSocket,
+    state: AppState,
+    client: LiveClient,
+    principal: Option<Principal>,
+) {
+    let revoked = state.access.clone().revoked(principal);
+    tokio::pin!(revoked);
     let format = match socket.protocol().map(|p| p.as_bytes()) {
         Some(b"fieldline.msgpack") => Format::MessagePack,
         _ => Format::Json,
@@ -82,7 +100,6 @@ async fn session(socket: WebSocket, state: AppState) {
             }
         }
     });
-    let client = LiveClient::new("ws");
     let mut subscription: Option<Subscription> = None;
     // The position of the last event (or reset) sent on this socket.
     let mut cursor: Option<Position> = None;
@@ -155,6 +172,11 @@ async fn session(socket: WebSocket, state: AppState) {
                 if failed {
                     break;
                 }
+            }
+            () = &mut revoked => {
+                client.closed(TOKEN_REVOKED);
+                close(&mut socket, POLICY, TOKEN_REVOKED).await;
+                break;
             }
             _ = keep_alive.tick() => {
                 if send(&mut socket, Message::Ping(Bytes::new())).await.is_err() {

@@ -4,6 +4,7 @@
 //! for production. Both are reached through sqlx with runtime-checked queries, so building
 //! needs no database.
 
+pub mod access;
 mod pg_copy;
 mod postgres;
 mod records;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::batch::Batch;
 use crate::document::Kind;
 
+pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -33,6 +35,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("storage write did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("no such {0}")]
+    NotFound(String),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -115,8 +121,8 @@ pub struct StreamSeq {
     pub ts_ms: i64,
 }
 
-/// What the pipeline writes to and the API reads from.
-pub trait Store: Send + Sync {
+/// What the pipeline writes to and the API reads from; it also keeps the access registry.
+pub trait Store: AccessStore + Send + Sync {
     /// Writes a whole batch atomically: all of it is stored, or none and an error.
     fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()>;
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>>;

@@ -7,6 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
+use super::access::impl_access_store;
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
@@ -392,3 +393,5 @@ impl Store for PgStore {
         "postgres"
     }
 }
+
+impl_access_store!(PgStore);

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
+use super::access::impl_access_store;
 use super::records::{self, location_json, metrics_json, seq_to_db};
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
@@ -353,3 +354,5 @@ impl Store for SqliteStore {
         "sqlite"
     }
 }
+
+impl_access_store!(SqliteStore);

@@ -1,0 +1,427 @@
+//! Who may connect: the broker's copy of the device registry, the anonymous rules, and the
+//! price of a password check.
+//!
+//! The registry lives in storage; the binary hands every change to [`Guard::apply`], so
+//! connecting never waits for the database. Authentication is on once the registry has held a
+//! device (a disabled one still counts): from then on every connection needs a registered,
+//! enabled device id as its username and that device's secret as its password, except
+//! connections without a username when the operator allowed anonymous clients. With an empty
+//! registry, anonymous clients are accepted on loopback listeners only (or everywhere with
+//! `allow_anonymous`).
+//!
+//! A password check is an Argon2id verification, tens of milliseconds of a core. Three things
+//! keep that cost bounded:
+//! - a successful check is remembered as a keyed digest of the password, so a device that
+//!   reconnects with the same secret is let in at the cost of one SHA-256;
+//! - checks run one at a time on the blocking pool, and when too many wait, more are refused
+//!   at once;
+//! - after repeated wrong passwords for one device, further uncached attempts for it are
+//!   refused without checking for a growing while (up to a minute). The device itself, with
+//!   its cached secret, still gets in: a flood of wrong passwords cannot lock it out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::credentials::{to_hex, verify_secret};
+
+/// What an operator tunes about admission and per-connection limits.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    /// Accept clients without a username on any listener (with an empty registry, also on
+    /// non-loopback listeners).
+    pub allow_anonymous: bool,
+    /// Publishes per second one connection may keep up; more wait (TCP backpressure).
+    pub publish_rate: f64,
+    /// Publishes one connection may send at once above that rate.
+    pub publish_burst: f64,
+    /// Wrong passwords in a row for one device before its uncached attempts are throttled.
+    pub failures_before_throttle: u32,
+    /// Password checks that may wait for their turn; further ones are refused at once.
+    pub max_pending_checks: usize,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            publish_rate: 1_000.0,
+            publish_burst: 2_000.0,
+            failures_before_throttle: 5,
+            max_pending_checks: 64,
+        }
+    }
+}
+
+/// One device of the registry, as the binary hands it over.
+#[derive(Debug, Clone)]
+pub struct DeviceAccess {
+    pub device: String,
+    pub secret_hash: String,
+    pub enabled: bool,
+}
+
+struct Entry {
+    secret_hash: Arc<str>,
+    enabled: bool,
+    /// Changes whenever the entry does; a connection admitted under another revision ends.
+    revision: u64,
+}
+
+#[derive(Default)]
+struct Failures {
+    in_a_row: u32,
+    locked_until: Option<Instant>,
+}
+
+/// How a connection was admitted at its CONNECT, decided before rumqttd asks for the password.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Admission {
+    /// No identity: publishes anywhere, as before authentication existed.
+    Anonymous,
+    /// Speaks for this device, under the access rules, while the registry entry is unchanged.
+    Device {
+        id: Arc<str>,
+        revision: u64,
+    },
+    Refused(&'static str),
+}
+
+pub struct Guard {
+    settings: GuardSettings,
+    devices: RwLock<HashMap<Arc<str>, Entry>>,
+    /// The registry has held a device: authentication is on.
+    configured: AtomicBool,
+    /// Bumped on every registry change, so connections re-check only when something changed.
+    generation: AtomicU64,
+    next_revision: AtomicU64,
+    /// Device → digest of the password that last passed, under the entry's revision.
+    passed: Mutex<HashMap<Arc<str>, (u64, [u8; 32])>>,
+    failures: Mutex<HashMap<Arc<str>, Failures>>,
+    checks: Semaphore,
+    pending_checks: AtomicUsize,
+    /// Keys the remembered digests, so they are worthless outside this process.
+    digest_key: [u8; 32],
+    /// The password of the login the codec gives anonymous connections for rumqttd's
+    /// authentication hook (which refuses connections without a login).
+    anonymous_password: String,
+    /// Connections waiting out their publish rate right now.
+    pub(crate) paused: AtomicUsize,
+}
+
+/// Username of the login given to admitted anonymous connections: not a valid device id.
+pub(crate) const ANONYMOUS_USER: &str = "\u{0}anonymous";
+/// Connections that may wait out their publish rate at once; more are disconnected, because
+/// each waiting connection holds a thread.
+pub(crate) const MAX_PAUSED: usize = 256;
+
+impl Guard {
+    pub fn new(settings: GuardSettings) -> Arc<Self> {
+        let mut digest_key = [0u8; 32];
+        OsRng.fill_bytes(&mut digest_key);
+        let mut nonce = [0u8; 32];
+        OsRng.fill_bytes(&mut nonce);
+        Arc::new(Self {
+            settings,
+            devices: RwLock::new(HashMap::new()),
+            configured: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            next_revision: AtomicU64::new(1),
+            passed: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            checks: Semaphore::new(1),
+            pending_checks: AtomicUsize::new(0),
+            digest_key,
+            anonymous_password: to_hex(&nonce),
+            paused: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn settings(&self) -> &GuardSettings {
+        &self.settings
+    }
+
+    /// Takes registry changes (new, rotated, disabled or re-enabled devices). Connections of a
+    /// changed device end at their next packet and must authenticate again.
+    pub fn apply(&self, changes: impl IntoIterator<Item = DeviceAccess>) {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut any = false;
+        for change in changes {
+            let id: Arc<str> = Arc::from(change.device.as_str());
+            let unchanged = devices.get(&id).is_some_and(|e| {
+                e.enabled == change.enabled && *e.secret_hash == *change.secret_hash
+            });
+            if unchanged {
+                continue;
+            }
+            passed.remove(&id);
+            devices.insert(
+                id,
+                Entry {
+                    secret_hash: Arc::from(change.secret_hash.as_str()),
+                    enabled: change.enabled,
+                    revision: self.next_revision.fetch_add(1, Ordering::Relaxed),
+                },
+            );
+            any = true;
+        }
+        if !devices.is_empty() {
+            self.configured.store(true, Ordering::Release);
+        }
+        if any {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        metrics::gauge!("fieldline_broker_registered_devices").set(devices.len() as f64);
+    }
+
+    /// Device authentication is on: the registry has held a device.
+    pub fn auth_configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The decision at CONNECT, from the listener and the username alone.
+    pub(crate) fn admission(&self, loopback_listener: bool, username: Option<&str>) -> Admission {
+        if !self.auth_configured() {
+            return if loopback_listener || self.settings.allow_anonymous {
+                Admission::Anonymous
+            } else {
+                Admission::Refused("anonymous clients are accepted on loopback listeners only")
+            };
+        }
+        match username {
+            None | Some("") if self.settings.allow_anonymous => Admission::Anonymous,
+            None | Some("") => Admission::Refused("no username (device id) given"),
+            Some(user) => {
+                let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+                match devices.get_key_value(user) {
+                    Some((id, entry)) => Admission::Device {
+                        id: id.clone(),
+                        revision: entry.revision,
+                    },
+                    // Refused by the password check, which counts and logs it.
+                    None => Admission::Device {
+                        id: Arc::from(user),
+                        revision: 0,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Whether a connection admitted under `revision` may go on.
+    pub(crate) fn still_valid(&self, device: &str, revision: u64) -> bool {
+        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+        devices
+            .get(device)
+            .is_some_and(|e| e.enabled && e.revision == revision)
+    }
+
+    /// The login given to anonymous connections, and whether a login is that one.
+    pub(crate) fn anonymous_login(&self) -> (String, String) {
+        (ANONYMOUS_USER.to_string(), self.anonymous_password.clone())
+    }
+
+    /// rumqttd's authentication hook: the anonymous marker, or a device id and its secret.
+    pub(crate) async fn authenticate(&self, username: &str, password: &str) -> bool {
+        if username == ANONYMOUS_USER {
+            // Only the codec knows this password; a client sending the name alone gets nothing.
+            let ok: bool = password
+                .as_bytes()
+                .ct_eq(self.anonymous_password.as_bytes())
+                .into();
+            return ok;
+        }
+        let outcome = self.check_password(username, password).await;
+        metrics::counter!("fieldline_broker_auth_total", "result" => outcome).increment(1);
+        match outcome {
+            "ok" | "cached" => true,
+            refused => {
+                tracing::warn!(device = %username.escape_debug(), reason = refused, "MQTT connection refused");
+                false
+            }
+        }
+    }
+
+    async fn check_password(&self, username: &str, password: &str) -> &'static str {
+        let (id, secret_hash, revision) = {
+            let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+            match devices.get_key_value(username) {
+                None => return "unknown_device",
+                Some((_, entry)) if !entry.enabled => return "disabled",
+                Some((id, entry)) => (id.clone(), entry.secret_hash.clone(), entry.revision),
+            }
+        };
+        let digest = self.digest(username, password);
+        let remembered = self
+            .passed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .is_some_and(|(rev, known)| *rev == revision && bool::from(known.ct_eq(&digest)));
+        if remembered {
+            return "cached";
+        }
+        if self.throttled(&id) {
+            return "throttled";
+        }
+        if self.pending_checks.fetch_add(1, Ordering::AcqRel) >= self.settings.max_pending_checks {
+            self.pending_checks.fetch_sub(1, Ordering::AcqRel);
+            return "busy";
+        }
+        let passed = self.verify(password, secret_hash).await;
+        self.pending_checks.fetch_sub(1, Ordering::AcqRel);
+        if passed {
+            self.passed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id.clone(), (revision, digest));
+            self.failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            "ok"
+        } else {
+            self.count_failure(id);
+            "bad_password"
+        }
+    }
+
+    async fn verify(&self, password: &str, secret_hash: Arc<str>) -> bool {
+        let Ok(_turn) = self.checks.acquire().await else {
+            return false;
+        };
+        let password = password.as_bytes().to_vec();
+        let started = Instant::now();
+        let passed = tokio::task::spawn_blocking(move || verify_secret(&password, &secret_hash))
+            .await
+            .unwrap_or(false);
+        metrics::histogram!("fieldline_broker_password_check_seconds")
+            .record(started.elapsed().as_secs_f64());
+        passed
+    }
+
+    fn throttled(&self, id: &Arc<str>) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures
+            .get(id)
+            .and_then(|f| f.locked_until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn count_failure(&self, id: Arc<str>) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = failures.entry(id).or_default();
+        entry.in_a_row = entry.in_a_row.saturating_add(1);
+        if let Some(over) = entry
+            .in_a_row
+            .checked_sub(self.settings.failures_before_throttle)
+        {
+            // 1 s, 2 s, 4 s, ... up to a minute.
+            let pause = Duration::from_secs(1u64 << over.min(6)).min(Duration::from_secs(60));
+            entry.locked_until = Some(Instant::now() + pause);
+        }
+    }
+
+    fn digest(&self, username: &str, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.digest_key);
+        hasher.update(username.as_bytes());
+        hasher.update([0]);
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{hash_secret, new_secret};
+
+    fn device(id: &str, secret: &str, enabled: bool) -> DeviceAccess {
+        DeviceAccess {
+            device: id.to_string(),
+            secret_hash: hash_secret(secret).expect("hashing works"),
+            enabled,
+        }
+    }
+
+    #[test]
+    fn an_empty_registry_admits_anonymous_clients_on_loopback_only() {
+        let guard = Guard::new(GuardSettings::default());
+        assert_eq!(guard.admission(true, None), Admission::Anonymous);
+        assert_eq!(guard.admission(true, Some("d1")), Admission::Anonymous);
+        assert!(matches!(
+            guard.admission(false, None),
+            Admission::Refused(_)
+        ));
+        let open = Guard::new(GuardSettings {
+            allow_anonymous: true,
+            ..GuardSettings::default()
+        });
+        assert_eq!(open.admission(false, None), Admission::Anonymous);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registered_device_needs_its_secret() {
+        let guard = Guard::new(GuardSettings::default());
+        let secret = new_secret();
+        guard.apply([device("d1", &secret, true)]);
+        assert!(guard.auth_configured());
+        assert!(matches!(guard.admission(true, None), Admission::Refused(_)));
+        let Admission::Device { id, revision } = guard.admission(true, Some("d1")) else {
+            panic!("a username is a device");
+        };
+        assert_eq!(&*id, "d1");
+        assert_eq!(guard.check_password("d1", &secret).await, "ok");
+        assert_eq!(guard.check_password("d1", &secret).await, "cached");
+        assert_eq!(guard.check_password("d1", "wrong").await, "bad_password");
+        assert_eq!(guard.check_password("d2", &secret).await, "unknown_device");
+        assert!(guard.still_valid("d1", revision));
+
+        // Rotation: the old secret stops working, and so does the admitted connection.
+        let rotated = new_secret();
+        guard.apply([device("d1", &rotated, true)]);
+        assert!(!guard.still_valid("d1", revision));
+        assert_eq!(guard.check_password("d1", &secret).await, "bad_password");
+        assert_eq!(guard.check_password("d1", &rotated).await, "ok");
+
+        guard.apply([device("d1", &rotated, false)]);
+        assert_eq!(guard.check_password("d1", &rotated).await, "disabled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_passwords_throttle_others_but_not_the_known_secret() {
+        let guard = Guard::new(GuardSettings {
+            failures_before_throttle: 2,
+            ..GuardSettings::default()
+        });
+        let secret = new_secret();
+        guard.apply([device("d1", &secret, true)]);
+        assert_eq!(guard.check_password("d1", &secret).await, "ok");
+        for _ in 0..2 {
+            assert_eq!(guard.check_password("d1", "guess").await, "bad_password");
+        }
+        assert_eq!(guard.check_password("d1", "guess").await, "throttled");
+        assert_eq!(guard.check_password("d1", &secret).await, "cached");
+    }
+
+    #[tokio::test]
+    async fn the_anonymous_login_is_known_only_to_the_codec() {
+        let guard = Guard::new(GuardSettings::default());
+        let (user, password) = guard.anonymous_login();
+        assert!(guard.authenticate(&user, &password).await);
+        assert!(!guard.authenticate(&user, "").await);
+        assert!(!guard.authenticate(&user, "guess").await);
+    }
+}

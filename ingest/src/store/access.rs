@@ -1,0 +1,321 @@
+//! Storage of who may connect and call the API: the device registry (MQTT credentials) and
+//! HTTP API tokens.
+//!
+//! Only hashes are stored; making and checking them belongs to the callers. Every change takes
+//! the next value of one access revision, in the same transaction as the change, so a running
+//! server can poll that one number and load only the rows that changed since it last looked
+//! (the CLI changes the registry from another process).
+//!
+//! The SQL is the same for SQLite and PostgreSQL (sqlx binds `$N` on both), so one macro
+//! implements [`AccessStore`] for both back ends.
+
+use serde::Serialize;
+
+use super::StoreFuture;
+
+/// A registered device: its secret's hash and whether it may connect.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceCredential {
+    pub device: String,
+    /// Argon2id PHC string; never shown by the API.
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    #[serde(skip)]
+    pub revision: i64,
+}
+
+/// An HTTP API token: its public id, role and the digest of its secret part.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    #[serde(skip)]
+    pub revision: i64,
+}
+
+/// Everything that changed after a revision, and the revision it brings the reader to.
+#[derive(Debug, Clone, Default)]
+pub struct AccessChanges {
+    pub revision: i64,
+    pub devices: Vec<DeviceCredential>,
+    pub tokens: Vec<ApiTokenRecord>,
+}
+
+/// Reads and changes the registry. Changing a device or token that does not exist is
+/// [`StoreError::NotFound`]; adding one that exists is [`StoreError::AlreadyExists`].
+pub trait AccessStore: Send + Sync {
+    /// The newest access revision: cheap, for polling.
+    fn access_revision(&self) -> StoreFuture<'_, i64>;
+    /// Devices and tokens changed after `since` (all of them for 0).
+    fn access_changes(&self, since: i64) -> StoreFuture<'_, AccessChanges>;
+    fn add_device<'a>(
+        &'a self,
+        device: &'a str,
+        secret_hash: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+    fn set_device_secret<'a>(
+        &'a self,
+        device: &'a str,
+        secret_hash: &'a str,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+    fn set_device_enabled<'a>(
+        &'a self,
+        device: &'a str,
+        enabled: bool,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+    fn add_token<'a>(&'a self, token: &'a ApiTokenRecord) -> StoreFuture<'a, ()>;
+    fn revoke_token<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, ()>;
+}
+
+type DeviceRow = (String, String, bool, i64, i64, i64);
+type TokenRow = (String, String, String, String, i64, Option<i64>, i64);
+
+pub(super) fn device_from_row(row: DeviceRow) -> DeviceCredential {
+    let (device, secret_hash, enabled, created_at_ms, updated_at_ms, revision) = row;
+    DeviceCredential {
+        device,
+        secret_hash,
+        enabled,
+        created_at_ms,
+        updated_at_ms,
+        revision,
+    }
+}
+
+pub(super) fn token_from_row(row: TokenRow) -> ApiTokenRecord {
+    let (id, name, role, secret_hash, created_at_ms, revoked_at_ms, revision) = row;
+    ApiTokenRecord {
+        id,
+        name,
+        role,
+        secret_hash,
+        created_at_ms,
+        revoked_at_ms,
+        revision,
+    }
+}
+
+pub(super) const NEXT_REVISION: &str =
+    "UPDATE access_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision";
+pub(super) const SELECT_DEVICES: &str =
+    "SELECT device_id, secret_hash, enabled, created_at, updated_at, revision
+     FROM device_credentials WHERE revision > $1 ORDER BY device_id";
+pub(super) const SELECT_TOKENS: &str =
+    "SELECT id, name, role, secret_hash, created_at, revoked_at, revision
+     FROM api_tokens WHERE revision > $1 ORDER BY created_at, id";
+
+/// Implements [`AccessStore`] for a back end whose struct has a `pool` field.
+macro_rules! impl_access_store {
+    ($store:ty) => {
+        impl $crate::store::access::AccessStore for $store {
+            fn access_revision(&self) -> $crate::store::StoreFuture<'_, i64> {
+                Box::pin(async move {
+                    let revision: i64 =
+                        sqlx::query_scalar("SELECT revision FROM access_revision WHERE id = 1")
+                            .fetch_one(&self.pool)
+                            .await?;
+                    Ok(revision)
+                })
+            }
+
+            fn access_changes(
+                &self,
+                since: i64,
+            ) -> $crate::store::StoreFuture<'_, $crate::store::access::AccessChanges> {
+                use $crate::store::access as access;
+                Box::pin(async move {
+                    // One transaction, so the revision matches the rows read with it.
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 =
+                        sqlx::query_scalar("SELECT revision FROM access_revision WHERE id = 1")
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let devices = sqlx::query_as(access::SELECT_DEVICES)
+                        .bind(since)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let tokens = sqlx::query_as(access::SELECT_TOKENS)
+                        .bind(since)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(access::AccessChanges {
+                        revision,
+                        devices: devices.into_iter().map(access::device_from_row).collect(),
+                        tokens: tokens.into_iter().map(access::token_from_row).collect(),
+                    })
+                })
+            }
+
+            fn add_device<'a>(
+                &'a self,
+                device: &'a str,
+                secret_hash: &'a str,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO device_credentials
+                             (device_id, secret_hash, enabled, created_at, updated_at, revision)
+                         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (device_id) DO NOTHING",
+                    )
+                    .bind(device)
+                    .bind(secret_hash)
+                    .bind(true)
+                    .bind(now_ms)
+                    .bind(revision)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        return Err($crate::store::StoreError::AlreadyExists(format!(
+                            "device {device}"
+                        )));
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+
+            fn set_device_secret<'a>(
+                &'a self,
+                device: &'a str,
+                secret_hash: &'a str,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let changed = sqlx::query(
+                        "UPDATE device_credentials SET secret_hash = $1, updated_at = $2, revision = $3
+                         WHERE device_id = $4",
+                    )
+                    .bind(secret_hash)
+                    .bind(now_ms)
+                    .bind(revision)
+                    .bind(device)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("device {device}")));
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+
+            fn set_device_enabled<'a>(
+                &'a self,
+                device: &'a str,
+                enabled: bool,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let changed = sqlx::query(
+                        "UPDATE device_credentials SET enabled = $1, updated_at = $2, revision = $3
+                         WHERE device_id = $4",
+                    )
+                    .bind(enabled)
+                    .bind(now_ms)
+                    .bind(revision)
+                    .bind(device)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("device {device}")));
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+
+            fn add_token<'a>(
+                &'a self,
+                token: &'a $crate::store::access::ApiTokenRecord,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO api_tokens
+                             (id, name, role, secret_hash, created_at, revoked_at, revision)
+                         VALUES ($1, $2, $3, $4, $5, NULL, $6) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&token.id)
+                    .bind(&token.name)
+                    .bind(&token.role)
+                    .bind(&token.secret_hash)
+                    .bind(token.created_at_ms)
+                    .bind(revision)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 0 {
+                        return Err($crate::store::StoreError::AlreadyExists(format!(
+                            "token {}",
+                            token.id
+                        )));
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+
+            fn revoke_token<'a>(
+                &'a self,
+                id: &'a str,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    // Revoking twice keeps the first time.
+                    let changed = sqlx::query(
+                        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1), revision = $2
+                         WHERE id = $3",
+                    )
+                    .bind(now_ms)
+                    .bind(revision)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("token {id}")));
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+pub(super) use impl_access_store;
