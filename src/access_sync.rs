@@ -68,5 +68,6 @@ fn apply(changes: AccessChanges, guard: &Guard, api: &ApiAccess) -> i64 {
         enabled: d.enabled,
     }));
     api.apply(changes.tokens);
+    api.applied(changes.revision);
     changes.revision
 }

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
     // rumqttd logs every ordinary disconnect at error level; Fieldline logs what matters itself.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour only on a terminal: logs sent to files and journals stay plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 
     let result = config::Config::load(args).and_then(|config| {
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -105,6 +105,26 @@ impl Sse {
         out
     }
 
+    /// Reads frames until the server ends the stream; returns them.
+    pub async fn until_end(&mut self) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        loop {
+            if self.buffer.contains("\n\n") {
+                frames.push(self.frame().await);
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("the stream ends within 20 s");
+            match chunk {
+                Ok(Some(chunk)) => self
+                    .buffer
+                    .push_str(std::str::from_utf8(&chunk).expect("SSE is UTF-8")),
+                Ok(None) | Err(_) => return frames,
+            }
+        }
+    }
+
     /// Asserts nothing but keep-alives arrive for `quiet`.
     pub async fn assert_quiet(&mut self, quiet: Duration) {
         if let Ok(frame) = tokio::time::timeout(quiet, self.event()).await {
@@ -124,7 +144,12 @@ pub struct Ws {
 impl Ws {
     /// Connects to `/api/ws` asking for `protocol`, and checks the server chose it.
     pub async fn open(server: &Server, protocol: &str) -> Ws {
-        let url = format!("ws://127.0.0.1:{}/api/ws", server.http_port);
+        Self::open_with_query(server, protocol, "").await
+    }
+
+    /// The same, with a query string (for `access_token`).
+    pub async fn open_with_query(server: &Server, protocol: &str, query: &str) -> Ws {
+        let url = format!("ws://127.0.0.1:{}/api/ws?{query}", server.http_port);
         let mut request = url.into_client_request().expect("ws request");
         request.headers_mut().insert(
             "sec-websocket-protocol",

@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
 }
 
 pub mod live;
+pub mod raw_mqtt;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -119,6 +120,8 @@ pub struct Server {
     pub database_url: String,
     pub log: PathBuf,
     pub http: reqwest::Client,
+    /// Sent as a bearer token by `get` and `metrics_text` when set (API authentication on).
+    pub token: Option<String>,
 }
 
 pub fn binary() -> &'static str {
@@ -170,6 +173,7 @@ impl Server {
             database_url: database_url.to_owned(),
             log,
             http: reqwest::Client::new(),
+            token: None,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -208,12 +212,26 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
+        self.request(reqwest::Method::GET, path, self.token.as_deref(), None)
             .await
-            .expect("HTTP request");
+    }
+
+    /// Any request, with an optional bearer token and JSON body; the status and JSON reply.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let resp = request.send().await.expect("HTTP request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("HTTP body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -295,8 +313,11 @@ impl Server {
     }
 
     pub async fn metrics_text(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
+        let mut request = self.http.get(self.url("/metrics"));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
             .send()
             .await
             .expect("metrics")
@@ -325,7 +346,21 @@ pub struct Device {
 
 impl Device {
     pub async fn connect(port: u16, client_id: &str) -> Device {
+        Self::try_connect(port, client_id, None)
+            .await
+            .unwrap_or_else(|e| panic!("{client_id} cannot connect: {e}"))
+    }
+
+    /// Connects with an optional username and password; Err when the broker refuses.
+    pub async fn try_connect(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Result<Device, String> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        if let Some((user, pass)) = login {
+            options.set_credentials(user, pass);
+        }
         options.set_keep_alive(Duration::from_secs(30));
         // rumqttc's default 10 KiB cap would stop our oversized-payload tests at the client.
         options.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
@@ -339,17 +374,28 @@ impl Device {
             acks,
             task,
         };
-        device.wait_connected().await;
-        device
+        device.wait_connected().await?;
+        Ok(device)
     }
 
-    async fn wait_connected(&mut self) {
-        // The event loop sends CONNECT on its first poll; a ping round trip proves CONNACK.
+    async fn wait_connected(&mut self) -> Result<(), String> {
+        // The event loop sends CONNECT on its first poll and stops at the first error.
         let deadline = Instant::now() + Duration::from_secs(10);
         while *self.acks.borrow() == 0 {
-            assert!(Instant::now() < deadline, "no CONNACK within 10 s");
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.acks.changed()).await;
+            if Instant::now() > deadline {
+                return Err("no CONNACK within 10 s".into());
+            }
+            match tokio::time::timeout(Duration::from_millis(100), self.acks.changed()).await {
+                Ok(Err(_)) => return Err("the broker closed the connection".into()),
+                _ => continue,
+            }
         }
+        Ok(())
+    }
+
+    /// Whether the connection is still up (the event loop stops at the first error).
+    pub fn is_connected(&self) -> bool {
+        !self.task.is_finished()
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
@@ -396,8 +442,44 @@ async fn drive(mut eventloop: EventLoop, acks: tokio::sync::watch::Sender<usize>
     }
 }
 
+/// Runs the `fieldline` CLI against a database; its exit status, stdout and stderr.
+pub fn cli(database_url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .args(["--database-url", database_url])
+        .args(args)
+        .output()
+        .expect("the fieldline binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Registers a device with the CLI; returns its secret.
+pub fn register_device(database_url: &str, id: &str) -> String {
+    let (ok, secret, stderr) = cli(database_url, &["device", "add", id]);
+    assert!(ok && secret.len() == 64, "device add {id}: {stderr}");
+    secret
+}
+
+/// Creates an API token with the CLI; returns it.
+pub fn create_token(database_url: &str, name: &str, role: &str) -> String {
+    let (ok, token, stderr) = cli(database_url, &["token", "add", name, "--role", role]);
+    assert!(ok && token.starts_with("fl_"), "token add {name}: {stderr}");
+    token
+}
+
 /// Publishes with Debian's `mosquitto_pub`, a third-party client.
 pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) {
+    let status = mosquitto_pub_status(port, topic, payload, extra);
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
+
+/// Runs `mosquitto_pub` (QoS 1, payload on stdin) and returns how it exited.
+pub fn mosquitto_pub_status(port: u16, topic: &str, payload: &[u8], extra: &[&str]) -> ExitStatus {
     use std::io::Write;
     let mut child = Command::new("mosquitto_pub")
         .args([
@@ -413,6 +495,7 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) {
         ])
         .args(extra)
         .stdin(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_pub is installed (scripts/test.sh installs mosquitto-clients)");
     child
@@ -421,6 +504,5 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], extra: &[&str]) {
         .expect("stdin")
         .write_all(payload)
         .expect("payload written");
-    let status = child.wait().expect("mosquitto_pub ran");
-    assert!(status.success(), "mosquitto_pub failed: {status}");
+    child.wait().expect("mosquitto_pub ran")
 }

@@ -71,12 +71,12 @@ pub async fn add_device(
     let id = checked_device_id(&body.id)?;
     let secret = new_secret();
     let hash = hashed(&secret).await?;
-    state
+    let revision = state
         .store
         .add_device(id, &hash, now_ms())
         .await
         .map_err(conflict)?;
-    state.access.registry_changed();
+    state.access.registry_changed(revision).await;
     tracing::info!(device = id, "device registered over the API");
     Ok((
         StatusCode::CREATED,
@@ -91,12 +91,12 @@ pub async fn change_device(
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     let id = checked_device_id(&id)?;
-    state
+    let revision = state
         .store
         .set_device_enabled(id, body.enabled, now_ms())
         .await
         .map_err(conflict)?;
-    state.access.registry_changed();
+    state.access.registry_changed(revision).await;
     tracing::info!(
         device = id,
         enabled = body.enabled,
@@ -112,12 +112,12 @@ pub async fn rotate_secret(
     let id = checked_device_id(&id)?;
     let secret = new_secret();
     let hash = hashed(&secret).await?;
-    state
+    let revision = state
         .store
         .set_device_secret(id, &hash, now_ms())
         .await
         .map_err(conflict)?;
-    state.access.registry_changed();
+    state.access.registry_changed(revision).await;
     tracing::info!(device = id, "device secret rotated over the API");
     Ok(Json(json!({ "id": id, "secret": secret })))
 }
@@ -141,12 +141,12 @@ pub async fn add_token(
         ));
     }
     let made = new_token(name, role, now_ms());
-    state
+    let revision = state
         .store
         .add_token(&made.record)
         .await
         .map_err(conflict)?;
-    state.access.registry_changed();
+    state.access.registry_changed(revision).await;
     tracing::info!(token = %made.record.id, role = role.as_str(), "API token created over the API");
     Ok((
         StatusCode::CREATED,
@@ -160,12 +160,12 @@ pub async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
+    let revision = state
         .store
         .revoke_token(&id, now_ms())
         .await
         .map_err(conflict)?;
-    state.access.registry_changed();
+    state.access.registry_changed(revision).await;
     tracing::info!(token = %id, "API token revoked over the API");
     Ok(StatusCode::NO_CONTENT)
 }

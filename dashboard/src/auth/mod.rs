@@ -49,6 +49,8 @@ pub struct ApiAccess {
     /// Rung by the admin endpoints after they change the registry, so the binary reloads it
     /// now rather than at its next poll.
     registry_changed: Notify,
+    /// The registry revision the binary has applied everywhere (broker and API).
+    applied: watch::Sender<i64>,
 }
 
 impl Default for ApiAccess {
@@ -58,6 +60,7 @@ impl Default for ApiAccess {
             configured: AtomicBool::new(false),
             changes: watch::channel(0).0,
             registry_changed: Notify::new(),
+            applied: watch::channel(0).0,
         }
     }
 }
@@ -132,9 +135,31 @@ impl ApiAccess {
         }
     }
 
-    /// Tells the binary the registry changed in storage.
-    pub fn registry_changed(&self) {
+    /// Tells the binary the registry changed in storage (to `revision`), and waits until the
+    /// change is in force in the broker and the API, so an admin call that returned has
+    /// taken effect. Gives up waiting after a few seconds (storage trouble), never failing:
+    /// the change is stored and will be applied.
+    pub async fn registry_changed(&self, revision: i64) {
         self.registry_changed.notify_one();
+        let mut applied = self.applied.subscribe();
+        let in_force = applied.wait_for(|&done| done >= revision);
+        if tokio::time::timeout(std::time::Duration::from_secs(5), in_force)
+            .await
+            .is_err()
+        {
+            tracing::warn!(revision, "an access change is stored but not yet in force");
+        }
+    }
+
+    /// The binary has applied the registry up to `revision`.
+    pub fn applied(&self, revision: i64) {
+        self.applied.send_if_modified(|done| {
+            let newer = revision > *done;
+            if newer {
+                *done = revision;
+            }
+            newer
+        });
     }
 
     /// Waits until an admin endpoint changed the registry.

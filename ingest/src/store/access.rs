@@ -49,8 +49,9 @@ pub struct AccessChanges {
     pub tokens: Vec<ApiTokenRecord>,
 }
 
-/// Reads and changes the registry. Changing a device or token that does not exist is
-/// [`StoreError::NotFound`]; adding one that exists is [`StoreError::AlreadyExists`].
+/// Reads and changes the registry. Each change returns the access revision it took.
+/// Changing a device or token that does not exist is [`crate::StoreError::NotFound`]; adding
+/// one that exists is [`crate::StoreError::AlreadyExists`].
 pub trait AccessStore: Send + Sync {
     /// The newest access revision: cheap, for polling.
     fn access_revision(&self) -> StoreFuture<'_, i64>;
@@ -61,21 +62,21 @@ pub trait AccessStore: Send + Sync {
         device: &'a str,
         secret_hash: &'a str,
         now_ms: i64,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, i64>;
     fn set_device_secret<'a>(
         &'a self,
         device: &'a str,
         secret_hash: &'a str,
         now_ms: i64,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, i64>;
     fn set_device_enabled<'a>(
         &'a self,
         device: &'a str,
         enabled: bool,
         now_ms: i64,
-    ) -> StoreFuture<'a, ()>;
-    fn add_token<'a>(&'a self, token: &'a ApiTokenRecord) -> StoreFuture<'a, ()>;
-    fn revoke_token<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, i64>;
+    fn add_token<'a>(&'a self, token: &'a ApiTokenRecord) -> StoreFuture<'a, i64>;
+    fn revoke_token<'a>(&'a self, id: &'a str, now_ms: i64) -> StoreFuture<'a, i64>;
 }
 
 type DeviceRow = (String, String, bool, i64, i64, i64);
@@ -163,7 +164,7 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 secret_hash: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::store::StoreFuture<'a, i64> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
@@ -188,7 +189,7 @@ macro_rules! impl_access_store {
                         )));
                     }
                     tx.commit().await?;
-                    Ok(())
+                    Ok(revision)
                 })
             }
 
@@ -197,7 +198,7 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 secret_hash: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::store::StoreFuture<'a, i64> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
@@ -218,7 +219,7 @@ macro_rules! impl_access_store {
                         return Err($crate::store::StoreError::NotFound(format!("device {device}")));
                     }
                     tx.commit().await?;
-                    Ok(())
+                    Ok(revision)
                 })
             }
 
@@ -227,7 +228,7 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 enabled: bool,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::store::StoreFuture<'a, i64> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
@@ -248,14 +249,14 @@ macro_rules! impl_access_store {
                         return Err($crate::store::StoreError::NotFound(format!("device {device}")));
                     }
                     tx.commit().await?;
-                    Ok(())
+                    Ok(revision)
                 })
             }
 
             fn add_token<'a>(
                 &'a self,
                 token: &'a $crate::store::access::ApiTokenRecord,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::store::StoreFuture<'a, i64> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
@@ -282,7 +283,7 @@ macro_rules! impl_access_store {
                         )));
                     }
                     tx.commit().await?;
-                    Ok(())
+                    Ok(revision)
                 })
             }
 
@@ -290,7 +291,7 @@ macro_rules! impl_access_store {
                 &'a self,
                 id: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::store::StoreFuture<'a, i64> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
@@ -311,7 +312,7 @@ macro_rules! impl_access_store {
                         return Err($crate::store::StoreError::NotFound(format!("token {id}")));
                     }
                     tx.commit().await?;
-                    Ok(())
+                    Ok(revision)
                 })
             }
         }
