@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     // Colour only on a terminal: logs sent to files and journals stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 

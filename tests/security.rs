@@ -807,3 +807,36 @@ async fn a_flooding_device_is_rate_limited_alone() {
     );
     flooding.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_anonymous_admits_clients_without_a_username_only() {
+    let dir = TempDir::new("anon");
+    let db = database(Backend::Sqlite, &dir, "anon").await;
+    let secret = register_device(&db, "d1");
+    let server = Server::start_with(&dir, &db, &["--allow-anonymous"]).await;
+    let endpoint = Endpoint::Tcp(server.mqtt_port);
+    let mut anonymous = RawMqtt::connect(&endpoint, "bridge", None)
+        .await
+        .expect("no username: admitted");
+    anonymous
+        .publish("devices/legacy-1/location", &fix(1))
+        .await
+        .expect("acked");
+    // A username is a claim to be that device, and is checked.
+    assert!(RawMqtt::connect(&endpoint, "x", Some(("d1", "wrong")))
+        .await
+        .is_err());
+    refused_after(
+        &endpoint,
+        "d1",
+        &secret,
+        "d1-a",
+        publish_packet("devices/legacy-1/location", &fix(2), 1),
+    )
+    .await;
+    server
+        .wait_for("/api/devices/legacy-1/track", |b| {
+            b.as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+}

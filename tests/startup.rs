@@ -158,3 +158,76 @@ fn allow_anonymous_overrides_the_refusal() {
         "a warning says so: {log}"
     );
 }
+
+#[test]
+fn configured_authentication_allows_non_loopback_listeners() {
+    let dir = TempDir::new("exposed-auth");
+    let db = format!("sqlite://{}", dir.0.join("fieldline.db").display());
+    support::register_device(&db, "d1");
+    let (mqtt, http) = (free_port(), free_port());
+    let args = [
+        "--database-url",
+        &db,
+        "--mqtt-listen",
+        &format!("0.0.0.0:{mqtt}"),
+        "--http-listen",
+        &format!("0.0.0.0:{http}"),
+    ];
+    // Devices are registered, but the API has no token yet: HTTP is still refused.
+    let (code, stderr) = run(&dir, &args);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("refusing to listen for HTTP") && stderr.contains("fieldline token add"),
+        "{stderr}"
+    );
+    support::create_token(&db, "ops", "admin");
+    let mut child = Command::new(binary())
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("fieldline exited although authentication is configured: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "HTTP never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn registry_commands_reject_bad_input() {
+    let dir = TempDir::new("cli-bad");
+    let db = format!("sqlite://{}", dir.0.join("fieldline.db").display());
+    for args in [
+        &["device", "add", "bad id"][..],
+        &["device", "add", ""],
+        &["device", "disable", "nobody"],
+        &["device", "rotate", "nobody"],
+        &["token", "add", "x", "--role", "root"],
+        &["token", "revoke", "nope"],
+    ] {
+        let (ok, stdout, stderr) = support::cli(&db, args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(
+            stdout.is_empty(),
+            "no secret printed for {args:?}: {stdout}"
+        );
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    support::register_device(&db, "d1");
+    let (ok, _, stderr) = support::cli(&db, &["device", "add", "d1"]);
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    let (ok, list, _) = support::cli(&db, &["device", "list"]);
+    assert!(
+        ok && list.contains("d1") && list.contains("enabled"),
+        "{list}"
+    );
+    assert!(!list.contains("argon2"), "hashes are never shown: {list}");
+}

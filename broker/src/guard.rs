@@ -74,6 +74,9 @@ struct Entry {
     revision: u64,
 }
 
+/// A password that passed its check: the entry's revision then, and its keyed digest.
+type Passed = (u64, [u8; 32]);
+
 #[derive(Default)]
 struct Failures {
     in_a_row: u32,
@@ -102,7 +105,7 @@ pub struct Guard {
     generation: AtomicU64,
     next_revision: AtomicU64,
     /// Device → digest of the password that last passed, under the entry's revision.
-    passed: Mutex<HashMap<Arc<str>, (u64, [u8; 32])>>,
+    passed: Mutex<HashMap<Arc<str>, Passed>>,
     failures: Mutex<HashMap<Arc<str>, Failures>>,
     checks: Semaphore,
     pending_checks: AtomicUsize,

@@ -68,7 +68,7 @@ pub struct Status {
     pub online: bool,
     /// Set when the broker, not the device, reports this status: `connect` for a connection
     /// it accepted, and for an ended one why it ended (`disconnect`, `dropped`, `keepalive`,
-    /// `will`). `None` for a status document the device published itself.
+    /// `will`, `kicked`). `None` for a status document the device published itself.
     pub reason: Option<&'static str>,
 }
 
