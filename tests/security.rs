@@ -283,16 +283,13 @@ async fn devices_speak_only_for_themselves(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_and_websocket_listeners_apply_the_same_rules() {
-    let dir = TempDir::new("tls-ws");
-    let ca = support::raw_mqtt::make_certificates(&dir.0);
-    let db = database(Backend::Sqlite, &dir, "tls").await;
-    let s1 = register_device(&db, "d1");
+/// The server with MQTT over TLS (certificates from `make_certificates` in `dir`) and over
+/// WebSocket; returns it with the TLS and WebSocket ports.
+async fn start_with_tls_and_websocket(dir: &TempDir, db: &str) -> (Server, u16, u16) {
     let (tls_port, ws_port) = (free_port(), free_port());
     let server = Server::start_with(
-        &dir,
-        &db,
+        dir,
+        db,
         &[
             "--mqtts-listen",
             &format!("127.0.0.1:{tls_port}"),
@@ -305,6 +302,16 @@ async fn tls_and_websocket_listeners_apply_the_same_rules() {
         ],
     )
     .await;
+    (server, tls_port, ws_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_websocket_listeners_apply_the_same_rules() {
+    let dir = TempDir::new("tls-ws");
+    let ca = support::raw_mqtt::make_certificates(&dir.0);
+    let db = database(Backend::Sqlite, &dir, "tls").await;
+    let s1 = register_device(&db, "d1");
+    let (server, tls_port, ws_port) = start_with_tls_and_websocket(&dir, &db).await;
     check_listener(
         &Endpoint::Tls {
             port: tls_port,
@@ -686,22 +693,7 @@ async fn idle_sockets_on_every_listener_delay_no_one() {
     let db = database(Backend::Sqlite, &dir, "hostile").await;
     let secret = register_device(&db, "d1");
     let token = create_token(&db, "ops", "viewer");
-    let (tls_port, ws_port) = (free_port(), free_port());
-    let mut server = Server::start_with(
-        &dir,
-        &db,
-        &[
-            "--mqtts-listen",
-            &format!("127.0.0.1:{tls_port}"),
-            "--tls-cert",
-            &dir.0.join("server.pem").display().to_string(),
-            "--tls-key",
-            &dir.0.join("server.key").display().to_string(),
-            "--mqtt-ws-listen",
-            &format!("127.0.0.1:{ws_port}"),
-        ],
-    )
-    .await;
+    let (mut server, tls_port, ws_port) = start_with_tls_and_websocket(&dir, &db).await;
     server.token = Some(token);
     let mut idle = Vec::new();
     for port in [server.mqtt_port, tls_port, ws_port, server.http_port] {

@@ -151,7 +151,7 @@ fn allow_anonymous_overrides_the_refusal() {
     }
     let _ = child.kill();
     let out = child.wait_with_output().expect("exit");
-    // Logs go to stdout, errors to stderr.
+    // Logs and errors both go to stderr; read both in case that changes.
     let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("without authentication"),

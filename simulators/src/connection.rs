@@ -20,6 +20,26 @@ pub struct Broker {
     /// Unacknowledged publishes per connection.
     #[arg(long, default_value_t = 100)]
     pub inflight: u16,
+    /// File of `DEVICE SECRET` lines (from `fieldline device add`): a client whose id is a
+    /// listed device logs in as it.
+    #[arg(long, value_parser = read_credentials)]
+    pub credentials: Option<Credentials>,
+}
+
+/// Device secrets by device id.
+pub type Credentials = std::collections::HashMap<String, String>;
+
+fn read_credentials(path: &str) -> Result<Credentials, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (device, secret) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| format!("{path}: expected `DEVICE SECRET` lines, got {line:?}"))?;
+            Ok((device.to_string(), secret.trim().to_string()))
+        })
+        .collect()
 }
 
 impl Broker {
@@ -33,6 +53,9 @@ impl Broker {
 
     pub fn connect(&self, client_id: &str, queue: usize) -> (AsyncClient, EventLoop) {
         let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        if let Some(secret) = self.credentials.as_ref().and_then(|c| c.get(client_id)) {
+            options.set_credentials(client_id, secret);
+        }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         options.set_inflight(self.inflight);

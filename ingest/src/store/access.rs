@@ -116,6 +116,52 @@ pub(super) const SELECT_TOKENS: &str =
     "SELECT id, name, role, secret_hash, created_at, revoked_at, revision
      FROM api_tokens WHERE revision > $1 ORDER BY created_at, id";
 
+/// One change to the registry; every kind runs through the same transaction.
+#[derive(Clone, Copy)]
+pub(super) enum AccessChange<'a> {
+    AddDevice {
+        device: &'a str,
+        secret_hash: &'a str,
+        now_ms: i64,
+    },
+    SetSecret {
+        device: &'a str,
+        secret_hash: &'a str,
+        now_ms: i64,
+    },
+    SetEnabled {
+        device: &'a str,
+        enabled: bool,
+        now_ms: i64,
+    },
+    AddToken(&'a ApiTokenRecord),
+    RevokeToken {
+        id: &'a str,
+        now_ms: i64,
+    },
+}
+
+impl AccessChange<'_> {
+    /// What the change is about, for errors: `device d1`, `token ab12`.
+    pub(super) fn subject(&self) -> String {
+        match self {
+            AccessChange::AddDevice { device, .. }
+            | AccessChange::SetSecret { device, .. }
+            | AccessChange::SetEnabled { device, .. } => format!("device {device}"),
+            AccessChange::AddToken(token) => format!("token {}", token.id),
+            AccessChange::RevokeToken { id, .. } => format!("token {id}"),
+        }
+    }
+
+    /// Whether it creates (so no row changed means it existed already).
+    pub(super) fn adds(&self) -> bool {
+        matches!(
+            self,
+            AccessChange::AddDevice { .. } | AccessChange::AddToken(_)
+        )
+    }
+}
+
 /// Implements [`AccessStore`] for a back end whose struct has a `pool` field.
 macro_rules! impl_access_store {
     ($store:ty) => {
@@ -165,32 +211,8 @@ macro_rules! impl_access_store {
                 secret_hash: &'a str,
                 now_ms: i64,
             ) -> $crate::store::StoreFuture<'a, i64> {
-                Box::pin(async move {
-                    let mut tx = self.pool.begin().await?;
-                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO device_credentials
-                             (device_id, secret_hash, enabled, created_at, updated_at, revision)
-                         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (device_id) DO NOTHING",
-                    )
-                    .bind(device)
-                    .bind(secret_hash)
-                    .bind(true)
-                    .bind(now_ms)
-                    .bind(revision)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        return Err($crate::store::StoreError::AlreadyExists(format!(
-                            "device {device}"
-                        )));
-                    }
-                    tx.commit().await?;
-                    Ok(revision)
-                })
+                use $crate::store::access::AccessChange;
+                Box::pin(self.access_change(AccessChange::AddDevice { device, secret_hash, now_ms }))
             }
 
             fn set_device_secret<'a>(
@@ -199,28 +221,8 @@ macro_rules! impl_access_store {
                 secret_hash: &'a str,
                 now_ms: i64,
             ) -> $crate::store::StoreFuture<'a, i64> {
-                Box::pin(async move {
-                    let mut tx = self.pool.begin().await?;
-                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let changed = sqlx::query(
-                        "UPDATE device_credentials SET secret_hash = $1, updated_at = $2, revision = $3
-                         WHERE device_id = $4",
-                    )
-                    .bind(secret_hash)
-                    .bind(now_ms)
-                    .bind(revision)
-                    .bind(device)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("device {device}")));
-                    }
-                    tx.commit().await?;
-                    Ok(revision)
-                })
+                use $crate::store::access::AccessChange;
+                Box::pin(self.access_change(AccessChange::SetSecret { device, secret_hash, now_ms }))
             }
 
             fn set_device_enabled<'a>(
@@ -229,62 +231,16 @@ macro_rules! impl_access_store {
                 enabled: bool,
                 now_ms: i64,
             ) -> $crate::store::StoreFuture<'a, i64> {
-                Box::pin(async move {
-                    let mut tx = self.pool.begin().await?;
-                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let changed = sqlx::query(
-                        "UPDATE device_credentials SET enabled = $1, updated_at = $2, revision = $3
-                         WHERE device_id = $4",
-                    )
-                    .bind(enabled)
-                    .bind(now_ms)
-                    .bind(revision)
-                    .bind(device)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("device {device}")));
-                    }
-                    tx.commit().await?;
-                    Ok(revision)
-                })
+                use $crate::store::access::AccessChange;
+                Box::pin(self.access_change(AccessChange::SetEnabled { device, enabled, now_ms }))
             }
 
             fn add_token<'a>(
                 &'a self,
                 token: &'a $crate::store::access::ApiTokenRecord,
             ) -> $crate::store::StoreFuture<'a, i64> {
-                Box::pin(async move {
-                    let mut tx = self.pool.begin().await?;
-                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let inserted = sqlx::query(
-                        "INSERT INTO api_tokens
-                             (id, name, role, secret_hash, created_at, revoked_at, revision)
-                         VALUES ($1, $2, $3, $4, $5, NULL, $6) ON CONFLICT (id) DO NOTHING",
-                    )
-                    .bind(&token.id)
-                    .bind(&token.name)
-                    .bind(&token.role)
-                    .bind(&token.secret_hash)
-                    .bind(token.created_at_ms)
-                    .bind(revision)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if inserted == 0 {
-                        return Err($crate::store::StoreError::AlreadyExists(format!(
-                            "token {}",
-                            token.id
-                        )));
-                    }
-                    tx.commit().await?;
-                    Ok(revision)
-                })
+                use $crate::store::access::AccessChange;
+                Box::pin(self.access_change(AccessChange::AddToken(token)))
             }
 
             fn revoke_token<'a>(
@@ -292,28 +248,81 @@ macro_rules! impl_access_store {
                 id: &'a str,
                 now_ms: i64,
             ) -> $crate::store::StoreFuture<'a, i64> {
-                Box::pin(async move {
-                    let mut tx = self.pool.begin().await?;
-                    let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    // Revoking twice keeps the first time.
-                    let changed = sqlx::query(
-                        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1), revision = $2
-                         WHERE id = $3",
+                use $crate::store::access::AccessChange;
+                Box::pin(self.access_change(AccessChange::RevokeToken { id, now_ms }))
+            }
+        }
+
+        impl $store {
+            /// One change in its own transaction, under the next access revision.
+            async fn access_change(
+                &self,
+                change: $crate::store::access::AccessChange<'_>,
+            ) -> Result<i64, $crate::store::StoreError> {
+                use $crate::store::access::AccessChange;
+                use $crate::store::StoreError;
+                let mut tx = self.pool.begin().await?;
+                let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // The revision is always $1.
+                let query = match change {
+                    AccessChange::AddDevice { device, secret_hash, now_ms } => sqlx::query(
+                        "INSERT INTO device_credentials
+                             (device_id, secret_hash, enabled, created_at, updated_at, revision)
+                         VALUES ($2, $3, TRUE, $4, $4, $1) ON CONFLICT (device_id) DO NOTHING",
                     )
-                    .bind(now_ms)
+                    .bind(revision)
+                    .bind(device)
+                    .bind(secret_hash)
+                    .bind(now_ms),
+                    AccessChange::SetSecret { device, secret_hash, now_ms } => sqlx::query(
+                        "UPDATE device_credentials SET secret_hash = $3, updated_at = $4, revision = $1
+                         WHERE device_id = $2",
+                    )
+                    .bind(revision)
+                    .bind(device)
+                    .bind(secret_hash)
+                    .bind(now_ms),
+                    AccessChange::SetEnabled { device, enabled, now_ms } => sqlx::query(
+                        "UPDATE device_credentials SET enabled = $3, updated_at = $4, revision = $1
+                         WHERE device_id = $2",
+                    )
+                    .bind(revision)
+                    .bind(device)
+                    .bind(enabled)
+                    .bind(now_ms),
+                    AccessChange::AddToken(token) => sqlx::query(
+                        "INSERT INTO api_tokens
+                             (id, name, role, secret_hash, created_at, revoked_at, revision)
+                         VALUES ($2, $3, $4, $5, $6, NULL, $1) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(revision)
+                    .bind(&token.id)
+                    .bind(&token.name)
+                    .bind(&token.role)
+                    .bind(&token.secret_hash)
+                    .bind(token.created_at_ms),
+                    // Revoking twice keeps the first time.
+                    AccessChange::RevokeToken { id, now_ms } => sqlx::query(
+                        "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $3), revision = $1
+                         WHERE id = $2",
+                    )
                     .bind(revision)
                     .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("token {id}")));
-                    }
-                    tx.commit().await?;
-                    Ok(revision)
-                })
+                    .bind(now_ms),
+                };
+                let changed = query.execute(&mut *tx).await?.rows_affected();
+                if changed == 0 {
+                    let what = change.subject();
+                    return Err(if change.adds() {
+                        StoreError::AlreadyExists(what)
+                    } else {
+                        StoreError::NotFound(what)
+                    });
+                }
+                tx.commit().await?;
+                Ok(revision)
             }
         }
     };
