@@ -832,3 +832,35 @@ async fn allow_anonymous_admits_clients_without_a_username_only() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_and_the_others_go_on() {
+    let dir = TempDir::new("max-conn");
+    let db = database(Backend::Sqlite, &dir, "maxconn").await;
+    let server = Server::start_with(&dir, &db, &["--max-connections", "2"]).await;
+    let endpoint = Endpoint::Tcp(server.mqtt_port);
+    let mut first = RawMqtt::connect(&endpoint, "c1", None)
+        .await
+        .expect("first");
+    let mut second = RawMqtt::connect(&endpoint, "c2", None)
+        .await
+        .expect("second");
+    assert!(
+        RawMqtt::connect(&endpoint, "c3", None).await.is_err(),
+        "a third connection is over the limit"
+    );
+    first
+        .publish("devices/c1/location", &fix(1))
+        .await
+        .expect("acked");
+    second
+        .publish("devices/c2/location", &fix(1))
+        .await
+        .expect("acked");
+    drop(first);
+    // A freed slot is usable again (the router notices the disconnect first).
+    eventually("a slot frees up", async || {
+        RawMqtt::connect(&endpoint, "c4", None).await.is_ok()
+    })
+    .await;
+}
