@@ -213,12 +213,12 @@ impl Config {
             },
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
-        let rate_ok = config.device_publish_rate.is_finite() && config.device_publish_rate > 0.0;
+        let rate_ok = config.device_publish_rate.is_finite() && config.device_publish_rate >= 0.001;
         let burst_ok =
             config.device_publish_burst.is_finite() && config.device_publish_burst >= 1.0;
         if !(rate_ok && burst_ok) {
             anyhow::bail!(
-                "device_publish_rate must be above 0 and device_publish_burst at least 1"
+                "device_publish_rate must be at least 0.001 and device_publish_burst at least 1"
             );
         }
         if config.max_live_clients == 0 {

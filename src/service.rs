@@ -62,6 +62,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot read the access registry (devices and API tokens)")?;
     config.check_exposure(guard.auth_configured(), api_access.configured())?;
+    if config.allow_anonymous && guard.auth_configured() {
+        tracing::warn!("--allow-anonymous: MQTT clients without a username are admitted and may publish and subscribe anywhere, although devices are registered");
+    }
     tracing::info!(
         devices = if guard.auth_configured() {
             "required"
@@ -136,11 +139,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
             }
         });
-        axum::serve(http_listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
+        // The peer address lets the admin API tell local callers apart.
+        axum::serve(
+            http_listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = http_stopped.await;
+        })
+        .await
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
     let live_metrics = tokio::spawn(report_live_queues(hub.clone()));

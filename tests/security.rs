@@ -864,3 +864,60 @@ async fn connections_beyond_the_limit_are_refused_and_the_others_go_on() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_authentication_on_ends_anonymous_sessions_and_devices_have_a_connection_cap() {
+    let dir = TempDir::new("auth-on");
+    let db = database(Backend::Sqlite, &dir, "authon").await;
+    let server = Server::start(&dir, &db).await;
+    let endpoint = Endpoint::Tcp(server.mqtt_port);
+    let mut anonymous = RawMqtt::connect(&endpoint, "early", None)
+        .await
+        .expect("empty registry, loopback: anonymous is fine");
+    anonymous
+        .publish("devices/early/location", &fix(1))
+        .await
+        .expect("acked");
+    let secret = register_device(&db, "d1");
+    // The server picks the registration up and cuts the anonymous session at its next packet.
+    let mut seq = 2;
+    eventually("the anonymous session ends", async || {
+        seq += 1;
+        anonymous
+            .publish("devices/early/location", &fix(seq))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(RawMqtt::connect(&endpoint, "late", None).await.is_err());
+
+    let mut open = Vec::new();
+    for n in 0..16 {
+        open.push(
+            RawMqtt::connect(&endpoint, &format!("session-{n}"), Some(("d1", &secret)))
+                .await
+                .expect("within the cap"),
+        );
+    }
+    assert!(
+        RawMqtt::connect(&endpoint, "session-16", Some(("d1", &secret)))
+            .await
+            .is_err(),
+        "a 17th connection of one device is refused"
+    );
+    open.pop();
+    eventually("a connection slot frees up", async || {
+        RawMqtt::connect(&endpoint, "session-again", Some(("d1", &secret)))
+            .await
+            .is_ok()
+    })
+    .await;
+    let metrics = server.metrics_text().await;
+    assert!(
+        server.metric(
+            &metrics,
+            "fieldline_broker_auth_total{result=\"too_many_connections\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}

@@ -81,6 +81,29 @@ type Passed = (u64, [u8; 32]);
 struct Failures {
     in_a_row: u32,
     locked_until: Option<Instant>,
+    /// A check of this device's password is queued or running.
+    checking: bool,
+}
+
+/// A device's reserved password check; given back when dropped, also when the connection
+/// goes away mid-check.
+struct CheckSlot<'a> {
+    guard: &'a Guard,
+    id: Arc<str>,
+}
+
+impl Drop for CheckSlot<'_> {
+    fn drop(&mut self) {
+        self.guard.pending_checks.fetch_sub(1, Ordering::AcqRel);
+        let mut failures = self
+            .guard
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = failures.get_mut(&self.id) {
+            entry.checking = false;
+        }
+    }
 }
 
 /// How a connection was admitted at its CONNECT, decided before rumqttd asks for the password.
@@ -116,6 +139,8 @@ pub struct Guard {
     anonymous_password: String,
     /// Connections waiting out their publish rate right now.
     pub(crate) paused: AtomicUsize,
+    /// Open connections per device id, so one stolen secret cannot fill the broker.
+    connections: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 /// Username of the login given to admitted anonymous connections: not a valid device id.
@@ -123,6 +148,8 @@ pub(crate) const ANONYMOUS_USER: &str = "\u{0}anonymous";
 /// Connections that may wait out their publish rate at once; more are disconnected, because
 /// each waiting connection holds a thread.
 pub(crate) const MAX_PAUSED: usize = 256;
+/// Connections one device may have open at once (its sessions under different client ids).
+pub(crate) const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 
 impl Guard {
     pub fn new(settings: GuardSettings) -> Arc<Self> {
@@ -143,6 +170,7 @@ impl Guard {
             digest_key,
             anonymous_password: to_hex(&nonce),
             paused: AtomicUsize::new(0),
+            connections: Mutex::new(HashMap::new()),
         })
     }
 
@@ -155,6 +183,7 @@ impl Guard {
     pub fn apply(&self, changes: impl IntoIterator<Item = DeviceAccess>) {
         let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
         let mut passed = self.passed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let mut any = false;
         for change in changes {
             let id: Arc<str> = Arc::from(change.device.as_str());
@@ -165,6 +194,8 @@ impl Guard {
                 continue;
             }
             passed.remove(&id);
+            // A new secret or a re-enabled device starts with a clean slate.
+            failures.remove(&id);
             devices.insert(
                 id,
                 Entry {
@@ -222,6 +253,35 @@ impl Guard {
         }
     }
 
+    /// Counts a connection of `device`; false (and nothing counted) when it has the most it
+    /// may have open.
+    pub(crate) fn open_connection(&self, device: &Arc<str>) -> bool {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let open = connections.entry(device.clone()).or_default();
+        if *open >= MAX_CONNECTIONS_PER_DEVICE {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// A connection counted by [`Guard::open_connection`] ended.
+    pub(crate) fn close_connection(&self, device: &Arc<str>) {
+        let mut connections = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = connections.get_mut(device) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                connections.remove(device);
+            }
+        }
+    }
+
     /// Whether a connection admitted under `revision` may go on.
     pub(crate) fn still_valid(&self, device: &str, revision: u64) -> bool {
         let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
@@ -275,15 +335,17 @@ impl Guard {
         if remembered {
             return "cached";
         }
-        if self.throttled(&id) {
-            return "throttled";
-        }
-        if self.pending_checks.fetch_add(1, Ordering::AcqRel) >= self.settings.max_pending_checks {
-            self.pending_checks.fetch_sub(1, Ordering::AcqRel);
-            return "busy";
-        }
+        // One uncached check per device at a time, reserved in the same step that reads the
+        // throttle: a burst of wrong passwords for one device cannot fill the queue that
+        // every other device's first login waits in.
+        let Some(_slot) = self.reserve_check(&id) else {
+            return if self.throttled(&id) {
+                "throttled"
+            } else {
+                "busy"
+            };
+        };
         let passed = self.verify(password, secret_hash).await;
-        self.pending_checks.fetch_sub(1, Ordering::AcqRel);
         if passed {
             self.passed
                 .lock()
@@ -298,6 +360,29 @@ impl Guard {
             self.count_failure(id);
             "bad_password"
         }
+    }
+
+    /// Takes the device's one check slot and a place in the queue, or `None` when the device
+    /// is throttled, already being checked, or the queue is full.
+    fn reserve_check(&self, id: &Arc<str>) -> Option<CheckSlot<'_>> {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = failures.entry(id.clone()).or_default();
+        if entry.checking
+            || entry
+                .locked_until
+                .is_some_and(|until| Instant::now() < until)
+        {
+            return None;
+        }
+        if self.pending_checks.fetch_add(1, Ordering::AcqRel) >= self.settings.max_pending_checks {
+            self.pending_checks.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        entry.checking = true;
+        Some(CheckSlot {
+            guard: self,
+            id: id.clone(),
+        })
     }
 
     async fn verify(&self, password: &str, secret_hash: Arc<str>) -> bool {
@@ -417,6 +502,42 @@ mod tests {
         }
         assert_eq!(guard.check_password("d1", "guess").await, "throttled");
         assert_eq!(guard.check_password("d1", &secret).await, "cached");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_check_per_device_at_a_time_and_a_new_secret_clears_the_throttle() {
+        let guard = Guard::new(GuardSettings {
+            failures_before_throttle: 1,
+            ..GuardSettings::default()
+        });
+        let secret = new_secret();
+        guard.apply([device("d1", &secret, true)]);
+        let id: Arc<str> = Arc::from("d1");
+        let slot = guard.reserve_check(&id).expect("free");
+        assert!(
+            guard.reserve_check(&id).is_none(),
+            "a second check waits its turn"
+        );
+        assert_eq!(guard.check_password("d1", "guess").await, "busy");
+        drop(slot);
+        assert_eq!(guard.check_password("d1", "guess").await, "bad_password");
+        assert_eq!(guard.check_password("d1", &secret).await, "throttled");
+        let rotated = new_secret();
+        guard.apply([device("d1", &rotated, true)]);
+        assert_eq!(guard.check_password("d1", &rotated).await, "ok");
+        assert_eq!(guard.pending_checks.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_device_has_a_bounded_number_of_connections() {
+        let guard = Guard::new(GuardSettings::default());
+        let id: Arc<str> = Arc::from("d1");
+        for _ in 0..MAX_CONNECTIONS_PER_DEVICE {
+            assert!(guard.open_connection(&id));
+        }
+        assert!(!guard.open_connection(&id));
+        guard.close_connection(&id);
+        assert!(guard.open_connection(&id));
     }
 
     #[tokio::test]

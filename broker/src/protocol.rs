@@ -58,6 +58,8 @@ pub(crate) struct TappedProtocol {
     in_run: bool,
     /// The broker ended the connection (access rules, a changed registry entry, rate).
     kicked: bool,
+    /// This connection is counted in its device's connections.
+    counted: bool,
     version: Version,
     /// A CONNECT was read; rumqttd closes connections whose first packet is anything else.
     connected: bool,
@@ -98,6 +100,7 @@ impl TappedProtocol {
             bucket,
             in_run: false,
             kicked: false,
+            counted: false,
             version: Version::Unknown,
             connected: false,
             client_id: Arc::from(""),
@@ -204,6 +207,13 @@ impl TappedProtocol {
             }
             Admission::Device { id, .. } => {
                 let id = id.clone();
+                if !self.guard.open_connection(&id) {
+                    metrics::counter!("fieldline_broker_auth_total", "result" => "too_many_connections")
+                        .increment(1);
+                    tracing::warn!(device = %id, "MQTT connection refused: the device has too many open connections");
+                    return Err(protocol::Error::InvalidProtocol);
+                }
+                self.counted = true;
                 if let Some(will) = will.as_ref() {
                     let allowed =
                         std::str::from_utf8(&will.topic).is_ok_and(|t| acl::may_publish(&id, t));
@@ -229,14 +239,19 @@ impl TappedProtocol {
             return Ok(());
         }
         self.seen_generation = generation;
-        if let Admission::Device { id, revision } = &self.admission {
-            if !self.guard.still_valid(id, *revision) {
-                metrics::counter!("fieldline_broker_kicked_total", "reason" => "registry")
-                    .increment(1);
-                tracing::info!(device = %id, "device disabled or its secret rotated: closing its connection");
-                self.kicked = true;
-                return Err(protocol::Error::InvalidProtocol);
+        let still = match &self.admission {
+            Admission::Device { id, revision } => self.guard.still_valid(id, *revision),
+            // Admitted while the registry was empty: authentication has come on since.
+            Admission::Anonymous if self.connected => {
+                !self.guard.auth_configured() || self.guard.settings().allow_anonymous
             }
+            _ => true,
+        };
+        if !still {
+            metrics::counter!("fieldline_broker_kicked_total", "reason" => "registry").increment(1);
+            tracing::info!(device = %self.device_name(), "registry changed (device disabled or re-keyed, or authentication turned on): closing the connection");
+            self.kicked = true;
+            return Err(protocol::Error::InvalidProtocol);
         }
         Ok(())
     }
@@ -414,6 +429,11 @@ impl Protocol for TappedProtocol {
 
 impl Drop for TappedProtocol {
     fn drop(&mut self) {
+        if self.counted {
+            if let Admission::Device { id, .. } = &self.admission {
+                self.guard.close_connection(id);
+            }
+        }
         if !self.online.load(Ordering::Relaxed) {
             return;
         }

@@ -34,7 +34,10 @@ impl TokenBucket {
         if self.tokens >= 1.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            // At most a second at a time: the caller looks again after each wait.
+            Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate)
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1))
         }
     }
 

@@ -192,11 +192,21 @@ fn choose_subprotocol(
 /// Carries bytes both ways between the client and the private broker listener until either
 /// side ends.
 async fn relay(client: Opened, upstream: SocketAddr) -> std::io::Result<()> {
-    let mut broker = TcpStream::connect(upstream).await?;
+    let broker = TcpStream::connect(upstream).await?;
     broker.set_nodelay(true)?;
     match client {
-        Opened::Tls(mut tls) => {
-            tokio::io::copy_bidirectional(&mut *tls, &mut broker).await?;
+        Opened::Tls(tls) => {
+            // Either side ending ends both: waiting for the other half-close would let a
+            // silent client hold two sockets after the broker dropped it.
+            let (mut from_client, mut to_client) = tokio::io::split(*tls);
+            let (mut from_broker, mut to_broker) = broker.into_split();
+            tokio::select! {
+                r = tokio::io::copy(&mut from_client, &mut to_broker) => { r?; }
+                r = tokio::io::copy(&mut from_broker, &mut to_client) => {
+                    r?;
+                    let _ = to_client.shutdown().await;
+                }
+            }
         }
         Opened::WebSocket(ws) => {
             let (mut ws_tx, mut ws_rx) = (*ws).split();

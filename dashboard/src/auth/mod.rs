@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -119,14 +121,16 @@ impl ApiAccess {
         tokens.get(token_id).is_some_and(|e| !e.revoked)
     }
 
-    /// Resolves once `principal`'s token is revoked (never, without a principal).
+    /// Resolves once `principal`'s token is revoked; without a principal (a stream opened
+    /// while API authentication was off), once authentication comes on.
     pub async fn revoked(self: Arc<Self>, principal: Option<Principal>) {
-        let Some(principal) = principal else {
-            return std::future::pending().await;
-        };
         let mut changes = self.changes.subscribe();
         loop {
-            if !self.is_valid(&principal.token_id) {
+            let ended = match &principal {
+                Some(p) => !self.is_valid(&p.token_id),
+                None => self.configured(),
+            };
+            if ended {
                 return;
             }
             if changes.changed().await.is_err() {
@@ -175,15 +179,29 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if !access.configured() {
-        return next.run(request).await;
-    }
     let path = request.uri().path();
     let needed = if path.starts_with("/api/admin/") || path == "/api/admin" {
         Role::Admin
     } else {
         Role::Viewer
     };
+    if !access.configured() {
+        // Without tokens the API is open, but only a local caller may change who gets in:
+        // otherwise anyone who reaches an exposed (--allow-anonymous) listener could mint the
+        // first admin token and lock the operator out.
+        let local = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| peer.ip().is_loopback());
+        if needed == Role::Admin && !local {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "the admin API takes calls from this host only until an API token exists \
+                 (fieldline token add NAME --role admin)",
+            );
+        }
+        return next.run(request).await;
+    }
     // Query tokens only where browsers cannot send headers: URLs end up in logs.
     let query_allowed = path == "/api/stream" || path == "/api/ws";
     let presented = bearer(&request).or_else(|| {
