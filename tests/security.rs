@@ -28,6 +28,18 @@ fn fix(seq: u64) -> Vec<u8> {
     format!(r#"{{"seq": {seq}, "lat": 52.5, "lon": 13.4}}"#).into_bytes()
 }
 
+/// The seqs of a device's stored fixes, once there are `n` of them.
+async fn stored_seqs(server: &Server, device: &str, n: usize) -> Vec<u64> {
+    let path = format!("/api/devices/{device}/track");
+    let track = server
+        .wait_for(&path, |b| b.as_array().is_some_and(|a| a.len() == n))
+        .await;
+    track
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["seq"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
 /// Waits until `check` holds, for registry changes made by another process (the server polls
 /// the registry every 2 s).
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -226,18 +238,7 @@ async fn devices_speak_only_for_themselves(backend: Backend) {
         .expect("acked");
 
     // Storage holds exactly what was allowed.
-    let track = server
-        .wait_for("/api/devices/d1/track", |b| {
-            b.as_array().is_some_and(|a| a.len() == 2)
-        })
-        .await;
-    let seqs: Vec<u64> = track
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|p| p["seq"].as_u64())
-        .collect();
-    assert_eq!(seqs, vec![1, 2], "{track}");
+    assert_eq!(stored_seqs(&server, "d1", 2).await, vec![1, 2]);
     let (status, body) = server.get("/api/devices/d2/track").await;
     assert!(
         status == 404 || body.as_array().is_some_and(|a| a.is_empty()),
@@ -353,18 +354,7 @@ async fn tls_and_websocket_listeners_apply_the_same_rules() {
         .await
         .is_err());
 
-    let track = server
-        .wait_for("/api/devices/d1/track", |b| {
-            b.as_array().is_some_and(|a| a.len() == 3)
-        })
-        .await;
-    let seqs: Vec<u64> = track
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|p| p["seq"].as_u64())
-        .collect();
-    assert_eq!(seqs, vec![1, 2, 3], "{track}");
+    assert_eq!(stored_seqs(&server, "d1", 3).await, vec![1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
