@@ -67,9 +67,10 @@ many=$(register "$URL_BASE/auth" many "$RECONNECTS")
 sleep 3 # the running server picks the CLI's registrations up within 2 s
 for round in first second; do
     start_ns=$(date +%s%N)
-    "$BIN/fieldline-sim" load --port "$MQTT_PORT" --devices "$RECONNECTS" --rate "$RECONNECTS" --duration 1 \
+    "$BIN/fieldline-sim" load --port "$MQTT_PORT" --devices "$RECONNECTS" --rate "$RECONNECTS" --duration 5 \
         --prefix many --credentials "$many" --json >"$WORK/connect.json" 2>/dev/null || true
     end_ns=$(date +%s%N)
-    echo "   $round: $(awk -v a="$start_ns" -v b="$end_ns" 'BEGIN{printf "%.2f", (b-a)/1e9}') s for connect + 1 s of publishing + disconnect; $(cat "$WORK/connect.json")"
+    echo "   $round: $(awk -v a="$start_ns" -v b="$end_ns" 'BEGIN{printf "%.2f", (b-a)/1e9}') s for connect + 5 s of publishing (1/s per device) + disconnect; $(cat "$WORK/connect.json")"
     echo "   $(metrics)"
 done
+echo "== fieldline peak RSS after all of it: $(peak_rss "$FL_PID")"

@@ -13,7 +13,7 @@
 //! keep that cost bounded:
 //! - a successful check is remembered as a keyed digest of the password, so a device that
 //!   reconnects with the same secret is let in at the cost of one SHA-256;
-//! - checks run one at a time on the blocking pool, and when too many wait, more are refused
+//! - checks run one at a time on a thread of their own, and when too many wait, more are refused
 //!   at once;
 //! - after repeated wrong passwords for one device, further uncached attempts for it are
 //!   refused without checking for a growing while (up to a minute). The device itself, with
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::credentials::{to_hex, verify_secret};
 
@@ -54,7 +54,7 @@ impl Default for GuardSettings {
             publish_rate: 1_000.0,
             publish_burst: 2_000.0,
             failures_before_throttle: 5,
-            max_pending_checks: 64,
+            max_pending_checks: 256,
         }
     }
 }
@@ -130,7 +130,10 @@ pub struct Guard {
     /// Device → digest of the password that last passed, under the entry's revision.
     passed: Mutex<HashMap<Arc<str>, Passed>>,
     failures: Mutex<HashMap<Arc<str>, Failures>>,
-    checks: Semaphore,
+    /// The one thread that runs password checks, in turn. One thread rather than the
+    /// blocking pool: each Argon2 check takes 19 MiB, which the allocator keeps per thread,
+    /// so checks spread over many threads would hold that much for each of them.
+    checker: std::sync::mpsc::Sender<Check>,
     pending_checks: AtomicUsize,
     /// Keys the remembered digests, so they are worthless outside this process.
     digest_key: [u8; 32],
@@ -141,6 +144,34 @@ pub struct Guard {
     pub(crate) paused: AtomicUsize,
     /// Open connections per device id, so one stolen secret cannot fill the broker.
     connections: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// A password to check against a stored hash, and where the answer goes.
+struct Check {
+    password: Vec<u8>,
+    secret_hash: Arc<str>,
+    answer: oneshot::Sender<bool>,
+}
+
+fn spawn_checker() -> std::sync::mpsc::Sender<Check> {
+    let (tx, rx) = std::sync::mpsc::channel::<Check>();
+    let spawned = std::thread::Builder::new()
+        .name("fieldline-password-check".into())
+        .spawn(move || {
+            // Ends when the guard (and with it the sender) is dropped.
+            for check in rx {
+                let started = Instant::now();
+                let passed = verify_secret(&check.password, &check.secret_hash);
+                metrics::histogram!("fieldline_broker_password_check_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                let _ = check.answer.send(passed);
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread every check answers "no": logins fail, nothing else does.
+        tracing::error!(error = %e, "cannot start the password-check thread; device logins will fail");
+    }
+    tx
 }
 
 /// Username of the login given to admitted anonymous connections: not a valid device id.
@@ -165,7 +196,7 @@ impl Guard {
             next_revision: AtomicU64::new(1),
             passed: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            checks: Semaphore::new(1),
+            checker: spawn_checker(),
             pending_checks: AtomicUsize::new(0),
             digest_key,
             anonymous_password: to_hex(&nonce),
@@ -386,17 +417,16 @@ impl Guard {
     }
 
     async fn verify(&self, password: &str, secret_hash: Arc<str>) -> bool {
-        let Ok(_turn) = self.checks.acquire().await else {
-            return false;
+        let (answer, answered) = oneshot::channel();
+        let check = Check {
+            password: password.as_bytes().to_vec(),
+            secret_hash,
+            answer,
         };
-        let password = password.as_bytes().to_vec();
-        let started = Instant::now();
-        let passed = tokio::task::spawn_blocking(move || verify_secret(&password, &secret_hash))
-            .await
-            .unwrap_or(false);
-        metrics::histogram!("fieldline_broker_password_check_seconds")
-            .record(started.elapsed().as_secs_f64());
-        passed
+        if self.checker.send(check).is_err() {
+            return false;
+        }
+        answered.await.unwrap_or(false)
     }
 
     fn throttled(&self, id: &Arc<str>) -> bool {
