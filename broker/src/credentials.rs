@@ -7,8 +7,9 @@
 //! decides when that cost is paid.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -35,12 +36,51 @@ pub fn hash_secret(secret: &str) -> Result<String, CredentialError> {
 /// Whether `password` matches a stored PHC string. A malformed stored hash matches nothing.
 /// Slow by design: call it off the async threads.
 pub fn verify_secret(password: &[u8], stored: &str) -> bool {
-    match PasswordHash::new(stored) {
-        Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "a stored device secret hash is malformed");
-            false
+    SecretChecker::default().verify(password, stored)
+}
+
+/// Checks passwords against stored hashes, reusing one Argon2 working memory (19 MiB with the
+/// default parameters) for every check: a fresh one per check is what the `argon2` crate's
+/// verifier allocates, and the allocator keeps much of it resident.
+#[derive(Default)]
+pub struct SecretChecker {
+    memory: Vec<Block>,
+}
+
+impl SecretChecker {
+    pub fn verify(&mut self, password: &[u8], stored: &str) -> bool {
+        match self.try_verify(password, stored) {
+            Ok(matches) => matches,
+            Err(e) => {
+                tracing::error!(error = %e, "a stored device secret hash is malformed");
+                false
+            }
         }
+    }
+
+    fn try_verify(&mut self, password: &[u8], stored: &str) -> Result<bool, String> {
+        let hash = PasswordHash::new(stored).map_err(|e| e.to_string())?;
+        let algorithm = Algorithm::try_from(hash.algorithm).map_err(|e| e.to_string())?;
+        let version = match hash.version {
+            Some(v) => Version::try_from(v).map_err(|e| e.to_string())?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(&hash).map_err(|e| e.to_string())?;
+        let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+            return Err("no salt or no hash".into());
+        };
+        let mut salt_bytes = [0u8; 64];
+        let salt = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| e.to_string())?;
+        if self.memory.len() != params.block_count() {
+            self.memory = vec![Block::default(); params.block_count()];
+        }
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password, salt, &mut out, &mut self.memory)
+            .map_err(|e| e.to_string())?;
+        Ok(bool::from(out.ct_eq(expected.as_bytes())))
     }
 }
 
@@ -68,6 +108,12 @@ mod tests {
         assert!(verify_secret(secret.as_bytes(), &stored));
         assert!(!verify_secret(b"wrong", &stored));
         assert!(!verify_secret(secret.as_bytes(), "not a phc string"));
+        // One checker, many checks: the same answers with the memory reused.
+        let mut checker = SecretChecker::default();
+        for _ in 0..3 {
+            assert!(checker.verify(secret.as_bytes(), &stored));
+            assert!(!checker.verify(b"wrong", &stored));
+        }
         // Same secret, new salt: a different hash.
         assert_ne!(stored, hash_secret(&secret).expect("hashing works"));
     }

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::credentials::{to_hex, verify_secret};
+use crate::credentials::{to_hex, SecretChecker};
 
 /// What an operator tunes about admission and per-connection limits.
 #[derive(Debug, Clone)]
@@ -130,9 +130,8 @@ pub struct Guard {
     /// Device → digest of the password that last passed, under the entry's revision.
     passed: Mutex<HashMap<Arc<str>, Passed>>,
     failures: Mutex<HashMap<Arc<str>, Failures>>,
-    /// The one thread that runs password checks, in turn. One thread rather than the
-    /// blocking pool: each Argon2 check takes 19 MiB, which the allocator keeps per thread,
-    /// so checks spread over many threads would hold that much for each of them.
+    /// The one thread that runs password checks, in turn, with one Argon2 working memory
+    /// (19 MiB) kept for all of them.
     checker: std::sync::mpsc::Sender<Check>,
     pending_checks: AtomicUsize,
     /// Keys the remembered digests, so they are worthless outside this process.
@@ -158,10 +157,11 @@ fn spawn_checker() -> std::sync::mpsc::Sender<Check> {
     let spawned = std::thread::Builder::new()
         .name("fieldline-password-check".into())
         .spawn(move || {
+            let mut checker = SecretChecker::default();
             // Ends when the guard (and with it the sender) is dropped.
             for check in rx {
                 let started = Instant::now();
-                let passed = verify_secret(&check.password, &check.secret_hash);
+                let passed = checker.verify(&check.password, &check.secret_hash);
                 metrics::histogram!("fieldline_broker_password_check_seconds")
                     .record(started.elapsed().as_secs_f64());
                 let _ = check.answer.send(passed);
