@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let device: Arc<str> = Arc::from("fuzz-device");
     let decoded = decode(&device, kind, payload, NOW_MS, &Limits::default());
-    assert!(decoded.documents.len() <= 1_000, "a batch holds at most 1,000 documents");
+    assert!(
+        decoded.documents.len() <= 1_000,
+        "a batch holds at most 1,000 documents"
+    );
     for doc in &decoded.documents {
         assert!(doc.ts_ms <= NOW_MS + fieldline_ingest::decode::MAX_FUTURE_MS);
         match &doc.body {
