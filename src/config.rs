@@ -58,6 +58,12 @@ pub struct Args {
     /// Publishes one MQTT connection may send at once above its rate [default: 2000]
     #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_BURST")]
     pub device_publish_burst: Option<f64>,
+    /// HTTP connections open at once; more are closed at accept [default: 20000]
+    #[arg(long, env = "FIELDLINE_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
+    /// Seconds a new HTTP connection gets to send its first request's headers [default: 10]
+    #[arg(long, env = "FIELDLINE_HTTP_HEADER_TIMEOUT_SECONDS")]
+    pub http_header_timeout_seconds: Option<u64>,
     /// Live streams (SSE and WebSocket) open at once; more get 503 [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_LIVE_CLIENTS")]
     pub max_live_clients: Option<usize>,
@@ -98,6 +104,8 @@ struct FileConfig {
     device_publish_rate: Option<f64>,
     device_publish_burst: Option<f64>,
     max_live_clients: Option<usize>,
+    max_http_connections: Option<usize>,
+    http_header_timeout_seconds: Option<u64>,
     http_listen: Option<SocketAddr>,
     database_url: Option<String>,
     max_payload_bytes: Option<usize>,
@@ -120,6 +128,8 @@ pub struct Config {
     pub device_publish_rate: f64,
     pub device_publish_burst: f64,
     pub max_live_clients: usize,
+    pub max_http_connections: usize,
+    pub http_header_timeout: Duration,
     pub http_listen: SocketAddr,
     pub database_url: String,
     pub max_payload_bytes: usize,
@@ -167,6 +177,16 @@ impl Config {
                 .max_live_clients
                 .or(file.max_live_clients)
                 .unwrap_or(10_000),
+            max_http_connections: args
+                .max_http_connections
+                .or(file.max_http_connections)
+                .unwrap_or(20_000),
+            http_header_timeout: Duration::from_secs(
+                args.http_header_timeout_seconds
+                    .or(file.http_header_timeout_seconds)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
             mqtt_listen: args
                 .mqtt_listen
                 .or(file.mqtt_listen)

@@ -132,13 +132,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         access: api_access,
         live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
     });
+    let http_listener = fieldline_dashboard::http_listener::GuardedListener::new(
+        http_listener,
+        config.max_http_connections,
+        config.http_header_timeout,
+    )
+    // A tap that does nothing: axum gives connection info (the admin API's local-caller
+    // rule needs the peer address) for tapped listeners of any kind.
+    .tap_io(|_| {});
     let http = tokio::spawn(async move {
-        // Live streams write small frames that must leave at once: no Nagle delay.
-        let http_listener = http_listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
-            }
-        });
         // The peer address lets the admin API tell local callers apart.
         axum::serve(
             http_listener,

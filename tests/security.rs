@@ -911,3 +911,50 @@ async fn turning_authentication_on_ends_anonymous_sessions_and_devices_have_a_co
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_http_client_is_closed_and_live_streams_are_not() {
+    let dir = TempDir::new("slowloris");
+    let db = database(Backend::Sqlite, &dir, "slow").await;
+    let server = Server::start_with(&dir, &db, &["--http-header-timeout-seconds", "1"]).await;
+    let mut sse = Sse::open(&server, "kinds=location", None).await;
+    // Headers that never end, one byte at a time.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", server.http_port))
+        .await
+        .expect("socket");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    slow.write_all(b"GET /api/devices HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finishes its headers is closed"
+    );
+    // The live stream opened before is still served, long past the header deadline.
+    let mut device = Device::connect(server.mqtt_port, "late-1").await;
+    device.publish("devices/late-1/location", fix(1)).await;
+    device.wait_acked(1).await;
+    let event = sse.event().await.json();
+    assert_eq!(event["device"], "late-1", "{event}");
+    let metrics = server.metrics_text().await;
+    assert!(
+        server.metric(
+            &metrics,
+            "fieldline_http_refused_connections_total{reason=\"header_timeout\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}

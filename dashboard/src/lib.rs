@@ -6,6 +6,7 @@ mod api;
 pub mod auth;
 mod error;
 mod health;
+pub mod http_listener;
 pub mod live;
 mod live_clients;
 
