@@ -321,7 +321,7 @@ impl Guard {
             .is_some_and(|e| e.enabled && e.revision == revision)
     }
 
-    /// The login given to anonymous connections, and whether a login is that one.
+    /// The login the codec gives anonymous connections (only this process knows it).
     pub(crate) fn anonymous_login(&self) -> (String, String) {
         (ANONYMOUS_USER.to_string(), self.anonymous_password.clone())
     }

@@ -381,7 +381,8 @@ impl Protocol for TappedProtocol {
             // Before CONNECT, rumqttd refuses the connection; nothing of it is data.
             Packet::Publish(..) if !self.connected => {}
             Packet::Publish(publish, properties) => {
-                self.bucket.take(Instant::now());
+                // The clock was read for this packet just above.
+                self.bucket.take(self.last_packet);
                 let alias = properties.as_ref().and_then(|p| p.topic_alias);
                 self.tap_publish(publish, alias)?;
             }

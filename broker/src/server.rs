@@ -193,10 +193,7 @@ where
                 addr,
                 reason: e.to_string(),
             })?;
-        let name = match front {
-            FrontEnd::Tls(_) => "mqtts",
-            FrontEnd::WebSocket { .. } => "mqtt-ws",
-        };
+        let name = front.name();
         let (private_addr, private) = self.private_rumqttd(name, addr.ip().is_loopback()).await?;
         let front_loop = tokio::spawn(tunnel::serve(
             public,

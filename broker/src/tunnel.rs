@@ -77,7 +77,8 @@ pub(crate) enum FrontEnd {
 }
 
 impl FrontEnd {
-    fn name(&self) -> &'static str {
+    /// The listener's name in logs and metrics.
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             FrontEnd::Tls(_) => "mqtts",
             FrontEnd::WebSocket { .. } => "mqtt-ws",

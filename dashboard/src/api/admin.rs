@@ -71,12 +71,7 @@ pub async fn add_device(
     let id = checked_device_id(&body.id)?;
     let secret = new_secret();
     let hash = hashed(&secret).await?;
-    let revision = state
-        .store
-        .add_device(id, &hash, now_ms())
-        .await
-        .map_err(conflict)?;
-    state.access.registry_changed(revision).await;
+    in_force(&state, state.store.add_device(id, &hash, now_ms()).await).await?;
     tracing::info!(device = id, "device registered over the API");
     Ok((
         StatusCode::CREATED,
@@ -91,12 +86,14 @@ pub async fn change_device(
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     let id = checked_device_id(&id)?;
-    let revision = state
-        .store
-        .set_device_enabled(id, body.enabled, now_ms())
-        .await
-        .map_err(conflict)?;
-    state.access.registry_changed(revision).await;
+    in_force(
+        &state,
+        state
+            .store
+            .set_device_enabled(id, body.enabled, now_ms())
+            .await,
+    )
+    .await?;
     tracing::info!(
         device = id,
         enabled = body.enabled,
@@ -112,12 +109,11 @@ pub async fn rotate_secret(
     let id = checked_device_id(&id)?;
     let secret = new_secret();
     let hash = hashed(&secret).await?;
-    let revision = state
-        .store
-        .set_device_secret(id, &hash, now_ms())
-        .await
-        .map_err(conflict)?;
-    state.access.registry_changed(revision).await;
+    in_force(
+        &state,
+        state.store.set_device_secret(id, &hash, now_ms()).await,
+    )
+    .await?;
     tracing::info!(device = id, "device secret rotated over the API");
     Ok(Json(json!({ "id": id, "secret": secret })))
 }
@@ -141,12 +137,7 @@ pub async fn add_token(
         ));
     }
     let made = new_token(name, role, now_ms());
-    let revision = state
-        .store
-        .add_token(&made.record)
-        .await
-        .map_err(conflict)?;
-    state.access.registry_changed(revision).await;
+    in_force(&state, state.store.add_token(&made.record).await).await?;
     tracing::info!(token = %made.record.id, role = role.as_str(), "API token created over the API");
     Ok((
         StatusCode::CREATED,
@@ -160,12 +151,7 @@ pub async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let revision = state
-        .store
-        .revoke_token(&id, now_ms())
-        .await
-        .map_err(conflict)?;
-    state.access.registry_changed(revision).await;
+    in_force(&state, state.store.revoke_token(&id, now_ms()).await).await?;
     tracing::info!(token = %id, "API token revoked over the API");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -177,6 +163,14 @@ async fn hashed(secret: &str) -> Result<String, ApiError> {
         .await
         .map_err(|_| ApiError::internal("hashing the secret failed"))?
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Waits until a stored registry change is in force in the broker and the API; a store
+/// error becomes the fitting status.
+async fn in_force(state: &AppState, stored: Result<i64, StoreError>) -> Result<(), ApiError> {
+    let revision = stored.map_err(conflict)?;
+    state.access.registry_changed(revision).await;
+    Ok(())
 }
 
 fn conflict(e: StoreError) -> ApiError {

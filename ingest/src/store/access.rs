@@ -9,35 +9,29 @@
 //! The SQL is the same for SQLite and PostgreSQL (sqlx binds `$N` on both), so one macro
 //! implements [`AccessStore`] for both back ends.
 
-use serde::Serialize;
-
 use super::StoreFuture;
 
 /// A registered device: its secret's hash and whether it may connect.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeviceCredential {
     pub device: String,
     /// Argon2id PHC string; never shown by the API.
-    #[serde(skip)]
     pub secret_hash: String,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    #[serde(skip)]
     pub revision: i64,
 }
 
 /// An HTTP API token: its public id, role and the digest of its secret part.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiTokenRecord {
     pub id: String,
     pub name: String,
     pub role: String,
-    #[serde(skip)]
     pub secret_hash: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
-    #[serde(skip)]
     pub revision: i64,
 }
 
@@ -107,6 +101,7 @@ pub(super) fn token_from_row(row: TokenRow) -> ApiTokenRecord {
     }
 }
 
+pub(super) const CURRENT_REVISION: &str = "SELECT revision FROM access_revision WHERE id = 1";
 pub(super) const NEXT_REVISION: &str =
     "UPDATE access_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 pub(super) const SELECT_DEVICES: &str =
@@ -169,7 +164,7 @@ macro_rules! impl_access_store {
             fn access_revision(&self) -> $crate::store::StoreFuture<'_, i64> {
                 Box::pin(async move {
                     let revision: i64 =
-                        sqlx::query_scalar("SELECT revision FROM access_revision WHERE id = 1")
+                        sqlx::query_scalar($crate::store::access::CURRENT_REVISION)
                             .fetch_one(&self.pool)
                             .await?;
                     Ok(revision)
@@ -185,7 +180,7 @@ macro_rules! impl_access_store {
                     // One transaction, so the revision matches the rows read with it.
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 =
-                        sqlx::query_scalar("SELECT revision FROM access_revision WHERE id = 1")
+                        sqlx::query_scalar($crate::store::access::CURRENT_REVISION)
                             .fetch_one(&mut *tx)
                             .await?;
                     let devices = sqlx::query_as(access::SELECT_DEVICES)
