@@ -7,11 +7,36 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use fieldline_broker::wal::Durability;
 use fieldline_broker::TlsListener;
 use fieldline_dashboard::live::HubSettings;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
+const DEFAULT_WAL_DIR: &str = "fieldline-data/wal";
+/// Publishes per second one connection may keep up. A device sends a few a second and a
+/// gateway for hundreds of sensors a few hundred, batched; 10,000/s is met only by a
+/// runaway or hostile client, which would otherwise take the whole pipeline for itself.
+const DEFAULT_PUBLISH_RATE: f64 = 10_000.0;
+
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "memory" => Ok(Durability::Memory),
+        "process" => Ok(Durability::Process),
+        "fsync" => Ok(Durability::Fsync),
+        other => Err(format!(
+            "unknown durability {other:?}: use process, fsync or memory"
+        )),
+    }
+}
+
+fn durability_from_file<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Durability>, D::Error> {
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    text.map(|t| parse_durability(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
 
 /// Fieldline: MQTT telemetry broker, ingest pipeline and live dashboards in one binary.
 ///
@@ -52,10 +77,10 @@ pub struct Args {
     /// MQTT connections accepted at once [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Publishes per second one MQTT connection may keep up; faster ones wait [default: 1000]
+    /// Publishes per second one MQTT connection may keep up; faster ones wait [default: 10000]
     #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_RATE")]
     pub device_publish_rate: Option<f64>,
-    /// Publishes one MQTT connection may send at once above its rate [default: 2000]
+    /// Publishes one MQTT connection may send at once above its rate [default: 20000]
     #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_BURST")]
     pub device_publish_burst: Option<f64>,
     /// HTTP connections open at once; more are closed at accept [default: 20000]
@@ -85,6 +110,18 @@ pub struct Args {
     /// A live client that reads nothing for this long while its queue is full is cut off, in seconds [default: 30]
     #[arg(long, env = "FIELDLINE_LIVE_STALL_SECONDS")]
     pub live_stall_seconds: Option<u64>,
+    /// How far a publish has got when its PUBACK goes out: process (in the write-ahead log,
+    /// survives a crash of Fieldline), fsync (on disk, survives a power loss; one sync
+    /// serves many publishes), memory (nothing beyond a clean shutdown) [default: process]
+    #[arg(long, env = "FIELDLINE_DURABILITY", value_parser = parse_durability)]
+    pub durability: Option<Durability>,
+    /// Directory of the write-ahead log [default: fieldline-data/wal]
+    #[arg(long, env = "FIELDLINE_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// Bytes of the log that may wait for storage (a database outage); beyond it devices
+    /// are slowed instead [default: 4294967296]
+    #[arg(long, env = "FIELDLINE_SPOOL_MAX_BYTES")]
+    pub spool_max_bytes: Option<u64>,
     /// Accept MQTT clients without a username, and listen on non-loopback addresses although
     /// no device or API authentication is configured: anyone who reaches them can publish as
     /// any device and read everything.
@@ -116,6 +153,10 @@ struct FileConfig {
     live_history_seconds: Option<u64>,
     live_client_queue: Option<usize>,
     live_stall_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "durability_from_file")]
+    durability: Option<Durability>,
+    wal_dir: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
     allow_anonymous: Option<bool>,
 }
 
@@ -137,6 +178,9 @@ pub struct Config {
     pub batch_rows: usize,
     pub batch_age: Duration,
     pub live: HubSettings,
+    pub durability: Durability,
+    pub wal_dir: PathBuf,
+    pub spool_max_bytes: u64,
     pub allow_anonymous: bool,
 }
 
@@ -168,11 +212,11 @@ impl Config {
             device_publish_rate: args
                 .device_publish_rate
                 .or(file.device_publish_rate)
-                .unwrap_or(1_000.0),
+                .unwrap_or(DEFAULT_PUBLISH_RATE),
             device_publish_burst: args
                 .device_publish_burst
                 .or(file.device_publish_burst)
-                .unwrap_or(2_000.0),
+                .unwrap_or(2.0 * DEFAULT_PUBLISH_RATE),
             max_live_clients: args
                 .max_live_clients
                 .or(file.max_live_clients)
@@ -231,6 +275,18 @@ impl Config {
                         .unwrap_or(30),
                 ),
             },
+            durability: args
+                .durability
+                .or(file.durability)
+                .unwrap_or(Durability::Process),
+            wal_dir: args
+                .wal_dir
+                .or(file.wal_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_WAL_DIR)),
+            spool_max_bytes: args
+                .spool_max_bytes
+                .or(file.spool_max_bytes)
+                .unwrap_or(4 * 1024 * 1024 * 1024),
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
         let rate_ok = config.device_publish_rate.is_finite() && config.device_publish_rate >= 0.001;
@@ -252,6 +308,9 @@ impl Config {
         }
         if config.max_payload_bytes == 0 || config.max_payload_bytes > 16 * 1024 * 1024 {
             anyhow::bail!("max_payload_bytes must be between 1 and 16 MiB");
+        }
+        if config.spool_max_bytes < 64 * 1024 * 1024 {
+            anyhow::bail!("spool_max_bytes must be at least 64 MiB (67108864)");
         }
         if config.batch_rows == 0 {
             anyhow::bail!("batch_rows must be at least 1");

@@ -2,6 +2,7 @@
 
 mod access_sync;
 mod config;
+mod recovery;
 mod registry_cli;
 mod service;
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use fieldline_broker::wal::{Durability, Wal, WalSettings};
 use fieldline_broker::{BrokerSettings, Guard, GuardSettings, Inbound, Message, TapReceiver};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
@@ -24,6 +25,8 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 
+/// Size of one write-ahead log segment; a stored segment is deleted whole.
+const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Batches waiting for the writer before the pipeline grows its batch instead.
 const WRITER_QUEUE_BATCHES: usize = 2;
 /// Rejected messages kept for `GET /api/rejected`.
@@ -78,9 +81,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         "authentication"
     );
+    let stored_position = store
+        .stored_log_position()
+        .await
+        .context("cannot read the stored write-ahead log position")?;
+    let wal = open_wal(&config, stored_position)?;
     let hub = Hub::new(config.live.clone());
-    let (writer, writer_task) = spawn_writer(store.clone(), WRITER_QUEUE_BATCHES);
-    let pipeline = Pipeline::new(
+    let (writer, writer_task, stored) =
+        spawn_writer(store.clone(), WRITER_QUEUE_BATCHES, stored_position);
+    let mut pipeline = Pipeline::new(
         PipelineSettings {
             limits: Limits {
                 max_payload_bytes: config.max_payload_bytes,
@@ -93,6 +102,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
+    // Before any device is accepted: what the log holds beyond storage is stored first.
+    if let Some(wal) = &wal {
+        crate::recovery::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
+            .await?;
+    }
+    let log_follower = wal
+        .clone()
+        .map(|wal| tokio::spawn(crate::recovery::follow_storage(wal, stored)));
 
     let broker_settings = BrokerSettings {
         mqtt_listen: config.mqtt_listen,
@@ -103,7 +120,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_packet_size: config.max_payload_bytes.saturating_mul(4).max(64 * 1024),
         ..BrokerSettings::default()
     };
-    let (tap, tap_rx) = fieldline_broker::tap(broker_settings.handover_budget_bytes);
+    let (tap, tap_rx) = fieldline_broker::tap(
+        broker_settings.handover_budget_bytes,
+        wal.map(|wal| (wal, config.spool_max_bytes)),
+    );
     let queued = tap.clone();
 
     let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
@@ -168,6 +188,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The tap is closed and drained: everything acknowledged is in the writer's hands.
     drop(pipeline);
     writer_task.await.context("store writer failed")?;
+    if let Some(follower) = log_follower {
+        // Lets it release what the last batches stored.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        follower.abort();
+    }
     housekeeping.abort();
     access_sync.abort();
     live_metrics.abort();
@@ -180,6 +205,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly; everything accepted is stored");
     Ok(())
+}
+
+/// Opens the write-ahead log the durability mode asks for (none for `memory`).
+fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<Arc<Wal>>> {
+    if config.durability == Durability::Memory {
+        tracing::warn!("--durability memory: a PUBACK means the publish is in memory only; a crash loses what is not yet stored");
+        return Ok(None);
+    }
+    let settings = WalSettings {
+        dir: config.wal_dir.clone(),
+        durability: config.durability,
+        segment_bytes: WAL_SEGMENT_BYTES,
+    };
+    let (wal, opened) = Wal::open(settings, stored_position).with_context(|| {
+        format!(
+            "cannot open the write-ahead log in {}",
+            config.wal_dir.display()
+        )
+    })?;
+    tracing::info!(
+        dir = %config.wal_dir.display(),
+        durability = config.durability.as_str(),
+        segments = opened.segments,
+        stored = stored_position,
+        last = opened.last,
+        cut_bytes = opened.cut_bytes,
+        "write-ahead log open"
+    );
+    Ok(Some(wal))
 }
 
 /// Feeds the pipeline until `shutdown` completes, then closes the tap and drains it; returns
@@ -224,7 +278,9 @@ async fn run_pipeline(
 async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
     match &msg.message {
         Message::Publish { topic, payload } => {
-            pipeline.handle(topic, payload, msg.received_at).await;
+            pipeline
+                .handle(topic, payload, msg.received_at, msg.position)
+                .await;
         }
         Message::Connected(session) => {
             pipeline

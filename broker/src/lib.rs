@@ -21,6 +21,7 @@ mod server;
 mod settings;
 mod tap;
 mod tunnel;
+pub mod wal;
 
 pub use guard::{DeviceAccess, Guard, GuardSettings};
 pub use server::{start, BrokerError, RunningBroker};

@@ -76,6 +76,9 @@ pub(crate) struct TappedProtocol {
     /// The client ended with DISCONNECT, which also discards its will.
     clean_end: bool,
     last_packet: Instant,
+    /// Log position of the newest publish this connection handed over: its PUBACKs wait
+    /// until that is durable (`write` only gets `&self`).
+    last_logged: AtomicU64,
 }
 
 /// rumqttd clones the listener's template once per connection: each clone starts fresh.
@@ -111,6 +114,7 @@ impl TappedProtocol {
             connection: AtomicU64::new(0),
             clean_end: false,
             last_packet: Instant::now(),
+            last_logged: AtomicU64::new(0),
         }
     }
 
@@ -156,10 +160,15 @@ impl TappedProtocol {
                 return Err(self.deny("publish", &String::from_utf8_lossy(&topic)));
             }
         }
-        self.tap
+        let position = self
+            .tap
             .send(topic, publish.payload.clone(), self.client_id.clone())
             // Ends the connection before the router sees the publish, so it is never acked.
-            .map_err(|_| protocol::Error::InvalidProtocol)
+            .map_err(|_| protocol::Error::InvalidProtocol)?;
+        if let Some(position) = position {
+            self.last_logged.store(position, Ordering::Release);
+        }
+        Ok(())
     }
 }
 
@@ -420,6 +429,13 @@ impl Protocol for TappedProtocol {
                 self.tap
                     .presence(self.client_id.clone(), Message::Connected(session));
             }
+        }
+        if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
+            // The acknowledgement promises the publish is in the log as durably as the mode
+            // says; every publish of this connection so far is covered by one wait, which
+            // one sync (shared with every other connection) ends.
+            self.tap
+                .wait_durable(self.last_logged.load(Ordering::Acquire));
         }
         match self.version {
             Version::V5 => V5.write(packet, write),

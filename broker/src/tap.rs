@@ -12,12 +12,16 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::wal::Wal;
+
 /// One thing read from a device connection, in the order the connection produced it.
 #[derive(Debug)]
 pub struct Inbound {
     /// Client id given in the connection's CONNECT.
     pub client_id: Arc<str>,
     pub received_at: SystemTime,
+    /// A publish's place in the write-ahead log, when there is one.
+    pub position: Option<u64>,
     pub message: Message,
     /// Holds a publish's share of the hand-over budget until the pipeline drops it.
     _budget: Option<OwnedSemaphorePermit>,
@@ -91,6 +95,14 @@ pub struct Tap {
     /// [`TapReceiver::close`] has the write lock, no send is half done.
     closed: Arc<RwLock<bool>>,
     publishes: metrics::Counter,
+    log: Option<Logged>,
+}
+
+/// The write-ahead log a tap appends to, and how much of it may wait for storage.
+#[derive(Clone)]
+struct Logged {
+    wal: Arc<Wal>,
+    spool_max_bytes: u64,
 }
 
 /// The pipeline-side end.
@@ -99,13 +111,16 @@ pub struct TapReceiver {
     closed: Arc<RwLock<bool>>,
 }
 
-/// Returned to a connection once the tap is closed: the publish is not acknowledged.
+/// Returned to a connection once the tap is closed, or when the log cannot take the publish:
+/// the publish is not acknowledged, so the device keeps it.
 #[derive(Debug, thiserror::Error)]
-#[error("the broker is shutting down")]
+#[error("the broker is shutting down or cannot write its log")]
 pub struct TapClosed;
 
 /// Creates a tap whose queued publishes may hold at most `budget_bytes` of topic and payload.
-pub fn tap(budget_bytes: usize) -> (Tap, TapReceiver) {
+/// With a `wal`, each publish is appended to it before it is handed over; while more than
+/// `spool_max_bytes` of the log wait for storage, publishing connections wait too.
+pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let closed = Arc::new(RwLock::new(false));
     let budget_bytes = budget_bytes.clamp(1, Semaphore::MAX_PERMITS);
@@ -116,6 +131,10 @@ pub fn tap(budget_bytes: usize) -> (Tap, TapReceiver) {
             budget_bytes,
             closed: closed.clone(),
             publishes: metrics::counter!("fieldline_broker_publishes_total"),
+            log: wal.map(|(wal, spool_max_bytes)| Logged {
+                wal,
+                spool_max_bytes,
+            }),
         },
         TapReceiver { rx, closed },
     )
@@ -127,7 +146,15 @@ impl Tap {
     /// Called from rumqttd's synchronous packet parser, so waiting uses
     /// `block_in_place`: it parks this connection's task and lets the runtime move other
     /// work to another thread. The broker therefore runs on a multi-threaded runtime.
-    pub fn send(&self, topic: Bytes, payload: Bytes, client_id: Arc<str>) -> Result<(), TapClosed> {
+    ///
+    /// Returns the publish's log position, which its PUBACK must wait for
+    /// ([`Tap::wait_durable`]).
+    pub fn send(
+        &self,
+        topic: Bytes,
+        payload: Bytes,
+        client_id: Arc<str>,
+    ) -> Result<Option<u64>, TapClosed> {
         // Budget first, with no lock held: a sender parked here must never keep the closer
         // (and, behind a waiting writer, every other sender) off the lock.
         // A single message larger than the whole budget takes the whole budget.
@@ -144,27 +171,85 @@ impl Tap {
                 acquired.map_err(|_| TapClosed)?
             }
         };
-        // Held only for the check and the (non-blocking) send, so that once `closer` has the
-        // write lock, no publish is half handed over. A poisoned lock only means a sender
-        // panicked; the flag is still valid.
+        if let Some(log) = &self.log {
+            self.wait_for_spool(log)?;
+        }
+        // Held only for the check, the append and the (non-blocking) send, so that once
+        // `closer` has the write lock, no publish is half handed over. A poisoned lock only
+        // means a sender panicked; the flag is still valid.
         let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
         if *closed {
             return Err(TapClosed);
         }
-        let inbound = Inbound {
-            client_id,
-            received_at: SystemTime::now(),
-            message: Message::Publish { topic, payload },
-            _budget: Some(permit),
+        let received_at = SystemTime::now();
+        let hand_over = |position: Option<u64>, topic: Bytes, payload: Bytes| {
+            let inbound = Inbound {
+                client_id,
+                received_at,
+                position,
+                message: Message::Publish { topic, payload },
+                _budget: Some(permit),
+            };
+            self.tx.send(inbound).is_ok()
         };
-        if self.tx.send(inbound).is_err() {
+        let (position, handed) = match &self.log {
+            None => (None, hand_over(None, topic, payload)),
+            Some(log) => {
+                let received_ms = crate::wal::now_ms_of(received_at);
+                // Appended and queued under the log's lock: the pipeline sees publishes in
+                // log order, so "stored up to N" means every record up to N.
+                let appended = log.wal.append(received_ms, &topic, &payload, |position| {
+                    (
+                        position,
+                        hand_over(Some(position), topic.clone(), payload.clone()),
+                    )
+                });
+                match appended {
+                    Ok((position, handed)) => (Some(position), handed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot append to the write-ahead log; the publish is not acknowledged and its connection is closed");
+                        return Err(TapClosed);
+                    }
+                }
+            }
+        };
+        if !handed {
             // The pipeline is gone; refusing here keeps the publish unacknowledged, so the
             // device keeps it. Counted because it means the service is failing.
             metrics::counter!("fieldline_broker_lost_messages_total").increment(1);
             return Err(TapClosed);
         }
         self.publishes.increment(1);
-        Ok(())
+        Ok(position)
+    }
+
+    /// While the log holds more unstored bytes than the spool allows (storage is down or
+    /// slow), the publishing connection waits: TCP then slows the device, and nothing is
+    /// acknowledged that the log could not keep.
+    fn wait_for_spool(&self, log: &Logged) -> Result<(), TapClosed> {
+        if log.wal.unstored_bytes() <= log.spool_max_bytes {
+            return Ok(());
+        }
+        metrics::counter!("fieldline_wal_spool_full_waits_total").increment(1);
+        tokio::task::block_in_place(|| {
+            while log.wal.unstored_bytes() > log.spool_max_bytes {
+                if *self.closed.read().unwrap_or_else(|e| e.into_inner()) {
+                    return Err(TapClosed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    }
+
+    /// Blocks until the publish at `position` is as durable as the log's mode promises:
+    /// its PUBACK may be written then. A no-op without a log and in `process` mode.
+    pub fn wait_durable(&self, position: u64) {
+        if let Some(log) = &self.log {
+            if !log.wal.is_durable(position) {
+                tokio::task::block_in_place(|| log.wal.wait_durable(position));
+            }
+        }
     }
 
     /// Hands a connect or disconnect to the pipeline. Costs no budget (it is tiny and must
@@ -177,6 +262,7 @@ impl Tap {
         let _ = self.tx.send(Inbound {
             client_id,
             received_at: SystemTime::now(),
+            position: None,
             message,
             _budget: None,
         });
@@ -224,6 +310,7 @@ mod tests {
             Bytes::from(vec![b'x'; payload_len]),
             Arc::from("client"),
         )
+        .map(|_| ())
     }
 
     fn topic(msg: Inbound) -> String {
@@ -236,7 +323,7 @@ mod tests {
     // block_in_place needs the multi-threaded runtime, as in the service.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hands_over_in_order_and_refuses_once_closed() {
-        let (tap, mut rx) = tap(1024);
+        let (tap, mut rx) = tap(1024, None);
         for i in 0..3 {
             send(&tap, &format!("t{i}"), 10).expect("an open tap takes publishes");
         }
@@ -261,7 +348,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spent_budget_makes_the_sender_wait_instead_of_dropping() {
-        let (tap, mut rx) = tap(100);
+        let (tap, mut rx) = tap(100, None);
         let sender = {
             let tap = tap.clone();
             // Each message costs 62 bytes: one cannot start until the one before is consumed.
@@ -284,7 +371,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closing_waits_for_a_sender_parked_on_the_budget() {
-        let (tap, mut rx) = tap(100);
+        let (tap, mut rx) = tap(100, None);
         send(&tap, "first", 90).expect("fits the budget");
         let parked = {
             let tap = tap.clone();

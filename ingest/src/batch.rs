@@ -77,6 +77,9 @@ pub struct Batch {
     pub devices: HashMap<Arc<str>, DeviceUpdate>,
     /// Documents (not rows) in the batch, for metrics.
     pub documents: usize,
+    /// The newest write-ahead log position whose message this batch (with the batches
+    /// before it) covers: stored with the rows, in their transaction.
+    pub log_position: Option<u64>,
     /// When the oldest entry was added, to flush by age.
     pub started: Option<std::time::Instant>,
 }
@@ -84,8 +87,16 @@ pub struct Batch {
 const PREVIEW_BYTES: usize = 256;
 
 impl Batch {
+    /// Nothing to store. A batch whose messages were all duplicates still moves the log
+    /// position, so it is not empty.
     pub fn is_empty(&self) -> bool {
-        self.documents == 0 && self.rejected.is_empty()
+        self.documents == 0 && self.rejected.is_empty() && self.log_position.is_none()
+    }
+
+    /// Records that this batch covers the log up to `position`.
+    pub fn cover(&mut self, position: u64) {
+        self.mark_started();
+        self.log_position = Some(position);
     }
 
     /// Rows the store will write, for sizing decisions.

@@ -107,9 +107,19 @@ impl Pipeline {
         pipeline
     }
 
-    /// Takes one publish through every stage.
-    pub async fn handle(&mut self, topic: &[u8], payload: &[u8], received_at: SystemTime) {
+    /// Takes one publish through every stage. `position` is its place in the write-ahead
+    /// log, which the batch that stores it records.
+    pub async fn handle(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        received_at: SystemTime,
+        position: Option<u64>,
+    ) {
         self.counters.received.increment(1);
+        if let Some(position) = position {
+            self.batch.cover(position);
+        }
         let received_ms = epoch_ms(received_at);
         let topic = String::from_utf8_lossy(topic);
         let (device, kind) = match route(&topic) {
@@ -207,7 +217,7 @@ impl Pipeline {
                     (reason, seq) = ("will", doc.seq);
                 }
             } else {
-                self.handle(topic, payload, at).await;
+                self.handle(topic, payload, at, None).await;
             }
         }
         if self.presence.disconnected(&device, connection) {

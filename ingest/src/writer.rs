@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::batch::Batch;
@@ -45,15 +45,30 @@ impl WriterHandle {
 }
 
 /// Starts the writer. It ends when every [`WriterHandle`] is dropped and its queue is written.
-pub fn spawn_writer(store: Arc<dyn Store>, queue_batches: usize) -> (WriterHandle, JoinHandle<()>) {
+///
+/// The watch says which write-ahead log position storage holds everything up to, starting
+/// from `stored_position`; it moves after each commit that covers a newer one.
+pub fn spawn_writer(
+    store: Arc<dyn Store>,
+    queue_batches: usize,
+    stored_position: u64,
+) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
+    let (stored_tx, stored_rx) = watch::channel(stored_position);
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
             write_until_stored(&*store, &batch).await;
+            if let Some(position) = batch.log_position {
+                stored_tx.send_if_modified(|stored| {
+                    let newer = position > *stored;
+                    *stored = (*stored).max(position);
+                    newer
+                });
+            }
         }
     });
-    (WriterHandle { tx }, task)
+    (WriterHandle { tx }, task, stored_rx)
 }
 
 async fn write_until_stored(store: &dyn Store, batch: &Batch) {

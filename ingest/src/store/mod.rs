@@ -141,6 +141,8 @@ pub trait Store: AccessStore + Send + Sync {
     fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64>;
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>>;
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>>;
+    /// The write-ahead log position storage holds every record up to (0: none yet).
+    fn stored_log_position(&self) -> StoreFuture<'_, u64>;
     /// Keeps the record of rejected messages to its newest `keep` entries.
     fn prune_rejected(&self, keep: u32) -> StoreFuture<'_, u64>;
     /// Cheap round trip for readiness checks.

@@ -43,6 +43,11 @@ pub(crate) fn seq_to_db(seq: Option<u64>) -> Option<i64> {
     seq.map(|s| s as i64)
 }
 
+/// Log positions count up from 1 and stay far below 2^63.
+pub(crate) fn position_to_db(position: u64) -> i64 {
+    i64::try_from(position).unwrap_or(i64::MAX)
+}
+
 fn seq_from_db(seq: Option<i64>) -> Option<u64> {
     seq.map(|s| s as u64)
 }

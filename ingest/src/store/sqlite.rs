@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
-use super::records::{self, location_json, metrics_json, seq_to_db};
+use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
@@ -120,6 +120,14 @@ impl SqliteStore {
                 .bind(id.as_ref())
                 .execute(&mut *tx)
                 .await?;
+        }
+        if let Some(position) = batch.log_position {
+            sqlx::query(
+                "UPDATE ingest_log SET stored_position = max(stored_position, ?) WHERE id = 1",
+            )
+            .bind(position_to_db(position))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -309,6 +317,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
             Ok(rows.into_iter().map(records::rejected_message).collect())
+        })
+    }
+
+    fn stored_log_position(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let position: i64 =
+                sqlx::query_scalar("SELECT stored_position FROM ingest_log WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+            Ok(u64::try_from(position).unwrap_or(0))
         })
     }
 

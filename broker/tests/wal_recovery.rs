@@ -1,0 +1,225 @@
+//! The write-ahead log on disk: appends read back in order across segments and reopenings,
+//! a torn or damaged tail is cut to the valid prefix, damage anywhere else is refused with an
+//! error naming the file, and stored segments are deleted.
+
+use std::path::{Path, PathBuf};
+
+use fieldline_broker::wal::{Durability, Wal, WalError, WalSettings};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!(
+            "fieldline-wal-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        Dir(path)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn settings(dir: &Path, durability: Durability, segment_bytes: u64) -> WalSettings {
+    WalSettings {
+        dir: dir.to_owned(),
+        durability,
+        segment_bytes,
+    }
+}
+
+fn payload(i: u64) -> String {
+    format!("{{\"seq\":{i},\"lat\":1.5,\"lon\":2.5}}")
+}
+
+/// Appends records `1..=n` and drops the log.
+fn write(dir: &Path, durability: Durability, segment_bytes: u64, n: u64) {
+    let (wal, _) = Wal::open(settings(dir, durability, segment_bytes), 0).expect("log opens");
+    for i in 1..=n {
+        let position = wal
+            .append(
+                1_000 + i as i64,
+                b"devices/d/location",
+                payload(i).as_bytes(),
+                |p| p,
+            )
+            .expect("append");
+        assert_eq!(position, i, "positions count up from 1");
+        wal.wait_durable(position);
+    }
+}
+
+/// Opens the log with nothing stored and reads every record back.
+fn read_back(dir: &Path, segment_bytes: u64) -> Result<Vec<u64>, WalError> {
+    let (wal, _) = Wal::open(settings(dir, Durability::Process, segment_bytes), 0)?;
+    let mut positions = Vec::new();
+    for record in wal.replay(0) {
+        let record = record?;
+        assert_eq!(record.payload, payload(record.position).as_bytes());
+        assert_eq!(record.received_ms, 1_000 + record.position as i64);
+        assert_eq!(&record.topic[..], b"devices/d/location");
+        positions.push(record.position);
+    }
+    Ok(positions)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn records_come_back_in_order_across_segments_and_reopenings() {
+    for durability in [Durability::Process, Durability::Fsync] {
+        let dir = Dir::new("order");
+        write(&dir.0, durability, 4096, 500);
+        assert!(segments(&dir.0).len() > 5, "small segments rotate");
+        assert_eq!(
+            read_back(&dir.0, 4096).expect("valid log"),
+            (1..=500).collect::<Vec<_>>()
+        );
+        // Reopened, the log goes on from where it ended.
+        let (wal, opened) = Wal::open(settings(&dir.0, durability, 4096), 0).expect("reopens");
+        assert_eq!(opened.last, 500);
+        let next = wal.append(0, b"t", b"x", |p| p).expect("append");
+        assert_eq!(next, 501);
+    }
+}
+
+#[test]
+fn a_record_cut_in_the_middle_is_cut_off_and_the_prefix_kept() {
+    let dir = Dir::new("torn");
+    write(&dir.0, Durability::Process, 1 << 20, 100);
+    let last = segments(&dir.0).pop().expect("a segment");
+    let len = std::fs::metadata(&last).expect("segment").len();
+    // Half of the last record is gone, as when the process died inside the write.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open");
+    file.set_len(len - 20).expect("truncate");
+    drop(file);
+    let (wal, opened) =
+        Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 0).expect("opens");
+    assert!(opened.cut_bytes > 0);
+    assert_eq!(opened.last, 99);
+    assert_eq!(wal.replay(0).count(), 99);
+    // The next append takes the cut record's place.
+    assert_eq!(wal.append(0, b"t", b"x", |p| p).expect("append"), 100);
+}
+
+#[test]
+fn a_flipped_byte_in_the_last_record_is_cut_off_and_the_prefix_kept() {
+    let dir = Dir::new("flip-last");
+    write(&dir.0, Durability::Process, 1 << 20, 100);
+    let last = segments(&dir.0).pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("segment");
+    let at = bytes.len() - 5;
+    bytes[at] ^= 0x40;
+    std::fs::write(&last, &bytes).expect("write back");
+    assert_eq!(
+        read_back(&dir.0, 1 << 20).expect("prefix is valid"),
+        (1..=99).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn damage_before_valid_records_in_the_newest_segment_is_refused() {
+    let dir = Dir::new("flip-middle");
+    write(&dir.0, Durability::Process, 1 << 20, 100);
+    let last = segments(&dir.0).pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("segment");
+    // Inside record 10 or so: valid records follow, so this is no torn write.
+    bytes[600] ^= 0x01;
+    std::fs::write(&last, &bytes).expect("write back");
+    let err = Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 0)
+        .err()
+        .expect("damage in the middle is refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&last.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_an_earlier_segment_is_an_error_naming_the_file() {
+    let dir = Dir::new("flip-earlier");
+    write(&dir.0, Durability::Process, 4096, 300);
+    let files = segments(&dir.0);
+    assert!(files.len() > 2);
+    let earlier = &files[1];
+    let mut bytes = std::fs::read(earlier).expect("segment");
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(earlier, &bytes).expect("write back");
+    let err = read_back(&dir.0, 4096).expect_err("damage in an earlier segment is refused");
+    assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&earlier.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_segment_is_an_error() {
+    let dir = Dir::new("gap");
+    write(&dir.0, Durability::Process, 4096, 300);
+    let files = segments(&dir.0);
+    std::fs::remove_file(&files[2]).expect("remove");
+    let err = read_back(&dir.0, 4096).expect_err("a gap is refused");
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn stored_segments_are_deleted_and_replay_starts_after_the_stored_position() {
+    let dir = Dir::new("release");
+    write(&dir.0, Durability::Process, 4096, 300);
+    let before = segments(&dir.0).len();
+    let (wal, _) = Wal::open(settings(&dir.0, Durability::Process, 4096), 150).expect("opens");
+    let after_open = segments(&dir.0).len();
+    assert!(
+        after_open < before,
+        "segments wholly stored are deleted at open"
+    );
+    let replayed: Vec<u64> = wal
+        .replay(150)
+        .map(|r| r.expect("valid").position)
+        .collect();
+    assert_eq!(replayed, (151..=300).collect::<Vec<_>>());
+    assert!(wal.unstored_bytes() > 0);
+    wal.release(300);
+    assert_eq!(segments(&dir.0).len(), 1, "only the active segment is kept");
+    assert_eq!(wal.unstored_bytes(), 0);
+    drop(wal);
+    // Storage ahead of the log (the log was moved away): positions go on past storage.
+    let moved = Dir::new("moved");
+    let (wal, opened) =
+        Wal::open(settings(&moved.0, Durability::Process, 4096), 7_000).expect("opens");
+    assert_eq!(opened.last, 7_000);
+    assert_eq!(wal.append(0, b"t", b"x", |p| p).expect("append"), 7_001);
+    assert_eq!(wal.replay(7_000).count(), 1);
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_log() {
+    let dir = Dir::new("lock");
+    let (_wal, _) = Wal::open(settings(&dir.0, Durability::Process, 4096), 0).expect("opens");
+    let err = Wal::open(settings(&dir.0, Durability::Process, 4096), 0)
+        .err()
+        .expect("second open is refused");
+    assert!(matches!(err, WalError::Locked(_)), "{err}");
+}

@@ -1,0 +1,8 @@
+-- The write-ahead log position that storage holds everything up to. Each batch raises it in
+-- the same transaction as its rows, so after a crash the log is replayed from just past it
+-- and nothing is stored twice.
+CREATE TABLE ingest_log (
+    id int PRIMARY KEY CHECK (id = 1),
+    stored_position bigint NOT NULL
+);
+INSERT INTO ingest_log (id, stored_position) VALUES (1, 0);

@@ -1,0 +1,101 @@
+//! Between the write-ahead log and storage: at start, the log's unstored records are run
+//! through the pipeline and stored before any device is accepted; while running, what
+//! storage confirms is released from the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::Context;
+use fieldline_broker::wal::{Record, Wal};
+use fieldline_ingest::Pipeline;
+use tokio::sync::{mpsc, watch};
+
+/// Records read from disk per hand-over to the pipeline.
+const CHUNK: usize = 1024;
+
+/// Replays every record after `stored_position` into the pipeline and waits until storage
+/// holds all of them. The log is read on a blocking thread, a chunk at a time, so memory
+/// holds one segment and a few chunks whatever the log's size.
+pub async fn replay(
+    pipeline: &mut Pipeline,
+    wal: Arc<Wal>,
+    stored_position: u64,
+    mut stored: watch::Receiver<u64>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<Vec<Record>>(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for record in wal.replay(stored_position) {
+            chunk.push(record?);
+            if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                return Ok(());
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(chunk);
+        }
+        Ok::<(), fieldline_broker::wal::WalError>(())
+    });
+    let (mut records, mut last) = (0u64, stored_position);
+    while let Some(chunk) = rx.recv().await {
+        for record in chunk {
+            let received_at =
+                UNIX_EPOCH + Duration::from_millis(u64::try_from(record.received_ms).unwrap_or(0));
+            pipeline
+                .handle(
+                    &record.topic,
+                    &record.payload,
+                    received_at,
+                    Some(record.position),
+                )
+                .await;
+            records += 1;
+            last = record.position;
+        }
+    }
+    reader
+        .await
+        .context("the write-ahead log reader failed")?
+        .context("cannot replay the write-ahead log")?;
+    if records == 0 {
+        return Ok(());
+    }
+    tracing::info!(
+        records,
+        from = stored_position + 1,
+        to = last,
+        "replaying the write-ahead log into storage"
+    );
+    pipeline.flush().await;
+    stored
+        .wait_for(|&position| position >= last)
+        .await
+        .context("the store writer stopped during recovery")?;
+    tracing::info!(
+        records,
+        ms = started.elapsed().as_millis() as u64,
+        "write-ahead log replayed; everything acknowledged before the restart is stored"
+    );
+    Ok(())
+}
+
+/// Releases what storage holds from the log as it is confirmed, and keeps the log's
+/// backlog gauges current.
+pub async fn follow_storage(wal: Arc<Wal>, mut stored: watch::Receiver<u64>) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            changed = stored.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let position = *stored.borrow_and_update();
+                let wal = wal.clone();
+                // Deleting a segment is a file system call; keep it off the async threads.
+                let _ = tokio::task::spawn_blocking(move || wal.release(position)).await;
+            }
+            _ = every_second.tick() => wal.report_backlog(),
+        }
+    }
+}
