@@ -37,6 +37,10 @@ pub async fn replay(
         }
         Ok::<(), fieldline_broker::wal::WalError>(())
     });
+    tracing::info!(
+        from = stored_position + 1,
+        "replaying the write-ahead log into storage"
+    );
     let (mut records, mut last) = (0u64, stored_position);
     while let Some(chunk) = rx.recv().await {
         for record in chunk {
@@ -58,22 +62,17 @@ pub async fn replay(
         .await
         .context("the write-ahead log reader failed")?
         .context("cannot replay the write-ahead log")?;
+    pipeline.flush().await;
     if records == 0 {
         return Ok(());
     }
-    tracing::info!(
-        records,
-        from = stored_position + 1,
-        to = last,
-        "replaying the write-ahead log into storage"
-    );
-    pipeline.flush().await;
     stored
         .wait_for(|&position| position >= last)
         .await
         .context("the store writer stopped during recovery")?;
     tracing::info!(
         records,
+        to = last,
         ms = started.elapsed().as_millis() as u64,
         "write-ahead log replayed; everything acknowledged before the restart is stored"
     );

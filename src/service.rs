@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use fieldline_broker::wal::{Durability, Wal, WalSettings};
+use fieldline_broker::wal::{Durability, Opened, Wal, WalSettings};
 use fieldline_broker::{BrokerSettings, Guard, GuardSettings, Inbound, Message, TapReceiver};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
@@ -103,7 +103,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         seeds,
     );
     // Before any device is accepted: what the log holds beyond storage is stored first.
-    if let Some(wal) = &wal {
+    let unstored = wal
+        .as_ref()
+        .is_some_and(|(_, opened)| opened.last > stored_position);
+    let wal = wal.map(|(wal, _)| wal);
+    if let (Some(wal), true) = (&wal, unstored) {
         crate::recovery::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
             .await?;
     }
@@ -208,7 +212,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Opens the write-ahead log the durability mode asks for (none for `memory`).
-fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<Arc<Wal>>> {
+fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<(Arc<Wal>, Opened)>> {
     if config.durability == Durability::Memory {
         tracing::warn!("--durability memory: a PUBACK means the publish is in memory only; a crash loses what is not yet stored");
         return Ok(None);
@@ -233,7 +237,7 @@ fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<Arc<
         cut_bytes = opened.cut_bytes,
         "write-ahead log open"
     );
-    Ok(Some(wal))
+    Ok(Some((wal, opened)))
 }
 
 /// Feeds the pipeline until `shutdown` completes, then closes the tap and drains it; returns

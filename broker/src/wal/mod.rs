@@ -112,6 +112,8 @@ pub struct Wal {
     /// Highest position known to be on disk (fsync mode).
     synced: Mutex<u64>,
     synced_changed: Condvar,
+    /// Bytes appended up to the last sync, for the bytes-per-sync figure.
+    synced_bytes: Mutex<u64>,
     /// Wakes the sync thread when there is something to sync.
     appended: Condvar,
     _lock: File,
@@ -171,7 +173,16 @@ impl Wal {
             .write(true)
             .open(&lock_path)
             .map_err(|e| WalError::io("cannot open", &lock_path, e))?;
-        lock.try_lock().map_err(|_| WalError::Locked(dir.clone()))?;
+        // A log just dropped in this process may still be held by its sync thread for a
+        // moment (it lets go within one wait); another process holds it for good.
+        let mut attempts = 0;
+        while lock.try_lock().is_err() {
+            attempts += 1;
+            if attempts > 10 {
+                return Err(WalError::Locked(dir.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
 
         let mut listed = segment::list(&dir)?;
         // Whole segments storage already holds: the next segment starts at or below
@@ -274,6 +285,7 @@ impl Wal {
             }),
             synced: Mutex::new(next - 1),
             synced_changed: Condvar::new(),
+            synced_bytes: Mutex::new(backlog_bytes),
             appended: Condvar::new(),
             _lock: lock,
             metrics: Metrics::new(),
@@ -281,10 +293,15 @@ impl Wal {
         });
         wal.report(&wal.lock());
         if wal.settings.durability == Durability::Fsync {
-            let syncer = wal.clone();
+            // A weak reference: the thread ends once the log is dropped.
+            let syncer = Arc::downgrade(&wal);
             std::thread::Builder::new()
                 .name("fieldline-wal-sync".into())
-                .spawn(move || syncer.sync_loop())
+                .spawn(move || {
+                    while let Some(wal) = syncer.upgrade() {
+                        wal.sync_once();
+                    }
+                })
                 .map_err(|e| {
                     WalError::io("cannot start the sync thread for", &wal.settings.dir, e)
                 })?;
@@ -404,39 +421,38 @@ impl Wal {
             || *self.synced.lock().unwrap_or_else(|e| e.into_inner()) >= position
     }
 
-    fn sync_loop(&self) {
-        let mut synced_bytes = self.lock().appended_bytes;
-        loop {
-            let (file, path, target, bytes) = {
-                let mut active = self.lock();
-                loop {
-                    let appended = active.next - 1;
-                    let synced = *self.synced.lock().unwrap_or_else(|e| e.into_inner());
-                    if appended > synced {
-                        break;
-                    }
-                    active = self
-                        .appended
-                        .wait_timeout(active, Duration::from_millis(100))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+    /// One round of the sync thread: waits (up to 100 ms) for appends not yet synced, and
+    /// syncs them all with one `fdatasync`.
+    fn sync_once(&self) {
+        let (file, path, target, bytes) = {
+            let mut active = self.lock();
+            let synced = *self.synced.lock().unwrap_or_else(|e| e.into_inner());
+            if active.next - 1 <= synced {
+                active = self
+                    .appended
+                    .wait_timeout(active, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if active.next - 1 <= *self.synced.lock().unwrap_or_else(|e| e.into_inner()) {
+                    return;
                 }
-                (
-                    active.file.clone(),
-                    active.path.clone(),
-                    active.next - 1,
-                    active.appended_bytes,
-                )
-            };
-            self.sync_file(&file, &path);
-            let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-            *synced = (*synced).max(target);
-            self.metrics
-                .synced_bytes
-                .increment(bytes.saturating_sub(synced_bytes));
-            synced_bytes = bytes;
-            self.synced_changed.notify_all();
-        }
+            }
+            (
+                active.file.clone(),
+                active.path.clone(),
+                active.next - 1,
+                active.appended_bytes,
+            )
+        };
+        self.sync_file(&file, &path);
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        *synced = (*synced).max(target);
+        let mut synced_bytes = self.synced_bytes.lock().unwrap_or_else(|e| e.into_inner());
+        self.metrics
+            .synced_bytes
+            .increment(bytes.saturating_sub(*synced_bytes));
+        *synced_bytes = bytes.max(*synced_bytes);
+        self.synced_changed.notify_all();
     }
 
     /// `fdatasync`, or the end of the process: after a failed sync nothing written since the

@@ -1,0 +1,338 @@
+//! What a PUBACK promises: the real binary under QoS 1 load is killed with SIGKILL again and
+//! again (once while the database is unavailable, once while it is replaying its log), and
+//! afterwards every acknowledged publish is stored exactly once. The documents carry no
+//! `seq`, so de-duplication cannot hide a record stored twice: only the log position stored
+//! with each batch can prevent it.
+
+#[macro_use]
+mod support;
+
+use std::collections::{HashMap, VecDeque};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use sqlx::Connection;
+use support::{binary, database, free_port, pg_admin, Backend, Server, TempDir};
+
+on_both_backends!(acknowledged_publishes_survive_sigkill_exactly_once);
+
+const DEVICES: usize = 6;
+const CYCLES: usize = 10;
+/// The cycle whose kill comes while the database refuses writes.
+const OUTAGE_CYCLE: usize = 3;
+/// The cycle that starts by replaying that backlog, and is killed before it finishes.
+const RECOVERY_CYCLE: usize = OUTAGE_CYCLE + 1;
+
+/// A small deterministic generator, so a failing run can be repeated from its printed seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// One device publishing `{"metrics": {"n": N}}` at QoS 1 with N counting up, recording which
+/// N the broker acknowledged. rumqttc sends publishes in the order they are queued, and says
+/// which packet id each got as it writes it, so each PUBACK maps back to its N.
+struct Publisher {
+    acked: Arc<Mutex<Vec<u64>>>,
+    /// Every N handed to the client so far is below this.
+    next: Arc<AtomicU64>,
+    publisher: tokio::task::JoinHandle<()>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(port: u16, device: String, first: u64) -> Publisher {
+        let mut options = MqttOptions::new(device.clone(), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(options, 200);
+        let queued = Arc::new(Mutex::new(VecDeque::<u64>::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let poller = {
+            let (queued, acked) = (queued.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut in_flight = HashMap::new();
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                            if let Some(n) = queued.lock().expect("queue").pop_front() {
+                                in_flight.insert(pkid, n);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            if let Some(n) = in_flight.remove(&ack.pkid) {
+                                acked.lock().expect("acks").push(n);
+                            }
+                        }
+                        Ok(_) => {}
+                        // The server was killed: this connection is over.
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        let next = Arc::new(AtomicU64::new(first));
+        let counter = next.clone();
+        let publisher = tokio::spawn(async move {
+            let topic = format!("devices/{device}/telemetry");
+            let mut n = first;
+            loop {
+                counter.store(n + 1, Ordering::SeqCst);
+                queued.lock().expect("queue").push_back(n);
+                let payload = format!(r#"{{"metrics":{{"n":{n}}}}}"#);
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                n += 1;
+                // About 2,000 publishes a second per device.
+                if n.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        Publisher {
+            acked,
+            next,
+            publisher,
+            poller,
+        }
+    }
+
+    /// Stops publishing and gives back the acknowledged numbers and the next unused one.
+    async fn finish(self) -> (Vec<u64>, u64) {
+        // The poller ends when the connection does (the server is gone by now).
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.poller).await;
+        self.publisher.abort();
+        let _ = self.publisher.await;
+        let acked = std::mem::take(&mut *self.acked.lock().expect("acks"));
+        (acked, self.next.load(Ordering::SeqCst))
+    }
+}
+
+/// The server process without the harness' readiness wait: the recovery cycle kills it
+/// before it is ready.
+fn spawn_server(dir: &TempDir, url: &str, mqtt: u16, http: u16, log: &std::path::Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    Command::new(binary())
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info,rumqttd=off")
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--database-url", url])
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the fieldline binary starts")
+}
+
+async fn wait_for_log(log: &std::path::Path, text: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let content = std::fs::read_to_string(log).unwrap_or_default();
+        if content.contains(text) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("fieldline exited ({status}) before logging {text:?}:\n{content}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} within 60 s:\n{content}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// SIGKILL. On PostgreSQL the dead process's sessions are ended too: a backend waiting on a
+/// lock does not notice its client is gone, and would hold its own row locks meanwhile.
+async fn kill(child: &mut Child, url: &str) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(db) = url
+        .strip_prefix("postgres")
+        .and_then(|u| u.rsplit('/').next())
+    {
+        pg_admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND application_name = 'fieldline'"
+        ))
+        .await;
+    }
+}
+
+/// Makes storage refuse (block) writes until the returned guard is released.
+enum Outage {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Outage {
+    async fn begin(url: &str) -> Outage {
+        if url.starts_with("postgres") {
+            // A row lock on the log position: every batch ends by raising it, so every write
+            // waits, while start-up (which only reads it) goes on.
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::raw_sql("BEGIN; SELECT * FROM ingest_log FOR UPDATE")
+                .execute(&mut conn)
+                .await
+                .expect("lock the log position");
+            Outage::Postgres(conn)
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .expect("take SQLite's write lock");
+            Outage::Sqlite(conn)
+        }
+    }
+
+    async fn end(self) {
+        match self {
+            Outage::Postgres(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(|_| ()),
+            Outage::Sqlite(mut c) => sqlx::raw_sql("ROLLBACK").execute(&mut c).await.map(|_| ()),
+        }
+        .expect("release the lock");
+    }
+}
+
+/// (device, n) → how many rows storage holds for it.
+async fn stored_counts(url: &str) -> HashMap<(String, u64), u64> {
+    let sql = "SELECT device_id, value, count(*) FROM telemetry WHERE metric = 'n' GROUP BY device_id, value";
+    let rows: Vec<(String, f64, i64)> = if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect("query")
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect("query")
+    };
+    rows.into_iter()
+        .map(|(device, value, count)| ((device, value as u64), count as u64))
+        .collect()
+}
+
+async fn acknowledged_publishes_survive_sigkill_exactly_once(backend: Backend) {
+    let dir = TempDir::new("crash");
+    let url = database(backend, &dir, "crash").await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    println!("{backend:?}: seed {seed}");
+    let mut rng = Lcg(seed);
+    let devices: Vec<String> = (0..DEVICES).map(|d| format!("crash-{d}")).collect();
+    let mut next: Vec<u64> = vec![1; DEVICES];
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut outage: Option<Outage> = None;
+    let mut killed_in_recovery = false;
+
+    for cycle in 0..CYCLES {
+        let (mqtt, http) = (free_port(), free_port());
+        let log = dir.0.join(format!("cycle-{cycle}.log"));
+        let mut child = spawn_server(&dir, &url, mqtt, http, &log);
+        if cycle == RECOVERY_CYCLE {
+            // The backlog of the outage is replayed now; storage is made to refuse again
+            // as soon as the log is open, so the kill lands inside the replay.
+            wait_for_log(&log, "write-ahead log open", &mut child).await;
+            if backend_is_sqlite(&url) {
+                outage = Some(Outage::begin(&url).await);
+            }
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(300))).await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            killed_in_recovery = text.contains("replaying the write-ahead log")
+                && !text.contains("write-ahead log replayed")
+                && !text.contains("fieldline is ready");
+            kill(&mut child, &url).await;
+            if let Some(o) = outage.take() {
+                o.end().await;
+            }
+            println!("cycle {cycle}: killed during recovery: {killed_in_recovery}");
+            continue;
+        }
+        wait_for_log(&log, "fieldline is ready", &mut child).await;
+        let publishers: Vec<Publisher> = devices
+            .iter()
+            .zip(&next)
+            .map(|(d, &first)| Publisher::start(mqtt, d.clone(), first))
+            .collect();
+        let run_ms = 200 + rng.below(1_200);
+        if cycle == OUTAGE_CYCLE {
+            tokio::time::sleep(Duration::from_millis(run_ms / 2)).await;
+            outage = Some(Outage::begin(&url).await);
+            // Long enough for a backlog that takes several batches to replay.
+            tokio::time::sleep(Duration::from_millis(run_ms / 2 + 2_000)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        }
+        kill(&mut child, &url).await;
+        if cycle == OUTAGE_CYCLE && backend_is_sqlite(&url) {
+            // SQLite's lock is released at once; PostgreSQL's stays for the recovery cycle.
+            if let Some(o) = outage.take() {
+                o.end().await;
+            }
+        }
+        let mut cycle_acked = 0;
+        for (i, publisher) in publishers.into_iter().enumerate() {
+            let (numbers, following) = publisher.finish().await;
+            cycle_acked += numbers.len();
+            acked.extend(numbers.into_iter().map(|n| (devices[i].clone(), n)));
+            next[i] = following.max(next[i]);
+        }
+        println!("cycle {cycle}: ran {run_ms} ms, {cycle_acked} acknowledged");
+        assert!(
+            cycle_acked > 0,
+            "cycle {cycle} published nothing:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    if let Some(o) = outage.take() {
+        o.end().await;
+    }
+    assert!(
+        killed_in_recovery,
+        "the recovery cycle's kill came after recovery had finished"
+    );
+
+    // A last start stores whatever the log still holds; then a clean stop.
+    let mut server = Server::start(&dir, &url).await;
+    assert!(server.stop().success());
+    let stored = stored_counts(&url).await;
+    let lost = acked
+        .iter()
+        .filter(|(d, n)| !stored.contains_key(&(d.clone(), *n)))
+        .count();
+    let duplicates: u64 = stored.values().map(|&c| c.saturating_sub(1)).sum();
+    println!(
+        "{backend:?}: {} acknowledged over {CYCLES} SIGKILLs, {} stored; lost {lost}, duplicates {duplicates}",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(lost, 0, "acknowledged publishes missing from storage");
+    assert_eq!(duplicates, 0, "publishes stored more than once");
+}
+
+fn backend_is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite")
+}
