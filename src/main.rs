@@ -2,7 +2,7 @@
 
 mod access_sync;
 mod config;
-mod recovery;
+mod log_to_storage;
 mod registry_cli;
 mod service;
 

@@ -17,6 +17,7 @@ use fieldline_broker::{BrokerSettings, Guard, GuardSettings, Inbound, Message, T
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
+use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store, Pipeline, PipelineSettings, Store};
@@ -102,18 +103,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
+    let spill_state = Arc::new(SpillState::default());
+    if let Some((wal, _)) = &wal {
+        pipeline.spill_to(
+            Box::new(crate::log_to_storage::LogBacklog::new(wal.clone())),
+            spill_state.clone(),
+        );
+    }
     // Before any device is accepted: what the log holds beyond storage is stored first.
     let unstored = wal
         .as_ref()
         .is_some_and(|(_, opened)| opened.last > stored_position);
     let wal = wal.map(|(wal, _)| wal);
     if let (Some(wal), true) = (&wal, unstored) {
-        crate::recovery::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
+        crate::log_to_storage::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
             .await?;
     }
-    let log_follower = wal
-        .clone()
-        .map(|wal| tokio::spawn(crate::recovery::follow_storage(wal, stored)));
+    let log_follower = wal.clone().map(|wal| {
+        tokio::spawn(crate::log_to_storage::follow_storage(
+            wal,
+            stored,
+            spill_state.clone(),
+            config.spool_max_bytes,
+        ))
+    });
 
     let broker_settings = BrokerSettings {
         mqtt_listen: config.mqtt_listen,
@@ -155,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners_up: listeners_up.clone(),
         access: api_access,
         live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
+        spill: spill_state.clone(),
     });
     let http_listener = fieldline_dashboard::http_listener::GuardedListener::new(
         http_listener,

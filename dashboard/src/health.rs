@@ -14,7 +14,8 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready to take traffic: listeners are up and storage answers.
+/// Ready to take traffic: listeners are up, storage answers, and the write-ahead log has
+/// room (when it is full, devices are being slowed down until storage catches up).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let listeners = state.listeners_up.load(Ordering::Acquire);
     // A probe must answer promptly even when the database does not.
@@ -22,7 +23,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await,
         Ok(Ok(()))
     );
-    let status = if listeners && storage {
+    let spool_full = state.spill.is_spool_full();
+    let ready = listeners && storage && !spool_full;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -30,10 +33,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (
         status,
         Json(serde_json::json!({
-            "ready": listeners && storage,
+            "ready": ready,
             "listeners": listeners,
             "storage": storage,
             "backend": state.store.backend(),
+            // Storage is behind: new data waits in the write-ahead log on disk.
+            "storage_behind": state.spill.is_spilled(),
+            "log_full": spool_full,
         })),
     )
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     /// One permit per open live stream (SSE or WebSocket); when none is left, new streams
     /// get 503.
     pub live_slots: Arc<tokio::sync::Semaphore>,
+    /// Whether storage is behind the write-ahead log, and whether the log is full.
+    pub spill: Arc<fieldline_ingest::spill::SpillState>,
 }
 
 pub fn router(state: AppState) -> Router {

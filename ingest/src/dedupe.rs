@@ -98,7 +98,7 @@ impl SeqWindow {
 }
 
 /// Windows for every stream seen since start.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Dedupe {
     streams: HashMap<(Arc<str>, Kind), SeqWindow>,
 }

@@ -5,7 +5,8 @@
 //! redelivered sequence numbers, [`batch`] gathers rows, and the [`writer`] hands batches to a
 //! [`store`]. [`pipeline`] runs those stages over the messages the broker hands over, tracks
 //! device [`presence`] from connection starts and ends, and gives every accepted document to
-//! the [`live`] feed as it is accepted.
+//! the [`live`] feed as it is accepted. When storage falls behind, new rows wait in the
+//! write-ahead log and the pipeline reads them back as the writer catches up ([`spill`]).
 
 pub mod batch;
 pub mod decode;
@@ -15,6 +16,7 @@ pub mod live;
 pub mod pipeline;
 pub mod presence;
 pub mod rejection;
+pub mod spill;
 pub mod store;
 pub mod time_format;
 pub mod topic;

@@ -7,7 +7,7 @@
 //! in turn makes the broker stop reading from sockets.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
@@ -16,6 +16,7 @@ use crate::document::{Body, Document, Kind, Status};
 use crate::live::LiveFeed;
 use crate::presence::{device_of, Presence};
 use crate::rejection::{Reason, Rejection};
+use crate::spill::{Backlog, Spill, SpillState};
 use crate::store::StreamSeq;
 use crate::time_format::{epoch_ms, now_ms};
 use crate::topic::{route, Route};
@@ -76,7 +77,30 @@ pub struct Pipeline {
     device_ids: Interner,
     metric_names: Interner,
     batch: Batch,
+    /// Where rows that storage is too far behind for are read back from (the log).
+    backlog: Option<Box<dyn Backlog>>,
+    spill: Option<Spill>,
+    spill_state: Arc<SpillState>,
+    /// The newest log position handled.
+    last_position: u64,
 }
+
+/// Where one message's documents and rejections go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// To live views and into the batch: the normal path.
+    Both,
+    /// To live views only: storage is behind, and the message waits in the log.
+    LiveOnly,
+    /// Into the batch only: read back from the log for storage; its live events and its
+    /// counts went out when it arrived.
+    StoreOnly,
+}
+
+/// Log records read back per read while catching storage up.
+const CATCH_UP_CHUNK: usize = 1024;
+/// Longest one catch-up round keeps the pipeline from new messages.
+const CATCH_UP_ROUND: Duration = Duration::from_millis(20);
 
 impl Pipeline {
     /// `seeds` are the last stored seq of each stream, so redeliveries after a restart are
@@ -97,6 +121,10 @@ impl Pipeline {
             device_ids: Interner::default(),
             metric_names: Interner::default(),
             batch: Batch::default(),
+            backlog: None,
+            spill: None,
+            spill_state: Arc::new(SpillState::default()),
+            last_position: 0,
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
@@ -105,6 +133,14 @@ impl Pipeline {
                 .seed(device, seed.kind, seed.seq, seed.ts_ms);
         }
         pipeline
+    }
+
+    /// Lets the pipeline spill to the log when storage falls behind: instead of waiting
+    /// (and so slowing every device), it keeps serving live views and reads the rows back
+    /// from `backlog` once the writer has room. `state` tells others whether it is spilled.
+    pub fn spill_to(&mut self, backlog: Box<dyn Backlog>, state: Arc<SpillState>) {
+        self.backlog = Some(backlog);
+        self.spill_state = state;
     }
 
     /// Takes one publish through every stage. `position` is its place in the write-ahead
@@ -117,43 +153,67 @@ impl Pipeline {
         position: Option<u64>,
     ) {
         self.counters.received.increment(1);
-        if let Some(position) = position {
-            self.batch.cover(position);
-        }
-        let received_ms = epoch_ms(received_at);
+        let path = match position {
+            Some(position) => {
+                self.last_position = position;
+                if self.spill.is_some() {
+                    Path::LiveOnly
+                } else {
+                    self.batch.cover(position);
+                    Path::Both
+                }
+            }
+            None => Path::Both,
+        };
+        self.process(topic, payload, epoch_ms(received_at), path);
+        self.hand_off_if_full().await;
+    }
+
+    fn process(&mut self, topic: &[u8], payload: &[u8], received_ms: i64, path: Path) {
         let topic = String::from_utf8_lossy(topic);
         let (device, kind) = match route(&topic) {
             Ok(Route::Data { device, kind }) => (device, kind),
             Ok(Route::Command) => return,
             Err(rejection) => {
-                self.reject(&rejection, &topic, None, payload, received_ms);
-                return self.hand_off_if_full().await;
+                self.reject(&rejection, &topic, None, payload, received_ms, path);
+                return;
             }
         };
         let device = self.device_ids.intern(device);
         let decoded = decode(&device, kind, payload, received_ms, &self.settings.limits);
         for rejection in &decoded.rejections {
-            self.reject(rejection, &topic, Some(&device), payload, received_ms);
+            self.reject(rejection, &topic, Some(&device), payload, received_ms, path);
         }
         for doc in decoded.documents {
             if let Some(seq) = doc.seq {
                 let device_ts = doc.device_ts.then_some(doc.ts_ms);
-                if !self.dedupe.accept(&device, kind, seq, device_ts) {
-                    self.counters.duplicates[kind.index()].increment(1);
+                let dedupe = match (&mut self.spill, path) {
+                    (Some(spill), Path::StoreOnly) => &mut spill.dedupe,
+                    _ => &mut self.dedupe,
+                };
+                if !dedupe.accept(&device, kind, seq, device_ts) {
+                    if path != Path::StoreOnly {
+                        self.counters.duplicates[kind.index()].increment(1);
+                    }
                     continue;
                 }
             }
-            self.counters.accepted[kind.index()].increment(1);
-            self.accept(doc, received_ms);
+            if path != Path::StoreOnly {
+                self.counters.accepted[kind.index()].increment(1);
+            }
+            self.accept(doc, received_ms, path);
         }
-        self.hand_off_if_full().await;
     }
 
-    fn accept(&mut self, doc: Document, received_ms: i64) {
+    fn accept(&mut self, doc: Document, received_ms: i64, path: Path) {
         let doc = Arc::new(doc);
-        self.batch
-            .push_document(&doc, received_ms, &mut self.metric_names);
-        self.live.publish(doc);
+        if path != Path::LiveOnly {
+            self.batch
+                .push_document(&doc, received_ms, &mut self.metric_names);
+        }
+        if path != Path::StoreOnly {
+            self.live.publish(doc);
+        }
     }
 
     /// The broker accepted a connection: its device is online.
@@ -209,6 +269,7 @@ impl Pipeline {
                         Some(&device),
                         payload,
                         received_ms,
+                        Path::Both,
                     );
                 }
                 // The will was written at connect time: its seq is kept, but the offline
@@ -249,7 +310,7 @@ impl Pipeline {
                 reason: Some(reason),
             }),
         };
-        self.accept(doc, now_ms());
+        self.accept(doc, now_ms(), Path::Both);
     }
 
     fn reject(
@@ -259,13 +320,18 @@ impl Pipeline {
         device: Option<&str>,
         payload: &[u8],
         received_ms: i64,
+        path: Path,
     ) {
         let reason: Reason = rejection.reason;
-        metrics::counter!("fieldline_rejected_messages_total", "reason" => reason.as_str())
-            .increment(1);
-        tracing::debug!(topic, reason = reason.as_str(), detail = %rejection.detail, "rejected");
-        self.batch
-            .push_rejection(rejection, topic, device, payload, received_ms);
+        if path != Path::StoreOnly {
+            metrics::counter!("fieldline_rejected_messages_total", "reason" => reason.as_str())
+                .increment(1);
+            tracing::debug!(topic, reason = reason.as_str(), detail = %rejection.detail, "rejected");
+        }
+        if path != Path::LiveOnly {
+            self.batch
+                .push_rejection(rejection, topic, device, payload, received_ms);
+        }
     }
 
     async fn hand_off_if_full(&mut self) {
@@ -274,8 +340,12 @@ impl Pipeline {
         }
     }
 
-    /// Hands the batch over when it has waited long enough; call this on a timer.
+    /// Hands the batch over when it has waited long enough, and catches storage up from the
+    /// log while it is behind; call this on a timer.
     pub async fn flush_if_due(&mut self) {
+        if self.spill.is_some() {
+            self.catch_up().await;
+        }
         let due = self
             .batch
             .started
@@ -285,8 +355,23 @@ impl Pipeline {
         }
     }
 
-    /// Hands over whatever is gathered, waiting for the writer if it must.
+    /// Hands over whatever is gathered, waiting for the writer if it must; when spilled, first
+    /// reads everything storage lacks back from the log.
     pub async fn flush(&mut self) {
+        while let Some(from) = self.spill.as_ref().map(|s| s.from) {
+            self.catch_up().await;
+            if self.spill.is_none() {
+                break;
+            }
+            if !self.batch.is_empty() {
+                // The writer is busy: wait for it, then go on reading.
+                let batch = std::mem::take(&mut self.batch);
+                self.writer.send(batch).await;
+            } else if self.spill.as_ref().is_some_and(|s| s.from == from) {
+                // The log could not be read (logged): try again shortly.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
         if !self.batch.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             self.writer.send(batch).await;
@@ -301,12 +386,101 @@ impl Pipeline {
         let Some(batch) = self.writer.offer(batch) else {
             return;
         };
-        if batch.rows() < self.settings.max_batch_rows {
-            // The writer is busy: keep gathering, the next write will be larger.
+        if batch.rows() < self.settings.max_batch_rows || self.spill.is_some() {
+            // The writer is busy: keep gathering, the next write will be larger. (While
+            // spilled the batch holds only what the log does not: presence changes.)
             self.batch = batch;
-        } else {
-            metrics::counter!("fieldline_pipeline_writer_waits_total").increment(1);
-            self.writer.send(batch).await;
+            return;
+        }
+        if self.backlog.is_some() {
+            // Storage is this far behind: stop holding rows in memory. Everything from the
+            // next position on waits in the log, and is read back as the writer catches up.
+            self.batch = batch;
+            self.spill = Some(Spill {
+                from: self.last_position + 1,
+                dedupe: self.dedupe.clone(),
+                since: Instant::now(),
+            });
+            self.spill_state.set(true);
+            metrics::counter!("fieldline_pipeline_spills_total").increment(1);
+            tracing::warn!(
+                from = self.last_position + 1,
+                "storage is behind: new data waits in the write-ahead log on disk and is stored once storage catches up; live views go on"
+            );
+            return;
+        }
+        metrics::counter!("fieldline_pipeline_writer_waits_total").increment(1);
+        self.writer.send(batch).await;
+    }
+
+    /// One round of catching storage up: reads logged messages back into the batch while
+    /// the writer takes batches, for at most [`CATCH_UP_ROUND`], so new messages keep
+    /// flowing to live views meanwhile.
+    async fn catch_up(&mut self) {
+        let round = Instant::now();
+        loop {
+            if self.batch.rows() >= self.settings.batch_rows {
+                self.hand_off().await;
+                if !self.batch.is_empty() {
+                    return; // the writer is still busy
+                }
+            }
+            let Some(from) = self.spill.as_ref().map(|s| s.from) else {
+                return;
+            };
+            if from > self.last_position {
+                self.end_spill();
+                return;
+            }
+            if round.elapsed() >= CATCH_UP_ROUND {
+                return;
+            }
+            let Some(backlog) = self.backlog.as_mut() else {
+                return;
+            };
+            let until = self.last_position;
+            let read = tokio::task::block_in_place(|| backlog.read(from, until, CATCH_UP_CHUNK));
+            let records = match read {
+                Ok(records) if !records.is_empty() => records,
+                Ok(_) => {
+                    tracing::error!(
+                        from,
+                        until,
+                        "the write-ahead log has no record where storage needs one; retrying"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, from, "cannot read the write-ahead log back for storage; retrying");
+                    return;
+                }
+            };
+            metrics::counter!("fieldline_pipeline_caught_up_records_total")
+                .increment(records.len() as u64);
+            for record in records {
+                self.batch.cover(record.position);
+                self.process(
+                    &record.topic,
+                    &record.payload,
+                    record.received_ms,
+                    Path::StoreOnly,
+                );
+                if let Some(spill) = self.spill.as_mut() {
+                    spill.from = record.position + 1;
+                }
+            }
+        }
+    }
+
+    fn end_spill(&mut self) {
+        if let Some(spill) = self.spill.take() {
+            // Both paths have now seen the same messages: the live path's state goes on.
+            drop(spill.dedupe);
+            self.spill_state.set(false);
+            tracing::info!(
+                behind_s = spill.since.elapsed().as_secs(),
+                "storage has caught up with the write-ahead log"
+            );
         }
     }
 }

@@ -13,6 +13,7 @@
 //! success for data that is gone (PostgreSQL's fsync lesson), so the process stops.
 
 mod frame;
+mod reader;
 mod segment;
 
 use std::collections::VecDeque;
@@ -23,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use frame::Record;
+pub use reader::Reader;
 
 /// How far an acknowledged publish has got when its PUBACK is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -520,6 +522,11 @@ impl Wal {
     /// Refreshes the backlog gauges (their age moves with the clock); call it on a timer.
     pub fn report_backlog(&self) {
         self.report(&self.lock());
+    }
+
+    /// A cursor reading the log from `from` on while appends go on.
+    pub fn reader(self: &Arc<Self>, from: u64) -> Reader {
+        Reader::new(self.clone(), from)
     }
 
     /// Reads back every record after `after`, oldest first, checking each frame. Damage in

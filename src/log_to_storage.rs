@@ -1,12 +1,14 @@
 //! Between the write-ahead log and storage: at start, the log's unstored records are run
 //! through the pipeline and stored before any device is accepted; while running, what
-//! storage confirms is released from the log.
+//! storage confirms is released from the log, and when storage falls behind the pipeline
+//! reads what it let go of back from the log ([`LogBacklog`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::Context;
-use fieldline_broker::wal::{Record, Wal};
+use fieldline_broker::wal::{Reader, Record, Wal};
+use fieldline_ingest::spill::{Backlog, BacklogError, Logged, SpillState};
 use fieldline_ingest::Pipeline;
 use tokio::sync::{mpsc, watch};
 
@@ -80,8 +82,13 @@ pub async fn replay(
 }
 
 /// Releases what storage holds from the log as it is confirmed, and keeps the log's
-/// backlog gauges current.
-pub async fn follow_storage(wal: Arc<Wal>, mut stored: watch::Receiver<u64>) {
+/// backlog gauges and its full-or-not state current.
+pub async fn follow_storage(
+    wal: Arc<Wal>,
+    mut stored: watch::Receiver<u64>,
+    state: Arc<SpillState>,
+    spool_max_bytes: u64,
+) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -94,7 +101,55 @@ pub async fn follow_storage(wal: Arc<Wal>, mut stored: watch::Receiver<u64>) {
                 // Deleting a segment is a file system call; keep it off the async threads.
                 let _ = tokio::task::spawn_blocking(move || wal.release(position)).await;
             }
-            _ = every_second.tick() => wal.report_backlog(),
+            _ = every_second.tick() => {
+                wal.report_backlog();
+                let full = wal.unstored_bytes() > spool_max_bytes;
+                if full != state.is_spool_full() {
+                    if full {
+                        tracing::warn!(spool_max_bytes, "the write-ahead log holds --spool-max-bytes of data storage does not have yet: devices are slowed down (TCP backpressure) until storage catches up; nothing is dropped");
+                    } else {
+                        tracing::info!("the write-ahead log has room again; devices are read at full speed");
+                    }
+                    state.set_spool_full(full);
+                }
+            }
         }
+    }
+}
+
+/// The log as the pipeline's backlog: one cursor, kept while reads go on from where the last
+/// one ended.
+pub struct LogBacklog {
+    wal: Arc<Wal>,
+    cursor: Option<(u64, Reader)>,
+}
+
+impl LogBacklog {
+    pub fn new(wal: Arc<Wal>) -> Self {
+        Self { wal, cursor: None }
+    }
+}
+
+impl Backlog for LogBacklog {
+    fn read(&mut self, from: u64, until: u64, max: usize) -> Result<Vec<Logged>, BacklogError> {
+        let reader = match &mut self.cursor {
+            Some((next, reader)) if *next == from => reader,
+            cursor => &mut cursor.insert((from, self.wal.reader(from))).1,
+        };
+        let records = reader
+            .read(until, max)
+            .map_err(|e| BacklogError(e.to_string()))?;
+        if let (Some(last), Some((next, _))) = (records.last(), self.cursor.as_mut()) {
+            *next = last.position + 1;
+        }
+        Ok(records
+            .into_iter()
+            .map(|r| Logged {
+                position: r.position,
+                received_ms: r.received_ms,
+                topic: r.topic,
+                payload: r.payload,
+            })
+            .collect())
     }
 }
