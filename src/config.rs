@@ -122,6 +122,9 @@ pub struct Args {
     /// are slowed instead [default: 4294967296]
     #[arg(long, env = "FIELDLINE_SPOOL_MAX_BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// Size of one write-ahead log segment; stored segments are deleted whole [default: 67108864]
+    #[arg(long, env = "FIELDLINE_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
     /// Accept MQTT clients without a username, and listen on non-loopback addresses although
     /// no device or API authentication is configured: anyone who reaches them can publish as
     /// any device and read everything.
@@ -157,6 +160,7 @@ struct FileConfig {
     durability: Option<Durability>,
     wal_dir: Option<PathBuf>,
     spool_max_bytes: Option<u64>,
+    wal_segment_bytes: Option<u64>,
     allow_anonymous: Option<bool>,
 }
 
@@ -181,6 +185,7 @@ pub struct Config {
     pub durability: Durability,
     pub wal_dir: PathBuf,
     pub spool_max_bytes: u64,
+    pub wal_segment_bytes: u64,
     pub allow_anonymous: bool,
 }
 
@@ -287,6 +292,10 @@ impl Config {
                 .spool_max_bytes
                 .or(file.spool_max_bytes)
                 .unwrap_or(4 * 1024 * 1024 * 1024),
+            wal_segment_bytes: args
+                .wal_segment_bytes
+                .or(file.wal_segment_bytes)
+                .unwrap_or(64 * 1024 * 1024),
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
         };
         let rate_ok = config.device_publish_rate.is_finite() && config.device_publish_rate >= 0.001;
@@ -309,8 +318,11 @@ impl Config {
         if config.max_payload_bytes == 0 || config.max_payload_bytes > 16 * 1024 * 1024 {
             anyhow::bail!("max_payload_bytes must be between 1 and 16 MiB");
         }
-        if config.spool_max_bytes < 64 * 1024 * 1024 {
-            anyhow::bail!("spool_max_bytes must be at least 64 MiB (67108864)");
+        if config.spool_max_bytes < 1024 * 1024 {
+            anyhow::bail!("spool_max_bytes must be at least 1 MiB (1048576)");
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&config.wal_segment_bytes) {
+            anyhow::bail!("wal_segment_bytes must be between 64 KiB and 1 GiB");
         }
         if config.batch_rows == 0 {
             anyhow::bail!("batch_rows must be at least 1");

@@ -26,8 +26,6 @@ use tokio::sync::oneshot;
 
 use crate::config::Config;
 
-/// Size of one write-ahead log segment; a stored segment is deleted whole.
-const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Batches waiting for the writer before the pipeline grows its batch instead.
 const WRITER_QUEUE_BATCHES: usize = 2;
 /// Rejected messages kept for `GET /api/rejected`.
@@ -234,7 +232,7 @@ fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<(Arc
     let settings = WalSettings {
         dir: config.wal_dir.clone(),
         durability: config.durability,
-        segment_bytes: WAL_SEGMENT_BYTES,
+        segment_bytes: config.wal_segment_bytes,
     };
     let (wal, opened) = Wal::open(settings, stored_position).with_context(|| {
         format!(

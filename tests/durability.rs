@@ -7,15 +7,15 @@
 #[macro_use]
 mod support;
 
-use std::collections::{HashMap, VecDeque};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::process::Child;
+use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use sqlx::Connection;
-use support::{binary, database, free_port, pg_admin, Backend, Server, TempDir};
+use support::{
+    database, free_port, pg_admin, spawn_server, wait_for_log, AckedPublisher, Backend, Server,
+    TempDir,
+};
 
 on_both_backends!(acknowledged_publishes_survive_sigkill_exactly_once);
 
@@ -36,126 +36,6 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
-    }
-}
-
-/// One device publishing `{"metrics": {"n": N}}` at QoS 1 with N counting up, recording which
-/// N the broker acknowledged. rumqttc sends publishes in the order they are queued, and says
-/// which packet id each got as it writes it, so each PUBACK maps back to its N.
-struct Publisher {
-    acked: Arc<Mutex<Vec<u64>>>,
-    /// Every N handed to the client so far is below this.
-    next: Arc<AtomicU64>,
-    publisher: tokio::task::JoinHandle<()>,
-    poller: tokio::task::JoinHandle<()>,
-}
-
-impl Publisher {
-    fn start(port: u16, device: String, first: u64) -> Publisher {
-        let mut options = MqttOptions::new(device.clone(), "127.0.0.1", port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_inflight(100);
-        let (client, mut eventloop) = AsyncClient::new(options, 200);
-        let queued = Arc::new(Mutex::new(VecDeque::<u64>::new()));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let poller = {
-            let (queued, acked) = (queued.clone(), acked.clone());
-            tokio::spawn(async move {
-                let mut in_flight = HashMap::new();
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                            if let Some(n) = queued.lock().expect("queue").pop_front() {
-                                in_flight.insert(pkid, n);
-                            }
-                        }
-                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                            if let Some(n) = in_flight.remove(&ack.pkid) {
-                                acked.lock().expect("acks").push(n);
-                            }
-                        }
-                        Ok(_) => {}
-                        // The server was killed: this connection is over.
-                        Err(_) => return,
-                    }
-                }
-            })
-        };
-        let next = Arc::new(AtomicU64::new(first));
-        let counter = next.clone();
-        let publisher = tokio::spawn(async move {
-            let topic = format!("devices/{device}/telemetry");
-            let mut n = first;
-            loop {
-                counter.store(n + 1, Ordering::SeqCst);
-                queued.lock().expect("queue").push_back(n);
-                let payload = format!(r#"{{"metrics":{{"n":{n}}}}}"#);
-                if client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                n += 1;
-                // About 2,000 publishes a second per device.
-                if n.is_multiple_of(20) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        Publisher {
-            acked,
-            next,
-            publisher,
-            poller,
-        }
-    }
-
-    /// Stops publishing and gives back the acknowledged numbers and the next unused one.
-    async fn finish(self) -> (Vec<u64>, u64) {
-        // The poller ends when the connection does (the server is gone by now).
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.poller).await;
-        self.publisher.abort();
-        let _ = self.publisher.await;
-        let acked = std::mem::take(&mut *self.acked.lock().expect("acks"));
-        (acked, self.next.load(Ordering::SeqCst))
-    }
-}
-
-/// The server process without the harness' readiness wait: the recovery cycle kills it
-/// before it is ready.
-fn spawn_server(dir: &TempDir, url: &str, mqtt: u16, http: u16, log: &std::path::Path) -> Child {
-    let out = std::fs::File::create(log).expect("log file");
-    Command::new(binary())
-        .current_dir(&dir.0)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info,rumqttd=off")
-        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--database-url", url])
-        .stdout(out.try_clone().expect("log file"))
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("the fieldline binary starts")
-}
-
-async fn wait_for_log(log: &std::path::Path, text: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let content = std::fs::read_to_string(log).unwrap_or_default();
-        if content.contains(text) {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("fieldline exited ({status}) before logging {text:?}:\n{content}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} within 60 s:\n{content}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -251,7 +131,7 @@ async fn acknowledged_publishes_survive_sigkill_exactly_once(backend: Backend) {
     for cycle in 0..CYCLES {
         let (mqtt, http) = (free_port(), free_port());
         let log = dir.0.join(format!("cycle-{cycle}.log"));
-        let mut child = spawn_server(&dir, &url, mqtt, http, &log);
+        let mut child = spawn_server(&dir, &url, mqtt, http, &log, &[]);
         if cycle == RECOVERY_CYCLE {
             // The backlog of the outage is replayed now; storage is made to refuse again
             // as soon as the log is open, so the kill lands inside the replay.
@@ -272,10 +152,10 @@ async fn acknowledged_publishes_survive_sigkill_exactly_once(backend: Backend) {
             continue;
         }
         wait_for_log(&log, "fieldline is ready", &mut child).await;
-        let publishers: Vec<Publisher> = devices
+        let publishers: Vec<AckedPublisher> = devices
             .iter()
             .zip(&next)
-            .map(|(d, &first)| Publisher::start(mqtt, d.clone(), first))
+            .map(|(d, &first)| AckedPublisher::start(mqtt, d, first, 2_000))
             .collect();
         let run_ms = 200 + rng.below(1_200);
         if cycle == OUTAGE_CYCLE {

@@ -6,6 +6,7 @@
 //! When the budget is spent the reading connection waits (the socket stops being read, which
 //! slows the device through TCP) instead of anything being dropped.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -103,7 +104,12 @@ pub struct Tap {
 struct Logged {
     wal: Arc<Wal>,
     spool_max_bytes: u64,
+    /// Connections waiting for the log to take appends again.
+    parked: Arc<AtomicUsize>,
 }
+
+/// Connections that may wait for the log at once (each holds a thread while it waits).
+const MAX_PARKED: usize = 256;
 
 /// The pipeline-side end.
 pub struct TapReceiver {
@@ -134,6 +140,7 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
             log: wal.map(|(wal, spool_max_bytes)| Logged {
                 wal,
                 spool_max_bytes,
+                parked: Arc::new(AtomicUsize::new(0)),
             }),
         },
         TapReceiver { rx, closed },
@@ -171,56 +178,71 @@ impl Tap {
                 acquired.map_err(|_| TapClosed)?
             }
         };
-        if let Some(log) = &self.log {
-            self.wait_for_spool(log)?;
-        }
-        // Held only for the check, the append and the (non-blocking) send, so that once
-        // `closer` has the write lock, no publish is half handed over. A poisoned lock only
-        // means a sender panicked; the flag is still valid.
-        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
-        if *closed {
-            return Err(TapClosed);
-        }
         let received_at = SystemTime::now();
-        let hand_over = |position: Option<u64>, topic: Bytes, payload: Bytes| {
-            let inbound = Inbound {
-                client_id,
-                received_at,
-                position,
-                message: Message::Publish { topic, payload },
-                _budget: Some(permit),
-            };
-            self.tx.send(inbound).is_ok()
+        let mut inbound = Some(Inbound {
+            client_id,
+            received_at,
+            position: None,
+            message: Message::Publish {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            },
+            _budget: Some(permit),
+        });
+        let Some(log) = &self.log else {
+            let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+            if *closed {
+                return Err(TapClosed);
+            }
+            return self.hand_over(inbound.take()).map(|()| None);
         };
-        let (position, handed) = match &self.log {
-            None => (None, hand_over(None, topic, payload)),
-            Some(log) => {
-                let received_ms = crate::wal::now_ms_of(received_at);
+        let received_ms = crate::wal::now_ms_of(received_at);
+        let mut waited = false;
+        loop {
+            self.wait_for_spool(log)?;
+            {
+                // Held only for the check, the append and the (non-blocking) send, so that
+                // once `closer` has the write lock, no publish is half handed over. A
+                // poisoned lock only means a sender panicked; the flag is still valid.
+                let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+                if *closed {
+                    return Err(TapClosed);
+                }
                 // Appended and queued under the log's lock: the pipeline sees publishes in
                 // log order, so "stored up to N" means every record up to N.
                 let appended = log.wal.append(received_ms, &topic, &payload, |position| {
-                    (
-                        position,
-                        hand_over(Some(position), topic.clone(), payload.clone()),
-                    )
+                    let mut message = inbound.take();
+                    if let Some(m) = message.as_mut() {
+                        m.position = Some(position);
+                    }
+                    (position, self.hand_over(message))
                 });
                 match appended {
-                    Ok((position, handed)) => (Some(position), handed),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot append to the write-ahead log; the publish is not acknowledged and its connection is closed");
-                        return Err(TapClosed);
+                    Ok((position, handed)) => return handed.map(|()| Some(position)),
+                    Err(e) if !waited => {
+                        tracing::error!(error = %e, "cannot append to the write-ahead log (disk full?): devices are not read until it takes appends again; nothing unwritten is acknowledged");
                     }
+                    Err(_) => {}
                 }
             }
-        };
-        if !handed {
+            // The log cannot take it (disk full, I/O error): this connection waits and
+            // tries again, so TCP slows the device; the publish is not acknowledged meanwhile.
+            waited = true;
+            self.park(log, || false)?;
+        }
+    }
+
+    /// Queues one inbound message for the pipeline.
+    fn hand_over(&self, inbound: Option<Inbound>) -> Result<(), TapClosed> {
+        let sent = inbound.is_some_and(|inbound| self.tx.send(inbound).is_ok());
+        if !sent {
             // The pipeline is gone; refusing here keeps the publish unacknowledged, so the
             // device keeps it. Counted because it means the service is failing.
             metrics::counter!("fieldline_broker_lost_messages_total").increment(1);
             return Err(TapClosed);
         }
         self.publishes.increment(1);
-        Ok(position)
+        Ok(())
     }
 
     /// While the log holds more unstored bytes than the spool allows (storage is down or
@@ -231,15 +253,33 @@ impl Tap {
             return Ok(());
         }
         metrics::counter!("fieldline_wal_spool_full_waits_total").increment(1);
-        tokio::task::block_in_place(|| {
-            while log.wal.unstored_bytes() > log.spool_max_bytes {
+        while log.wal.unstored_bytes() > log.spool_max_bytes {
+            self.park(log, || log.wal.unstored_bytes() <= log.spool_max_bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Parks this connection (off the async threads) until `ready` holds or 100 ms passed.
+    /// At most [`MAX_PARKED`] connections wait at once; beyond that a connection is closed
+    /// instead (its publish unacknowledged), so waiting never takes every thread.
+    fn park(&self, log: &Logged, ready: impl Fn() -> bool) -> Result<(), TapClosed> {
+        if log.parked.fetch_add(1, Ordering::AcqRel) >= MAX_PARKED {
+            log.parked.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("fieldline_wal_refused_publishes_total").increment(1);
+            return Err(TapClosed);
+        }
+        let result = tokio::task::block_in_place(|| {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(100);
+            while !ready() && std::time::Instant::now() < until {
                 if *self.closed.read().unwrap_or_else(|e| e.into_inner()) {
                     return Err(TapClosed);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Ok(())
-        })
+        });
+        log.parked.fetch_sub(1, Ordering::AcqRel);
+        result
     }
 
     /// Blocks until the publish at `position` is as durable as the log's mode promises:

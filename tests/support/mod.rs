@@ -30,7 +30,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -505,4 +509,164 @@ pub fn mosquitto_pub_status(port: u16, topic: &str, payload: &[u8], extra: &[&st
         .write_all(payload)
         .expect("payload written");
     child.wait().expect("mosquitto_pub ran")
+}
+
+/// One device publishing `{"metrics": {"n": N}}` at QoS 1 with N counting up, recording which
+/// N the broker acknowledged. rumqttc sends publishes in the order they are queued, and says
+/// which packet id each got as it writes it, so each PUBACK maps back to its N.
+pub struct AckedPublisher {
+    acked: Arc<Mutex<Vec<u64>>>,
+    /// Every N handed to the client so far is below this.
+    next: Arc<AtomicU64>,
+    first: u64,
+    publisher: tokio::task::JoinHandle<()>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl AckedPublisher {
+    /// Publishes about `per_second` a second, from N = `first` on.
+    pub fn start(port: u16, device: &str, first: u64, per_second: u64) -> AckedPublisher {
+        let device = device.to_owned();
+        let mut options = MqttOptions::new(device.clone(), "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_inflight(100);
+        let (client, mut eventloop) = AsyncClient::new(options, 200);
+        let queued = Arc::new(Mutex::new(VecDeque::<u64>::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let poller = {
+            let (queued, acked) = (queued.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut in_flight = HashMap::new();
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                            if let Some(n) = queued.lock().expect("queue").pop_front() {
+                                in_flight.insert(pkid, n);
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            if let Some(n) = in_flight.remove(&ack.pkid) {
+                                acked.lock().expect("acks").push(n);
+                            }
+                        }
+                        Ok(_) => {}
+                        // The server was killed: this connection is over.
+                        Err(_) => return,
+                    }
+                }
+            })
+        };
+        let next = Arc::new(AtomicU64::new(first));
+        let counter = next.clone();
+        let publisher = tokio::spawn(async move {
+            let topic = format!("devices/{device}/telemetry");
+            let mut n = first;
+            loop {
+                counter.store(n + 1, Ordering::SeqCst);
+                queued.lock().expect("queue").push_back(n);
+                let payload = format!(r#"{{"metrics":{{"n":{n}}}}}"#);
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                n += 1;
+                // In steps of 10 ms.
+                let step = (per_second / 100).max(1);
+                if n.is_multiple_of(step) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        AckedPublisher {
+            acked,
+            next,
+            first,
+            publisher,
+            poller,
+        }
+    }
+
+    /// Publishes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().expect("acks").len()
+    }
+
+    /// Stops publishing, waits (up to 60 s) for every publish handed to the client to be
+    /// acknowledged, and gives back the acknowledged numbers and the next unused one.
+    pub async fn stop(self) -> (Vec<u64>, u64) {
+        self.publisher.abort();
+        let _ = (&mut { self.publisher }).await;
+        let handed = self.next.load(Ordering::SeqCst) - self.first;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (self.acked.lock().expect("acks").len() as u64) < handed.saturating_sub(1) {
+            assert!(
+                Instant::now() < deadline,
+                "publishes still unacknowledged after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The last N may have been queued when the publisher stopped, or not.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.poller.abort();
+        let acked = std::mem::take(&mut *self.acked.lock().expect("acks"));
+        (acked, self.next.load(Ordering::SeqCst))
+    }
+
+    /// Stops publishing once the server is gone, and gives back the acknowledged numbers
+    /// and the next unused one.
+    pub async fn finish(self) -> (Vec<u64>, u64) {
+        // The poller ends when the connection does (the server is gone by now).
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.poller).await;
+        self.publisher.abort();
+        let _ = self.publisher.await;
+        let acked = std::mem::take(&mut *self.acked.lock().expect("acks"));
+        (acked, self.next.load(Ordering::SeqCst))
+    }
+}
+
+/// The server process without the harness' readiness wait: the recovery cycle kills it
+/// before it is ready.
+pub fn spawn_server(
+    dir: &TempDir,
+    url: &str,
+    mqtt: u16,
+    http: u16,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    Command::new(binary())
+        .current_dir(&dir.0)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info,rumqttd=off")
+        .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}")])
+        .args(["--database-url", url])
+        .args(extra)
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the fieldline binary starts")
+}
+
+pub async fn wait_for_log(log: &std::path::Path, text: &str, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let content = std::fs::read_to_string(log).unwrap_or_default();
+        if content.contains(text) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("fieldline exited ({status}) before logging {text:?}:\n{content}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} within 60 s:\n{content}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }

@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,8 @@ pub struct Wal {
     synced_bytes: Mutex<u64>,
     /// Wakes the sync thread when there is something to sync.
     appended: Condvar,
+    /// The last append failed (disk full, I/O error); cleared by the next that succeeds.
+    failing: AtomicBool,
     _lock: File,
     metrics: Metrics,
 }
@@ -288,6 +291,7 @@ impl Wal {
             synced: Mutex::new(next - 1),
             synced_changed: Condvar::new(),
             synced_bytes: Mutex::new(backlog_bytes),
+            failing: AtomicBool::new(false),
             appended: Condvar::new(),
             _lock: lock,
             metrics: Metrics::new(),
@@ -350,6 +354,7 @@ impl Wal {
         }
         if let Err(e) = active.file.write_all_at(&active.frame, active.len) {
             self.metrics.append_errors.increment(1);
+            self.failing.store(true, Ordering::Relaxed);
             // Cut the partial frame off, so the log stays a valid sequence; if even that
             // fails, the next append tries again first.
             if active.file.set_len(active.len).is_err() {
@@ -377,6 +382,9 @@ impl Wal {
             last.1 = active.appended_bytes;
         }
         self.metrics.appends.increment(1);
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+        }
         let result = then(position);
         if self.settings.durability == Durability::Fsync {
             self.appended.notify_one();
@@ -494,7 +502,41 @@ impl Wal {
                 }
             }
         }
+        if self.is_failing() && stored + 1 >= active.next {
+            // The disk is full and storage holds the whole log: the active segment is empty
+            // of anything needed. Start it over (truncate, then rename to its new first
+            // position), since creating a new file could fail for want of space too.
+            if let Err(e) = self.recycle(&mut active) {
+                tracing::warn!(error = %e, "cannot start the write-ahead log segment over");
+            }
+        }
         self.report(&active);
+    }
+
+    fn recycle(&self, active: &mut Active) -> Result<(), WalError> {
+        let header = segment::MAGIC.len() as u64;
+        active
+            .file
+            .set_len(header)
+            .map_err(|e| WalError::io("cannot cut", &active.path, e))?;
+        active.len = header;
+        let path = segment::path(&self.settings.dir, active.next);
+        std::fs::rename(&active.path, &path)
+            .map_err(|e| WalError::io("cannot rename", &active.path, e))?;
+        sync_dir(&self.settings, &self.settings.dir)?;
+        active.path = path.clone();
+        active.segments.clear();
+        active.segments.push_back((active.next, path, header));
+        tracing::info!(
+            first = active.next,
+            "write-ahead log segment started over to free disk space"
+        );
+        Ok(())
+    }
+
+    /// Appends are failing (disk full or an I/O error): devices are being held back.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Bytes appended that storage has not confirmed yet (to within a checkpoint step).
