@@ -1,16 +1,19 @@
 //! The load client: N devices publishing location fixes at a total rate for a duration, each
-//! counting its PUBACKs, then a report of what was sent and acknowledged. With `--subscribe`
+//! counting its PUBACKs and timing each (publish written to PUBACK read), then a report of
+//! what was sent and acknowledged. With `--subscribe`
 //! it also counts what one subscriber receives (to measure a plain broker such as Mosquitto).
 //! With `--watch sse|ws` it reads the fixes back through Fieldline's live streams with
 //! `--watchers` clients, reporting publish-to-receive latency and anything missed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{Event, Outgoing, Packet, QoS};
 
 use crate::connection::Broker;
+use crate::latency::Histogram;
 use crate::payload::{now_ms, publish, Encoding, Fix};
 use crate::watch::{sample_peak_rss, SentTimes, WatchArgs, Watchers};
 
@@ -92,14 +95,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::with_capacity(args.devices);
+    let mut ack_latencies = Vec::with_capacity(args.devices);
     for d in 0..args.devices {
         let (client, mut eventloop) = args.broker.connect(&format!("{}-{d}", args.prefix), 1000);
         let c = counters.clone();
+        // PUBACK latency: from the moment rumqttc writes a publish to its PUBACK, per
+        // connection (packet ids are per connection).
+        let latency = Arc::new(std::sync::Mutex::new(Histogram::default()));
+        ack_latencies.push(latency.clone());
         let poller = tokio::spawn(async move {
+            let mut written: HashMap<u16, Instant> = HashMap::new();
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
+                        written.insert(pkid, Instant::now());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         c.acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(at) = written.remove(&ack.pkid) {
+                            if let Ok(mut h) = latency.lock() {
+                                h.record(at.elapsed().as_micros() as u64);
+                            }
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -196,6 +213,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for (_, poller) in &tasks {
         poller.abort();
     }
+    let mut puback = Histogram::default();
+    for latency in &ack_latencies {
+        if let Ok(h) = latency.lock() {
+            puback.merge(&h);
+        }
+    }
     let per_client_kb = watchers.as_ref().and_then(Watchers::per_client_kb);
     let watched = match watchers {
         Some(w) => Some(w.finish(Duration::from_secs(30)).await),
@@ -219,6 +242,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "received_by_subscriber": subscriber.as_ref().map(|_| received),
         "disconnects": counters.disconnects.load(Ordering::Relaxed),
         "acked_per_s": acked as f64 / total_secs,
+        "puback_latency_us": (puback.count() > 0).then(|| serde_json::json!({
+            "p50": puback.quantile(0.5),
+            "p99": puback.quantile(0.99),
+            "max": puback.max(),
+        })),
         "sent_per_s": sent as f64 / publish_secs,
         "documents_acked": docs,
         "elapsed_s": total_secs,
