@@ -20,7 +20,7 @@ use fieldline_ingest::decode::Limits;
 use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::writer::spawn_writer;
-use fieldline_ingest::{open_store, Pipeline, PipelineSettings, Store};
+use fieldline_ingest::{open_store_with, Pipeline, PipelineSettings, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 
@@ -33,7 +33,7 @@ const REJECTED_KEPT: u32 = 10_000;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let store = open_store(&config.database_url)
+    let store = open_store_with(&config.database_url, config.durability == Durability::Fsync)
         .await
         .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
     tracing::info!(backend = store.backend(), url = %config.database_url_redacted(), "storage ready");
@@ -101,13 +101,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
-    let spill_state = Arc::new(SpillState::default());
-    if let Some((wal, _)) = &wal {
-        pipeline.spill_to(
-            Box::new(crate::log_to_storage::LogBacklog::new(wal.clone())),
-            spill_state.clone(),
-        );
-    }
     // Before any device is accepted: what the log holds beyond storage is stored first.
     let unstored = wal
         .as_ref()
@@ -116,6 +109,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let (Some(wal), true) = (&wal, unstored) {
         crate::log_to_storage::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
             .await?;
+    }
+    // Spilling only once devices are accepted: during recovery nobody watches live, and
+    // waiting for the writer reads the log once instead of twice.
+    let spill_state = Arc::new(SpillState::default());
+    if let Some(wal) = &wal {
+        pipeline.spill_to(
+            Box::new(crate::log_to_storage::LogBacklog::new(wal.clone())),
+            spill_state.clone(),
+        );
     }
     let log_follower = wal.clone().map(|wal| {
         tokio::spawn(crate::log_to_storage::follow_storage(

@@ -24,4 +24,4 @@ pub mod writer;
 
 pub use live::{LiveFeed, NoLiveFeed};
 pub use pipeline::{Pipeline, PipelineSettings};
-pub use store::{open_store, Store, StoreError};
+pub use store::{open_store, open_store_with, Store, StoreError};

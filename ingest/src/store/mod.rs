@@ -154,10 +154,20 @@ pub trait Store: AccessStore + Send + Sync {
 
 /// Opens the store a URL names, creating and migrating it as needed.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_store_with(url, false).await
+}
+
+/// As [`open_store`]; with `power_safe_commits`, a committed batch survives a power loss too
+/// (SQLite syncs every commit; PostgreSQL's own `fsync` setting decides there), which the
+/// write-ahead log needs in `fsync` mode before it deletes what storage holds.
+pub async fn open_store_with(
+    url: &str,
+    power_safe_commits: bool,
+) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::open(url).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(SqliteStore::open(url, power_safe_commits).await?))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

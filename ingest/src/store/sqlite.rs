@@ -26,13 +26,18 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, power_safe_commits: bool) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, NORMAL loses at most the last transactions on power loss, never
-            // corrupts; FULL would cost an fsync per batch.
-            .synchronous(SqliteSynchronous::Normal)
+            // corrupts, and survives a crash of the process; FULL costs an fsync per batch,
+            // which only a power-safe PUBACK (`--durability fsync`) needs.
+            .synchronous(if power_safe_commits {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
             .busy_timeout(Duration::from_secs(10));
         let path = options.get_filename();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
