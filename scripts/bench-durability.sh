@@ -24,7 +24,7 @@ WORK="${TMPDIR:-/tmp}/fieldline-bench-durability"
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
 
-metric() { grep -E "^$1 " <<<"$2" | awk '{print $2}' | head -1; }
+metric() { { grep -E "^$1 " <<<"$2" || true; } | awk '{print $2}' | head -1; }
 
 start_fieldline() { # $@ extra flags
     rm -rf "$WORK/fl" && mkdir -p "$WORK/fl"
@@ -93,7 +93,16 @@ wait "$LOAD_PID" || true
 sleep 1
 echo "   backlog when storage came back: $backlog bytes in the log; fieldline RSS ${rss_down} kB when it went away, ${rss_end} kB after ${OUTAGE}s"
 awk -v c="$caught" -v c0="$caught0" -v a="$back" -v b="$drained" 'BEGIN {printf "   drained in %.1f s: %d records read back from the log, %.0f records/s, while live ingest went on\n", b - a, c - c0, (c - c0) / (b - a)}'
-echo "   load: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"acked {r[\"acked\"]} of {r[\"sent\"]} ({r[\"acked_per_s\"]:.0f}/s), unacked {r[\"unacked\"]}")' "$WORK/drain.json"); rows $(psql_q 'SELECT count(*) FROM positions')"
+load_summary() {
+    python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat = r.get("puback_latency_us") or {}
+print(f"acked {r['acked']} of {r['sent']} ({r['acked_per_s']:.0f}/s), unacked {r['unacked']}, "
+      f"PUBACK p50 {lat.get('p50', 0)/1000:.2f} ms, p99 {lat.get('p99', 0)/1000:.2f} ms")
+EOF
+}
+echo "   load: $(load_summary "$WORK/drain.json"); rows $(psql_q 'SELECT count(*) FROM positions')"
 echo "   $(grep -c 'storage is behind' "$WORK/fl.log") spill(s); peak RSS $(peak_rss "$FL_PID")"
 kill -TERM "$FL_PID"; wait "$FL_PID" || true; FL_PID=
 

@@ -404,6 +404,20 @@ mod tests {
         assert_eq!(config.http_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database_url, "sqlite://fieldline-data/fieldline.db");
         assert_eq!(config.max_payload_bytes, 256 * 1024);
+        assert_eq!(config.durability, Durability::Process);
+        assert_eq!(config.wal_dir, PathBuf::from("fieldline-data/wal"));
+        assert_eq!(config.device_publish_rate, 10_000.0);
+    }
+
+    #[test]
+    fn durability_comes_from_the_file_too() {
+        let args = Args {
+            config: Some(file("durability = \"fsync\"\nspool_max_bytes = 2097152\n")),
+            ..Args::default()
+        };
+        let config = Config::load(args).expect("valid config");
+        assert_eq!(config.durability, Durability::Fsync);
+        assert_eq!(config.spool_max_bytes, 2_097_152);
     }
 
     #[test]

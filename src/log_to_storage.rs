@@ -103,6 +103,10 @@ pub async fn follow_storage(
             }
             _ = every_second.tick() => {
                 wal.report_backlog();
+                // A full disk with everything stored frees itself here even when no new
+                // batch arrives to trigger it.
+                let freeing = wal.clone();
+                let _ = tokio::task::spawn_blocking(move || freeing.free_space_if_stuck()).await;
                 let full = wal.unstored_bytes() > spool_max_bytes || wal.is_failing();
                 if full != state.is_spool_full() {
                     if full {
@@ -136,9 +140,14 @@ impl Backlog for LogBacklog {
             Some((next, reader)) if *next == from => reader,
             cursor => &mut cursor.insert((from, self.wal.reader(from))).1,
         };
-        let records = reader
-            .read(until, max)
-            .map_err(|e| BacklogError(e.to_string()))?;
+        let records = match reader.read(until, max) {
+            Ok(records) => records,
+            Err(e) => {
+                // Start over from `from` next time.
+                self.cursor = None;
+                return Err(BacklogError(e.to_string()));
+            }
+        };
         if let (Some(last), Some((next, _))) = (records.last(), self.cursor.as_mut()) {
             *next = last.position + 1;
         }

@@ -94,6 +94,55 @@ fn bad_storage_settings_are_clear_errors() {
 }
 
 #[test]
+fn bad_durability_settings_are_clear_errors() {
+    let dir = TempDir::new("bad-wal");
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let base = ["--mqtt-listen", &mqtt, "--http-listen", &http];
+    for (flags, says) in [
+        (&["--durability", "sometimes"][..], "unknown durability"),
+        (
+            &["--spool-max-bytes", "1000"][..],
+            "spool_max_bytes must be at least 1 MiB",
+        ),
+        (
+            &["--wal-segment-bytes", "100"][..],
+            "wal_segment_bytes must be between",
+        ),
+    ] {
+        let (code, stderr) = run(&dir, &[&base[..], flags].concat());
+        assert_ne!(code, 0, "{flags:?}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+    let config = dir.0.join("wal.toml");
+    std::fs::write(&config, "durability = \"power-safe\"\n").expect("write");
+    let (code, stderr) = run(
+        &dir,
+        &[&base[..], &["--config", config.to_str().expect("utf-8")]].concat(),
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown durability"), "{stderr}");
+
+    // A log directory another Fieldline holds: the second refuses to start, naming it.
+    let wal = dir.0.join("wal");
+    std::fs::create_dir_all(&wal).expect("dir");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(wal.join("LOCK"))
+        .expect("lock file");
+    lock.try_lock().expect("lock");
+    let wal_flag = wal.to_str().expect("utf-8").to_owned();
+    let (code, stderr) = run(&dir, &[&base[..], &["--wal-dir", &wal_flag]].concat());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("another process is using the write-ahead log"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn default_run_creates_the_sqlite_store_under_fieldline_data() {
     // The README's `cargo run --release` with no arguments: SQLite under ./fieldline-data/.
     // Default ports may be in use on a shared machine, so only the listen addresses are set.

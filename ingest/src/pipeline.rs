@@ -189,6 +189,12 @@ impl Pipeline {
                 let device_ts = doc.device_ts.then_some(doc.ts_ms);
                 let dedupe = match (&mut self.spill, path) {
                     (Some(spill), Path::StoreOnly) => &mut spill.dedupe,
+                    (Some(spill), Path::Both) => {
+                        // Not in the log (a Last Will), stored now: the catch-up's state
+                        // must know it too, or it would accept a later copy.
+                        spill.dedupe.accept(&device, kind, seq, device_ts);
+                        &mut self.dedupe
+                    }
                     _ => &mut self.dedupe,
                 };
                 if !dedupe.accept(&device, kind, seq, device_ts) {
@@ -441,7 +447,15 @@ impl Pipeline {
             let until = self.last_position;
             let read = tokio::task::block_in_place(|| backlog.read(from, until, CATCH_UP_CHUNK));
             let records = match read {
-                Ok(records) if !records.is_empty() => records,
+                Ok(records) if records.first().is_some_and(|r| r.position == from) => records,
+                Ok(records) if !records.is_empty() => {
+                    tracing::error!(
+                        from,
+                        got = records[0].position,
+                        "the write-ahead log gave back records out of place; retrying"
+                    );
+                    return;
+                }
                 Ok(_) => {
                     tracing::error!(
                         from,

@@ -56,7 +56,7 @@ pub enum WalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the write-ahead log is damaged in {path} at byte {offset}: {reason}. Records after that point cannot be trusted; restore the file from a backup, or move it away to start without it (what it holds that storage does not is then lost)")]
+    #[error("the write-ahead log is damaged in {path} at byte {offset}: {reason}. Records after that point cannot be trusted; restore the file from a backup, or truncate it at byte {offset} to keep the records before the damage (what follows it is then lost)")]
     Corrupt {
         path: PathBuf,
         offset: u64,
@@ -209,14 +209,28 @@ impl Wal {
                 let scan = segment::scan(path, &bytes, *first, u64::MAX, |_| {})?;
                 let mut valid_len = scan.valid_len;
                 if let Some(invalid) = scan.invalid {
-                    if let Some(at) =
-                        segment::valid_frame_after(&bytes, scan.valid_len as usize, scan.last)
-                    {
-                        return Err(WalError::Corrupt {
-                            path: path.clone(),
-                            offset: scan.valid_len,
-                            reason: format!("{invalid}, and valid records follow at byte {at}"),
-                        });
+                    let later =
+                        segment::valid_frame_after(&bytes, scan.valid_len as usize, scan.last);
+                    match later {
+                        // After a crash of the process the kernel holds every write in order,
+                        // so a hole with records behind it is damage, not a torn write.
+                        Some(at) if settings.durability != Durability::Fsync => {
+                            return Err(WalError::Corrupt {
+                                path: path.clone(),
+                                offset: scan.valid_len,
+                                reason: format!("{invalid}, and valid records follow at byte {at}"),
+                            });
+                        }
+                        // After a power loss, pages written since the last sync may survive
+                        // out of order; none of them was acknowledged, since a PUBACK waits
+                        // for the sync that covers it.
+                        Some(at) => tracing::warn!(
+                            file = %path.display(),
+                            offset = scan.valid_len,
+                            later = at,
+                            "write-ahead log has a hole with records behind it, as a power loss leaves unsynced writes; cutting at the hole (nothing past it was acknowledged)"
+                        ),
+                        None => {}
                     }
                     opened.cut_bytes = size - scan.valid_len;
                     tracing::warn!(
@@ -249,7 +263,6 @@ impl Wal {
             }
         }
         opened.segments = segments.len();
-        let backlog_bytes: u64 = segments.iter().map(|s| s.2).sum();
         let (file, path, len, next) = match tail {
             // The log goes on where it ended, unless storage is ahead of it (a log that was
             // moved away): positions must keep growing past what storage recorded.
@@ -270,10 +283,16 @@ impl Wal {
         };
         opened.last = next - 1;
         opened.unstored_from = stored + 1;
+        // What waits for storage: at most the kept segments (the first may be partly stored;
+        // recovery stores it all before any device is read, and then it counts as stored).
+        let backlog_bytes: u64 = segments.iter().map(|s| s.2).sum();
         let mut backlog = VecDeque::new();
-        if next - 1 > stored {
+        let stored_bytes = if next - 1 > stored {
             backlog.push_back((next - 1, backlog_bytes, now_ms()));
-        }
+            0
+        } else {
+            backlog_bytes
+        };
         let wal = Arc::new(Wal {
             active: Mutex::new(Active {
                 file: Arc::new(file),
@@ -285,7 +304,7 @@ impl Wal {
                 segments,
                 backlog,
                 appended_bytes: backlog_bytes,
-                stored_bytes: 0,
+                stored_bytes,
                 stored,
             }),
             synced: Mutex::new(next - 1),
@@ -502,7 +521,10 @@ impl Wal {
                 }
             }
         }
-        if self.is_failing() && stored + 1 >= active.next {
+        if self.is_failing()
+            && stored + 1 >= active.next
+            && active.len > segment::MAGIC.len() as u64
+        {
             // The disk is full and storage holds the whole log: the active segment is empty
             // of anything needed. Start it over (truncate, then rename to its new first
             // position), since creating a new file could fail for want of space too.
@@ -520,6 +542,7 @@ impl Wal {
             .set_len(header)
             .map_err(|e| WalError::io("cannot cut", &active.path, e))?;
         active.len = header;
+        active.torn_at = None;
         let path = segment::path(&self.settings.dir, active.next);
         std::fs::rename(&active.path, &path)
             .map_err(|e| WalError::io("cannot rename", &active.path, e))?;
@@ -532,6 +555,21 @@ impl Wal {
             "write-ahead log segment started over to free disk space"
         );
         Ok(())
+    }
+
+    /// While appends fail and storage holds the whole log, starts the active segment over to
+    /// free its space (the disk may have filled after the last release).
+    pub fn free_space_if_stuck(&self) {
+        let mut active = self.lock();
+        if self.is_failing()
+            && active.stored + 1 >= active.next
+            && active.len > segment::MAGIC.len() as u64
+        {
+            if let Err(e) = self.recycle(&mut active) {
+                tracing::warn!(error = %e, "cannot start the write-ahead log segment over");
+            }
+            self.report(&active);
+        }
     }
 
     /// Appends are failing (disk full or an I/O error): devices are being held back.
@@ -613,6 +651,16 @@ impl Iterator for Replay {
                 return Some(Ok(record));
             }
             let (first, path) = self.segments.pop_front()?;
+            if self.expected.is_none() && first > self.after + 1 {
+                return Some(Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!(
+                        "the log starts at record {first}, but storage holds only up to {} (a segment is missing)",
+                        self.after
+                    ),
+                }));
+            }
             if let Some(expected) = self.expected {
                 if first != expected {
                     return Some(Err(WalError::Corrupt {

@@ -31,7 +31,18 @@ impl Reader {
     }
 
     /// Up to `max` records from the cursor on, none past `until` (which must be appended).
+    /// On an error nothing of this call is consumed: the next read starts where this began.
     pub fn read(&mut self, until: u64, max: usize) -> Result<Vec<Record>, WalError> {
+        let start = self.next;
+        let read = self.read_from_cursor(until, max);
+        if read.is_err() {
+            self.next = start;
+            self.file = None;
+        }
+        read
+    }
+
+    fn read_from_cursor(&mut self, until: u64, max: usize) -> Result<Vec<Record>, WalError> {
         let mut records = Vec::new();
         while records.len() < max && self.next <= until {
             if self.file.is_none() {
