@@ -26,8 +26,10 @@ echo "== load: $DEVICES devices, $RATE fixes/s total (QoS 1, JSON, one per publi
 for transport in sse ws; do
     for clients in $CLIENTS; do
         psql_q "DROP DATABASE IF EXISTS live" && psql_q "CREATE DATABASE live"
+        # A fresh database gets a fresh write-ahead log: a log belongs to its database.
+        rm -rf "$WORK/wal"
         (exec "$BIN/fieldline" --mqtt-listen "127.0.0.1:$MQTT_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
-            --database-url "postgres://postgres@127.0.0.1:$PG_PORT/live" >"$WORK/fl.log" 2>&1) &
+            --database-url "postgres://postgres@127.0.0.1:$PG_PORT/live" --wal-dir "$WORK/wal" >"$WORK/fl.log" 2>&1) &
         FL_PID=$!
         for _ in $(seq 100); do curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
         echo "== $transport, $clients clients: fieldline-sim load --devices $DEVICES --rate $RATE --duration $DURATION --watch $transport --watchers $clients"

@@ -18,6 +18,7 @@ use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::spill::SpillState;
+use fieldline_ingest::store::LogState;
 use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store_with, Pipeline, PipelineSettings, Store};
@@ -80,11 +81,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         "authentication"
     );
-    let stored_position = store
-        .stored_log_position()
+    let log_state = store
+        .log_state()
         .await
         .context("cannot read the stored write-ahead log position")?;
-    let wal = open_wal(&config, stored_position)?;
+    let stored_position = log_state.stored_position;
+    let wal = open_wal(&config, &log_state)?;
+    if let Some((_, opened)) = &wal {
+        // Before any record is appended: from now on this database follows this log.
+        if log_state.log_id.as_deref() != Some(opened.id.as_str()) {
+            store
+                .set_log_id(&opened.id)
+                .await
+                .context("cannot record the write-ahead log's identity in storage")?;
+        }
+    }
     let hub = Hub::new(config.live.clone());
     let (writer, writer_task, stored) =
         spawn_writer(store.clone(), WRITER_QUEUE_BATCHES, stored_position);
@@ -226,7 +237,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Opens the write-ahead log the durability mode asks for (none for `memory`).
-fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<(Arc<Wal>, Opened)>> {
+fn open_wal(config: &Config, log: &LogState) -> anyhow::Result<Option<(Arc<Wal>, Opened)>> {
+    let stored_position = log.stored_position;
     if config.durability == Durability::Memory {
         tracing::warn!("--durability memory: a PUBACK means the publish is in memory only; a crash loses what is not yet stored");
         return Ok(None);
@@ -236,12 +248,13 @@ fn open_wal(config: &Config, stored_position: u64) -> anyhow::Result<Option<(Arc
         durability: config.durability,
         segment_bytes: config.wal_segment_bytes,
     };
-    let (wal, opened) = Wal::open(settings, stored_position).with_context(|| {
-        format!(
-            "cannot open the write-ahead log in {}",
-            config.wal_dir.display()
-        )
-    })?;
+    let (wal, opened) =
+        Wal::open(settings, stored_position, log.log_id.as_deref()).with_context(|| {
+            format!(
+                "cannot open the write-ahead log in {}",
+                config.wal_dir.display()
+            )
+        })?;
     tracing::info!(
         dir = %config.wal_dir.display(),
         durability = config.durability.as_str(),

@@ -7,14 +7,13 @@
 #[macro_use]
 mod support;
 
-use std::collections::HashMap;
 use std::process::Child;
 use std::time::Duration;
 
 use sqlx::Connection;
 use support::{
-    database, free_port, pg_admin, spawn_server, wait_for_log, AckedPublisher, Backend, Server,
-    TempDir,
+    assert_stored_once, database, free_port, pg_admin, spawn_server, wait_for_log, AckedPublisher,
+    Backend, Server, TempDir,
 };
 
 on_both_backends!(acknowledged_publishes_survive_sigkill_exactly_once);
@@ -90,27 +89,6 @@ impl Outage {
         }
         .expect("release the lock");
     }
-}
-
-/// (device, n) → how many rows storage holds for it.
-async fn stored_counts(url: &str) -> HashMap<(String, u64), u64> {
-    let sql = "SELECT device_id, value, count(*) FROM telemetry WHERE metric = 'n' GROUP BY device_id, value";
-    let rows: Vec<(String, f64, i64)> = if url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-        sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .expect("query")
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
-        sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .expect("query")
-    };
-    rows.into_iter()
-        .map(|(device, value, count)| ((device, value as u64), count as u64))
-        .collect()
 }
 
 async fn acknowledged_publishes_survive_sigkill_exactly_once(backend: Backend) {
@@ -198,19 +176,8 @@ async fn acknowledged_publishes_survive_sigkill_exactly_once(backend: Backend) {
     // A last start stores whatever the log still holds; then a clean stop.
     let mut server = Server::start(&dir, &url).await;
     assert!(server.stop().success());
-    let stored = stored_counts(&url).await;
-    let lost = acked
-        .iter()
-        .filter(|(d, n)| !stored.contains_key(&(d.clone(), *n)))
-        .count();
-    let duplicates: u64 = stored.values().map(|&c| c.saturating_sub(1)).sum();
-    println!(
-        "{backend:?}: {} acknowledged over {CYCLES} SIGKILLs, {} stored; lost {lost}, duplicates {duplicates}",
-        acked.len(),
-        stored.len()
-    );
-    assert_eq!(lost, 0, "acknowledged publishes missing from storage");
-    assert_eq!(duplicates, 0, "publishes stored more than once");
+    println!("{backend:?}: after {CYCLES} SIGKILLs:");
+    assert_stored_once(&url, &acked).await;
 }
 
 fn backend_is_sqlite(url: &str) -> bool {

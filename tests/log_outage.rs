@@ -6,14 +6,13 @@
 #[macro_use]
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use support::{
-    database, free_port, pg_admin, spawn_server, wait_for_log, AckedPublisher, Backend, Server,
-    TempDir,
+    assert_stored_once, database, free_port, pg_admin, spawn_server, stored_counts, wait_for_log,
+    AckedPublisher, Backend, Server, TempDir,
 };
 
 fn db_name(url: &str) -> String {
@@ -38,44 +37,6 @@ async fn bring_postgres_back(url: &str) {
         db_name(url)
     ))
     .await;
-}
-
-/// (device, n) → rows stored for it.
-async fn stored_counts(url: &str) -> HashMap<(String, u64), u64> {
-    let sql = "SELECT device_id, value, count(*) FROM telemetry WHERE metric = 'n' GROUP BY device_id, value";
-    let rows: Vec<(String, f64, i64)> = if url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-        sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .expect("query")
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
-        sqlx::query_as(sql)
-            .fetch_all(&mut conn)
-            .await
-            .expect("query")
-    };
-    rows.into_iter()
-        .map(|(device, value, count)| ((device, value as u64), count as u64))
-        .collect()
-}
-
-/// Every acknowledged publish is stored, and nothing twice.
-async fn assert_stored_once(url: &str, acked: &[(String, u64)]) {
-    let stored = stored_counts(url).await;
-    let lost = acked
-        .iter()
-        .filter(|(d, n)| !stored.contains_key(&(d.clone(), *n)))
-        .count();
-    let duplicates: u64 = stored.values().map(|&c| c.saturating_sub(1)).sum();
-    println!(
-        "{} acknowledged, {} stored; lost {lost}, duplicates {duplicates}",
-        acked.len(),
-        stored.len()
-    );
-    assert_eq!(lost, 0, "acknowledged publishes missing from storage");
-    assert_eq!(duplicates, 0, "publishes stored twice");
 }
 
 fn rss_kb(server: &Server) -> u64 {
@@ -189,6 +150,20 @@ async fn assert_acks_stand_still(publisher: &AckedPublisher) {
     );
 }
 
+/// Once the log takes appends again, the device's publishes are acknowledged again.
+async fn assert_acks_resume(server: &Server, publisher: &AckedPublisher) {
+    let resumed = publisher.acked();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while publisher.acked() < resumed + 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "publishing did not resume:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_slows_devices_and_acknowledges_nothing_unwritten() {
     let dir = TempDir::new("spool");
@@ -216,12 +191,7 @@ async fn a_full_spool_slows_devices_and_acknowledges_nothing_unwritten() {
     // Storage back: the log drains, devices are read again.
     bring_postgres_back(&url).await;
     wait_ready_field(&server, "log_full", false).await;
-    let resumed = publisher.acked();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while publisher.acked() < resumed + 1_000 {
-        assert!(Instant::now() < deadline, "publishing did not resume");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_acks_resume(&server, &publisher).await;
     let acked = stop_all(vec![(device, publisher)]).await;
     server
         .wait_for_metrics(|m| server.metric(m, "fieldline_wal_unstored_bytes") == 0.0)
@@ -278,16 +248,7 @@ async fn a_full_disk_slows_devices_and_loses_nothing() {
     bring_postgres_back(&url).await;
     // Storage takes the whole log; the segment starts over and frees the disk.
     wait_ready_field(&server, "log_full", false).await;
-    let resumed = publisher.acked();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while publisher.acked() < resumed + 1_000 {
-        assert!(
-            Instant::now() < deadline,
-            "publishing did not resume:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_acks_resume(&server, &publisher).await;
     let acked = stop_all(vec![(device, publisher)]).await;
     server
         .wait_for_metrics(|m| server.metric(m, "fieldline_wal_unstored_bytes") == 0.0)
@@ -408,4 +369,43 @@ async fn a_damaged_log_is_cut_at_a_torn_tail_and_refused_elsewhere() {
     // Only the record that was cut can be missing: it stands for a write the crash tore.
     assert!(lost.len() <= 1, "lost {lost:?}");
     assert!(stored.values().all(|&c| c == 1), "stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_left_from_another_database_stops_start_up() {
+    let dir = TempDir::new("foreign-log");
+    let first = format!("sqlite://{}", dir.0.join("first.db").display());
+    let second = format!("sqlite://{}", dir.0.join("second.db").display());
+    let mut server = Server::start(&dir, &first).await;
+    let publisher = AckedPublisher::start(server.mqtt_port, "foreign", 1, 1_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while publisher.acked() < 200 {
+        assert!(Instant::now() < deadline, "too few acknowledgements");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (acked, _) = publisher.stop().await;
+    assert!(server.stop().success());
+
+    // Another database beside the same log: refused, and nothing of the log stored in it.
+    let (mqtt, http) = (free_port(), free_port());
+    let log = dir.0.join("foreign.log");
+    let mut child = spawn_server(&dir, &second, mqtt, http, &log, &[]);
+    let status = child.wait().expect("exits");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "start-up must stop:\n{text}");
+    assert!(text.contains("belongs to another database"), "{text}");
+    assert!(stored_counts(&second).await.is_empty());
+
+    // The first database still starts with its own log and has everything.
+    let mut server = Server::start(&dir, &first).await;
+    assert!(server.stop().success());
+    let acked: Vec<(String, u64)> = acked
+        .into_iter()
+        .map(|n| ("foreign".to_string(), n))
+        .collect();
+    assert_stored_once(&first, &acked).await;
+    // Removing the log lets the other database start afresh.
+    std::fs::remove_dir_all(dir.0.join("fieldline-data/wal")).expect("remove the log");
+    let mut server = Server::start(&dir, &second).await;
+    assert!(server.stop().success());
 }

@@ -36,13 +36,25 @@ fn settings(dir: &Path, durability: Durability, segment_bytes: u64) -> WalSettin
     }
 }
 
+/// Opens the log in the place of the database that follows it: with the identity the log
+/// gave itself, when it has one.
+fn open_log(
+    settings: WalSettings,
+    stored: u64,
+) -> Result<(std::sync::Arc<Wal>, fieldline_broker::wal::Opened), WalError> {
+    let owner = std::fs::read_to_string(settings.dir.join("ID"))
+        .ok()
+        .map(|s| s.trim().to_owned());
+    Wal::open(settings, stored, owner.as_deref())
+}
+
 fn payload(i: u64) -> String {
     format!("{{\"seq\":{i},\"lat\":1.5,\"lon\":2.5}}")
 }
 
 /// Appends records `1..=n` and drops the log.
 fn write(dir: &Path, durability: Durability, segment_bytes: u64, n: u64) {
-    let (wal, _) = Wal::open(settings(dir, durability, segment_bytes), 0).expect("log opens");
+    let (wal, _) = open_log(settings(dir, durability, segment_bytes), 0).expect("log opens");
     for i in 1..=n {
         let position = wal
             .append(
@@ -59,7 +71,7 @@ fn write(dir: &Path, durability: Durability, segment_bytes: u64, n: u64) {
 
 /// Opens the log with nothing stored and reads every record back.
 fn read_back(dir: &Path, segment_bytes: u64) -> Result<Vec<u64>, WalError> {
-    let (wal, _) = Wal::open(settings(dir, Durability::Process, segment_bytes), 0)?;
+    let (wal, _) = open_log(settings(dir, Durability::Process, segment_bytes), 0)?;
     let mut positions = Vec::new();
     for record in wal.replay(0) {
         let record = record?;
@@ -92,7 +104,7 @@ fn records_come_back_in_order_across_segments_and_reopenings() {
             (1..=500).collect::<Vec<_>>()
         );
         // Reopened, the log goes on from where it ended.
-        let (wal, opened) = Wal::open(settings(&dir.0, durability, 4096), 0).expect("reopens");
+        let (wal, opened) = open_log(settings(&dir.0, durability, 4096), 0).expect("reopens");
         assert_eq!(opened.last, 500);
         let next = wal.append(0, b"t", b"x", |p| p).expect("append");
         assert_eq!(next, 501);
@@ -112,8 +124,7 @@ fn a_record_cut_in_the_middle_is_cut_off_and_the_prefix_kept() {
         .expect("open");
     file.set_len(len - 20).expect("truncate");
     drop(file);
-    let (wal, opened) =
-        Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 0).expect("opens");
+    let (wal, opened) = open_log(settings(&dir.0, Durability::Process, 1 << 20), 0).expect("opens");
     assert!(opened.cut_bytes > 0);
     assert_eq!(opened.last, 99);
     assert_eq!(wal.replay(0).count(), 99);
@@ -145,7 +156,7 @@ fn damage_before_valid_records_in_the_newest_segment_is_refused() {
     // Inside record 10 or so: valid records follow, so this is no torn write.
     bytes[600] ^= 0x01;
     std::fs::write(&last, &bytes).expect("write back");
-    let err = Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 0)
+    let err = open_log(settings(&dir.0, Durability::Process, 1 << 20), 0)
         .err()
         .expect("damage in the middle is refused");
     assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
@@ -189,7 +200,7 @@ fn stored_segments_are_deleted_and_replay_starts_after_the_stored_position() {
     let dir = Dir::new("release");
     write(&dir.0, Durability::Process, 4096, 300);
     let before = segments(&dir.0).len();
-    let (wal, _) = Wal::open(settings(&dir.0, Durability::Process, 4096), 150).expect("opens");
+    let (wal, _) = open_log(settings(&dir.0, Durability::Process, 4096), 150).expect("opens");
     let after_open = segments(&dir.0).len();
     assert!(
         after_open < before,
@@ -208,7 +219,7 @@ fn stored_segments_are_deleted_and_replay_starts_after_the_stored_position() {
     // Storage ahead of the log (the log was moved away): positions go on past storage.
     let moved = Dir::new("moved");
     let (wal, opened) =
-        Wal::open(settings(&moved.0, Durability::Process, 4096), 7_000).expect("opens");
+        open_log(settings(&moved.0, Durability::Process, 4096), 7_000).expect("opens");
     assert_eq!(opened.last, 7_000);
     assert_eq!(wal.append(0, b"t", b"x", |p| p).expect("append"), 7_001);
     assert_eq!(wal.replay(7_000).count(), 1);
@@ -217,8 +228,8 @@ fn stored_segments_are_deleted_and_replay_starts_after_the_stored_position() {
 #[test]
 fn a_second_process_cannot_open_the_same_log() {
     let dir = Dir::new("lock");
-    let (_wal, _) = Wal::open(settings(&dir.0, Durability::Process, 4096), 0).expect("opens");
-    let err = Wal::open(settings(&dir.0, Durability::Process, 4096), 0)
+    let (_wal, _) = open_log(settings(&dir.0, Durability::Process, 4096), 0).expect("opens");
+    let err = open_log(settings(&dir.0, Durability::Process, 4096), 0)
         .err()
         .expect("second open is refused");
     assert!(matches!(err, WalError::Locked(_)), "{err}");
@@ -230,7 +241,11 @@ fn a_missing_first_segment_is_an_error_too() {
     write(&dir.0, Durability::Process, 4096, 300);
     std::fs::remove_file(&segments(&dir.0)[0]).expect("remove");
     let err = read_back(&dir.0, 4096).expect_err("records 1.. are missing");
-    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(
+        matches!(err, WalError::AheadOfStorage { stored: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another database"), "{err}");
 }
 
 #[test]
@@ -244,7 +259,7 @@ fn in_fsync_mode_a_hole_before_unsynced_records_is_cut() {
     bytes[600] ^= 0x01;
     std::fs::write(&last, &bytes).expect("write back");
     let (wal, opened) =
-        Wal::open(settings(&dir.0, Durability::Fsync, 1 << 20), 0).expect("fsync mode cuts");
+        open_log(settings(&dir.0, Durability::Fsync, 1 << 20), 0).expect("fsync mode cuts");
     assert!(opened.cut_bytes > 0 && opened.last < 10, "{opened:?}");
     assert_eq!(wal.replay(0).count() as u64, opened.last);
 }
@@ -253,10 +268,10 @@ fn in_fsync_mode_a_hole_before_unsynced_records_is_cut() {
 fn a_clean_log_reopened_counts_nothing_as_waiting_for_storage() {
     let dir = Dir::new("clean");
     write(&dir.0, Durability::Process, 1 << 20, 100);
-    let (wal, _) = Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 100).expect("opens");
+    let (wal, _) = open_log(settings(&dir.0, Durability::Process, 1 << 20), 100).expect("opens");
     assert_eq!(wal.unstored_bytes(), 0, "storage holds everything");
     drop(wal);
-    let (wal, _) = Wal::open(settings(&dir.0, Durability::Process, 1 << 20), 40).expect("opens");
+    let (wal, _) = open_log(settings(&dir.0, Durability::Process, 1 << 20), 40).expect("opens");
     assert!(wal.unstored_bytes() > 0, "records 41..=100 wait");
 }
 
@@ -264,7 +279,7 @@ fn a_clean_log_reopened_counts_nothing_as_waiting_for_storage() {
 fn a_failed_read_back_gives_the_same_records_when_retried() {
     let dir = Dir::new("reader");
     write(&dir.0, Durability::Process, 4096, 300);
-    let (wal, _) = Wal::open(settings(&dir.0, Durability::Process, 4096), 0).expect("opens");
+    let (wal, _) = open_log(settings(&dir.0, Durability::Process, 4096), 0).expect("opens");
     let mut reader = wal.reader(1);
     let first: Vec<u64> = reader
         .read(300, 40)
@@ -298,4 +313,30 @@ fn a_failed_read_back_gives_the_same_records_when_retried() {
         (41..=300).collect::<Vec<_>>(),
         "nothing skipped, nothing twice"
     );
+}
+
+#[test]
+fn a_log_of_another_database_is_refused_untouched() {
+    let dir = Dir::new("foreign");
+    write(&dir.0, Durability::Process, 4096, 300);
+    let before = segments(&dir.0);
+    for owner in [Some("some-other-log"), None] {
+        // Even with a stored position that would delete most segments of its own log.
+        let err = Wal::open(settings(&dir.0, Durability::Process, 4096), 250, owner)
+            .err()
+            .expect("a foreign log is refused");
+        assert!(matches!(err, WalError::ForeignLog { .. }), "{err}");
+        assert!(err.to_string().contains("another database"), "{err}");
+        assert_eq!(segments(&dir.0), before, "nothing deleted or cut");
+    }
+    // An empty log directory takes the identity storage expects.
+    let fresh = Dir::new("fresh");
+    let (_, opened) = Wal::open(
+        settings(&fresh.0, Durability::Process, 4096),
+        40,
+        Some("db-log"),
+    )
+    .expect("an empty log is adopted");
+    assert_eq!(opened.id, "db-log");
+    assert_eq!(opened.last, 40, "positions go on past storage");
 }

@@ -157,19 +157,7 @@ impl Server {
         let mqtt_port = free_port();
         let http_port = free_port();
         let log = dir.0.join(format!("server-{}.log", unique("log")));
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(binary())
-            .current_dir(&dir.0)
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info,fieldline_ingest=debug,rumqttd=off")
-            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
-            .args(["--database-url", database_url])
-            .args(extra)
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("the fieldline binary starts");
+        let child = spawn_server(dir, database_url, mqtt_port, http_port, &log, extra);
         let mut server = Server {
             child: Some(child),
             mqtt_port,
@@ -627,8 +615,8 @@ impl AckedPublisher {
     }
 }
 
-/// The server process without the harness' readiness wait: the recovery cycle kills it
-/// before it is ready.
+/// The server process without the harness' readiness wait (tests that kill it before it is
+/// ready, or expect it to refuse to start).
 pub fn spawn_server(
     dir: &TempDir,
     url: &str,
@@ -641,7 +629,7 @@ pub fn spawn_server(
     Command::new(binary())
         .current_dir(&dir.0)
         .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info,rumqttd=off")
+        .env("RUST_LOG", "info,fieldline_ingest=debug,rumqttd=off")
         .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
         .args(["--http-listen", &format!("127.0.0.1:{http}")])
         .args(["--database-url", url])
@@ -669,4 +657,43 @@ pub async fn wait_for_log(log: &std::path::Path, text: &str, child: &mut Child) 
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// (device, n) → how many rows storage holds for the telemetry metric `n` (what
+/// [`AckedPublisher`] sends).
+pub async fn stored_counts(url: &str) -> HashMap<(String, u64), u64> {
+    let sql = "SELECT device_id, value, count(*) FROM telemetry WHERE metric = 'n' GROUP BY device_id, value";
+    let rows: Vec<(String, f64, i64)> = if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect("query")
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect("query")
+    };
+    rows.into_iter()
+        .map(|(device, value, count)| ((device, value as u64), count as u64))
+        .collect()
+}
+
+/// Every acknowledged (device, n) is stored, and nothing twice; prints the counts.
+pub async fn assert_stored_once(url: &str, acked: &[(String, u64)]) {
+    let stored = stored_counts(url).await;
+    let lost = acked
+        .iter()
+        .filter(|(d, n)| !stored.contains_key(&(d.clone(), *n)))
+        .count();
+    let duplicates: u64 = stored.values().map(|&c| c.saturating_sub(1)).sum();
+    println!(
+        "{} acknowledged, {} stored; lost {lost}, duplicates {duplicates}",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(lost, 0, "acknowledged publishes missing from storage");
+    assert_eq!(duplicates, 0, "publishes stored more than once");
 }

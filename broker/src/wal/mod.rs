@@ -64,6 +64,18 @@ pub enum WalError {
     },
     #[error("another process is using the write-ahead log in {0} (a second Fieldline with the same --wal-dir?)")]
     Locked(PathBuf),
+    #[error("the write-ahead log in {dir} belongs to another database (it is log {log}; this database follows {}): replaying it here would store another database's data. Point --wal-dir at this database's log, or remove {dir} to start this database with a new one", database.as_deref().unwrap_or("no log yet"))]
+    ForeignLog {
+        dir: PathBuf,
+        log: String,
+        database: Option<String>,
+    },
+    #[error("the write-ahead log in {dir} starts at record {first}, but storage holds records only up to {stored}: the log belongs to another database, or its oldest segment is missing. If the database was replaced on purpose, remove {dir} (whatever it held that the old database did not is then lost); otherwise restore the missing segment")]
+    AheadOfStorage {
+        dir: PathBuf,
+        first: u64,
+        stored: u64,
+    },
 }
 
 impl WalError {
@@ -162,13 +174,21 @@ pub struct Opened {
     pub last: u64,
     /// Bytes cut from the end of the newest segment (a write cut short by a crash).
     pub cut_bytes: u64,
+    /// The log's identity, which storage records beside its position.
+    pub id: String,
 }
 
 impl Wal {
     /// Opens (or creates) the log in `settings.dir`. `stored` is the position storage holds
-    /// everything up to; segments entirely at or below it are deleted. The newest segment's
-    /// torn tail is cut; damage anywhere else is refused when [`Wal::replay`] reads it.
-    pub fn open(settings: WalSettings, stored: u64) -> Result<(Arc<Wal>, Opened), WalError> {
+    /// everything up to, in the log storage names as `owner`; a log with records and another
+    /// identity is refused before anything in it is touched. Segments entirely at or below
+    /// `stored` are deleted. The newest segment's torn tail is cut; damage anywhere else is
+    /// refused when [`Wal::replay`] reads it.
+    pub fn open(
+        settings: WalSettings,
+        stored: u64,
+        owner: Option<&str>,
+    ) -> Result<(Arc<Wal>, Opened), WalError> {
         let dir = settings.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| WalError::io("cannot create", &dir, e))?;
         let lock_path = dir.join("LOCK");
@@ -190,6 +210,14 @@ impl Wal {
         }
 
         let mut listed = segment::list(&dir)?;
+        let empty = match listed.as_slice() {
+            [] => true,
+            [(_, only)] => {
+                std::fs::metadata(only).map(|m| m.len()).unwrap_or(0) <= segment::MAGIC.len() as u64
+            }
+            _ => false,
+        };
+        let id = identity(&settings, owner, empty)?;
         // Whole segments storage already holds: the next segment starts at or below
         // stored + 1, so every record of this one is stored.
         while listed.len() > 1 && listed[1].0 <= stored + 1 {
@@ -283,6 +311,7 @@ impl Wal {
         };
         opened.last = next - 1;
         opened.unstored_from = stored + 1;
+        opened.id = id;
         // What waits for storage: at most the kept segments (the first may be partly stored;
         // recovery stores it all before any device is read, and then it counts as stored).
         let backlog_bytes: u64 = segments.iter().map(|s| s.2).sum();
@@ -652,13 +681,10 @@ impl Iterator for Replay {
             }
             let (first, path) = self.segments.pop_front()?;
             if self.expected.is_none() && first > self.after + 1 {
-                return Some(Err(WalError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: format!(
-                        "the log starts at record {first}, but storage holds only up to {} (a segment is missing)",
-                        self.after
-                    ),
+                return Some(Err(WalError::AheadOfStorage {
+                    dir: path.parent().map(Path::to_owned).unwrap_or_default(),
+                    first,
+                    stored: self.after,
                 }));
             }
             if let Some(expected) = self.expected {
@@ -693,6 +719,51 @@ impl Iterator for Replay {
             self.pending = records;
         }
     }
+}
+
+/// The log's identity, kept in `ID` beside the segments. A log without records takes the
+/// identity storage expects (or a new one); one with records must already have it.
+fn identity(settings: &WalSettings, owner: Option<&str>, empty: bool) -> Result<String, WalError> {
+    let path = settings.dir.join("ID");
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(WalError::io("cannot read", &path, e)),
+    };
+    if !empty {
+        return match (found, owner) {
+            (Some(log), Some(db)) if log == db => Ok(log),
+            (log, database) => Err(WalError::ForeignLog {
+                dir: settings.dir.clone(),
+                log: log.unwrap_or_else(|| "without an identity".into()),
+                database: database.map(str::to_owned),
+            }),
+        };
+    }
+    let id = match owner {
+        Some(db) => db.to_owned(),
+        // Creation time and process: unique enough to tell one log from another.
+        None => format!(
+            "{:x}-{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            std::process::id()
+        ),
+    };
+    if found.as_deref() != Some(id.as_str()) {
+        std::fs::write(&path, format!("{id}\n"))
+            .map_err(|e| WalError::io("cannot write", &path, e))?;
+        if let Ok(file) = File::open(&path) {
+            if settings.durability == Durability::Fsync {
+                file.sync_all()
+                    .map_err(|e| WalError::io("cannot sync", &path, e))?;
+            }
+        }
+        sync_dir(settings, &settings.dir)?;
+    }
+    Ok(id)
 }
 
 fn sync_dir(settings: &WalSettings, dir: &Path) -> Result<(), WalError> {

@@ -121,6 +121,15 @@ pub struct StreamSeq {
     pub ts_ms: i64,
 }
 
+/// How far storage holds the write-ahead log, and which log that is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogState {
+    /// Every record up to this position is stored (0: none yet).
+    pub stored_position: u64,
+    /// The identity of the log those positions count in; `None` before the first log.
+    pub log_id: Option<String>,
+}
+
 /// What the pipeline writes to and the API reads from; it also keeps the access registry.
 pub trait Store: AccessStore + Send + Sync {
     /// Writes a whole batch atomically: all of it is stored, or none and an error.
@@ -141,8 +150,10 @@ pub trait Store: AccessStore + Send + Sync {
     fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64>;
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>>;
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>>;
-    /// The write-ahead log position storage holds every record up to (0: none yet).
-    fn stored_log_position(&self) -> StoreFuture<'_, u64>;
+    /// Which write-ahead log storage follows, and the position it holds every record up to.
+    fn log_state(&self) -> StoreFuture<'_, LogState>;
+    /// Records that storage now follows the log `log_id` (a new log, or the first one).
+    fn set_log_id<'a>(&'a self, log_id: &'a str) -> StoreFuture<'a, ()>;
     /// Keeps the record of rejected messages to its newest `keep` entries.
     fn prune_rejected(&self, keep: u32) -> StoreFuture<'_, u64>;
     /// Cheap round trip for readiness checks.
