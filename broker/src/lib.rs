@@ -4,7 +4,9 @@
 //! adds what Fieldline needs around it: router limits chosen on purpose, listeners that fail
 //! loudly when they cannot bind, one port serving MQTT 3.1.1 and 5, and a [`Tap`] that hands
 //! every publish to the ingest pipeline *before* the broker acknowledges it, so an
-//! acknowledged publish can never be lost between the broker and the pipeline.
+//! acknowledged publish can never be lost between the broker and the pipeline. Before that
+//! hand-over the tap appends the publish to the [`wal`] (write-ahead log), so an acknowledged
+//! publish survives a crash of the process too (and, in `fsync` mode, a power loss).
 
 //!
 //! The [`Guard`] decides who may connect (the device registry, anonymous rules) and the codec
