@@ -398,7 +398,12 @@ impl Wal {
         if active.len + size > self.settings.segment_bytes
             && active.len > segment::MAGIC.len() as u64
         {
-            self.rotate(active, position)?;
+            if let Err(e) = self.rotate(active, position) {
+                // No room for a new segment counts as a failing append like any other.
+                self.metrics.append_errors.increment(1);
+                self.failing.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         if let Err(e) = active.file.write_all_at(&active.frame, active.len) {
             self.metrics.append_errors.increment(1);
