@@ -5,6 +5,7 @@
 //! needs no database.
 
 pub mod access;
+mod log_state;
 mod pg_copy;
 mod postgres;
 mod records;

@@ -11,10 +11,11 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
+use super::log_state::log_state_methods;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
-    DeviceSummary, LogState, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture,
-    StreamSeq, TelemetryPoint, TrackPoint,
+    DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
+    TelemetryPoint, TrackPoint,
 };
 use crate::batch::Batch;
 
@@ -325,28 +326,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn log_state(&self) -> StoreFuture<'_, LogState> {
-        Box::pin(async move {
-            let (position, log_id): (i64, Option<String>) =
-                sqlx::query_as("SELECT stored_position, log_id FROM ingest_log WHERE id = 1")
-                    .fetch_one(&self.pool)
-                    .await?;
-            Ok(LogState {
-                stored_position: u64::try_from(position).unwrap_or(0),
-                log_id,
-            })
-        })
-    }
-
-    fn set_log_id<'a>(&'a self, log_id: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query("UPDATE ingest_log SET log_id = ? WHERE id = 1")
-                .bind(log_id)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
-        })
-    }
+    log_state_methods!();
 
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
         Box::pin(async move {
