@@ -107,10 +107,11 @@ pub async fn follow_storage(
                 // batch arrives to trigger it.
                 let freeing = wal.clone();
                 let _ = tokio::task::spawn_blocking(move || freeing.free_space_if_stuck()).await;
-                let full = wal.unstored_bytes() > spool_max_bytes || wal.is_failing();
+                let unstored_bytes = wal.unstored_bytes();
+                let full = unstored_bytes > spool_max_bytes || wal.is_failing();
                 if full != state.is_spool_full() {
                     if full {
-                        tracing::warn!(spool_max_bytes, unstored_bytes = wal.unstored_bytes(), appends_failing = wal.is_failing(), "the write-ahead log is full (--spool-max-bytes of data storage does not have yet, or the disk): devices are slowed down (TCP backpressure) until storage catches up; nothing is dropped");
+                        tracing::warn!(spool_max_bytes, unstored_bytes, appends_failing = wal.is_failing(), "the write-ahead log is full (--spool-max-bytes of data storage does not have yet, or the disk): devices are slowed down (TCP backpressure) until storage catches up; nothing is dropped");
                     } else {
                         tracing::info!("the write-ahead log has room again; devices are read at full speed");
                     }

@@ -3,8 +3,9 @@
 //!
 //! Every accepted document goes to the live feed the moment it is accepted, and into the batch.
 //! It runs on one task and never waits on the database while it has room: when the writer is
-//! busy the current batch keeps growing, up to `max_batch_rows`; only then does it wait, which
-//! in turn makes the broker stop reading from sockets.
+//! busy the current batch keeps growing, up to `max_batch_rows`. Then, with a write-ahead log
+//! to read back from, it spills ([`crate::spill`]); without one it waits, which in turn makes
+//! the broker stop reading from sockets.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -488,8 +489,8 @@ impl Pipeline {
 
     fn end_spill(&mut self) {
         if let Some(spill) = self.spill.take() {
-            // Both paths have now seen the same messages: the live path's state goes on.
-            drop(spill.dedupe);
+            // Both paths have now seen the same messages: the live path's state goes on, and
+            // the catch-up's copy goes with the spill.
             self.spill_state.set(false);
             tracing::info!(
                 behind_s = spill.since.elapsed().as_secs(),

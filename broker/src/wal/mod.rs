@@ -169,8 +169,6 @@ impl Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct Opened {
     pub segments: usize,
-    /// Records after the stored position, to be replayed.
-    pub unstored_from: u64,
     pub last: u64,
     /// Bytes cut from the end of the newest segment (a write cut short by a crash).
     pub cut_bytes: u64,
@@ -310,7 +308,6 @@ impl Wal {
             }
         };
         opened.last = next - 1;
-        opened.unstored_from = stored + 1;
         opened.id = id;
         // What waits for storage: at most the kept segments (the first may be partly stored;
         // recovery stores it all before any device is read, and then it counts as stored).

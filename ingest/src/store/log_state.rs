@@ -1,6 +1,10 @@
 //! How far storage holds the write-ahead log, and which log that is: the same SQL on both
 //! back ends (SQLite reads `$1` as the first parameter too), written once.
 
+/// Raises the stored position to `$1`, in a batch's transaction; never lowers it.
+pub(super) const RAISE_STORED_POSITION: &str =
+    "UPDATE ingest_log SET stored_position = $1 WHERE id = 1 AND stored_position < $1";
+
 /// The [`super::Store`] methods over `ingest_log`, for a store with a `pool` field.
 macro_rules! log_state_methods {
     () => {

@@ -8,7 +8,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
 use super::access::impl_access_store;
-use super::log_state::log_state_methods;
+use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
@@ -135,12 +135,10 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<(), Store
     }
     upsert_devices(&mut tx, batch).await?;
     if let Some(position) = batch.log_position {
-        sqlx::query(
-            "UPDATE ingest_log SET stored_position = greatest(stored_position, $1) WHERE id = 1",
-        )
-        .bind(position_to_db(position))
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(RAISE_STORED_POSITION)
+            .bind(position_to_db(position))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())

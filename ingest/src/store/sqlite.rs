@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
-use super::log_state::log_state_methods;
+use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
@@ -128,12 +128,10 @@ impl SqliteStore {
                 .await?;
         }
         if let Some(position) = batch.log_position {
-            sqlx::query(
-                "UPDATE ingest_log SET stored_position = max(stored_position, ?) WHERE id = 1",
-            )
-            .bind(position_to_db(position))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(RAISE_STORED_POSITION)
+                .bind(position_to_db(position))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
