@@ -1,13 +1,15 @@
-//! Between the write-ahead log and storage: at start, the log's unstored records are run
-//! through the pipeline and stored before any device is accepted; while running, what
-//! storage confirms is released from the log, and when storage falls behind the pipeline
-//! reads what it let go of back from the log ([`LogBacklog`]).
+//! Between the write-ahead log and storage: at start, the log is replayed through the
+//! pipeline before any device is accepted (what storage holds rebuilds the live history,
+//! the rest is stored); while running, what storage holds and the live history no longer
+//! needs is released from the log, and when storage falls behind the pipeline reads what it
+//! let go of back from the log ([`LogBacklog`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fieldline_broker::wal::{Reader, Record, Wal};
+use fieldline_dashboard::live::Hub;
 use fieldline_ingest::spill::{Backlog, BacklogError, Logged, SpillState};
 use fieldline_ingest::Pipeline;
 use tokio::sync::{mpsc, watch};
@@ -15,9 +17,10 @@ use tokio::sync::{mpsc, watch};
 /// Records read from disk per hand-over to the pipeline.
 const CHUNK: usize = 1024;
 
-/// Replays every record after `stored_position` into the pipeline and waits until storage
-/// holds all of them. The log is read on a blocking thread, a chunk at a time, so memory
-/// holds one segment and a few chunks whatever the log's size.
+/// Replays the log into the pipeline, oldest record first: records up to `stored_position`
+/// (storage holds them) rebuild the live history, and the rest are stored; returns once
+/// storage holds all of them. The log is read on a blocking thread, a chunk at a time, so
+/// memory holds one segment and a few chunks whatever the log's size.
 pub async fn replay(
     pipeline: &mut Pipeline,
     wal: Arc<Wal>,
@@ -25,10 +28,13 @@ pub async fn replay(
     mut stored: watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    // A log that starts past what storage holds lost records: the replay refuses it.
+    let after = wal.first_position().min(stored_position + 1) - 1;
+    pipeline.rebuild_live_through(stored_position);
     let (tx, mut rx) = mpsc::channel::<Vec<Record>>(4);
     let reader = tokio::task::spawn_blocking(move || {
         let mut chunk = Vec::with_capacity(CHUNK);
-        for record in wal.replay(stored_position) {
+        for record in wal.replay(after) {
             chunk.push(record?);
             if chunk.len() == CHUNK && tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
                 return Ok(());
@@ -40,24 +46,19 @@ pub async fn replay(
         Ok::<(), fieldline_broker::wal::WalError>(())
     });
     tracing::info!(
-        from = stored_position + 1,
-        "replaying the write-ahead log into storage"
+        from = after + 1,
+        unstored_from = stored_position + 1,
+        "replaying the write-ahead log: the live history, then what storage lacks"
     );
     let (mut records, mut last) = (0u64, stored_position);
     while let Some(chunk) = rx.recv().await {
         for record in chunk {
-            let received_at =
-                UNIX_EPOCH + Duration::from_millis(u64::try_from(record.received_ms).unwrap_or(0));
-            pipeline
-                .handle(
-                    &record.topic,
-                    &record.payload,
-                    received_at,
-                    Some(record.position),
-                )
-                .await;
-            records += 1;
-            last = record.position;
+            let position = record.position;
+            pipeline.replayed(&crate::handover::logged(record)).await;
+            if position > stored_position {
+                records += 1;
+                last = position;
+            }
         }
     }
     reader
@@ -81,15 +82,22 @@ pub async fn replay(
     Ok(())
 }
 
-/// Releases what storage holds from the log as it is confirmed, and keeps the log's
-/// backlog gauges and its full-or-not state current.
+/// Releases from the log what storage holds and the live history no longer needs, and
+/// keeps the log's backlog gauges and its full-or-not state current.
 pub async fn follow_storage(
     wal: Arc<Wal>,
     mut stored: watch::Receiver<u64>,
+    hub: Arc<Hub>,
     state: Arc<SpillState>,
     spool_max_bytes: u64,
 ) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    let release = |position: u64| {
+        let wal = wal.clone();
+        let keep_from = hub.oldest_held_record().unwrap_or(u64::MAX);
+        // Deleting a segment is a file system call; keep it off the async threads.
+        tokio::task::spawn_blocking(move || wal.release(position, keep_from))
+    };
     loop {
         tokio::select! {
             changed = stored.changed() => {
@@ -97,11 +105,12 @@ pub async fn follow_storage(
                     return;
                 }
                 let position = *stored.borrow_and_update();
-                let wal = wal.clone();
-                // Deleting a segment is a file system call; keep it off the async threads.
-                let _ = tokio::task::spawn_blocking(move || wal.release(position)).await;
+                let _ = release(position).await;
             }
             _ = every_second.tick() => {
+                // The history ages without new batches too.
+                let position = *stored.borrow();
+                let _ = release(position).await;
                 wal.report_backlog();
                 // A full disk with everything stored frees itself here even when no new
                 // batch arrives to trigger it.
@@ -152,14 +161,6 @@ impl Backlog for LogBacklog {
         if let (Some(last), Some((next, _))) = (records.last(), self.cursor.as_mut()) {
             *next = last.position + 1;
         }
-        Ok(records
-            .into_iter()
-            .map(|r| Logged {
-                position: r.position,
-                received_ms: r.received_ms,
-                topic: r.topic,
-                payload: r.payload,
-            })
-            .collect())
+        Ok(records.into_iter().map(crate::handover::logged).collect())
     }
 }

@@ -2,6 +2,8 @@
 
 mod access_sync;
 mod config;
+mod handover;
+mod live_epoch;
 mod log_to_storage;
 mod registry_cli;
 mod service;

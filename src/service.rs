@@ -13,13 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fieldline_broker::wal::{Durability, Opened, Wal, WalSettings};
-use fieldline_broker::{BrokerSettings, Guard, GuardSettings, Inbound, Message, TapReceiver};
+use fieldline_broker::{BrokerSettings, Guard, GuardSettings, TapReceiver};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::store::LogState;
-use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store_with, Pipeline, PipelineSettings, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -43,17 +42,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .stream_seqs()
         .await
         .context("cannot read the last sequence numbers")?;
-    // No connection outlives the process: whoever was online when it stopped is not now.
-    let ended = store
-        .end_presence(now_ms(), "dropped")
-        .await
-        .context("cannot reset device presence")?;
-    if ended > 0 {
-        tracing::info!(
-            devices = ended,
-            "marked devices offline that were online at the last stop"
-        );
-    }
     let guard = Guard::new(GuardSettings {
         allow_anonymous: config.allow_anonymous,
         publish_rate: config.device_publish_rate,
@@ -96,7 +84,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("cannot record the write-ahead log's identity in storage")?;
         }
     }
-    let hub = Hub::new(config.live.clone());
+    let hub = match &wal {
+        Some((wal, opened)) => Hub::following_log(
+            config.live.clone(),
+            crate::live_epoch::live_epoch(&config.wal_dir, opened),
+            wal.first_position(),
+        ),
+        None => Hub::new(config.live.clone()),
+    };
     let (writer, writer_task, stored) =
         spawn_writer(store.clone(), WRITER_QUEUE_BATCHES, stored_position);
     let mut pipeline = Pipeline::new(
@@ -112,14 +107,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
-    // Before any device is accepted: what the log holds beyond storage is stored first.
-    let unstored = wal
-        .as_ref()
-        .is_some_and(|(_, opened)| opened.last > stored_position);
+    // Before any device is accepted: the log rebuilds the live history, and what it holds
+    // beyond storage is stored.
     let wal = wal.map(|(wal, _)| wal);
-    if let (Some(wal), true) = (&wal, unstored) {
+    if let Some(wal) = &wal {
         crate::log_to_storage::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
             .await?;
+    }
+    let ended =
+        crate::handover::end_presence_left_by_restart(&mut pipeline, store.as_ref(), wal.as_ref())
+            .await?;
+    if ended > 0 {
+        tracing::info!(
+            devices = ended,
+            "marked devices offline that were online at the last stop"
+        );
     }
     // Spilling only once devices are accepted: during recovery nobody watches live, and
     // waiting for the writer reads the log once instead of twice.
@@ -134,6 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::log_to_storage::follow_storage(
             wal,
             stored,
+            hub.clone(),
             spill_state.clone(),
             config.spool_max_bytes,
         ))
@@ -282,7 +285,7 @@ async fn run_pipeline(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(msg) = tap_rx.recv() => feed(&mut pipeline, msg).await,
+            Some(msg) = tap_rx.recv() => crate::handover::feed(&mut pipeline, msg).await,
             _ = tick.tick() => {
                 pipeline.flush_if_due().await;
                 on_tick();
@@ -296,50 +299,14 @@ async fn run_pipeline(
     loop {
         tokio::select! {
             _ = &mut closed => break,
-            Some(msg) = tap_rx.recv() => feed(&mut pipeline, msg).await,
+            Some(msg) = tap_rx.recv() => crate::handover::feed(&mut pipeline, msg).await,
         }
     }
     while let Some(msg) = tap_rx.try_recv() {
-        feed(&mut pipeline, msg).await;
+        crate::handover::feed(&mut pipeline, msg).await;
     }
     pipeline.flush().await;
     pipeline
-}
-
-async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
-    match &msg.message {
-        Message::Publish { topic, payload } => {
-            pipeline
-                .handle(topic, payload, msg.received_at, msg.position)
-                .await;
-        }
-        Message::Connected(session) => {
-            pipeline
-                .connected(
-                    &msg.client_id,
-                    session.username.as_deref(),
-                    session.connection,
-                    msg.received_at,
-                )
-                .await;
-        }
-        Message::Disconnected {
-            session,
-            reason,
-            will,
-        } => {
-            pipeline
-                .disconnected(
-                    &msg.client_id,
-                    session.username.as_deref(),
-                    session.connection,
-                    reason.as_str(),
-                    will.as_ref().map(|w| (&w.topic[..], &w.payload[..])),
-                    msg.received_at,
-                )
-                .await;
-        }
-    }
 }
 
 /// Live clients' queue depths, for the operator: how many wait and how deep the worst is.

@@ -7,12 +7,11 @@
 #[macro_use]
 mod support;
 
-use std::process::Child;
 use std::time::Duration;
 
 use sqlx::Connection;
 use support::{
-    assert_stored_once, database, free_port, pg_admin, spawn_server, wait_for_log, AckedPublisher,
+    assert_stored_once, database, free_port, kill, spawn_server, wait_for_log, AckedPublisher,
     Backend, Server, TempDir,
 };
 
@@ -35,23 +34,6 @@ impl Lcg {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
-    }
-}
-
-/// SIGKILL. On PostgreSQL the dead process's sessions are ended too: a backend waiting on a
-/// lock does not notice its client is gone, and would hold its own row locks meanwhile.
-async fn kill(child: &mut Child, url: &str) {
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Some(db) = url
-        .strip_prefix("postgres")
-        .and_then(|u| u.rsplit('/').next())
-    {
-        pg_admin(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = '{db}' AND application_name = 'fieldline'"
-        ))
-        .await;
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod acl;
 pub mod credentials;
 mod guard;
+pub mod presence;
 mod protocol;
 mod rate_limit;
 mod server;

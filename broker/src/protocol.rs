@@ -23,7 +23,7 @@ use rumqttd::protocol::{self, v4::V4, v5::V5, ConnectReturnCode, Login, Packet, 
 use crate::acl;
 use crate::guard::{Admission, Guard, MAX_PAUSED};
 use crate::rate_limit::TokenBucket;
-use crate::tap::{DisconnectReason, Message, Session, Tap, Will};
+use crate::tap::{DisconnectReason, Session, Tap, Will};
 
 /// Numbers connections for the life of the process.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
@@ -322,7 +322,8 @@ fn connect_level(stream: &[u8]) -> Result<u8, usize> {
     stream
         .get(level_at)
         .copied()
-        .ok_or(level_at + 1 - stream.len())
+        // Lazily: with the level there, the stream may be longer than `level_at + 1`.
+        .ok_or_else(|| level_at + 1 - stream.len())
 }
 
 impl Protocol for TappedProtocol {
@@ -426,8 +427,7 @@ impl Protocol for TappedProtocol {
                     connection,
                     ..session.clone()
                 };
-                self.tap
-                    .presence(self.client_id.clone(), Message::Connected(session));
+                self.tap.connected(self.client_id.clone(), &session);
             }
         }
         if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
@@ -464,14 +464,8 @@ impl Drop for TappedProtocol {
         } else {
             self.will.take()
         };
-        self.tap.presence(
-            self.client_id.clone(),
-            Message::Disconnected {
-                session,
-                reason,
-                will,
-            },
-        );
+        self.tap
+            .ended(self.client_id.clone(), &session, reason, will);
     }
 }
 

@@ -7,12 +7,13 @@
 //! slows the device through TCP) instead of anything being dropped.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use crate::presence::{device_of, Change, Presence, LOG_TOPIC};
 use crate::wal::Wal;
 
 /// One thing read from a device connection, in the order the connection produced it.
@@ -34,15 +35,8 @@ pub enum Message {
         topic: Bytes,
         payload: Bytes,
     },
-    /// The broker accepted the connection (its CONNACK was written).
-    Connected(Session),
-    /// An accepted connection ended.
-    Disconnected {
-        session: Session,
-        reason: DisconnectReason,
-        /// The connection's Last Will, when it ended without a DISCONNECT.
-        will: Option<Will>,
-    },
+    /// A device came online or went offline, or a connection ended leaving a Last Will.
+    Presence(Change),
 }
 
 /// Who is on one accepted connection.
@@ -78,9 +72,30 @@ impl DisconnectReason {
             DisconnectReason::Kicked => "kicked",
         }
     }
+
+    /// Its byte in a presence record of the log.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DisconnectReason::Disconnect => 1,
+            DisconnectReason::KeepAlive => 2,
+            DisconnectReason::Dropped => 3,
+            DisconnectReason::Kicked => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        [
+            DisconnectReason::Disconnect,
+            DisconnectReason::KeepAlive,
+            DisconnectReason::Dropped,
+            DisconnectReason::Kicked,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Will {
     pub topic: Bytes,
     pub payload: Bytes,
@@ -97,6 +112,10 @@ pub struct Tap {
     closed: Arc<RwLock<bool>>,
     publishes: metrics::Counter,
     log: Option<Logged>,
+    /// Who is online. Changes are decided and logged under this lock, so the log holds them
+    /// in the order they were decided.
+    presence: Arc<Mutex<Presence>>,
+    online: metrics::Gauge,
 }
 
 /// The write-ahead log a tap appends to, and how much of it may wait for storage.
@@ -142,6 +161,8 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
                 spool_max_bytes,
                 parked: Arc::new(AtomicUsize::new(0)),
             }),
+            presence: Arc::new(Mutex::new(Presence::default())),
+            online: metrics::gauge!("fieldline_devices_online"),
         },
         TapReceiver { rx, closed },
     )
@@ -162,6 +183,13 @@ impl Tap {
         payload: Bytes,
         client_id: Arc<str>,
     ) -> Result<Option<u64>, TapClosed> {
+        if topic.first() == Some(&LOG_TOPIC[0]) {
+            // Not UTF-8, so not an MQTT topic (the protocol says to close the connection);
+            // and the log keeps such topics for records of its own.
+            tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+            return Err(TapClosed);
+        }
         // Budget first, with no lock held: a sender parked here must never keep the closer
         // (and, behind a waiting writer, every other sender) off the lock.
         // A single message larger than the whole budget takes the whole budget.
@@ -292,20 +320,76 @@ impl Tap {
         }
     }
 
-    /// Hands a connect or disconnect to the pipeline. Costs no budget (it is tiny and must
-    /// not wait), and is dropped once the tap is closed: presence ends with the process.
-    pub fn presence(&self, client_id: Arc<str>, message: Message) {
+    /// The broker accepted a connection (its CONNACK was written).
+    pub fn connected(&self, client_id: Arc<str>, session: &Session) {
+        self.presence_changed(client_id, session, |presence, device| {
+            presence.connected(device, session.connection)
+        });
+    }
+
+    /// An accepted connection ended; `will` is its Last Will when it ended without a
+    /// DISCONNECT.
+    pub fn ended(
+        &self,
+        client_id: Arc<str>,
+        session: &Session,
+        reason: DisconnectReason,
+        will: Option<Will>,
+    ) {
+        self.presence_changed(client_id, session, |presence, device| {
+            presence.ended(device, session.connection, reason, will)
+        });
+    }
+
+    /// Decides what a connection's start or end changes, then logs and hands over the change.
+    /// Costs no budget (it is tiny and must not wait), and is dropped once the tap is closed:
+    /// presence ends with the process.
+    fn presence_changed(
+        &self,
+        client_id: Arc<str>,
+        session: &Session,
+        decide: impl FnOnce(&mut Presence, &Arc<str>) -> Option<Change>,
+    ) {
+        let Some(device) = device_of(session.username.as_deref(), &client_id) else {
+            return;
+        };
+        let device: Arc<str> = Arc::from(device);
         let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
         if *closed {
             return;
         }
-        let _ = self.tx.send(Inbound {
+        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(change) = decide(&mut presence, &device) else {
+            return;
+        };
+        self.online.set(presence.online_devices() as f64);
+        let received_at = SystemTime::now();
+        let record = self.log.as_ref().map(|_| change.encode());
+        let mut inbound = Some(Inbound {
             client_id,
-            received_at: SystemTime::now(),
+            received_at,
             position: None,
-            message,
+            message: Message::Presence(change),
             _budget: None,
         });
+        if let (Some(log), Some(record)) = (&self.log, record) {
+            let received_ms = crate::wal::now_ms_of(received_at);
+            let appended = log.wal.append(received_ms, LOG_TOPIC, &record, |position| {
+                if let Some(mut m) = inbound.take() {
+                    m.position = Some(position);
+                    let _ = self.tx.send(m);
+                }
+            });
+            if let Err(e) = appended {
+                // A presence change cannot wait for the disk like a publish: it goes on
+                // without a log position (stored with the next batch, but not rebuilt into
+                // the live history after a restart).
+                tracing::warn!(error = %e, "cannot log a presence change");
+            }
+        }
+        if let Some(inbound) = inbound {
+            let _ = self.tx.send(inbound);
+        }
     }
 
     /// Bytes currently waiting between the broker and the pipeline.

@@ -1,6 +1,6 @@
 //! The write-ahead log on disk: appends read back in order across segments and reopenings,
 //! a torn or damaged tail is cut to the valid prefix, damage anywhere else is refused with an
-//! error naming the file, and stored segments are deleted.
+//! error naming the file, and segments are deleted once storage and the live history are done with them.
 
 use std::path::{Path, PathBuf};
 
@@ -196,25 +196,49 @@ fn a_missing_segment_is_an_error() {
 }
 
 #[test]
-fn stored_segments_are_deleted_and_replay_starts_after_the_stored_position() {
+fn stored_segments_are_kept_for_the_live_history_until_released() {
     let dir = Dir::new("release");
     write(&dir.0, Durability::Process, 4096, 300);
     let before = segments(&dir.0).len();
     let (wal, _) = open_log(settings(&dir.0, Durability::Process, 4096), 150).expect("opens");
-    let after_open = segments(&dir.0).len();
-    assert!(
-        after_open < before,
-        "segments wholly stored are deleted at open"
+    assert_eq!(
+        segments(&dir.0).len(),
+        before,
+        "opening keeps stored segments: the live history is rebuilt from them"
     );
+    assert_eq!(wal.first_position(), 1);
     let replayed: Vec<u64> = wal
         .replay(150)
         .map(|r| r.expect("valid").position)
         .collect();
     assert_eq!(replayed, (151..=300).collect::<Vec<_>>());
     assert!(wal.unstored_bytes() > 0);
-    wal.release(300);
+    // Everything stored, but the live history still holds events from record 200 on.
+    wal.release(300, 200);
+    assert_eq!(wal.unstored_bytes(), 0, "kept for history is not waiting");
+    let first = wal.first_position();
+    assert!(
+        first > 1 && first <= 200,
+        "segments before 200 go, 200's stays: {first}"
+    );
+    let kept: Vec<u64> = wal
+        .replay(first - 1)
+        .map(|r| r.expect("valid").position)
+        .collect();
+    assert_eq!(kept, (first..=300).collect::<Vec<_>>());
+    // A release for the history alone (nothing new stored) trims too.
+    wal.release(300, u64::MAX);
     assert_eq!(segments(&dir.0).len(), 1, "only the active segment is kept");
-    assert_eq!(wal.unstored_bytes(), 0);
+    // Storage holds less than the history would keep: what storage lacks stays.
+    drop(wal);
+    let (wal, _) = open_log(settings(&dir.0, Durability::Process, 4096), 300).expect("reopens");
+    for i in 0..100 {
+        wal.append(0, b"t", payload(301 + i).as_bytes(), |_| ())
+            .expect("append");
+    }
+    wal.release(350, u64::MAX);
+    let first = wal.first_position();
+    assert!(first <= 351, "unstored records are never released: {first}");
     drop(wal);
     // Storage ahead of the log (the log was moved away): positions go on past storage.
     let moved = Dir::new("moved");

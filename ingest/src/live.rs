@@ -5,15 +5,28 @@ use std::sync::Arc;
 
 use crate::document::Document;
 
+/// Where a document came from: its message's place in the write-ahead log, and when the
+/// broker received it. Several documents (a batch payload) share one origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `None` without a log (`--durability memory`), or for a presence change the log could
+    /// not take.
+    pub position: Option<u64>,
+    pub received_ms: i64,
+}
+
 /// A consumer of accepted documents, in acceptance order. Called on the pipeline's task for
 /// every document, so it must return at once: no waiting on clients, sockets or storage.
+///
+/// Replaying the log from any record gives the same documents in the same order with the
+/// same origins, so a feed can number them by origin and rebuild its history after a restart.
 pub trait LiveFeed: Send + Sync {
-    fn publish(&self, document: Arc<Document>);
+    fn publish(&self, document: Arc<Document>, origin: Origin);
 }
 
 /// For a pipeline nobody watches live (tools, tests of storage alone).
 pub struct NoLiveFeed;
 
 impl LiveFeed for NoLiveFeed {
-    fn publish(&self, _document: Arc<Document>) {}
+    fn publish(&self, _document: Arc<Document>, _origin: Origin) {}
 }

@@ -14,12 +14,12 @@ use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
 use crate::document::{Body, Document, Kind, Status};
-use crate::live::LiveFeed;
-use crate::presence::{device_of, Presence};
+use crate::live::{LiveFeed, Origin};
+use crate::presence::PresenceChange;
 use crate::rejection::{Reason, Rejection};
-use crate::spill::{Backlog, Spill, SpillState};
+use crate::spill::{Backlog, Entry, Logged, Spill, SpillState};
 use crate::store::StreamSeq;
-use crate::time_format::{epoch_ms, now_ms};
+use crate::time_format::epoch_ms;
 use crate::topic::{route, Route};
 use crate::writer::WriterHandle;
 
@@ -51,7 +51,6 @@ struct Counters {
     received: metrics::Counter,
     accepted: [metrics::Counter; 3],
     duplicates: [metrics::Counter; 3],
-    online: metrics::Gauge,
 }
 
 impl Counters {
@@ -63,7 +62,6 @@ impl Counters {
             received: metrics::counter!("fieldline_messages_received_total"),
             accepted: per_kind("fieldline_documents_accepted_total"),
             duplicates: per_kind("fieldline_documents_duplicate_total"),
-            online: metrics::gauge!("fieldline_devices_online"),
         }
     }
 }
@@ -73,7 +71,6 @@ pub struct Pipeline {
     counters: Counters,
     writer: WriterHandle,
     live: Arc<dyn LiveFeed>,
-    presence: Presence,
     dedupe: Dedupe,
     device_ids: Interner,
     metric_names: Interner,
@@ -84,6 +81,17 @@ pub struct Pipeline {
     spill_state: Arc<SpillState>,
     /// The newest log position handled.
     last_position: u64,
+    /// At start-up, while the log is replayed from before what storage holds.
+    rebuild: Option<Rebuild>,
+}
+
+/// Replaying records storage already holds, to rebuild the live views' history.
+struct Rebuild {
+    /// The newest record storage holds.
+    through: u64,
+    /// Started empty at the first replayed record, as the live path's was when it first
+    /// judged these records; storage's own state (seeded from what it holds) is past them.
+    dedupe: Dedupe,
 }
 
 /// Where one message's documents and rejections go.
@@ -96,6 +104,24 @@ enum Path {
     /// Into the batch only: read back from the log for storage; its live events and its
     /// counts went out when it arrived.
     StoreOnly,
+    /// To live views only, replayed at start-up from records storage already holds: it
+    /// rebuilds the live history. It was counted and its rejections recorded the first time.
+    Rebuild,
+}
+
+impl Path {
+    fn live(self) -> bool {
+        self != Path::StoreOnly
+    }
+
+    fn stores(self) -> bool {
+        matches!(self, Path::Both | Path::StoreOnly)
+    }
+
+    /// Counted in metrics and logs: the first time the message is taken.
+    fn counts(self) -> bool {
+        matches!(self, Path::Both | Path::LiveOnly)
+    }
 }
 
 /// Log records read back per read while catching storage up.
@@ -117,7 +143,6 @@ impl Pipeline {
             counters: Counters::new(),
             writer,
             live,
-            presence: Presence::default(),
             dedupe: Dedupe::default(),
             device_ids: Interner::default(),
             metric_names: Interner::default(),
@@ -126,6 +151,7 @@ impl Pipeline {
             spill: None,
             spill_state: Arc::new(SpillState::default()),
             last_position: 0,
+            rebuild: None,
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
@@ -144,6 +170,16 @@ impl Pipeline {
         self.spill_state = state;
     }
 
+    /// Makes the replay of the log at start-up (oldest retained record first) rebuild the
+    /// live history: records up to `stored`, which storage already holds, go to live views
+    /// only; the rest to both, as usual.
+    pub fn rebuild_live_through(&mut self, stored: u64) {
+        self.rebuild = Some(Rebuild {
+            through: stored,
+            dedupe: Dedupe::default(),
+        });
+    }
+
     /// Takes one publish through every stage. `position` is its place in the write-ahead
     /// log, which the batch that stores it records.
     pub async fn handle(
@@ -153,24 +189,76 @@ impl Pipeline {
         received_at: SystemTime,
         position: Option<u64>,
     ) {
-        self.counters.received.increment(1);
-        let path = match position {
-            Some(position) => {
-                self.last_position = position;
-                if self.spill.is_some() {
-                    Path::LiveOnly
-                } else {
-                    self.batch.cover(position);
-                    Path::Both
-                }
-            }
-            None => Path::Both,
+        let path = self.path_for(position);
+        let origin = Origin {
+            position,
+            received_ms: epoch_ms(received_at),
         };
-        self.process(topic, payload, epoch_ms(received_at), path);
+        self.process(topic, payload, origin, path);
         self.hand_off_if_full().await;
     }
 
-    fn process(&mut self, topic: &[u8], payload: &[u8], received_ms: i64, path: Path) {
+    /// Takes a device's presence change (decided by the broker) at log `position`.
+    pub async fn presence(
+        &mut self,
+        change: &PresenceChange,
+        received_at: SystemTime,
+        position: Option<u64>,
+    ) {
+        let path = self.path_for(position);
+        let origin = Origin {
+            position,
+            received_ms: epoch_ms(received_at),
+        };
+        self.take_presence(change, origin, path);
+        self.hand_off_if_full().await;
+    }
+
+    /// Takes one record read back from the log (the replay at start-up).
+    pub async fn replayed(&mut self, record: &Logged) {
+        let path = self.path_for(Some(record.position));
+        let origin = Origin {
+            position: Some(record.position),
+            received_ms: record.received_ms,
+        };
+        self.take(&record.entry, origin, path);
+        self.hand_off_if_full().await;
+    }
+
+    /// Where a message at log `position` goes, given how far storage and the replay are.
+    fn path_for(&mut self, position: Option<u64>) -> Path {
+        let Some(position) = position else {
+            return Path::Both;
+        };
+        self.last_position = position;
+        if let Some(rebuild) = &self.rebuild {
+            if position <= rebuild.through {
+                return Path::Rebuild;
+            }
+            // Past what storage holds: storage's own state goes on from here.
+            self.rebuild = None;
+        }
+        if self.spill.is_some() {
+            Path::LiveOnly
+        } else {
+            self.batch.cover(position);
+            Path::Both
+        }
+    }
+
+    fn take(&mut self, entry: &Entry, origin: Origin, path: Path) {
+        match entry {
+            Entry::Publish { topic, payload } => self.process(topic, payload, origin, path),
+            Entry::Presence(change) => self.take_presence(change, origin, path),
+            Entry::Unreadable => {}
+        }
+    }
+
+    fn process(&mut self, topic: &[u8], payload: &[u8], origin: Origin, path: Path) {
+        if path.counts() {
+            self.counters.received.increment(1);
+        }
+        let received_ms = origin.received_ms;
         let topic = String::from_utf8_lossy(topic);
         let (device, kind) = match route(&topic) {
             Ok(Route::Data { device, kind }) => (device, kind),
@@ -189,6 +277,10 @@ impl Pipeline {
             if let Some(seq) = doc.seq {
                 let device_ts = doc.device_ts.then_some(doc.ts_ms);
                 let dedupe = match (&mut self.spill, path) {
+                    (_, Path::Rebuild) => match &mut self.rebuild {
+                        Some(rebuild) => &mut rebuild.dedupe,
+                        None => &mut self.dedupe,
+                    },
                     (Some(spill), Path::StoreOnly) => &mut spill.dedupe,
                     (Some(spill), Path::Both) => {
                         // Not in the log (a Last Will), stored now: the catch-up's state
@@ -199,117 +291,101 @@ impl Pipeline {
                     _ => &mut self.dedupe,
                 };
                 if !dedupe.accept(&device, kind, seq, device_ts) {
-                    if path != Path::StoreOnly {
+                    if path.counts() {
                         self.counters.duplicates[kind.index()].increment(1);
                     }
                     continue;
                 }
             }
-            if path != Path::StoreOnly {
+            if path.counts() {
                 self.counters.accepted[kind.index()].increment(1);
             }
-            self.accept(doc, received_ms, path);
+            self.accept(doc, origin, path);
         }
     }
 
-    fn accept(&mut self, doc: Document, received_ms: i64, path: Path) {
+    fn accept(&mut self, doc: Document, origin: Origin, path: Path) {
         let doc = Arc::new(doc);
-        if path != Path::LiveOnly {
+        if path.stores() {
             self.batch
-                .push_document(&doc, received_ms, &mut self.metric_names);
+                .push_document(&doc, origin.received_ms, &mut self.metric_names);
         }
-        if path != Path::StoreOnly {
-            self.live.publish(doc);
-        }
-    }
-
-    /// The broker accepted a connection: its device is online.
-    pub async fn connected(
-        &mut self,
-        client_id: &str,
-        username: Option<&str>,
-        connection: u64,
-        at: SystemTime,
-    ) {
-        let Some(device) = device_of(username, client_id) else {
-            return;
-        };
-        let device = self.device_ids.intern(device);
-        if self.presence.connected(&device, connection) {
-            self.presence_change(device, epoch_ms(at), None, true, "connect");
-            self.hand_off_if_full().await;
+        if path.live() {
+            self.live.publish(doc, origin);
         }
     }
 
-    /// A connection ended. When it was its device's current one the device goes offline;
-    /// a Last Will the connection left on its own status topic becomes that offline status
-    /// (reason `will`), and a will on any other topic is ingested like a publish.
-    pub async fn disconnected(
-        &mut self,
-        client_id: &str,
-        username: Option<&str>,
-        connection: u64,
-        reason: &'static str,
-        will: Option<(&[u8], &[u8])>,
-        at: SystemTime,
-    ) {
-        let Some(device) = device_of(username, client_id) else {
-            return;
-        };
-        let device = self.device_ids.intern(device);
-        let received_ms = epoch_ms(at);
-        let (mut reason, mut seq) = (reason, None);
-        if let Some((topic, payload)) = will {
-            let status_topic = format!("devices/{device}/status");
-            if topic == status_topic.as_bytes() {
-                let decoded = decode(
-                    &device,
-                    Kind::Status,
-                    payload,
-                    received_ms,
-                    &self.settings.limits,
-                );
-                for rejection in &decoded.rejections {
-                    self.reject(
-                        rejection,
-                        &status_topic,
-                        Some(&device),
-                        payload,
-                        received_ms,
-                        Path::Both,
-                    );
+    /// A device came online, or a connection ended: the device may be offline now (then
+    /// with the reason, or `will` when its Last Will was on its own status topic), and a will
+    /// on any other topic is ingested like a publish.
+    fn take_presence(&mut self, change: &PresenceChange, origin: Origin, path: Path) {
+        let received_ms = origin.received_ms;
+        match change {
+            PresenceChange::Online { device } => {
+                let device = self.device_ids.intern(device);
+                self.presence_change(device, None, true, "connect", origin, path);
+            }
+            PresenceChange::Ended {
+                device,
+                offline,
+                reason,
+                will,
+            } => {
+                let device = self.device_ids.intern(device);
+                let (mut reason, mut seq) = (*reason, None);
+                if let Some((topic, payload)) = will {
+                    let status_topic = format!("devices/{device}/status");
+                    if topic == status_topic.as_bytes() {
+                        let decoded = decode(
+                            &device,
+                            Kind::Status,
+                            payload,
+                            received_ms,
+                            &self.settings.limits,
+                        );
+                        for rejection in &decoded.rejections {
+                            self.reject(
+                                rejection,
+                                &status_topic,
+                                Some(&device),
+                                payload,
+                                received_ms,
+                                path,
+                            );
+                        }
+                        // The will was written at connect time: its seq is kept, but the
+                        // offline status is dated when the connection ended.
+                        if let Some(doc) = decoded.documents.last() {
+                            (reason, seq) = ("will", doc.seq);
+                        }
+                    } else {
+                        self.process(topic, payload, origin, path);
+                    }
                 }
-                // The will was written at connect time: its seq is kept, but the offline
-                // status is dated when the connection ended.
-                if let Some(doc) = decoded.documents.last() {
-                    (reason, seq) = ("will", doc.seq);
+                if *offline {
+                    self.presence_change(device, seq, false, reason, origin, path);
                 }
-            } else {
-                self.handle(topic, payload, at, None).await;
             }
         }
-        if self.presence.disconnected(&device, connection) {
-            self.presence_change(device, received_ms, seq, false, reason);
-            self.hand_off_if_full().await;
-        }
     }
 
+    /// A status document dated when the broker saw the change.
     fn presence_change(
         &mut self,
         device: Arc<str>,
-        ts_ms: i64,
         seq: Option<u64>,
         online: bool,
         reason: &'static str,
+        origin: Origin,
+        path: Path,
     ) {
-        metrics::counter!("fieldline_device_presence_changes_total", "reason" => reason)
-            .increment(1);
-        self.counters
-            .online
-            .set(self.presence.online_devices() as f64);
+        if path.counts() {
+            metrics::counter!("fieldline_device_presence_changes_total", "reason" => reason)
+                .increment(1);
+        }
         let doc = Document {
             device,
-            ts_ms,
+            ts_ms: origin.received_ms,
             device_ts: false,
             seq,
             body: Body::Status(Status {
@@ -317,7 +393,7 @@ impl Pipeline {
                 reason: Some(reason),
             }),
         };
-        self.accept(doc, now_ms(), Path::Both);
+        self.accept(doc, origin, path);
     }
 
     fn reject(
@@ -330,12 +406,12 @@ impl Pipeline {
         path: Path,
     ) {
         let reason: Reason = rejection.reason;
-        if path != Path::StoreOnly {
+        if path.counts() {
             metrics::counter!("fieldline_rejected_messages_total", "reason" => reason.as_str())
                 .increment(1);
             tracing::debug!(topic, reason = reason.as_str(), detail = %rejection.detail, "rejected");
         }
-        if path != Path::LiveOnly {
+        if path.stores() {
             self.batch
                 .push_rejection(rejection, topic, device, payload, received_ms);
         }
@@ -474,12 +550,11 @@ impl Pipeline {
                 .increment(records.len() as u64);
             for record in records {
                 self.batch.cover(record.position);
-                self.process(
-                    &record.topic,
-                    &record.payload,
-                    record.received_ms,
-                    Path::StoreOnly,
-                );
+                let origin = Origin {
+                    position: Some(record.position),
+                    received_ms: record.received_ms,
+                };
+                self.take(&record.entry, origin, Path::StoreOnly);
                 if let Some(spill) = self.spill.as_mut() {
                     spill.from = record.position + 1;
                 }

@@ -11,14 +11,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 
 use crate::dedupe::Dedupe;
+use crate::presence::PresenceChange;
 
-/// One message as the log kept it.
+/// One record as the log kept it.
 #[derive(Debug, Clone)]
 pub struct Logged {
     pub position: u64,
     pub received_ms: i64,
-    pub topic: Bytes,
-    pub payload: Bytes,
+    pub entry: Entry,
+}
+
+/// What a log record holds.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Publish {
+        topic: Bytes,
+        payload: Bytes,
+    },
+    Presence(PresenceChange),
+    /// A record that does not decode (logged where it was read); it moves the position on.
+    Unreadable,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -276,6 +276,13 @@ impl Server {
         assert!(status.success());
     }
 
+    /// SIGKILL, as a crash: nothing is flushed or closed.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child, &self.database_url).await;
+        }
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("TERM");
@@ -639,6 +646,23 @@ pub fn spawn_server(
         .stdin(Stdio::null())
         .spawn()
         .expect("the fieldline binary starts")
+}
+
+/// SIGKILL. On PostgreSQL the dead process's sessions are ended too: a backend waiting on a
+/// lock does not notice its client is gone, and would hold its own row locks meanwhile.
+pub async fn kill(child: &mut Child, url: &str) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(db) = url
+        .strip_prefix("postgres")
+        .and_then(|u| u.rsplit('/').next())
+    {
+        pg_admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{db}' AND application_name = 'fieldline'"
+        ))
+        .await;
+    }
 }
 
 pub async fn wait_for_log(log: &std::path::Path, text: &str, child: &mut Child) {

@@ -179,9 +179,10 @@ pub struct Opened {
 impl Wal {
     /// Opens (or creates) the log in `settings.dir`. `stored` is the position storage holds
     /// everything up to, in the log storage names as `owner`; a log with records and another
-    /// identity is refused before anything in it is touched. Segments entirely at or below
-    /// `stored` are deleted. The newest segment's torn tail is cut; damage anywhere else is
-    /// refused when [`Wal::replay`] reads it.
+    /// identity is refused before anything in it is touched. Segments storage holds are kept
+    /// (the live history is rebuilt from them) until [`Wal::release`] lets them go. The
+    /// newest segment's torn tail is cut; damage anywhere else is refused when
+    /// [`Wal::replay`] reads it.
     pub fn open(
         settings: WalSettings,
         stored: u64,
@@ -207,7 +208,7 @@ impl Wal {
             std::thread::sleep(Duration::from_millis(50));
         }
 
-        let mut listed = segment::list(&dir)?;
+        let listed = segment::list(&dir)?;
         let empty = match listed.as_slice() {
             [] => true,
             [(_, only)] => {
@@ -216,12 +217,6 @@ impl Wal {
             _ => false,
         };
         let id = identity(&settings, owner, empty)?;
-        // Whole segments storage already holds: the next segment starts at or below
-        // stored + 1, so every record of this one is stored.
-        while listed.len() > 1 && listed[1].0 <= stored + 1 {
-            let (_, path) = listed.remove(0);
-            std::fs::remove_file(&path).map_err(|e| WalError::io("cannot delete", &path, e))?;
-        }
         let mut opened = Opened::default();
         let mut segments = VecDeque::new();
         let mut tail = None;
@@ -293,12 +288,11 @@ impl Wal {
             // The log goes on where it ended, unless storage is ahead of it (a log that was
             // moved away): positions must keep growing past what storage recorded.
             Some((file, path, len, last)) if last >= stored => (file, path, len, last + 1),
-            stale => {
-                // Every record of an older tail is stored; replay must not meet its gap.
-                if let Some((_, path, _, _)) = stale {
+            _ => {
+                // Every record of an older log is stored; replay must not meet its gap.
+                for (_, path, _) in segments.drain(..) {
                     std::fs::remove_file(&path)
                         .map_err(|e| WalError::io("cannot delete", &path, e))?;
-                    segments.pop_back();
                 }
                 let first = stored + 1;
                 let (file, path) = segment::create(&dir, first)?;
@@ -530,22 +524,24 @@ impl Wal {
             .record(started.elapsed().as_secs_f64());
     }
 
-    /// Storage holds every record up to `stored`: forget them, and delete segments that
-    /// hold nothing else.
-    pub fn release(&self, stored: u64) {
+    /// Storage holds every record up to `stored`, and nothing before `keep_from` is needed
+    /// any more (the live history holds no older event): delete the segments that hold
+    /// nothing else.
+    pub fn release(&self, stored: u64, keep_from: u64) {
         let mut active = self.lock();
-        if stored <= active.stored {
-            return;
-        }
-        active.stored = stored;
-        while let Some(&(last, bytes, _)) = active.backlog.front() {
-            if last > stored {
-                break;
+        if stored > active.stored {
+            active.stored = stored;
+            while let Some(&(last, bytes, _)) = active.backlog.front() {
+                if last > stored {
+                    break;
+                }
+                active.stored_bytes = bytes;
+                active.backlog.pop_front();
             }
-            active.stored_bytes = bytes;
-            active.backlog.pop_front();
         }
-        while active.segments.len() > 1 && active.segments[1].0 <= stored + 1 {
+        let stored = active.stored;
+        let needed_from = keep_from.min(stored + 1);
+        while active.segments.len() > 1 && active.segments[1].0 <= needed_from {
             if let Some((_, path, _)) = active.segments.pop_front() {
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::warn!(file = %path.display(), error = %e, "cannot delete a stored write-ahead log segment");
@@ -633,6 +629,12 @@ impl Wal {
     /// Refreshes the backlog gauges (their age moves with the clock); call it on a timer.
     pub fn report_backlog(&self) {
         self.report(&self.lock());
+    }
+
+    /// The oldest position the log still has (the next to be written when it is empty).
+    pub fn first_position(&self) -> u64 {
+        let active = self.lock();
+        active.segments.front().map_or(active.next, |s| s.0)
     }
 
     /// A cursor reading the log from `from` on while appends go on.

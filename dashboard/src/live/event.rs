@@ -2,7 +2,6 @@
 //! first use, and the bytes are shared by every client that receives it.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
 
 use bytes::Bytes;
 use fieldline_ingest::document::{Body, Document, Kind};
@@ -14,8 +13,9 @@ use super::position::Position;
 pub struct LiveEvent {
     pub position: Position,
     pub document: Arc<Document>,
-    /// When the hub took it, for the history's age limit.
-    pub(crate) at: Instant,
+    /// When the broker received it (ms since 1970), for the history's age limit: the same
+    /// whether the event is live or rebuilt from the log after a restart.
+    pub(crate) received_ms: i64,
     /// The device's newest known position when the event was published, so bounding-box
     /// filters give the same answer live and on replay.
     pub(crate) device_position: Option<(f64, f64)>,
@@ -28,11 +28,12 @@ impl LiveEvent {
         position: Position,
         document: Arc<Document>,
         device_position: Option<(f64, f64)>,
+        received_ms: i64,
     ) -> Self {
         Self {
             position,
             document,
-            at: Instant::now(),
+            received_ms,
             device_position,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
@@ -163,6 +164,7 @@ mod tests {
                 body,
             }),
             None,
+            1_764_072_000_500,
         )
     }
 

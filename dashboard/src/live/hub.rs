@@ -1,4 +1,10 @@
 //! The hub: numbers events, keeps the resume history, and fans events out to client queues.
+//!
+//! With a write-ahead log, an event's offset comes from its message's place in the log
+//! (position × 65,536 + its index among that message's events), and the epoch belongs to the
+//! log. Replaying the log at start-up then gives every event the id it had before the
+//! restart, so a client resumes across restarts with exactly what it missed. Without a log
+//! (`--durability memory`) offsets simply count, and the epoch is new at every start.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -7,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldline_ingest::document::{Body, Document};
-use fieldline_ingest::LiveFeed;
+use fieldline_ingest::time_format::now_ms;
+use fieldline_ingest::{LiveFeed, Origin};
 use tokio::sync::Notify;
 
 use super::event::LiveEvent;
@@ -63,9 +70,16 @@ struct Client {
     wake: Notify,
 }
 
+/// Events one log record may yield before their offsets run into the next record's: a
+/// payload holds at most 1,000 documents, a connection's end a will and a status.
+const EVENTS_PER_RECORD: u64 = 1 << 16;
+
 struct State {
-    /// Offset the next event gets; offsets start at 1, so `{epoch}-0` means "from the start".
-    next_offset: u64,
+    /// The newest event's offset. Offsets start above 0, so `{epoch}-0` means "from the
+    /// start"; they grow with every event, not always by one.
+    last_offset: u64,
+    /// The newest offset no longer held: a client resuming from before it gets a reset.
+    evicted_through: u64,
     history: VecDeque<Arc<LiveEvent>>,
     /// Each device's newest position, for bounding-box filters on its other events.
     positions: HashMap<Arc<str>, (f64, f64)>,
@@ -77,6 +91,8 @@ struct State {
 
 pub struct Hub {
     epoch: u64,
+    /// Offsets are numbered from log positions.
+    follows_log: bool,
     settings: HubSettings,
     state: Mutex<State>,
     next_client: AtomicU64,
@@ -91,16 +107,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
+    /// A hub without a log: a new epoch at every start, and offsets that count events.
     pub fn new(settings: HubSettings) -> Arc<Self> {
         // Microseconds since 1970: a new epoch at every start, and ids sort by start.
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        Self::build(settings, epoch, false, 0)
+    }
+
+    /// A hub whose events are numbered by their place in the write-ahead log, under the
+    /// log's `epoch`. Its history is rebuilt by replaying the log from `first_position`, the
+    /// oldest record the log still has: events before it are not held.
+    pub fn following_log(settings: HubSettings, epoch: u64, first_position: u64) -> Arc<Self> {
+        let floor = first_position
+            .saturating_mul(EVENTS_PER_RECORD)
+            .saturating_sub(1);
+        Self::build(settings, epoch, true, floor)
+    }
+
+    fn build(settings: HubSettings, epoch: u64, follows_log: bool, floor: u64) -> Arc<Self> {
         Arc::new(Self {
             epoch,
+            follows_log,
             settings,
             state: Mutex::new(State {
-                next_offset: 1,
+                last_offset: floor,
+                evicted_through: floor,
                 history: VecDeque::new(),
                 positions: HashMap::new(),
                 everyone: Vec::new(),
@@ -117,8 +150,22 @@ impl Hub {
     pub fn head(&self) -> Position {
         Position {
             epoch: self.epoch,
-            offset: lock(&self.state).next_offset - 1,
+            offset: lock(&self.state).last_offset,
         }
+    }
+
+    /// The oldest log position the history still holds events of: the log must keep it
+    /// (and what follows) for the history to be rebuilt after a restart. `None` without a
+    /// log, or with nothing held.
+    pub fn oldest_held_record(&self) -> Option<u64> {
+        if !self.follows_log {
+            return None;
+        }
+        let state = lock(&self.state);
+        state
+            .history
+            .front()
+            .map(|e| e.position.offset / EVENTS_PER_RECORD)
     }
 
     /// Registers a client. With `since`, the events after it that the history still holds are
@@ -144,20 +191,18 @@ impl Hub {
             }
             None => state.everyone.push(client.clone()),
         }
-        let head = state.next_offset;
-        let oldest = state.history.front().map_or(head, |e| e.position.offset);
+        let last = state.last_offset;
         let (replay, reset) = match since {
             None => (None, None),
-            Some(p) if p.epoch != self.epoch => {
-                (None, Some("the server restarted since that position"))
-            }
-            Some(p) if p.offset >= head => {
-                (None, Some("that position is not one of this stream's"))
-            }
-            Some(p) if p.offset + 1 < oldest => {
+            Some(p) if p.epoch != self.epoch => (
+                None,
+                Some("the server restarted or lost its history since that position"),
+            ),
+            Some(p) if p.offset > last => (None, Some("that position is not one of this stream's")),
+            Some(p) if p.offset < state.evicted_through => {
                 (None, Some("events after that position are no longer held"))
             }
-            Some(p) => (Some(p.offset + 1..head), None),
+            Some(p) => (Some(p.offset + 1..last + 1), None),
         };
         drop(state);
         if let Some(reason) = reset {
@@ -171,7 +216,7 @@ impl Hub {
             reset,
             live_from: Position {
                 epoch: self.epoch,
-                offset: head - 1,
+                offset: last,
             },
         }
     }
@@ -202,16 +247,14 @@ impl Hub {
         max: usize,
     ) -> Result<Vec<Arc<LiveEvent>>, ()> {
         let state = lock(&self.state);
-        let oldest = state
-            .history
-            .front()
-            .map_or(state.next_offset, |e| e.position.offset);
-        if range.start < oldest {
+        if range.start <= state.evicted_through {
             return Err(());
         }
         let mut out = Vec::new();
-        // Offsets in the history are contiguous, so an offset maps straight to an index.
-        let from = (range.start - oldest) as usize;
+        // Offsets grow along the history, so the start is found by bisection.
+        let from = state
+            .history
+            .partition_point(|e| e.position.offset < range.start);
         for event in state.history.range(from..) {
             if event.position.offset >= range.end || out.len() >= max {
                 break;
@@ -222,7 +265,7 @@ impl Hub {
             }
         }
         if out.len() < max {
-            range.start = range.start.max(range.end.min(state.next_offset));
+            range.start = range.start.max(range.end.min(state.last_offset + 1));
         }
         Ok(out)
     }
@@ -294,14 +337,23 @@ impl Hub {
 }
 
 impl LiveFeed for Hub {
-    fn publish(&self, document: Arc<Document>) {
+    fn publish(&self, document: Arc<Document>, origin: Origin) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
+        // The first event of a log record takes the record's slot; the record's further
+        // events (and any event without a log position) the offsets after it.
+        let slot = origin
+            .position
+            .filter(|_| self.follows_log)
+            .and_then(|p| p.checked_mul(EVENTS_PER_RECORD));
+        state.last_offset = match slot {
+            Some(slot) if slot > state.last_offset => slot,
+            _ => state.last_offset + 1,
+        };
         let position = Position {
             epoch: self.epoch,
-            offset: state.next_offset,
+            offset: state.last_offset,
         };
-        state.next_offset += 1;
         let device_position = match &document.body {
             Body::Location(l) => {
                 match state.positions.get_mut(&*document.device) {
@@ -316,15 +368,23 @@ impl LiveFeed for Hub {
             }
             _ => state.positions.get(&*document.device).copied(),
         };
-        let event = Arc::new(LiveEvent::new(position, document, device_position));
+        let event = Arc::new(LiveEvent::new(
+            position,
+            document,
+            device_position,
+            origin.received_ms,
+        ));
         state.history.push_back(event.clone());
+        let oldest_kept = now_ms().saturating_sub(self.settings.history_age.as_millis() as i64);
         while state.history.len() > self.settings.history_events
             || state
                 .history
                 .front()
-                .is_some_and(|e| e.at.elapsed() > self.settings.history_age)
+                .is_some_and(|e| e.received_ms < oldest_kept)
         {
-            state.history.pop_front();
+            if let Some(evicted) = state.history.pop_front() {
+                state.evicted_through = evicted.position.offset;
+            }
         }
         let mut cut_off = Vec::new();
         let targeted = state.by_device.get(event.device());

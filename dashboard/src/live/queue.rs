@@ -164,6 +164,7 @@ mod tests {
                 body,
             }),
             None,
+            0,
         ))
     }
 

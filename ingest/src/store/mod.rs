@@ -146,9 +146,9 @@ pub trait Store: AccessStore + Send + Sync {
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>>;
     /// Status history: connects, disconnects with their reasons, and published statuses.
     fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>>;
-    /// Marks every device offline, recording why (at start-up: no connection survives a
-    /// restart). Returns how many were online.
-    fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64>;
+    /// The devices whose newest stored status says they are connected (at start-up: those
+    /// whose connection the restart ended).
+    fn online_devices(&self) -> StoreFuture<'_, Vec<String>>;
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>>;
     fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>>;
     /// Which write-ahead log storage follows, and the position it holds every record up to.

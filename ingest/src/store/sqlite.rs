@@ -291,23 +291,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn end_presence(&self, now_ms: i64, reason: &'static str) -> StoreFuture<'_, u64> {
+    fn online_devices(&self) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO statuses (device_id, ts, seq, online, reason)
-                 SELECT device_id, ?, NULL, 0, ? FROM devices WHERE online",
-            )
-            .bind(now_ms)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-            let ended = sqlx::query("UPDATE devices SET online = 0 WHERE online")
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok(ended)
+            let ids: Vec<(String,)> =
+                sqlx::query_as("SELECT device_id FROM devices WHERE online ORDER BY device_id")
+                    .fetch_all(&self.pool)
+                    .await?;
+            Ok(ids.into_iter().map(|(id,)| id).collect())
         })
     }
 
