@@ -61,6 +61,8 @@ pub async fn end_presence_left_by_restart(
             .presence(&presence_change(&change), now, position)
             .await;
     }
+    // Stored before any client asks: the REST API says offline from the first request.
+    pipeline.flush_and_wait_stored().await;
     Ok(devices.len())
 }
 

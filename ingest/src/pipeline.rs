@@ -461,6 +461,12 @@ impl Pipeline {
         }
     }
 
+    /// Hands over whatever is gathered and waits until storage has written it.
+    pub async fn flush_and_wait_stored(&mut self) {
+        self.flush().await;
+        self.writer.written().await;
+    }
+
     async fn hand_off(&mut self) {
         if self.batch.is_empty() {
             return;

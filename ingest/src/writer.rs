@@ -13,13 +13,18 @@ use crate::store::Store;
 /// The pipeline's end of the writer queue.
 pub struct WriterHandle {
     tx: mpsc::Sender<Batch>,
+    /// Batches handed over so far ...
+    sent: u64,
+    /// ... and written so far (the writer's count).
+    written: watch::Receiver<u64>,
 }
 
 impl WriterHandle {
     /// Hands `batch` to the writer if its queue has room, and gives it back if not.
-    pub(crate) fn offer(&self, batch: Batch) -> Option<Batch> {
+    pub(crate) fn offer(&mut self, batch: Batch) -> Option<Batch> {
         match self.tx.try_send(batch) {
             Ok(()) => {
+                self.sent += 1;
                 self.gauge();
                 None
             }
@@ -29,13 +34,23 @@ impl WriterHandle {
         }
     }
 
-    pub(crate) async fn send(&self, batch: Batch) {
-        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
-            // Only when the writer task died, which it does not do on database errors.
-            tracing::error!(rows = batch.rows(), "store writer is gone; batch lost");
-            metrics::counter!("fieldline_storage_lost_rows_total").increment(batch.rows() as u64);
+    pub(crate) async fn send(&mut self, batch: Batch) {
+        match self.tx.send(batch).await {
+            Ok(()) => self.sent += 1,
+            Err(mpsc::error::SendError(batch)) => {
+                // Only when the writer task died, which it does not do on database errors.
+                tracing::error!(rows = batch.rows(), "store writer is gone; batch lost");
+                metrics::counter!("fieldline_storage_lost_rows_total")
+                    .increment(batch.rows() as u64);
+            }
         }
         self.gauge();
+    }
+
+    /// Waits until every batch handed over so far is written (or the writer is gone).
+    pub(crate) async fn written(&mut self) {
+        let sent = self.sent;
+        let _ = self.written.wait_for(|&written| written >= sent).await;
     }
 
     fn gauge(&self) {
@@ -55,10 +70,12 @@ pub fn spawn_writer(
 ) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
     let (stored_tx, stored_rx) = watch::channel(stored_position);
+    let (written_tx, written) = watch::channel(0u64);
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
             write_until_stored(&*store, &batch).await;
+            written_tx.send_modify(|n| *n += 1);
             if let Some(position) = batch.log_position {
                 stored_tx.send_if_modified(|stored| {
                     let newer = position > *stored;
@@ -68,7 +85,15 @@ pub fn spawn_writer(
             }
         }
     });
-    (WriterHandle { tx }, task, stored_rx)
+    (
+        WriterHandle {
+            tx,
+            sent: 0,
+            written,
+        },
+        task,
+        stored_rx,
+    )
 }
 
 async fn write_until_stored(store: &dyn Store, batch: &Batch) {

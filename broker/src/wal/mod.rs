@@ -540,7 +540,12 @@ impl Wal {
             }
         }
         let stored = active.stored;
-        let needed_from = keep_from.min(stored + 1);
+        // The history is a convenience: a full disk gives it up before devices wait.
+        let needed_from = if self.is_failing() {
+            stored + 1
+        } else {
+            keep_from.min(stored + 1)
+        };
         while active.segments.len() > 1 && active.segments[1].0 <= needed_from {
             if let Some((_, path, _)) = active.segments.pop_front() {
                 if let Err(e) = std::fs::remove_file(&path) {
