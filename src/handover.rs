@@ -49,14 +49,13 @@ pub async fn end_presence_left_by_restart(
             will: None,
         };
         let now = SystemTime::now();
-        let position = match wal {
-            Some(wal) => Some(
-                change
-                    .append_to(wal, fieldline_ingest::time_format::epoch_ms(now))
-                    .context("cannot write to the write-ahead log")?,
-            ),
-            None => None,
-        };
+        let position = wal.and_then(|wal| {
+            change
+                .append_to(wal, fieldline_ingest::time_format::epoch_ms(now))
+                // A full disk must not stop the start: stored without a log position.
+                .map_err(|e| tracing::warn!(error = %e, device = %device, "cannot log the offline status a restart causes"))
+                .ok()
+        });
         pipeline
             .presence(&presence_change(&change), now, position)
             .await;

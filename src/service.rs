@@ -92,6 +92,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => Hub::new(config.live.clone()),
     };
+    if wal.is_some() {
+        let devices = store
+            .devices()
+            .await
+            .context("cannot read the devices' newest positions")?;
+        hub.seed_positions(devices.into_iter().filter_map(|d| {
+            let location = d.location?;
+            Some((d.id, location["lat"].as_f64()?, location["lon"].as_f64()?))
+        }));
+    }
     let (writer, writer_task, stored) =
         spawn_writer(store.clone(), WRITER_QUEUE_BATCHES, stored_position);
     let mut pipeline = Pipeline::new(

@@ -212,7 +212,16 @@ fn stored_segments_are_kept_for_the_live_history_until_released() {
         .map(|r| r.expect("valid").position)
         .collect();
     assert_eq!(replayed, (151..=300).collect::<Vec<_>>());
+    let on_disk: u64 = segments(&dir.0)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
     assert!(wal.unstored_bytes() > 0);
+    assert!(
+        wal.unstored_bytes() < on_disk * 3 / 4,
+        "segments wholly stored do not wait for storage: {} of {on_disk}",
+        wal.unstored_bytes()
+    );
     // Everything stored, but the live history still holds events from record 200 on.
     wal.release(300, 200);
     assert_eq!(wal.unstored_bytes(), 0, "kept for history is not waiting");

@@ -5,14 +5,29 @@ use std::sync::Arc;
 
 use crate::document::Document;
 
-/// Where a document came from: its message's place in the write-ahead log, and when the
-/// broker received it. Several documents (a batch payload) share one origin.
+/// Where a document came from: its message's place in the write-ahead log, its place among
+/// that message's documents, and when the broker received it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// `None` without a log (`--durability memory`), or for a presence change the log could
     /// not take.
     pub position: Option<u64>,
+    /// The document's index in its payload as decoded, before duplicates are dropped, so a
+    /// replay that judges one duplicate differently numbers every other document the same.
+    /// A connection's offline status comes after its will's documents: [`Origin::LAST_INDEX`].
+    pub index: u16,
     pub received_ms: i64,
+}
+
+impl Origin {
+    pub const LAST_INDEX: u16 = u16::MAX;
+
+    pub fn at(self, index: usize) -> Origin {
+        Origin {
+            index: u16::try_from(index).unwrap_or(Origin::LAST_INDEX - 1),
+            ..self
+        }
+    }
 }
 
 /// A consumer of accepted documents, in acceptance order. Called on the pipeline's task for

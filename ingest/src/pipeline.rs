@@ -192,6 +192,7 @@ impl Pipeline {
         let path = self.path_for(position);
         let origin = Origin {
             position,
+            index: 0,
             received_ms: epoch_ms(received_at),
         };
         self.process(topic, payload, origin, path);
@@ -208,6 +209,7 @@ impl Pipeline {
         let path = self.path_for(position);
         let origin = Origin {
             position,
+            index: 0,
             received_ms: epoch_ms(received_at),
         };
         self.take_presence(change, origin, path);
@@ -219,6 +221,7 @@ impl Pipeline {
         let path = self.path_for(Some(record.position));
         let origin = Origin {
             position: Some(record.position),
+            index: 0,
             received_ms: record.received_ms,
         };
         self.take(&record.entry, origin, path);
@@ -273,7 +276,7 @@ impl Pipeline {
         for rejection in &decoded.rejections {
             self.reject(rejection, &topic, Some(&device), payload, received_ms, path);
         }
-        for doc in decoded.documents {
+        for (index, doc) in decoded.documents.into_iter().enumerate() {
             if let Some(seq) = doc.seq {
                 let device_ts = doc.device_ts.then_some(doc.ts_ms);
                 let dedupe = match (&mut self.spill, path) {
@@ -300,7 +303,7 @@ impl Pipeline {
             if path.counts() {
                 self.counters.accepted[kind.index()].increment(1);
             }
-            self.accept(doc, origin, path);
+            self.accept(doc, origin.at(index), path);
         }
     }
 
@@ -363,7 +366,11 @@ impl Pipeline {
                     }
                 }
                 if *offline {
-                    self.presence_change(device, seq, false, reason, origin, path);
+                    let last = Origin {
+                        index: Origin::LAST_INDEX,
+                        ..origin
+                    };
+                    self.presence_change(device, seq, false, reason, last, path);
                 }
             }
         }
@@ -558,6 +565,7 @@ impl Pipeline {
                 self.batch.cover(record.position);
                 let origin = Origin {
                     position: Some(record.position),
+                    index: 0,
                     received_ms: record.received_ms,
                 };
                 self.take(&record.entry, origin, Path::StoreOnly);

@@ -303,13 +303,19 @@ impl Wal {
         };
         opened.last = next - 1;
         opened.id = id;
-        // What waits for storage: at most the kept segments (the first may be partly stored;
-        // recovery stores it all before any device is read, and then it counts as stored).
+        // What waits for storage: the segments from the one holding `stored + 1` on (that one
+        // may be partly stored; recovery stores it all before any device is read, and then it
+        // counts as stored). Older segments, kept for the live history, wait for nothing.
         let backlog_bytes: u64 = segments.iter().map(|s| s.2).sum();
         let mut backlog = VecDeque::new();
         let stored_bytes = if next - 1 > stored {
             backlog.push_back((next - 1, backlog_bytes, now_ms()));
-            0
+            segments
+                .iter()
+                .zip(segments.iter().skip(1))
+                .take_while(|(_, next_segment)| next_segment.0 <= stored + 1)
+                .map(|(segment, _)| segment.2)
+                .sum()
         } else {
             backlog_bytes
         };

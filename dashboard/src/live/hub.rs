@@ -1,7 +1,7 @@
 //! The hub: numbers events, keeps the resume history, and fans events out to client queues.
 //!
 //! With a write-ahead log, an event's offset comes from its message's place in the log
-//! (position × 65,536 + its index among that message's events), and the epoch belongs to the
+//! (position × 65,536 + its document's index in the payload), and the epoch belongs to the
 //! log. Replaying the log at start-up then gives every event the id it had before the
 //! restart, so a client resumes across restarts with exactly what it missed. Without a log
 //! (`--durability memory`) offsets simply count, and the epoch is new at every start.
@@ -70,8 +70,8 @@ struct Client {
     wake: Notify,
 }
 
-/// Events one log record may yield before their offsets run into the next record's: a
-/// payload holds at most 1,000 documents, a connection's end a will and a status.
+/// Offsets per log record: a payload holds at most 1,000 documents, and a connection's
+/// offline status takes the record's last index.
 const EVENTS_PER_RECORD: u64 = 1 << 16;
 
 struct State {
@@ -151,6 +151,17 @@ impl Hub {
         Position {
             epoch: self.epoch,
             offset: lock(&self.state).last_offset,
+        }
+    }
+
+    /// Gives devices their newest stored position before the history is rebuilt, so that
+    /// bounding-box filters place the rebuilt events of a device whose last fix is older than
+    /// the log (as live delivery placed them; a device whose newest stored fix is among the
+    /// rebuilt ones is placed by that fix until the rebuild reaches it).
+    pub fn seed_positions(&self, positions: impl IntoIterator<Item = (String, f64, f64)>) {
+        let mut state = lock(&self.state);
+        for (device, lat, lon) in positions {
+            state.positions.insert(Arc::from(device), (lat, lon));
         }
     }
 
@@ -342,12 +353,13 @@ impl LiveFeed for Hub {
         let state = &mut *guard;
         // The first event of a log record takes the record's slot; the record's further
         // events (and any event without a log position) the offsets after it.
-        let slot = origin
+        let numbered = origin
             .position
             .filter(|_| self.follows_log)
-            .and_then(|p| p.checked_mul(EVENTS_PER_RECORD));
-        state.last_offset = match slot {
-            Some(slot) if slot > state.last_offset => slot,
+            .and_then(|p| p.checked_mul(EVENTS_PER_RECORD))
+            .map(|slot| slot + u64::from(origin.index));
+        state.last_offset = match numbered {
+            Some(offset) if offset > state.last_offset => offset,
             _ => state.last_offset + 1,
         };
         let position = Position {
