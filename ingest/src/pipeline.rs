@@ -189,12 +189,7 @@ impl Pipeline {
         received_at: SystemTime,
         position: Option<u64>,
     ) {
-        let path = self.path_for(position);
-        let origin = Origin {
-            position,
-            index: 0,
-            received_ms: epoch_ms(received_at),
-        };
+        let (origin, path) = self.arrived(position, epoch_ms(received_at));
         self.process(topic, payload, origin, path);
         self.hand_off_if_full().await;
     }
@@ -206,26 +201,27 @@ impl Pipeline {
         received_at: SystemTime,
         position: Option<u64>,
     ) {
-        let path = self.path_for(position);
-        let origin = Origin {
-            position,
-            index: 0,
-            received_ms: epoch_ms(received_at),
-        };
+        let (origin, path) = self.arrived(position, epoch_ms(received_at));
         self.take_presence(change, origin, path);
         self.hand_off_if_full().await;
     }
 
     /// Takes one record read back from the log (the replay at start-up).
     pub async fn replayed(&mut self, record: &Logged) {
-        let path = self.path_for(Some(record.position));
-        let origin = Origin {
-            position: Some(record.position),
-            index: 0,
-            received_ms: record.received_ms,
-        };
+        let (origin, path) = self.arrived(Some(record.position), record.received_ms);
         self.take(&record.entry, origin, path);
         self.hand_off_if_full().await;
+    }
+
+    /// A message at log `position`: where it came from, and where it goes.
+    fn arrived(&mut self, position: Option<u64>, received_ms: i64) -> (Origin, Path) {
+        let path = self.path_for(position);
+        let origin = Origin {
+            position,
+            index: 0,
+            received_ms,
+        };
+        (origin, path)
     }
 
     /// Where a message at log `position` goes, given how far storage and the replay are.
