@@ -12,6 +12,7 @@ pub mod batch;
 pub mod decode;
 pub mod dedupe;
 pub mod document;
+pub mod geofence;
 pub mod live;
 pub mod pipeline;
 pub mod presence;
