@@ -83,10 +83,6 @@ impl Fences {
         self.fences.is_empty()
     }
 
-    pub fn get(&self, id: i64) -> Option<&Fence> {
-        self.fences.iter().find(|f| f.id == id)
-    }
-
     /// Fences whose box holds the point (as given, or shifted by +360° for shapes across the
     /// antimeridian) and that apply to `device`.
     pub fn candidates<'a>(

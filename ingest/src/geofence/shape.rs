@@ -71,8 +71,11 @@ impl Shape {
                 if coords.len() < 2 {
                     return bad("a LineString needs at least 2 positions");
                 }
+                let mut lines = [coords];
+                unwrap_antimeridian(&mut lines);
+                let [coords] = lines;
                 Shape::Corridor {
-                    line: LineString::new(unwrap_antimeridian(coords)),
+                    line: LineString::new(coords),
                     half_width_m: positive("width_m")? / 2.0,
                 }
             }
@@ -198,17 +201,19 @@ fn positions(v: &Value) -> Result<Vec<Coord<f64>>, BadShape> {
     list.iter().map(position).collect()
 }
 
-/// Shifts western longitudes by +360° when the positions cross the antimeridian.
-fn unwrap_antimeridian(mut coords: Vec<Coord<f64>>) -> Vec<Coord<f64>> {
-    let crosses = coords.windows(2).any(|w| (w[1].x - w[0].x).abs() > 180.0);
+/// Shifts western longitudes by +360° when any of the lines crosses the antimeridian: one
+/// shift for all of them, so a polygon's holes stay inside its outer ring.
+fn unwrap_antimeridian(lines: &mut [Vec<Coord<f64>>]) {
+    let crosses = lines
+        .iter()
+        .any(|l| l.windows(2).any(|w| (w[1].x - w[0].x).abs() > 180.0));
     if crosses {
-        for c in &mut coords {
+        for c in lines.iter_mut().flatten() {
             if c.x < 0.0 {
                 c.x += 360.0;
             }
         }
     }
-    coords
 }
 
 fn polygon(v: &Value) -> Result<Polygon<f64>, BadShape> {
@@ -239,17 +244,7 @@ fn polygon(v: &Value) -> Result<Polygon<f64>, BadShape> {
             Ok(coords)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    // One shift for the whole polygon, so its holes stay inside its outer ring.
-    let crosses = rings
-        .iter()
-        .any(|r| r.windows(2).any(|w| (w[1].x - w[0].x).abs() > 180.0));
-    if crosses {
-        for c in rings.iter_mut().flatten() {
-            if c.x < 0.0 {
-                c.x += 360.0;
-            }
-        }
-    }
+    unwrap_antimeridian(&mut rings);
     let mut rings = rings.into_iter().map(LineString::new);
     let exterior = rings.next().unwrap_or_else(|| LineString::new(Vec::new()));
     let polygon = Polygon::new(exterior, rings.collect());
