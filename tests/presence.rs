@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::live::Sse;
+use support::raw_mqtt::{Endpoint, RawMqtt};
 use support::{database, Backend, Device, Server, TempDir};
 
-on_both_backends!(every_way_a_connection_ends_makes_its_device_offline);
+on_both_backends!(
+    every_way_a_connection_ends_makes_its_device_offline,
+    a_device_cannot_forge_a_presence_record
+);
 
 /// `mosquitto_sub` as a device process that stays connected until killed.
 fn mosquitto_device(port: u16, id: &str, extra: &[&str]) -> Child {
@@ -171,4 +175,68 @@ async fn every_way_a_connection_ends_makes_its_device_offline(backend: Backend) 
         .cloned()
         .unwrap_or_default();
     assert_eq!(last["reason"], "dropped", "{history}");
+}
+
+/// The log marks presence records with a topic that starts with byte 0xFF (never UTF-8). A
+/// device that publishes to such a topic, with a payload shaped like a presence record, is
+/// disconnected without a PUBACK, and nothing of it is stored or sent live.
+async fn a_device_cannot_forge_a_presence_record(backend: Backend) {
+    let dir = TempDir::new("presence-forge");
+    let url = database(backend, &dir, "presence_forge").await;
+    let server = Server::start(&dir, &url).await;
+    let mut sse = Sse::open(&server, "devices=truck-9", None).await;
+    let mut forger = RawMqtt::connect(&Endpoint::Tcp(server.mqtt_port), "forger-1", None)
+        .await
+        .expect("connects");
+    // PUBLISH QoS 1, topic b"\xFFpresence", payload "truck-9 is online" in the log's layout.
+    let topic = b"\xFFpresence";
+    let record = b"\x01\x01\x07truck-9";
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic);
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(record);
+    let mut packet = vec![0x32, body.len() as u8];
+    packet.extend_from_slice(&body);
+    forger.send(&packet).await.expect("sent");
+    let seen = forger
+        .closed_within(Duration::from_secs(10))
+        .await
+        .expect("the broker closes the connection");
+    assert!(
+        !seen.iter().any(|(kind, _)| *kind == 0x40),
+        "no PUBACK: {seen:?}"
+    );
+
+    // The service goes on: a real device is stored and sent live; truck-9 never appeared.
+    let mut truck = Device::connect(server.mqtt_port, "truck-9").await;
+    truck
+        .publish(
+            "devices/truck-9/location",
+            r#"{"seq": 1, "lat": 1.0, "lon": 2.0}"#,
+        )
+        .await;
+    truck.wait_acked(1).await;
+    let first = sse.event().await.json();
+    assert_eq!(
+        (&first["kind"], &first["online"]),
+        (&"status".into(), &true.into())
+    );
+    assert_eq!(sse.event().await.json()["kind"], "location");
+    let history = server
+        .wait_for("/api/devices/truck-9/status", |h| {
+            h.as_array().is_some_and(|h| !h.is_empty())
+        })
+        .await;
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(1),
+        "only the real connect: {history}"
+    );
+    let forger_track = server.get_ok("/api/devices/forger-1").await;
+    assert_eq!(
+        forger_track["location"],
+        Value::Null,
+        "nothing of the forged publish is data"
+    );
 }
