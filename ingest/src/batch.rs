@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::document::{Body, Document};
+use crate::events::judges::Derived;
 use crate::rejection::Rejection;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +76,9 @@ pub struct Batch {
     pub statuses: Vec<StatusRow>,
     pub rejected: Vec<RejectedRow>,
     pub devices: HashMap<Arc<str>, DeviceUpdate>,
+    /// Geofence and alert events these rows caused, and the states they changed: stored in
+    /// the same transaction (the outbox).
+    pub derived: Derived,
     /// Documents (not rows) in the batch, for metrics.
     pub documents: usize,
     /// The newest write-ahead log position whose message this batch (with the batches
@@ -90,7 +94,10 @@ impl Batch {
     /// Nothing to store. A batch whose messages were all duplicates still moves the log
     /// position, so it is not empty.
     pub fn is_empty(&self) -> bool {
-        self.documents == 0 && self.rejected.is_empty() && self.log_position.is_none()
+        self.documents == 0
+            && self.rejected.is_empty()
+            && self.log_position.is_none()
+            && self.derived.is_empty()
     }
 
     /// Records that this batch covers the log up to `position`.
@@ -104,7 +111,7 @@ impl Batch {
         self.positions.len() + self.telemetry.len() + self.statuses.len() + self.rejected.len()
     }
 
-    fn mark_started(&mut self) {
+    pub fn mark_started(&mut self) {
         self.started.get_or_insert_with(std::time::Instant::now);
     }
 

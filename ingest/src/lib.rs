@@ -8,10 +8,12 @@
 //! the [`live`] feed as it is accepted. When storage falls behind, new rows wait in the
 //! write-ahead log and the pipeline reads them back as the writer catches up ([`spill`]).
 
+pub mod alerts;
 pub mod batch;
 pub mod decode;
 pub mod dedupe;
 pub mod document;
+pub mod events;
 pub mod geofence;
 pub mod live;
 pub mod pipeline;
@@ -21,6 +23,7 @@ pub mod spill;
 pub mod store;
 pub mod time_format;
 pub mod topic;
+pub mod webhook;
 pub mod writer;
 
 pub use live::{LiveFeed, NoLiveFeed, Origin};

@@ -14,12 +14,13 @@ use crate::batch::{Batch, Interner};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
 use crate::document::{Body, Document, Kind, Status};
+use crate::events::judges::Judges;
 use crate::live::{LiveFeed, Origin};
 use crate::presence::PresenceChange;
 use crate::rejection::{Reason, Rejection};
 use crate::spill::{Backlog, Entry, Logged, Spill, SpillState};
 use crate::store::StreamSeq;
-use crate::time_format::epoch_ms;
+use crate::time_format::{epoch_ms, now_ms};
 use crate::topic::{route, Route};
 use crate::writer::WriterHandle;
 
@@ -83,6 +84,8 @@ pub struct Pipeline {
     last_position: u64,
     /// At start-up, while the log is replayed from before what storage holds.
     rebuild: Option<Rebuild>,
+    /// Geofences and alert rules, judged on the storage path.
+    judges: Option<Judges>,
 }
 
 /// Replaying records storage already holds, to rebuild the live views' history.
@@ -152,6 +155,7 @@ impl Pipeline {
             spill_state: Arc::new(SpillState::default()),
             last_position: 0,
             rebuild: None,
+            judges: None,
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
@@ -168,6 +172,12 @@ impl Pipeline {
     pub fn spill_to(&mut self, backlog: Box<dyn Backlog>, state: Arc<SpillState>) {
         self.backlog = Some(backlog);
         self.spill_state = state;
+    }
+
+    /// Judges every stored document against geofences and alert rules; their events go into
+    /// the batch that stores the document.
+    pub fn judge_with(&mut self, judges: Judges) {
+        self.judges = Some(judges);
     }
 
     /// Makes the replay of the log at start-up (oldest retained record first) rebuild the
@@ -308,6 +318,9 @@ impl Pipeline {
         if path.stores() {
             self.batch
                 .push_document(&doc, origin.received_ms, &mut self.metric_names);
+            if let Some(judges) = &mut self.judges {
+                judges.document(&doc, origin.position, &mut self.batch.derived);
+            }
         }
         if path.live() {
             self.live.publish(doc, origin);
@@ -431,6 +444,13 @@ impl Pipeline {
     pub async fn flush_if_due(&mut self) {
         if self.spill.is_some() {
             self.catch_up().await;
+        }
+        if let Some(judges) = &mut self.judges {
+            let before = self.batch.derived.events.len();
+            judges.tick(now_ms(), &mut self.batch.derived);
+            if self.batch.derived.events.len() > before {
+                self.batch.mark_started();
+            }
         }
         let due = self
             .batch

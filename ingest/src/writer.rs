@@ -1,5 +1,6 @@
 //! The store writer: takes batches from the pipeline and writes them, one at a time, retrying
-//! until they are stored. Nothing handed to the writer is dropped.
+//! until they are stored. Nothing handed to the writer is dropped. After each commit it hands
+//! the batch's derived events, now numbered, to the event feed (the outbox's publisher).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::batch::Batch;
+use crate::events::EventFeed;
 use crate::store::Store;
 
 /// The pipeline's end of the writer queue.
@@ -67,6 +69,7 @@ pub fn spawn_writer(
     store: Arc<dyn Store>,
     queue_batches: usize,
     stored_position: u64,
+    events: Arc<dyn EventFeed>,
 ) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
     let (stored_tx, stored_rx) = watch::channel(stored_position);
@@ -74,9 +77,11 @@ pub fn spawn_writer(
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
-            write_until_stored(&*store, &batch).await;
+            let first_seq = write_until_stored(&*store, &batch).await;
+            let log_position = batch.log_position;
+            publish_events(&*events, batch, first_seq);
             written_tx.send_modify(|n| *n += 1);
-            if let Some(position) = batch.log_position {
+            if let Some(position) = log_position {
                 stored_tx.send_if_modified(|stored| {
                     let newer = position > *stored;
                     *stored = (*stored).max(position);
@@ -96,12 +101,33 @@ pub fn spawn_writer(
     )
 }
 
-async fn write_until_stored(store: &dyn Store, batch: &Batch) {
+/// Numbers the committed events as storage did and hands them on.
+fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
+    if batch.derived.events.is_empty() {
+        return;
+    }
+    let events: Vec<Arc<crate::events::Event>> = batch
+        .derived
+        .events
+        .into_iter()
+        .zip(first_seq..)
+        .map(|(mut event, seq)| {
+            event.seq = seq;
+            metrics::counter!("fieldline_events_total", "kind" => event.kind.as_str())
+                .increment(1);
+            Arc::new(event)
+        })
+        .collect();
+    feed.committed(&events);
+}
+
+/// Writes `batch`, retrying until it is stored; returns its first event's seq.
+async fn write_until_stored(store: &dyn Store, batch: &Batch) -> u64 {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         match store.write_batch(batch).await {
-            Ok(()) => {
+            Ok(first_seq) => {
                 let elapsed = started.elapsed();
                 metrics::histogram!("fieldline_storage_write_seconds", "backend" => store.backend())
                     .record(elapsed.as_secs_f64());
@@ -119,7 +145,7 @@ async fn write_until_stored(store: &dyn Store, batch: &Batch) {
                     ms = elapsed.as_millis() as u64,
                     "batch stored"
                 );
-                return;
+                return first_seq;
             }
             Err(e) => {
                 metrics::counter!("fieldline_storage_write_errors_total").increment(1);

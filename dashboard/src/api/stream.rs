@@ -142,7 +142,7 @@ fn frames(batch: &[Outgoing], client: &LiveClient) -> (Bytes, bool) {
                 out.put_slice(b"id: ");
                 out.put_slice(event.position.to_string().as_bytes());
                 out.put_slice(b"\nevent: ");
-                out.put_slice(event.kind().as_str().as_bytes());
+                out.put_slice(event.kind().as_bytes());
                 out.put_slice(b"\ndata: ");
                 out.put_slice(&event.json(*skipped));
                 out.put_slice(b"\n\n");

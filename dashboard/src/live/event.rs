@@ -5,14 +5,22 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use fieldline_ingest::document::{Body, Document, Kind};
+use fieldline_ingest::events::Event;
 use fieldline_ingest::time_format::format_ms;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::position::Position;
 
+/// What an event carries: a device's document, or a geofence or alert event derived from
+/// documents (published once stored).
+pub enum Payload {
+    Document(Arc<Document>),
+    Derived(Arc<Event>),
+}
+
 pub struct LiveEvent {
     pub position: Position,
-    pub document: Arc<Document>,
+    pub payload: Payload,
     /// When the broker received it (ms since 1970), for the history's age limit: the same
     /// whether the event is live or rebuilt from the log after a restart.
     pub(crate) received_ms: i64,
@@ -26,13 +34,13 @@ pub struct LiveEvent {
 impl LiveEvent {
     pub(crate) fn new(
         position: Position,
-        document: Arc<Document>,
+        payload: Payload,
         device_position: Option<(f64, f64)>,
         received_ms: i64,
     ) -> Self {
         Self {
             position,
-            document,
+            payload,
             received_ms,
             device_position,
             json: OnceLock::new(),
@@ -40,17 +48,60 @@ impl LiveEvent {
         }
     }
 
-    pub fn kind(&self) -> Kind {
-        self.document.kind()
+    /// `location`, `telemetry`, `status`, `geofence` or `alert`.
+    pub fn kind(&self) -> &'static str {
+        match &self.payload {
+            Payload::Document(d) => d.kind().as_str(),
+            Payload::Derived(e) => e.kind.as_str(),
+        }
     }
 
     pub fn device(&self) -> &str {
-        &self.document.device
+        match &self.payload {
+            Payload::Document(d) => &d.device,
+            Payload::Derived(e) => &e.device,
+        }
+    }
+
+    /// A position just before this event: a client there has not seen it yet.
+    pub fn position_before(&self) -> Position {
+        let mut p = self.position;
+        match self.payload {
+            Payload::Document(_) => p.offset = p.offset.saturating_sub(1),
+            Payload::Derived(_) => p.outbox = p.outbox.saturating_sub(1),
+        }
+        p
+    }
+
+    /// The same event under another position (a resumed client's own, see the hub).
+    pub(crate) fn at(&self, position: Position) -> LiveEvent {
+        let payload = match &self.payload {
+            Payload::Document(d) => Payload::Document(d.clone()),
+            Payload::Derived(e) => Payload::Derived(e.clone()),
+        };
+        LiveEvent::new(position, payload, self.device_position, self.received_ms)
+    }
+
+    /// Whether a client at `since` has seen this event: its own cursor is no further.
+    pub(crate) fn seen_at(&self, since: &Position) -> bool {
+        match self.payload {
+            Payload::Document(_) => self.position.offset <= since.offset,
+            Payload::Derived(_) => self.position.outbox <= since.outbox,
+        }
+    }
+
+    /// The document, for events that carry one.
+    pub fn document(&self) -> Option<&Document> {
+        match &self.payload {
+            Payload::Document(d) => Some(d),
+            Payload::Derived(_) => None,
+        }
     }
 
     /// Location and telemetry may be conflated for a lagging client; other kinds never.
     pub fn conflatable(&self) -> bool {
-        matches!(self.kind(), Kind::Location | Kind::Telemetry)
+        self.document()
+            .is_some_and(|d| matches!(d.kind(), Kind::Location | Kind::Telemetry))
     }
 
     /// The event as a JSON object; `skipped` is added when earlier events were conflated away.
@@ -100,7 +151,21 @@ struct Wire<'a> {
 
 impl Serialize for Wire<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let doc = &self.event.document;
+        let doc = match &self.event.payload {
+            Payload::Document(doc) => doc,
+            Payload::Derived(event) => {
+                let mut map = serializer.serialize_map(None)?;
+                map.serialize_entry("kind", event.kind.as_str())?;
+                map.serialize_entry("id", &self.event.position.to_string())?;
+                map.serialize_entry("device", &*event.device)?;
+                map.serialize_entry("ts", &format_ms(event.ts_ms))?;
+                map.serialize_entry("seq", &event.seq)?;
+                for (k, v) in &event.fields {
+                    map.serialize_entry(k, v)?;
+                }
+                return map.end();
+            }
+        };
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("kind", doc.kind().as_str())?;
         map.serialize_entry("id", &self.event.position.to_string())?;
@@ -155,14 +220,15 @@ mod tests {
             Position {
                 epoch: 0xabc,
                 offset: 7,
+                outbox: 0,
             },
-            Arc::new(Document {
+            Payload::Document(Arc::new(Document {
                 device: Arc::from("truck-1"),
                 ts_ms: 1_764_072_000_123,
                 device_ts: true,
                 seq,
                 body,
-            }),
+            })),
             None,
             1_764_072_000_500,
         )

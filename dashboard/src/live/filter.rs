@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use fieldline_ingest::document::{is_valid_name, Body, Kind};
+use fieldline_ingest::events::EventKind;
 
 use super::event::LiveEvent;
 
@@ -13,7 +14,7 @@ const MAX_DEVICES: usize = 10_000;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
     /// `None`: every kind.
-    kinds: Option<Vec<Kind>>,
+    kinds: Option<Vec<&'static str>>,
     /// `None`: every device.
     devices: Option<HashSet<Arc<str>>>,
     bbox: Option<BoundingBox>,
@@ -42,7 +43,7 @@ impl BoundingBox {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
-    #[error("unknown kind {0:?}: use location, telemetry or status")]
+    #[error("unknown kind {0:?}: use location, telemetry, status, geofence or alert")]
     UnknownKind(String),
     #[error("device id {0:?} is not valid: 1 to 64 characters from [A-Za-z0-9_.-]")]
     BadDevice(String),
@@ -91,7 +92,9 @@ impl Filter {
                     .map(|name| {
                         Kind::ALL
                             .into_iter()
-                            .find(|k| k.as_str() == name)
+                            .map(Kind::as_str)
+                            .chain(EventKind::ALL.into_iter().map(EventKind::as_str))
+                            .find(|k| k == name)
                             .ok_or_else(|| {
                                 FilterError::UnknownKind(name.chars().take(64).collect())
                             })
@@ -158,9 +161,9 @@ impl Filter {
                 return false;
             }
         }
-        match (&self.bbox, &event.document.body) {
+        match (&self.bbox, event.document().map(|d| &d.body)) {
             (None, _) => true,
-            (Some(bbox), Body::Location(l)) => bbox.contains(l.lat, l.lon),
+            (Some(bbox), Some(Body::Location(l))) => bbox.contains(l.lat, l.lon),
             (Some(bbox), _) => event
                 .device_position
                 .is_some_and(|(lat, lon)| bbox.contains(lat, lon)),
@@ -176,7 +179,7 @@ mod tests {
     fn parses_the_query_forms() {
         let f = Filter::from_query(Some("location,status"), Some("a,b"), Some("-75,40,-73,41"))
             .expect("valid filter");
-        assert_eq!(f.kinds, Some(vec![Kind::Location, Kind::Status]));
+        assert_eq!(f.kinds, Some(vec!["location", "status"]));
         assert_eq!(f.devices.as_ref().map(HashSet::len), Some(2));
         assert!(f.bbox.is_some_and(|b| b.contains(40.5, -74.0)));
         assert_eq!(

@@ -7,17 +7,17 @@
 //! (`--durability memory`) offsets simply count, and the epoch is new at every start.
 
 use std::collections::{HashMap, VecDeque};
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldline_ingest::document::{Body, Document};
+use fieldline_ingest::events::{Event, EventFeed};
 use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::{LiveFeed, Origin};
 use tokio::sync::Notify;
 
-use super::event::LiveEvent;
+use super::event::{LiveEvent, Payload};
 use super::filter::Filter;
 use super::position::Position;
 use super::queue::{ClientQueue, Pushed};
@@ -75,11 +75,17 @@ struct Client {
 const EVENTS_PER_RECORD: u64 = 1 << 16;
 
 struct State {
-    /// The newest event's offset. Offsets start above 0, so `{epoch}-0` means "from the
-    /// start"; they grow with every event, not always by one.
+    /// The newest document event's offset. Offsets start above 0, so `{epoch}-0` means "from
+    /// the start"; they grow with every event, not always by one.
     last_offset: u64,
-    /// The newest offset no longer held: a client resuming from before it gets a reset.
-    evicted_through: u64,
+    /// The newest derived event's seq (the outbox cursor).
+    last_outbox: u64,
+    /// The position of the newest event no longer held: a client resuming from before it
+    /// gets a reset.
+    evicted_through: Position,
+    /// Stored derived events to rebuild the history with at start-up, oldest first: each
+    /// goes in after the documents of the log record that caused it.
+    rebuilding: VecDeque<Arc<Event>>,
     history: VecDeque<Arc<LiveEvent>>,
     /// Each device's newest position, for bounding-box filters on its other events.
     positions: HashMap<Arc<str>, (f64, f64)>,
@@ -133,7 +139,13 @@ impl Hub {
             settings,
             state: Mutex::new(State {
                 last_offset: floor,
-                evicted_through: floor,
+                last_outbox: 0,
+                evicted_through: Position {
+                    epoch,
+                    offset: floor,
+                    outbox: 0,
+                },
+                rebuilding: VecDeque::new(),
                 history: VecDeque::new(),
                 positions: HashMap::new(),
                 everyone: Vec::new(),
@@ -148,10 +160,35 @@ impl Hub {
 
     /// The position of the newest event (offset 0 before the first).
     pub fn head(&self) -> Position {
+        let state = lock(&self.state);
         Position {
             epoch: self.epoch,
-            offset: lock(&self.state).last_offset,
+            offset: state.last_offset,
+            outbox: state.last_outbox,
         }
+    }
+
+    /// Sets where derived events start: `floor` is the newest stored event the history does
+    /// not hold, and `rebuild` the stored events after it, which go back into the history as
+    /// the log replay reaches the records that caused them ([`Hub::end_rebuild`] places the
+    /// rest). Call before the replay.
+    pub fn start_outbox(&self, floor: u64, rebuild: Vec<Arc<Event>>) {
+        let mut state = lock(&self.state);
+        state.last_outbox = floor;
+        state.evicted_through.outbox = floor;
+        state.rebuilding = rebuild.into();
+    }
+
+    /// The log replay is over: the stored events not yet placed go into the history now.
+    pub fn end_rebuild(&self) {
+        let mut guard = lock(&self.state);
+        let pending: Vec<_> = guard.rebuilding.drain(..).collect();
+        let mut cut_off = Vec::new();
+        for event in pending {
+            self.place_derived(&mut guard, event, &mut cut_off);
+        }
+        drop(guard);
+        self.unsubscribe_all(cut_off);
     }
 
     /// Gives devices their newest stored position before the history is rebuilt, so that
@@ -202,18 +239,33 @@ impl Hub {
             }
             None => state.everyone.push(client.clone()),
         }
-        let last = state.last_offset;
+        let head = Position {
+            epoch: self.epoch,
+            offset: state.last_offset,
+            outbox: state.last_outbox,
+        };
         let (replay, reset) = match since {
             None => (None, None),
             Some(p) if p.epoch != self.epoch => (
                 None,
                 Some("the server restarted or lost its history since that position"),
             ),
-            Some(p) if p.offset > last => (None, Some("that position is not one of this stream's")),
-            Some(p) if p.offset < state.evicted_through => {
+            Some(p) if !head.covers(&p) => {
+                (None, Some("that position is not one of this stream's"))
+            }
+            Some(p) if !p.covers(&state.evicted_through) => {
                 (None, Some("events after that position are no longer held"))
             }
-            Some(p) => (Some(p.offset + 1..last + 1), None),
+            Some(p) if p == head => (None, None),
+            Some(p) => (
+                Some(Replay {
+                    since: p,
+                    scanned: p,
+                    sent: p,
+                    end: head,
+                }),
+                None,
+            ),
         };
         drop(state);
         if let Some(reason) = reset {
@@ -223,12 +275,9 @@ impl Hub {
         Subscription {
             hub: self.clone(),
             client,
-            replay: replay.filter(|r| !r.is_empty()),
+            replay,
             reset,
-            live_from: Position {
-                epoch: self.epoch,
-                offset: last,
-            },
+            live_from: head,
         }
     }
 
@@ -249,34 +298,44 @@ impl Hub {
         }
     }
 
-    /// Up to `max` events of `range` that `filter` matches, from the history; `Err` when the
-    /// start of the range has left the history.
+    /// Up to `max` events of the replay that `filter` matches and the client has not seen,
+    /// from the history; `Err` when events it has not seen have left the history.
     fn replay_chunk(
         &self,
-        range: &mut Range<u64>,
+        replay: &mut Replay,
         filter: &Filter,
         max: usize,
     ) -> Result<Vec<Arc<LiveEvent>>, ()> {
         let state = lock(&self.state);
-        if range.start <= state.evicted_through {
+        if !replay.scanned.covers(&state.evicted_through) {
             return Err(());
         }
         let mut out = Vec::new();
-        // Offsets grow along the history, so the start is found by bisection.
+        // Positions grow along the history, so the first event not yet scanned is found by
+        // bisection.
         let from = state
             .history
-            .partition_point(|e| e.position.offset < range.start);
+            .partition_point(|e| replay.scanned.covers(&e.position));
         for event in state.history.range(from..) {
-            if event.position.offset >= range.end || out.len() >= max {
+            if !replay.end.covers(&event.position) || out.len() >= max {
                 break;
             }
-            range.start = event.position.offset + 1;
-            if filter.matches(event) {
-                out.push(event.clone());
+            replay.scanned = event.position;
+            if event.seen_at(&replay.since) || !filter.matches(event) {
+                continue;
             }
+            // A history rebuilt after a restart may interleave documents and derived events
+            // otherwise than the client saw them: its id must keep both of its cursors.
+            let id = replay.sent.furthest(&event.position);
+            replay.sent = id;
+            out.push(if id == event.position {
+                event.clone()
+            } else {
+                Arc::new(event.at(id))
+            });
         }
         if out.len() < max {
-            range.start = range.start.max(range.end.min(state.last_offset + 1));
+            replay.scanned = replay.end;
         }
         Ok(out)
     }
@@ -351,6 +410,16 @@ impl LiveFeed for Hub {
     fn publish(&self, document: Arc<Document>, origin: Origin) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
+        let mut cut_off = Vec::new();
+        // Rebuilding: the stored events caused by earlier records go in first.
+        while let (Some(front), Some(position)) = (state.rebuilding.front(), origin.position) {
+            if front.log_position.is_some_and(|caused_by| caused_by >= position) {
+                break;
+            }
+            if let Some(event) = state.rebuilding.pop_front() {
+                self.place_derived(state, event, &mut cut_off);
+            }
+        }
         // The first event of a log record takes the record's slot; the record's further
         // events (and any event without a log position) the offsets after it.
         let numbered = origin
@@ -365,6 +434,7 @@ impl LiveFeed for Hub {
         let position = Position {
             epoch: self.epoch,
             offset: state.last_offset,
+            outbox: state.last_outbox,
         };
         let device_position = match &document.body {
             Body::Location(l) => {
@@ -382,10 +452,52 @@ impl LiveFeed for Hub {
         };
         let event = Arc::new(LiveEvent::new(
             position,
-            document,
+            Payload::Document(document),
             device_position,
             origin.received_ms,
         ));
+        self.append(state, event, &mut cut_off);
+        drop(guard);
+        self.unsubscribe_all(cut_off);
+    }
+}
+
+impl EventFeed for Hub {
+    fn committed(&self, events: &[Arc<Event>]) {
+        let mut guard = lock(&self.state);
+        let mut cut_off = Vec::new();
+        for event in events {
+            self.place_derived(&mut guard, event.clone(), &mut cut_off);
+        }
+        drop(guard);
+        self.unsubscribe_all(cut_off);
+    }
+}
+
+impl Hub {
+    /// Appends a derived event after everything emitted so far.
+    fn place_derived(&self, state: &mut State, event: Arc<Event>, cut_off: &mut Vec<Arc<Client>>) {
+        if event.seq <= state.last_outbox {
+            return; // placed already (rebuilt from storage)
+        }
+        state.last_outbox = event.seq;
+        let position = Position {
+            epoch: self.epoch,
+            offset: state.last_offset,
+            outbox: event.seq,
+        };
+        let device_position = state.positions.get(&*event.device).copied();
+        let live = Arc::new(LiveEvent::new(
+            position,
+            Payload::Derived(event),
+            device_position,
+            now_ms(),
+        ));
+        self.append(state, live, cut_off);
+    }
+
+    /// Adds an event to the history and hands it to the clients that want it.
+    fn append(&self, state: &mut State, event: Arc<LiveEvent>, cut_off: &mut Vec<Arc<Client>>) {
         state.history.push_back(event.clone());
         let oldest_kept = now_ms().saturating_sub(self.settings.history_age.as_millis() as i64);
         while state.history.len() > self.settings.history_events
@@ -395,10 +507,9 @@ impl LiveFeed for Hub {
                 .is_some_and(|e| e.received_ms < oldest_kept)
         {
             if let Some(evicted) = state.history.pop_front() {
-                state.evicted_through = evicted.position.offset;
+                state.evicted_through = evicted.position;
             }
         }
-        let mut cut_off = Vec::new();
         let targeted = state.by_device.get(event.device());
         for client in state.everyone.iter().chain(targeted.into_iter().flatten()) {
             if client.filter.matches(&event) && self.deliver(client, &event) {
@@ -407,7 +518,9 @@ impl LiveFeed for Hub {
         }
         self.published.increment(1);
         self.history_len.set(state.history.len() as f64);
-        drop(guard);
+    }
+
+    fn unsubscribe_all(&self, cut_off: Vec<Arc<Client>>) {
         for client in cut_off {
             // Its queue is closed and empty: stop spending anything on it.
             self.unsubscribe(&client);
@@ -420,10 +533,22 @@ impl LiveFeed for Hub {
 pub struct Subscription {
     hub: Arc<Hub>,
     client: Arc<Client>,
-    replay: Option<Range<u64>>,
+    replay: Option<Replay>,
     reset: Option<&'static str>,
     /// The newest event before this client's live queue began.
     live_from: Position,
+}
+
+/// A resumed client's way through the history.
+struct Replay {
+    /// Where the client resumed from: it has seen the events this covers.
+    since: Position,
+    /// The newest history position examined.
+    scanned: Position,
+    /// The id of the newest event sent.
+    sent: Position,
+    /// The head when it subscribed: its live queue has what comes after.
+    end: Position,
 }
 
 /// Events per replay step, so a long replay never holds the hub for long.
@@ -438,15 +563,15 @@ impl Subscription {
                 position: self.live_from,
             }];
         }
-        while let Some(range) = &mut self.replay {
+        while let Some(replay) = &mut self.replay {
             // Replaying counts as reading: a client catching up is not stalled.
             lock(&self.client.queue).touch();
             match self
                 .hub
-                .replay_chunk(range, &self.client.filter, REPLAY_CHUNK)
+                .replay_chunk(replay, &self.client.filter, REPLAY_CHUNK)
             {
                 Ok(events) => {
-                    if range.is_empty() {
+                    if replay.scanned == replay.end {
                         self.replay = None;
                     }
                     if !events.is_empty() {
@@ -474,14 +599,8 @@ impl Subscription {
                     return vec![Outgoing::Closed { reason }];
                 }
                 let mut out = Vec::new();
-                if let Some((reason, offset)) = queue.reset.take() {
-                    out.push(Outgoing::Reset {
-                        reason,
-                        position: Position {
-                            epoch: self.live_from.epoch,
-                            offset,
-                        },
-                    });
+                if let Some((reason, position)) = queue.reset.take() {
+                    out.push(Outgoing::Reset { reason, position });
                 }
                 out.extend(queue.take().into_iter().map(|q| Outgoing::Event {
                     event: q.event,

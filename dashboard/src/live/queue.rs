@@ -10,9 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldline_ingest::document::Kind;
 
 use super::event::LiveEvent;
+use super::position::Position;
 
 /// An event on its way to one client.
 #[derive(Clone)]
@@ -39,8 +39,8 @@ pub enum Pushed {
 pub struct ClientQueue {
     events: VecDeque<Queued>,
     capacity: usize,
-    /// A reset to send before any further event, and the offset the stream goes on after.
-    pub reset: Option<(&'static str, u64)>,
+    /// A reset to send before any further event, and the position the stream goes on after.
+    pub reset: Option<(&'static str, Position)>,
     /// Set once the hub gave up on this client; the reason is sent if it can be.
     pub closed: Option<&'static str>,
     /// When the client last took its events.
@@ -82,10 +82,7 @@ impl ClientQueue {
             // Conflating must free a real share of the queue, or it would run on every push.
             if self.events.len() > self.capacity * 3 / 4 {
                 self.events = VecDeque::new();
-                self.reset = Some((
-                    "too slow: queue overflowed",
-                    event.position.offset.saturating_sub(1),
-                ));
+                self.reset = Some(("too slow: queue overflowed", event.position_before()));
                 outcome = Pushed::Overflowed;
             } else {
                 outcome = Pushed::Conflated { dropped };
@@ -100,7 +97,7 @@ impl ClientQueue {
     fn conflate(&mut self) -> u64 {
         let before = self.events.len();
         // Newest first, so the first event seen of a stream is the one kept.
-        let mut kept: HashMap<(&str, Kind), usize> = HashMap::new();
+        let mut kept: HashMap<(&str, &str), usize> = HashMap::new();
         let mut out: Vec<Queued> = Vec::with_capacity(before);
         for q in self.events.iter().rev() {
             if !q.event.conflatable() {
@@ -135,7 +132,7 @@ impl ClientQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::position::Position;
+    use crate::live::event::Payload;
     use fieldline_ingest::document::{Body, Document, Location, Status};
 
     fn event(offset: u64, device: &str, status: bool) -> Arc<LiveEvent> {
@@ -155,14 +152,18 @@ mod tests {
             })
         };
         Arc::new(LiveEvent::new(
-            Position { epoch: 1, offset },
-            Arc::new(Document {
+            Position {
+                epoch: 1,
+                offset,
+                outbox: 0,
+            },
+            Payload::Document(Arc::new(Document {
                 device: Arc::from(device),
                 ts_ms: 0,
                 device_ts: false,
                 seq: Some(offset),
                 body,
-            }),
+            })),
             None,
             0,
         ))

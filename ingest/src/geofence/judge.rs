@@ -120,6 +120,11 @@ pub struct FenceState {
 }
 
 impl FenceState {
+    /// Outside with nothing pending: a fresh state judges the same, so it need not be kept.
+    pub fn is_idle(&self) -> bool {
+        !self.inside && self.pending.is_none()
+    }
+
     /// Judges one fix (already known not to be late for its device); returns the events it
     /// causes, in order.
     pub fn judge(&mut self, seen: Seen, fix: &Fix, rules: &Rules) -> Vec<Judged> {

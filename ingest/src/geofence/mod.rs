@@ -1,35 +1,21 @@
 //! Geofences: the fences a fix may concern, found through an R-tree of their bounding boxes,
 //! then the exact test of each [`shape`] and the jitter-proof [`judge`] of each device's side.
 
+pub mod feature;
 pub mod judge;
 pub mod shape;
+
+use std::collections::HashMap;
 
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{RTree, AABB};
 
+pub use crate::events::devices::Devices;
 use judge::Rules;
 use shape::Shape;
 
 /// Metres per degree of latitude on the haversine sphere (mean radius 6,371,008.8 m).
 const M_PER_DEG: f64 = 111_195.08;
-
-/// Which devices a fence applies to: exact ids and `prefix*` patterns; empty means all.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Devices(Vec<String>);
-
-impl Devices {
-    pub fn new(patterns: Vec<String>) -> Devices {
-        Devices(patterns)
-    }
-
-    pub fn matches(&self, device: &str) -> bool {
-        self.0.is_empty()
-            || self.0.iter().any(|p| match p.strip_suffix('*') {
-                Some(prefix) => device.starts_with(prefix),
-                None => p == device,
-            })
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Fence {
@@ -41,8 +27,10 @@ pub struct Fence {
 }
 
 /// Every fence, indexed for the question "which fences could contain this point?".
+#[derive(Default)]
 pub struct Fences {
     fences: Vec<Fence>,
+    by_id: HashMap<i64, usize>,
     tree: RTree<GeomWithData<Rectangle<[f64; 2]>, usize>>,
 }
 
@@ -69,8 +57,10 @@ impl Fences {
                 ))
             })
             .collect();
+        let by_id = fences.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
         Fences {
             fences,
+            by_id,
             tree: RTree::bulk_load(boxes),
         }
     }
@@ -81,6 +71,14 @@ impl Fences {
 
     pub fn is_empty(&self) -> bool {
         self.fences.is_empty()
+    }
+
+    pub fn get(&self, id: i64) -> Option<&Fence> {
+        self.by_id.get(&id).map(|&i| &self.fences[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Fence> {
+        self.fences.iter()
     }
 
     /// Fences whose box holds the point (as given, or shifted by +360° for shapes across the
@@ -126,14 +124,6 @@ mod tests {
             rules: Rules::default(),
             shape: Shape::from_geojson(&geometry, &properties).expect("valid"),
         }
-    }
-
-    #[test]
-    fn device_patterns() {
-        let d = Devices::new(vec!["truck-*".into(), "van-3".into()]);
-        assert!(d.matches("truck-17") && d.matches("van-3"));
-        assert!(!d.matches("van-31") && !d.matches("trucks"));
-        assert!(Devices::default().matches("anything"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! needs no database.
 
 pub mod access;
+pub mod events;
 mod log_state;
 mod pg_copy;
 mod postgres;
@@ -21,6 +22,7 @@ use crate::batch::Batch;
 use crate::document::Kind;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
+pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -131,10 +133,13 @@ pub struct LogState {
     pub log_id: Option<String>,
 }
 
-/// What the pipeline writes to and the API reads from; it also keeps the access registry.
-pub trait Store: AccessStore + Send + Sync {
-    /// Writes a whole batch atomically: all of it is stored, or none and an error.
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()>;
+/// What the pipeline writes to and the API reads from; it also keeps the access registry and
+/// the geofences, rules, events and webhooks.
+pub trait Store: AccessStore + EventStore + Send + Sync {
+    /// Writes a whole batch atomically, its derived events and states included: all of it is
+    /// stored, or none and an error. Returns the seq its first event was given (its events
+    /// take that and the ones after it).
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64>;
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>>;
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>>;
     fn telemetry<'a>(

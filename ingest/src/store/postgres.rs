@@ -8,6 +8,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
 use super::access::impl_access_store;
+use super::events::{impl_event_store, write_derived};
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
@@ -62,7 +63,7 @@ impl PgStore {
         Ok(())
     }
 
-    async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
         let mut writer = self.writer.lock().await;
         let conn = match writer.as_mut() {
             Some(conn) => conn,
@@ -80,7 +81,7 @@ impl PgStore {
     }
 }
 
-async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<(), StoreError> {
+async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await?;
     if !batch.positions.is_empty() {
         let mut copy = tx
@@ -140,8 +141,9 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<(), Store
             .execute(&mut *tx)
             .await?;
     }
+    let first_event_seq = write_derived!(&mut tx, &batch.derived);
     tx.commit().await?;
-    Ok(())
+    Ok(first_event_seq)
 }
 
 async fn upsert_devices(
@@ -230,7 +232,7 @@ async fn upsert_devices(
 }
 
 impl Store for PgStore {
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()> {
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64> {
         Box::pin(self.write(batch))
     }
 
@@ -393,3 +395,4 @@ impl Store for PgStore {
 }
 
 impl_access_store!(PgStore);
+impl_event_store!(PgStore, sqlx::Postgres);

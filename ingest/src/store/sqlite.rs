@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
+use super::events::{impl_event_store, write_derived};
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
@@ -55,7 +56,7 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_all(
             &mut tx,
@@ -133,8 +134,9 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        let first_event_seq = write_derived!(&mut tx, &batch.derived);
         tx.commit().await?;
-        Ok(())
+        Ok(first_event_seq)
     }
 }
 
@@ -209,7 +211,7 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
 }
 
 impl Store for SqliteStore {
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, ()> {
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64> {
         Box::pin(self.write(batch))
     }
 
@@ -360,3 +362,4 @@ impl Store for SqliteStore {
 }
 
 impl_access_store!(SqliteStore);
+impl_event_store!(SqliteStore, sqlx::Sqlite);

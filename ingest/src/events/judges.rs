@@ -1,0 +1,365 @@
+//! The judges: every stored document, in log order, against the fences and alert rules that
+//! concern its device. What they decide (events, and each changed state) goes into the batch
+//! that stores the document, so a crash either keeps both or neither, and replaying the log
+//! from what storage holds decides the same again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::catalog::Catalog;
+use super::{Event, EventKind};
+use crate::alerts::judge::{Change, RuleState};
+use crate::alerts::{AlertRules, Condition};
+use crate::document::{Body, Document};
+use crate::geofence::judge::{FenceState, Fix, Seen};
+use crate::geofence::Fences;
+
+/// What a state is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Geofence(i64),
+    Rule(i64),
+}
+
+impl Subject {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Subject::Geofence(_) => "geofence",
+            Subject::Rule(_) => "rule",
+        }
+    }
+
+    pub fn id(self) -> i64 {
+        match self {
+            Subject::Geofence(id) | Subject::Rule(id) => id,
+        }
+    }
+
+    pub fn from_parts(kind: &str, id: i64) -> Option<Subject> {
+        match kind {
+            "geofence" => Some(Subject::Geofence(id)),
+            "rule" => Some(Subject::Rule(id)),
+            _ => None,
+        }
+    }
+}
+
+/// One device's state with one fence or rule, as stored: `active` is inside (a fence) or
+/// raised (a rule), `since_ms` when that began, `state` the whole state as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredState {
+    pub device: Arc<str>,
+    pub subject: Subject,
+    pub active: bool,
+    pub since_ms: i64,
+    pub state: String,
+}
+
+/// What the judges decided for one batch.
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub events: Vec<Event>,
+    /// The newest state of each (device, subject) changed; `None`: back to idle, delete it.
+    pub states: HashMap<(Arc<str>, Subject), Option<StoredState>>,
+}
+
+impl Derived {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.states.is_empty()
+    }
+}
+
+/// What storage holds for the judges at start-up.
+#[derive(Debug, Default)]
+pub struct JudgeSeed {
+    pub states: Vec<StoredState>,
+    /// Each device's newest stored fix time: an older fix is late.
+    pub newest_fix_ms: Vec<(String, i64)>,
+}
+
+#[derive(Default)]
+struct DeviceStates {
+    newest_fix_ms: i64,
+    fences: HashMap<i64, FenceState>,
+    rules: HashMap<i64, RuleState>,
+}
+
+/// Handles looked up once, for the per-fix path.
+struct Counters {
+    checks: metrics::Counter,
+    late: metrics::Counter,
+}
+
+pub struct Judges {
+    fence_catalog: Arc<Catalog<Fences>>,
+    rule_catalog: Arc<Catalog<AlertRules>>,
+    fences: Arc<Fences>,
+    fences_version: u64,
+    rules: Arc<AlertRules>,
+    rules_version: u64,
+    devices: HashMap<Arc<str>, DeviceStates>,
+    counters: Counters,
+}
+
+impl Judges {
+    pub fn new(
+        fence_catalog: Arc<Catalog<Fences>>,
+        rule_catalog: Arc<Catalog<AlertRules>>,
+        seed: JudgeSeed,
+    ) -> Judges {
+        let (fences_version, fences) = fence_catalog.snapshot();
+        let (rules_version, rules) = rule_catalog.snapshot();
+        let mut judges = Judges {
+            fence_catalog,
+            rule_catalog,
+            fences,
+            fences_version,
+            rules,
+            rules_version,
+            devices: HashMap::new(),
+            counters: Counters {
+                checks: metrics::counter!("fieldline_geofence_checks_total"),
+                late: metrics::counter!("fieldline_geofence_late_fixes_total"),
+            },
+        };
+        for (device, ts) in seed.newest_fix_ms {
+            judges.device(&Arc::from(device)).newest_fix_ms = ts;
+        }
+        for stored in seed.states {
+            let device = judges.device(&stored.device);
+            match stored.subject {
+                Subject::Geofence(id) => {
+                    if let Ok(state) = serde_json::from_str(&stored.state) {
+                        device.fences.insert(id, state);
+                    }
+                }
+                Subject::Rule(id) => {
+                    if let Ok(state) = serde_json::from_str(&stored.state) {
+                        device.rules.insert(id, state);
+                    }
+                }
+            }
+        }
+        judges
+    }
+
+    fn device(&mut self, device: &Arc<str>) -> &mut DeviceStates {
+        self.devices.entry(device.clone()).or_default()
+    }
+
+    /// Judges one stored document; `position` is its log record.
+    pub fn document(&mut self, doc: &Document, position: Option<u64>, out: &mut Derived) {
+        self.refresh(out);
+        match &doc.body {
+            Body::Location(l) if !self.fences.is_empty() || self.has_states(&doc.device) => {
+                let fix = Fix {
+                    ts_ms: doc.ts_ms,
+                    lat: l.lat,
+                    lon: l.lon,
+                    accuracy: l.accuracy,
+                    speed: l.speed,
+                };
+                self.fix(&doc.device, &fix, position, out);
+            }
+            Body::Telemetry(t) if !self.rules.is_empty() => {
+                let rules = self.rules.clone();
+                for rule in rules.0.iter().filter(|r| r.devices.matches(&doc.device)) {
+                    let Condition::Threshold { metric, direction, trip, clear, for_ms } = &rule.condition else {
+                        continue;
+                    };
+                    let Some(m) = t.metrics.iter().find(|m| &m.name == metric) else {
+                        continue;
+                    };
+                    let device = self.device(&doc.device);
+                    let state = device.rules.entry(rule.id).or_default();
+                    let change = state.reading(m.value, doc.ts_ms, *direction, *trip, *clear, *for_ms);
+                    let state = state.clone();
+                    note_rule(out, &doc.device, rule.id, &state);
+                    if let Some(change) = change {
+                        let extra = [("metric", json!(metric)), ("value", json!(m.value))];
+                        out.events.push(alert(&doc.device, rule.id, &rule.name, change, position, &extra));
+                    }
+                    if state.is_idle() {
+                        self.device(&doc.device).rules.remove(&rule.id);
+                    }
+                }
+            }
+            Body::Status(s) if s.is_presence() && !self.rules.is_empty() => {
+                let rules = self.rules.clone();
+                for rule in rules.0.iter().filter(|r| r.devices.matches(&doc.device)) {
+                    if !matches!(rule.condition, Condition::Offline { .. }) {
+                        continue;
+                    }
+                    let device = self.device(&doc.device);
+                    let state = device.rules.entry(rule.id).or_default();
+                    let change = state.presence(s.online, doc.ts_ms);
+                    let state = state.clone();
+                    note_rule(out, &doc.device, rule.id, &state);
+                    if let Some(change) = change {
+                        out.events.push(alert(&doc.device, rule.id, &rule.name, change, position, &[]));
+                    }
+                    if state.is_idle() {
+                        self.device(&doc.device).rules.remove(&rule.id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Raises the offline rules that have come due by `now_ms` (server time: a device that
+    /// is offline sends nothing to date it by).
+    pub fn tick(&mut self, now_ms: i64, out: &mut Derived) {
+        self.refresh(out);
+        if self.rules.is_empty() {
+            return;
+        }
+        let rules = self.rules.clone();
+        for (device, states) in &mut self.devices {
+            for (id, state) in &mut states.rules {
+                let Some(rule) = rules.get(*id) else { continue };
+                let Condition::Offline { after_ms } = rule.condition else { continue };
+                if let Some(change) = state.overdue(now_ms, after_ms) {
+                    note_rule(out, device, *id, state);
+                    out.events.push(alert(device, *id, &rule.name, change, None, &[]));
+                }
+            }
+        }
+    }
+
+    fn has_states(&self, device: &str) -> bool {
+        self.devices.get(device).is_some_and(|d| !d.fences.is_empty())
+    }
+
+    fn fix(&mut self, device: &Arc<str>, fix: &Fix, position: Option<u64>, out: &mut Derived) {
+        let fences = self.fences.clone();
+        let states = self.devices.entry(device.clone()).or_default();
+        if fix.ts_ms < states.newest_fix_ms {
+            self.counters.late.increment(1);
+            return;
+        }
+        states.newest_fix_ms = fix.ts_ms;
+        // The fences whose box holds the fix, and those the device stands in (or may be
+        // entering or leaving), which a fix far outside must still reach.
+        let mut ids: Vec<i64> = fences.candidates(device, fix.lat, fix.lon).map(|f| f.id).collect();
+        for id in states.fences.keys() {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        for id in ids {
+            let Some(fence) = fences.get(id) else { continue };
+            self.counters.checks.increment(1);
+            let (inside, past_m) = fence.shape.locate(fix.lat, fix.lon);
+            let seen = Seen::of(inside, past_m, fix.accuracy, &fence.rules);
+            let state = states.fences.entry(id).or_default();
+            let before = state.clone();
+            let judged = state.judge(seen, fix, &fence.rules);
+            if *state != before {
+                out.states.insert(
+                    (device.clone(), Subject::Geofence(id)),
+                    (!state.is_idle()).then(|| StoredState {
+                        device: device.clone(),
+                        subject: Subject::Geofence(id),
+                        active: state.inside,
+                        since_ms: state.since_ms,
+                        state: serde_json::to_string(state).unwrap_or_default(),
+                    }),
+                );
+            }
+            if state.is_idle() {
+                states.fences.remove(&id);
+            }
+            for j in judged {
+                let mut fields = Map::new();
+                fields.insert("geofence".into(), json!(id));
+                fields.insert("name".into(), json!(fence.name));
+                fields.insert("event".into(), json!(j.kind.as_str()));
+                fields.insert("lat".into(), json!(j.lat));
+                fields.insert("lon".into(), json!(j.lon));
+                out.events.push(Event {
+                    seq: 0,
+                    kind: EventKind::Geofence,
+                    device: device.clone(),
+                    ts_ms: j.ts_ms,
+                    log_position: position,
+                    fields,
+                });
+            }
+        }
+    }
+
+    /// Takes up changed fences or rules. A device's state with a fence or rule that is gone,
+    /// or no longer applies to it, ends without an event (README, "Geofences").
+    fn refresh(&mut self, out: &mut Derived) {
+        if self.fence_catalog.version() != self.fences_version {
+            (self.fences_version, self.fences) = self.fence_catalog.snapshot();
+            let fences = self.fences.clone();
+            for (device, states) in &mut self.devices {
+                states.fences.retain(|id, _| {
+                    let keep = fences.get(*id).is_some_and(|f| f.devices.matches(device));
+                    if !keep {
+                        out.states.insert((device.clone(), Subject::Geofence(*id)), None);
+                    }
+                    keep
+                });
+            }
+        }
+        if self.rule_catalog.version() != self.rules_version {
+            (self.rules_version, self.rules) = self.rule_catalog.snapshot();
+            let rules = self.rules.clone();
+            for (device, states) in &mut self.devices {
+                states.rules.retain(|id, _| {
+                    let keep = rules.get(*id).is_some_and(|r| r.devices.matches(device));
+                    if !keep {
+                        out.states.insert((device.clone(), Subject::Rule(*id)), None);
+                    }
+                    keep
+                });
+            }
+        }
+    }
+}
+
+fn note_rule(out: &mut Derived, device: &Arc<str>, id: i64, state: &RuleState) {
+    out.states.insert(
+        (device.clone(), Subject::Rule(id)),
+        (!state.is_idle()).then(|| StoredState {
+            device: device.clone(),
+            subject: Subject::Rule(id),
+            active: state.raised,
+            since_ms: state.since_ms.unwrap_or(0),
+            state: serde_json::to_string(state).unwrap_or_default(),
+        }),
+    );
+}
+
+fn alert(
+    device: &Arc<str>,
+    rule: i64,
+    name: &str,
+    change: Change,
+    position: Option<u64>,
+    extra: &[(&str, Value)],
+) -> Event {
+    let mut fields = Map::new();
+    fields.insert("rule".into(), json!(rule));
+    fields.insert("name".into(), json!(name));
+    fields.insert(
+        "state".into(),
+        json!(if change.raised { "raised" } else { "cleared" }),
+    );
+    for (k, v) in extra {
+        fields.insert((*k).into(), v.clone());
+    }
+    Event {
+        seq: 0,
+        kind: EventKind::Alert,
+        device: device.clone(),
+        ts_ms: change.ts_ms,
+        log_position: position,
+        fields,
+    }
+}

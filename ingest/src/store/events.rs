@@ -1,0 +1,501 @@
+//! Storage of what the judges need and make: geofence and alert rule definitions, each
+//! device's state with them, the outbox of events, and the webhooks that deliver it.
+//!
+//! The SQL is the same on SQLite and PostgreSQL (`$N` binds on both), so one macro implements
+//! [`EventStore`] for both back ends, and another writes a batch's derived rows inside the
+//! batch's own transaction.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::StoreFuture;
+use crate::events::judges::{JudgeSeed, StoredState, Subject};
+use crate::events::{Event, EventKind};
+
+/// Geofences and alert rules are stored the same way: an id, a name and their JSON form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Definitions {
+    Geofences,
+    AlertRules,
+}
+
+impl Definitions {
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            Definitions::Geofences => "geofences",
+            Definitions::AlertRules => "alert_rules",
+        }
+    }
+
+    pub(super) fn column(self) -> &'static str {
+        match self {
+            Definitions::Geofences => "feature",
+            Definitions::AlertRules => "rule",
+        }
+    }
+
+    pub(super) fn subject(self) -> &'static str {
+        match self {
+            Definitions::Geofences => "geofence",
+            Definitions::AlertRules => "rule",
+        }
+    }
+
+    pub fn singular(self) -> &'static str {
+        match self {
+            Definitions::Geofences => "geofence",
+            Definitions::AlertRules => "rule",
+        }
+    }
+}
+
+/// One stored geofence or rule: its JSON form as it was given (with its id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Definition {
+    pub id: i64,
+    pub name: String,
+    pub body: String,
+}
+
+/// `GET /api/events`: oldest first, after `after_seq`, in `[from_ms, to_ms)`.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub devices: Vec<String>,
+    pub kinds: Vec<EventKind>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub after_seq: u64,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookRecord {
+    pub id: i64,
+    pub url: String,
+    /// JSON arrays as given.
+    pub kinds: Vec<String>,
+    pub devices: Vec<String>,
+    pub secret: String,
+    pub delivered_seq: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+}
+
+pub trait EventStore: Send + Sync {
+    fn definitions(&self, what: Definitions) -> StoreFuture<'_, Vec<Definition>>;
+    /// Stores every one (name, JSON form) in one transaction, or none; returns their ids.
+    fn add_definitions<'a>(
+        &'a self,
+        what: Definitions,
+        items: &'a [(String, Value)],
+        now_ms: i64,
+    ) -> StoreFuture<'a, Vec<i64>>;
+    fn replace_definition<'a>(
+        &'a self,
+        what: Definitions,
+        id: i64,
+        name: &'a str,
+        body: &'a Value,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+    /// Deletes it with every device's state about it.
+    fn delete_definition(&self, what: Definitions, id: i64) -> StoreFuture<'_, ()>;
+    fn judge_seed(&self) -> StoreFuture<'_, JudgeSeed>;
+    /// One device's stored states about geofences or rules.
+    fn device_states<'a>(
+        &'a self,
+        device: &'a str,
+        what: Definitions,
+    ) -> StoreFuture<'a, Vec<StoredState>>;
+    fn events<'a>(&'a self, query: &'a EventQuery) -> StoreFuture<'a, Vec<Event>>;
+    /// The newest event's seq (0 before the first).
+    fn last_event_seq(&self) -> StoreFuture<'_, u64>;
+    fn webhooks(&self) -> StoreFuture<'_, Vec<WebhookRecord>>;
+    /// Adds a webhook that starts after the newest event stored; returns it.
+    fn add_webhook<'a>(&'a self, hook: &'a WebhookRecord) -> StoreFuture<'a, WebhookRecord>;
+    fn delete_webhook(&self, id: i64) -> StoreFuture<'_, ()>;
+    /// Records how far a webhook has delivered, and its last error (`None` clears it).
+    fn webhook_progress<'a>(
+        &'a self,
+        id: i64,
+        delivered_seq: u64,
+        error: Option<&'a str>,
+        now_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+}
+
+pub(super) type EventRow = (i64, String, String, i64, Option<i64>, String);
+pub(super) type StateRow = (String, String, i64, bool, i64, String);
+pub(super) type WebhookRow = (i64, String, String, String, String, i64, Option<String>, Option<i64>, i64);
+
+pub(super) fn event_from_row(row: EventRow) -> Option<Event> {
+    let (seq, kind, device, ts_ms, log_position, fields) = row;
+    let fields: Map<String, Value> = serde_json::from_str(&fields).ok()?;
+    Some(Event {
+        seq: u64::try_from(seq).ok()?,
+        kind: EventKind::parse(&kind)?,
+        device: Arc::from(device),
+        ts_ms,
+        log_position: log_position.and_then(|p| u64::try_from(p).ok()),
+        fields,
+    })
+}
+
+pub(super) fn state_from_row(row: StateRow) -> Option<StoredState> {
+    let (device, subject, id, active, since_ms, state) = row;
+    Some(StoredState {
+        device: Arc::from(device),
+        subject: Subject::from_parts(&subject, id)?,
+        active,
+        since_ms,
+        state,
+    })
+}
+
+pub(super) fn webhook_from_row(row: WebhookRow) -> WebhookRecord {
+    let (id, url, kinds, devices, secret, delivered, last_error, last_error_at_ms, created_at_ms) = row;
+    let list = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
+    WebhookRecord {
+        id,
+        url,
+        kinds: list(&kinds),
+        devices: list(&devices),
+        secret,
+        delivered_seq: u64::try_from(delivered).unwrap_or(0),
+        last_error,
+        last_error_at_ms,
+        created_at_ms,
+    }
+}
+
+pub(super) fn to_db(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) const STATE_COLUMNS: &str = "device_id, subject, subject_id, active, since, state";
+pub(super) const WEBHOOK_COLUMNS: &str = "id, url, kinds, devices, secret, delivered_seq, last_error, last_error_at, created_at";
+
+/// Writes a batch's derived rows in its transaction `$tx` (a `&mut Transaction`); evaluates
+/// to the seq given to its first event.
+macro_rules! write_derived {
+    ($tx:expr, $derived:expr) => {{
+        use $crate::events::judges::Subject;
+        use $crate::store::events::to_db;
+        let derived = $derived;
+        let tx = $tx;
+        let mut first_seq: i64 = 0;
+        if !derived.events.is_empty() {
+            let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                .fetch_one(&mut **tx)
+                .await?;
+            first_seq = last + 1;
+            for (i, event) in derived.events.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO events (seq, kind, device_id, ts, log_position, fields)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(first_seq + i as i64)
+                .bind(event.kind.as_str())
+                .bind(&*event.device)
+                .bind(event.ts_ms)
+                .bind(event.log_position.map(to_db))
+                .bind(event.fields_json())
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        for ((device, subject), state) in &derived.states {
+            let (kind, id) = (subject.kind(), subject.id());
+            match state {
+                // Only while the fence or rule exists: one deleted since is not brought back.
+                Some(s) => {
+                    let table = match subject {
+                        Subject::Geofence(_) => "geofences",
+                        Subject::Rule(_) => "alert_rules",
+                    };
+                    let sql = format!(
+                        "INSERT INTO judge_state (device_id, subject, subject_id, active, since, state)
+                         SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM {table} WHERE id = $3)
+                         ON CONFLICT (device_id, subject, subject_id)
+                         DO UPDATE SET active = excluded.active, since = excluded.since, state = excluded.state"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(&**device)
+                        .bind(kind)
+                        .bind(id)
+                        .bind(s.active)
+                        .bind(s.since_ms)
+                        .bind(&s.state)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query(
+                        "DELETE FROM judge_state WHERE device_id = $1 AND subject = $2 AND subject_id = $3",
+                    )
+                    .bind(&**device)
+                    .bind(kind)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+        }
+        u64::try_from(first_seq).unwrap_or(0)
+    }};
+}
+
+pub(super) use write_derived;
+
+/// Implements [`EventStore`] for a back end `$store` (with a `pool` field) over database `$db`.
+macro_rules! impl_event_store {
+    ($store:ty, $db:ty) => {
+        impl $crate::store::events::EventStore for $store {
+            fn definitions(
+                &self,
+                what: $crate::store::events::Definitions,
+            ) -> $crate::store::StoreFuture<'_, Vec<$crate::store::events::Definition>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT id, name, {} FROM {} ORDER BY id", what.column(), what.table());
+                    let rows: Vec<(i64, String, String)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(id, name, body)| $crate::store::events::Definition { id, name, body })
+                        .collect())
+                })
+            }
+
+            fn add_definitions<'a>(
+                &'a self,
+                what: $crate::store::events::Definitions,
+                items: &'a [(String, serde_json::Value)],
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, Vec<i64>> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let sql = format!(
+                        "INSERT INTO {} (name, {}, updated_at) VALUES ($1, $2, $3) RETURNING id",
+                        what.table(),
+                        what.column()
+                    );
+                    let mut ids = Vec::with_capacity(items.len());
+                    for (name, body) in items {
+                        let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                            .bind(name)
+                            .bind(body.to_string())
+                            .bind(now_ms)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        ids.push(id);
+                    }
+                    tx.commit().await?;
+                    Ok(ids)
+                })
+            }
+
+            fn replace_definition<'a>(
+                &'a self,
+                what: $crate::store::events::Definitions,
+                id: i64,
+                name: &'a str,
+                body: &'a serde_json::Value,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "UPDATE {} SET name = $2, {} = $3, updated_at = $4 WHERE id = $1",
+                        what.table(),
+                        what.column()
+                    );
+                    let changed = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(id)
+                        .bind(name)
+                        .bind(body.to_string())
+                        .bind(now_ms)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.singular())));
+                    }
+                    Ok(())
+                })
+            }
+
+            fn delete_definition(
+                &self,
+                what: $crate::store::events::Definitions,
+                id: i64,
+            ) -> $crate::store::StoreFuture<'_, ()> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await?;
+                    let sql = format!("DELETE FROM {} WHERE id = $1", what.table());
+                    let changed = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(&mut *tx).await?.rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.singular())));
+                    }
+                    sqlx::query("DELETE FROM judge_state WHERE subject = $1 AND subject_id = $2")
+                        .bind(what.subject())
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+            }
+
+            fn judge_seed(&self) -> $crate::store::StoreFuture<'_, $crate::events::judges::JudgeSeed> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {} FROM judge_state", $crate::store::events::STATE_COLUMNS);
+                    let rows: Vec<$crate::store::events::StateRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+                    let newest_fix_ms: Vec<(String, i64)> = sqlx::query_as(
+                        "SELECT device_id, last_fix_ms FROM devices WHERE last_fix_ms IS NOT NULL",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                    Ok($crate::events::judges::JudgeSeed {
+                        states: rows.into_iter().filter_map($crate::store::events::state_from_row).collect(),
+                        newest_fix_ms,
+                    })
+                })
+            }
+
+            fn device_states<'a>(
+                &'a self,
+                device: &'a str,
+                what: $crate::store::events::Definitions,
+            ) -> $crate::store::StoreFuture<'a, Vec<$crate::events::judges::StoredState>> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "SELECT {} FROM judge_state WHERE device_id = $1 AND subject = $2 ORDER BY subject_id",
+                        $crate::store::events::STATE_COLUMNS
+                    );
+                    let rows: Vec<$crate::store::events::StateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(device)
+                        .bind(what.subject())
+                        .fetch_all(&self.pool)
+                        .await?;
+                    Ok(rows.into_iter().filter_map($crate::store::events::state_from_row).collect())
+                })
+            }
+
+            fn events<'a>(
+                &'a self,
+                query: &'a $crate::store::events::EventQuery,
+            ) -> $crate::store::StoreFuture<'a, Vec<$crate::events::Event>> {
+                Box::pin(async move {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT seq, kind, device_id, ts, log_position, fields FROM events WHERE seq > ",
+                    );
+                    q.push_bind($crate::store::events::to_db(query.after_seq));
+                    q.push(" AND ts >= ").push_bind(query.from_ms);
+                    q.push(" AND ts < ").push_bind(query.to_ms);
+                    if !query.devices.is_empty() {
+                        q.push(" AND device_id IN (");
+                        let mut list = q.separated(", ");
+                        for d in &query.devices {
+                            list.push_bind(d.clone());
+                        }
+                        q.push(")");
+                    }
+                    if !query.kinds.is_empty() {
+                        q.push(" AND kind IN (");
+                        let mut list = q.separated(", ");
+                        for k in &query.kinds {
+                            list.push_bind(k.as_str());
+                        }
+                        q.push(")");
+                    }
+                    q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+                    let rows: Vec<$crate::store::events::EventRow> =
+                        q.build_query_as().fetch_all(&self.pool).await?;
+                    Ok(rows.into_iter().filter_map($crate::store::events::event_from_row).collect())
+                })
+            }
+
+            fn last_event_seq(&self) -> $crate::store::StoreFuture<'_, u64> {
+                Box::pin(async move {
+                    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(u64::try_from(last).unwrap_or(0))
+                })
+            }
+
+            fn webhooks(&self) -> $crate::store::StoreFuture<'_, Vec<$crate::store::events::WebhookRecord>> {
+                Box::pin(async move {
+                    let sql = format!("SELECT {} FROM webhooks ORDER BY id", $crate::store::events::WEBHOOK_COLUMNS);
+                    let rows: Vec<$crate::store::events::WebhookRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+                    Ok(rows.into_iter().map($crate::store::events::webhook_from_row).collect())
+                })
+            }
+
+            fn add_webhook<'a>(
+                &'a self,
+                hook: &'a $crate::store::events::WebhookRecord,
+            ) -> $crate::store::StoreFuture<'a, $crate::store::events::WebhookRecord> {
+                Box::pin(async move {
+                    let sql = format!(
+                        "INSERT INTO webhooks (url, kinds, devices, secret, delivered_seq, created_at)
+                         VALUES ($1, $2, $3, $4, (SELECT COALESCE(MAX(seq), 0) FROM events), $5)
+                         RETURNING {}",
+                        $crate::store::events::WEBHOOK_COLUMNS
+                    );
+                    let row: $crate::store::events::WebhookRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(&hook.url)
+                        .bind(serde_json::to_string(&hook.kinds).unwrap_or_default())
+                        .bind(serde_json::to_string(&hook.devices).unwrap_or_default())
+                        .bind(&hook.secret)
+                        .bind(hook.created_at_ms)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok($crate::store::events::webhook_from_row(row))
+                })
+            }
+
+            fn delete_webhook(&self, id: i64) -> $crate::store::StoreFuture<'_, ()> {
+                Box::pin(async move {
+                    let changed = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    if changed == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("webhook {id}")));
+                    }
+                    Ok(())
+                })
+            }
+
+            fn webhook_progress<'a>(
+                &'a self,
+                id: i64,
+                delivered_seq: u64,
+                error: Option<&'a str>,
+                now_ms: i64,
+            ) -> $crate::store::StoreFuture<'a, ()> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE webhooks SET delivered_seq = $2, last_error = COALESCE($3, last_error),
+                                last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE $4 END
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind($crate::store::events::to_db(delivered_seq))
+                    .bind(error)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+pub(super) use impl_event_store;
