@@ -92,6 +92,9 @@ pub struct Args {
     /// Live streams (SSE and WebSocket) open at once; more get 503 [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_LIVE_CLIENTS")]
     pub max_live_clients: Option<usize>,
+    /// Seconds a webhook receiver gets to answer one request before it is retried [default: 10]
+    #[arg(long, env = "FIELDLINE_WEBHOOK_TIMEOUT_SECONDS")]
+    pub webhook_timeout_seconds: Option<u64>,
     /// Rows per storage write [default: 5000]
     #[arg(long, env = "FIELDLINE_BATCH_ROWS")]
     pub batch_rows: Option<usize>,
@@ -144,6 +147,7 @@ struct FileConfig {
     device_publish_rate: Option<f64>,
     device_publish_burst: Option<f64>,
     max_live_clients: Option<usize>,
+    webhook_timeout_seconds: Option<u64>,
     max_http_connections: Option<usize>,
     http_header_timeout_seconds: Option<u64>,
     http_listen: Option<SocketAddr>,
@@ -173,6 +177,7 @@ pub struct Config {
     pub device_publish_rate: f64,
     pub device_publish_burst: f64,
     pub max_live_clients: usize,
+    pub webhook_timeout: Duration,
     pub max_http_connections: usize,
     pub http_header_timeout: Duration,
     pub http_listen: SocketAddr,
@@ -226,6 +231,12 @@ impl Config {
                 .max_live_clients
                 .or(file.max_live_clients)
                 .unwrap_or(10_000),
+            webhook_timeout: Duration::from_secs(
+                args.webhook_timeout_seconds
+                    .or(file.webhook_timeout_seconds)
+                    .unwrap_or(10)
+                    .max(1),
+            ),
             max_http_connections: args
                 .max_http_connections
                 .or(file.max_http_connections)

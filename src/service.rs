@@ -17,8 +17,10 @@ use fieldline_broker::{BrokerSettings, Guard, GuardSettings, TapReceiver};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
+use fieldline_ingest::events::EventFeeds;
 use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::store::LogState;
+use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{open_store_with, Pipeline, PipelineSettings, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -102,8 +104,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some((d.id, location["lat"].as_f64()?, location["lon"].as_f64()?))
         }));
     }
-    let (writer, writer_task, stored) =
-        spawn_writer(store.clone(), WRITER_QUEUE_BATCHES, stored_position);
+    crate::judging::start_live_outbox(
+        store.as_ref(),
+        &hub,
+        wal.as_ref().map(|(wal, _)| wal.first_position()),
+        config.live.history_events,
+    )
+    .await?;
+    let judging = crate::judging::load(store.as_ref()).await?;
+    let webhooks = Webhooks::new(
+        store.clone(),
+        DeliverySettings {
+            request_timeout: config.webhook_timeout,
+            ..DeliverySettings::default()
+        },
+    )
+    .context("cannot set up the HTTP client for webhooks")?;
+    webhooks.sync().await.context("cannot read the webhooks")?;
+    // Events go live and to webhooks once stored.
+    let event_feed = Arc::new(EventFeeds(vec![hub.clone(), webhooks.clone()]));
+    let (writer, writer_task, stored) = spawn_writer(
+        store.clone(),
+        WRITER_QUEUE_BATCHES,
+        stored_position,
+        event_feed,
+    );
     let mut pipeline = Pipeline::new(
         PipelineSettings {
             limits: Limits {
@@ -117,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
+    pipeline.judge_with(judging.judges);
     // Before any device is accepted: the log rebuilds the live history, and what it holds
     // beyond storage is stored.
     let wal = wal.map(|(wal, _)| wal);
@@ -124,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::log_to_storage::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
             .await?;
     }
+    hub.end_rebuild();
     let ended =
         crate::handover::end_presence_left_by_restart(&mut pipeline, store.as_ref(), wal.as_ref())
             .await?;
@@ -193,6 +220,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         access: api_access,
         live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
         spill: spill_state.clone(),
+        judging: fieldline_dashboard::judging::Judging::new(
+            judging.fences,
+            judging.rules,
+            webhooks.clone(),
+        ),
     });
     let http_listener = fieldline_dashboard::http_listener::GuardedListener::new(
         http_listener,
@@ -237,6 +269,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     housekeeping.abort();
     access_sync.abort();
+    webhooks.stop();
     live_metrics.abort();
     hub.close_all("the server is shutting down");
     let _ = stop_http.send(());

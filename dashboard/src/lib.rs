@@ -7,6 +7,7 @@ pub mod auth;
 mod error;
 mod health;
 pub mod http_listener;
+pub mod judging;
 pub mod live;
 mod live_clients;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub live_slots: Arc<tokio::sync::Semaphore>,
     /// Whether storage is behind the write-ahead log, and whether the log is full.
     pub spill: Arc<fieldline_ingest::spill::SpillState>,
+    /// The fences, rules and webhooks in force, which the configuration endpoints change.
+    pub judging: Arc<judging::Judging>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,6 +50,39 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/track", get(api::history::track))
         .route("/api/devices/{id}/status", get(api::history::statuses))
         .route("/api/rejected", get(api::rejected::recent))
+        .route(
+            "/api/devices/{id}/geofences",
+            get(api::geofences::of_device),
+        )
+        .route(
+            "/api/geofences",
+            get(api::geofences::list).post(api::geofences::create),
+        )
+        .route(
+            "/api/geofences/{id}",
+            get(api::geofences::one)
+                .put(api::geofences::replace)
+                .delete(api::geofences::delete),
+        )
+        .route("/api/rules", get(api::rules::list).post(api::rules::create))
+        .route(
+            "/api/rules/{id}",
+            get(api::rules::one)
+                .put(api::rules::replace)
+                .delete(api::rules::delete),
+        )
+        .route("/api/events", get(api::events::list_events))
+        .route(
+            "/api/webhooks",
+            get(api::webhooks::list).post(api::webhooks::create),
+        )
+        .route(
+            "/api/webhooks/{id}",
+            get(api::webhooks::one).delete(api::webhooks::delete),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            api::body::MAX_BODY_BYTES,
+        ))
         .route("/api/stream", get(api::stream::stream))
         .route("/api/ws", get(api::ws::ws))
         .route(

@@ -21,6 +21,7 @@ macro_rules! on_both_backends {
     )*};
 }
 
+pub mod geo;
 pub mod live;
 pub mod raw_mqtt;
 

@@ -1,10 +1,15 @@
 //! The `/api` endpoints.
 
 pub mod admin;
+pub mod body;
 pub mod devices;
+pub mod events;
+pub mod geofences;
 pub mod history;
 pub mod rejected;
+pub mod rules;
 pub mod stream;
+pub mod webhooks;
 pub mod ws;
 
 use crate::ApiError;

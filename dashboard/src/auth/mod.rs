@@ -180,7 +180,12 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let needed = if path.starts_with("/api/admin/") || path == "/api/admin" {
+    // Changing what raises events, or where they are sent, is an administrator's call.
+    let configures = ["/api/geofences", "/api/rules", "/api/webhooks"]
+        .iter()
+        .any(|p| path.starts_with(p))
+        && request.method() != axum::http::Method::GET;
+    let needed = if path.starts_with("/api/admin/") || path == "/api/admin" || configures {
         Role::Admin
     } else {
         Role::Viewer

@@ -413,7 +413,10 @@ impl LiveFeed for Hub {
         let mut cut_off = Vec::new();
         // Rebuilding: the stored events caused by earlier records go in first.
         while let (Some(front), Some(position)) = (state.rebuilding.front(), origin.position) {
-            if front.log_position.is_some_and(|caused_by| caused_by >= position) {
+            if front
+                .log_position
+                .is_some_and(|caused_by| caused_by >= position)
+            {
                 break;
             }
             if let Some(event) = state.rebuilding.pop_front() {
@@ -466,8 +469,10 @@ impl EventFeed for Hub {
     fn committed(&self, events: &[Arc<Event>]) {
         let mut guard = lock(&self.state);
         let mut cut_off = Vec::new();
-        for event in events {
-            self.place_derived(&mut guard, event.clone(), &mut cut_off);
+        // Stored before these: any not yet placed by the rebuild go first.
+        let rebuilt: Vec<_> = guard.rebuilding.drain(..).collect();
+        for event in rebuilt.into_iter().chain(events.iter().cloned()) {
+            self.place_derived(&mut guard, event, &mut cut_off);
         }
         drop(guard);
         self.unsubscribe_all(cut_off);

@@ -58,7 +58,10 @@ impl RuleState {
             if cleared {
                 self.raised = false;
                 self.since_ms = None;
-                return Some(Change { raised: false, ts_ms });
+                return Some(Change {
+                    raised: false,
+                    ts_ms,
+                });
             }
             return None;
         }
@@ -69,7 +72,10 @@ impl RuleState {
         let since = *self.since_ms.get_or_insert(ts_ms);
         if ts_ms - since >= for_ms {
             self.raised = true;
-            return Some(Change { raised: true, ts_ms });
+            return Some(Change {
+                raised: true,
+                ts_ms,
+            });
         }
         None
     }
@@ -80,7 +86,10 @@ impl RuleState {
             self.since_ms = None;
             if self.raised {
                 self.raised = false;
-                return Some(Change { raised: false, ts_ms });
+                return Some(Change {
+                    raised: false,
+                    ts_ms,
+                });
             }
         } else if self.since_ms.is_none() {
             self.since_ms = Some(ts_ms);
@@ -109,16 +118,33 @@ mod tests {
     #[test]
     fn threshold_with_hysteresis_and_duration() {
         let mut s = RuleState::default();
-        let mut feed = |v: f64, t: i64| s.reading(v, t * 1000, Direction::Above, 8.0, Some(7.5), 120_000);
+        let mut feed =
+            |v: f64, t: i64| s.reading(v, t * 1000, Direction::Above, 8.0, Some(7.5), 120_000);
         assert_eq!(feed(9.0, 0), None, "not for 120 s yet");
-        assert_eq!(feed(7.9, 60), None, "dropped below: the duration starts again");
+        assert_eq!(
+            feed(7.9, 60),
+            None,
+            "dropped below: the duration starts again"
+        );
         assert_eq!(feed(8.5, 100), None);
         assert_eq!(feed(8.6, 219), None);
-        assert_eq!(feed(8.7, 220), Some(Change { raised: true, ts_ms: 220_000 }));
+        assert_eq!(
+            feed(8.7, 220),
+            Some(Change {
+                raised: true,
+                ts_ms: 220_000
+            })
+        );
         assert_eq!(feed(7.8, 230), None, "between the levels: still raised");
         assert_eq!(feed(9.0, 240), None, "raised once");
         assert_eq!(feed(5.0, 200), None, "a late reading changes nothing");
-        assert_eq!(feed(7.4, 250), Some(Change { raised: false, ts_ms: 250_000 }));
+        assert_eq!(
+            feed(7.4, 250),
+            Some(Change {
+                raised: false,
+                ts_ms: 250_000
+            })
+        );
     }
 
     #[test]
@@ -126,9 +152,21 @@ mod tests {
         let mut s = RuleState::default();
         assert_eq!(s.presence(false, 1_000), None);
         assert_eq!(s.overdue(500_000, 900_000), None);
-        assert_eq!(s.overdue(901_000, 900_000), Some(Change { raised: true, ts_ms: 901_000 }));
+        assert_eq!(
+            s.overdue(901_000, 900_000),
+            Some(Change {
+                raised: true,
+                ts_ms: 901_000
+            })
+        );
         assert_eq!(s.overdue(999_000, 900_000), None, "once");
-        assert_eq!(s.presence(true, 1_000_000), Some(Change { raised: false, ts_ms: 1_000_000 }));
+        assert_eq!(
+            s.presence(true, 1_000_000),
+            Some(Change {
+                raised: false,
+                ts_ms: 1_000_000
+            })
+        );
         assert!(s.is_idle());
     }
 }

@@ -54,7 +54,11 @@ impl AlertRule {
         };
         let name = match fields.get("name") {
             Some(Value::String(n)) if !n.is_empty() && n.chars().count() <= MAX_NAME => n.clone(),
-            _ => return Err(BadRule(format!("name must be a string of 1 to {MAX_NAME} characters"))),
+            _ => {
+                return Err(BadRule(format!(
+                    "name must be a string of 1 to {MAX_NAME} characters"
+                )))
+            }
         };
         let devices = Devices::from_json(fields.get("devices")).map_err(BadRule)?;
         let number = |key: &str| -> Result<Option<f64>, BadRule> {
@@ -176,16 +180,25 @@ mod tests {
                 for_ms: 120_000
             }
         );
-        let silent =
-            AlertRule::from_json(2, &json!({"name": "Silent", "offline_for_s": 900})).expect("valid");
+        let silent = AlertRule::from_json(2, &json!({"name": "Silent", "offline_for_s": 900}))
+            .expect("valid");
         assert_eq!(silent.condition, Condition::Offline { after_ms: 900_000 });
         for (body, reason) in [
             (json!({"name": "x"}), "needs a condition"),
             (json!({"name": "x", "metric": "t"}), "above or below"),
             (json!({"name": "x", "above": 1}), "needs metric"),
-            (json!({"name": "x", "metric": "t", "above": 1, "below": 0}), "not both"),
-            (json!({"name": "x", "metric": "t", "above": 1, "clear_below": 2}), "clear_below"),
-            (json!({"name": "x", "metric": "t", "above": "hot"}), "above must be a number"),
+            (
+                json!({"name": "x", "metric": "t", "above": 1, "below": 0}),
+                "not both",
+            ),
+            (
+                json!({"name": "x", "metric": "t", "above": 1, "clear_below": 2}),
+                "clear_below",
+            ),
+            (
+                json!({"name": "x", "metric": "t", "above": "hot"}),
+                "above must be a number",
+            ),
             (json!({"metric": "t", "above": 1}), "name"),
             (json!({"name": "x", "offline_for_s": -5}), "offline_for_s"),
             (json!([]), "object"),

@@ -19,7 +19,9 @@ impl Devices {
         let items = match value {
             None | Some(Value::Null) => return Ok(Devices::default()),
             Some(Value::Array(items)) => items,
-            Some(_) => return Err("devices must be an array of device ids and prefix* patterns".into()),
+            Some(_) => {
+                return Err("devices must be an array of device ids and prefix* patterns".into())
+            }
         };
         let mut patterns = Vec::with_capacity(items.len());
         for item in items {

@@ -166,7 +166,14 @@ impl Judges {
             Body::Telemetry(t) if !self.rules.is_empty() => {
                 let rules = self.rules.clone();
                 for rule in rules.0.iter().filter(|r| r.devices.matches(&doc.device)) {
-                    let Condition::Threshold { metric, direction, trip, clear, for_ms } = &rule.condition else {
+                    let Condition::Threshold {
+                        metric,
+                        direction,
+                        trip,
+                        clear,
+                        for_ms,
+                    } = &rule.condition
+                    else {
                         continue;
                     };
                     let Some(m) = t.metrics.iter().find(|m| &m.name == metric) else {
@@ -174,12 +181,20 @@ impl Judges {
                     };
                     let device = self.device(&doc.device);
                     let state = device.rules.entry(rule.id).or_default();
-                    let change = state.reading(m.value, doc.ts_ms, *direction, *trip, *clear, *for_ms);
+                    let change =
+                        state.reading(m.value, doc.ts_ms, *direction, *trip, *clear, *for_ms);
                     let state = state.clone();
                     note_rule(out, &doc.device, rule.id, &state);
                     if let Some(change) = change {
                         let extra = [("metric", json!(metric)), ("value", json!(m.value))];
-                        out.events.push(alert(&doc.device, rule.id, &rule.name, change, position, &extra));
+                        out.events.push(alert(
+                            &doc.device,
+                            rule.id,
+                            &rule.name,
+                            change,
+                            position,
+                            &extra,
+                        ));
                     }
                     if state.is_idle() {
                         self.device(&doc.device).rules.remove(&rule.id);
@@ -198,7 +213,14 @@ impl Judges {
                     let state = state.clone();
                     note_rule(out, &doc.device, rule.id, &state);
                     if let Some(change) = change {
-                        out.events.push(alert(&doc.device, rule.id, &rule.name, change, position, &[]));
+                        out.events.push(alert(
+                            &doc.device,
+                            rule.id,
+                            &rule.name,
+                            change,
+                            position,
+                            &[],
+                        ));
                     }
                     if state.is_idle() {
                         self.device(&doc.device).rules.remove(&rule.id);
@@ -220,17 +242,22 @@ impl Judges {
         for (device, states) in &mut self.devices {
             for (id, state) in &mut states.rules {
                 let Some(rule) = rules.get(*id) else { continue };
-                let Condition::Offline { after_ms } = rule.condition else { continue };
+                let Condition::Offline { after_ms } = rule.condition else {
+                    continue;
+                };
                 if let Some(change) = state.overdue(now_ms, after_ms) {
                     note_rule(out, device, *id, state);
-                    out.events.push(alert(device, *id, &rule.name, change, None, &[]));
+                    out.events
+                        .push(alert(device, *id, &rule.name, change, None, &[]));
                 }
             }
         }
     }
 
     fn has_states(&self, device: &str) -> bool {
-        self.devices.get(device).is_some_and(|d| !d.fences.is_empty())
+        self.devices
+            .get(device)
+            .is_some_and(|d| !d.fences.is_empty())
     }
 
     fn fix(&mut self, device: &Arc<str>, fix: &Fix, position: Option<u64>, out: &mut Derived) {
@@ -243,14 +270,19 @@ impl Judges {
         states.newest_fix_ms = fix.ts_ms;
         // The fences whose box holds the fix, and those the device stands in (or may be
         // entering or leaving), which a fix far outside must still reach.
-        let mut ids: Vec<i64> = fences.candidates(device, fix.lat, fix.lon).map(|f| f.id).collect();
+        let mut ids: Vec<i64> = fences
+            .candidates(device, fix.lat, fix.lon)
+            .map(|f| f.id)
+            .collect();
         for id in states.fences.keys() {
             if !ids.contains(id) {
                 ids.push(*id);
             }
         }
         for id in ids {
-            let Some(fence) = fences.get(id) else { continue };
+            let Some(fence) = fences.get(id) else {
+                continue;
+            };
             self.counters.checks.increment(1);
             let (inside, past_m) = fence.shape.locate(fix.lat, fix.lon);
             let seen = Seen::of(inside, past_m, fix.accuracy, &fence.rules);
@@ -301,7 +333,8 @@ impl Judges {
                 states.fences.retain(|id, _| {
                     let keep = fences.get(*id).is_some_and(|f| f.devices.matches(device));
                     if !keep {
-                        out.states.insert((device.clone(), Subject::Geofence(*id)), None);
+                        out.states
+                            .insert((device.clone(), Subject::Geofence(*id)), None);
                     }
                     keep
                 });
@@ -314,7 +347,8 @@ impl Judges {
                 states.rules.retain(|id, _| {
                     let keep = rules.get(*id).is_some_and(|r| r.devices.matches(device));
                     if !keep {
-                        out.states.insert((device.clone(), Subject::Rule(*id)), None);
+                        out.states
+                            .insert((device.clone(), Subject::Rule(*id)), None);
                     }
                     keep
                 });

@@ -45,7 +45,9 @@ impl Fence {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => match v.as_f64() {
                     Some(x) if x.is_finite() && x >= min => Ok(x),
-                    _ => Err(bad(format!("properties.{key} must be a number of at least {min}"))),
+                    _ => Err(bad(format!(
+                        "properties.{key} must be a number of at least {min}"
+                    ))),
                 },
             }
         };
@@ -57,7 +59,9 @@ impl Fence {
         };
         let confirm = number("confirm_fixes", 1.0, f64::from(defaults.confirm_fixes))?;
         if confirm.fract() != 0.0 || confirm > 100.0 {
-            return Err(bad("properties.confirm_fixes must be a whole number from 1 to 100".into()));
+            return Err(bad(
+                "properties.confirm_fixes must be a whole number from 1 to 100".into(),
+            ));
         }
         let rules = Rules {
             buffer_m: number("buffer_m", 0.0, defaults.buffer_m)?,
@@ -100,12 +104,18 @@ mod tests {
         for (properties, reason) in [
             (json!({"radius_m": 10, "buffer_m": -1}), "buffer_m"),
             (json!({"radius_m": 10, "devices": "all"}), "devices"),
-            (json!({"radius_m": 10, "confirm_fixes": 0.5}), "confirm_fixes"),
+            (
+                json!({"radius_m": 10, "confirm_fixes": 0.5}),
+                "confirm_fixes",
+            ),
             (json!({"radius_m": 10, "name": 5}), "name"),
             (json!({}), "radius_m"),
         ] {
-            let e = Fence::from_feature(1, &json!({"type": "Feature", "geometry": point, "properties": properties}))
-                .expect_err("invalid");
+            let e = Fence::from_feature(
+                1,
+                &json!({"type": "Feature", "geometry": point, "properties": properties}),
+            )
+            .expect_err("invalid");
             assert!(e.0.contains(reason), "{e} should name {reason}");
         }
         assert!(Fence::from_feature(1, &json!({"type": "Point"})).is_err());

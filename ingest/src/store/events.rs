@@ -128,7 +128,17 @@ pub trait EventStore: Send + Sync {
 
 pub(super) type EventRow = (i64, String, String, i64, Option<i64>, String);
 pub(super) type StateRow = (String, String, i64, bool, i64, String);
-pub(super) type WebhookRow = (i64, String, String, String, String, i64, Option<String>, Option<i64>, i64);
+pub(super) type WebhookRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
 
 pub(super) fn event_from_row(row: EventRow) -> Option<Event> {
     let (seq, kind, device, ts_ms, log_position, fields) = row;
@@ -155,7 +165,8 @@ pub(super) fn state_from_row(row: StateRow) -> Option<StoredState> {
 }
 
 pub(super) fn webhook_from_row(row: WebhookRow) -> WebhookRecord {
-    let (id, url, kinds, devices, secret, delivered, last_error, last_error_at_ms, created_at_ms) = row;
+    let (id, url, kinds, devices, secret, delivered, last_error, last_error_at_ms, created_at_ms) =
+        row;
     let list = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
     WebhookRecord {
         id,
@@ -175,7 +186,8 @@ pub(super) fn to_db(n: u64) -> i64 {
 }
 
 pub(super) const STATE_COLUMNS: &str = "device_id, subject, subject_id, active, since, state";
-pub(super) const WEBHOOK_COLUMNS: &str = "id, url, kinds, devices, secret, delivered_seq, last_error, last_error_at, created_at";
+pub(super) const WEBHOOK_COLUMNS: &str =
+    "id, url, kinds, devices, secret, delivered_seq, last_error, last_error_at, created_at";
 
 /// Writes a batch's derived rows in its transaction `$tx` (a `&mut Transaction`); evaluates
 /// to the seq given to its first event.

@@ -27,7 +27,8 @@ pub(super) async fn run(
     let id = hook.id.to_string();
     let backlog = metrics::gauge!("fieldline_webhook_backlog_events", "webhook" => id.clone());
     let failures = metrics::counter!("fieldline_webhook_failures_total", "webhook" => id.clone());
-    let delivered = metrics::counter!("fieldline_webhook_deliveries_total", "webhook" => id.clone());
+    let delivered =
+        metrics::counter!("fieldline_webhook_deliveries_total", "webhook" => id.clone());
     let given_up = metrics::counter!("fieldline_webhook_given_up_total", "webhook" => id);
     let mut position = hook.delivered_seq;
     loop {
@@ -57,7 +58,9 @@ pub(super) async fn run(
         for event in events {
             let mut error = None;
             if wants(&hook, &event) {
-                match post_until_delivered(&hook, &client, &settings, &event, &failures, &store).await {
+                match post_until_delivered(&hook, &client, &settings, &event, &failures, &store)
+                    .await
+                {
                     Ok(()) => delivered.increment(1),
                     Err(last_error) => {
                         given_up.increment(1);
@@ -113,7 +116,12 @@ async fn post_until_delivered(
             Err(e) => format!("cannot reach the receiver: {e}"),
         };
         failures.increment(1);
-        tracing::debug!(webhook = hook.id, seq = event.seq, error, "webhook delivery failed; retrying");
+        tracing::debug!(
+            webhook = hook.id,
+            seq = event.seq,
+            error,
+            "webhook delivery failed; retrying"
+        );
         let _ = store
             .webhook_progress(hook.id, event.seq.saturating_sub(1), Some(&error), now_ms())
             .await;

@@ -35,12 +35,19 @@ pub fn from_json(body: &Value, now_ms: i64) -> Result<WebhookRecord, BadWebhook>
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("url is required"))?;
-    let parsed = reqwest::Url::parse(url).map_err(|e| BadWebhook(format!("url is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || url.len() > MAX_URL {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| BadWebhook(format!("url is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none()
+        || url.len() > MAX_URL
+    {
         return Err(bad("url must be an http:// or https:// URL with a host"));
     }
     let kinds = match fields.get("kinds") {
-        None | Some(Value::Null) => EventKind::ALL.iter().map(|k| k.as_str().to_owned()).collect(),
+        None | Some(Value::Null) => EventKind::ALL
+            .iter()
+            .map(|k| k.as_str().to_owned())
+            .collect(),
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
             .map(|k| match k.as_str().and_then(EventKind::parse) {
@@ -53,7 +60,11 @@ pub fn from_json(body: &Value, now_ms: i64) -> Result<WebhookRecord, BadWebhook>
     let devices = Devices::from_json(fields.get("devices")).map_err(BadWebhook)?;
     let secret = match fields.get("secret") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SECRET => s.clone(),
-        _ => return Err(BadWebhook(format!("secret must be a string of 1 to {MAX_SECRET} bytes (it signs every request)"))),
+        _ => {
+            return Err(BadWebhook(format!(
+                "secret must be a string of 1 to {MAX_SECRET} bytes (it signs every request)"
+            )))
+        }
     };
     Ok(WebhookRecord {
         id: 0,
@@ -107,7 +118,10 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(store: Arc<dyn Store>, settings: DeliverySettings) -> Result<Arc<Webhooks>, reqwest::Error> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: DeliverySettings,
+    ) -> Result<Arc<Webhooks>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout)
@@ -178,8 +192,14 @@ mod tests {
             (json!({"url": "not a url", "secret": "s"}), "URL"),
             (json!({"secret": "s"}), "url is required"),
             (json!({"url": "http://x/", "secret": ""}), "secret"),
-            (json!({"url": "http://x/", "secret": "s", "kinds": ["location"]}), "kinds"),
-            (json!({"url": "http://x/", "secret": "s", "devices": ["a b"]}), "devices"),
+            (
+                json!({"url": "http://x/", "secret": "s", "kinds": ["location"]}),
+                "kinds",
+            ),
+            (
+                json!({"url": "http://x/", "secret": "s", "devices": ["a b"]}),
+                "devices",
+            ),
         ] {
             let e = from_json(&body, 0).expect_err("invalid");
             assert!(e.0.contains(reason), "{e} should say {reason}");

@@ -1,0 +1,175 @@
+//! `/api/geofences`: fences as GeoJSON. A POST takes one Feature or a FeatureCollection,
+//! stored all or none; `GET /api/devices/{id}/geofences` says which a device is inside now.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fieldline_ingest::geofence::Fence;
+use fieldline_ingest::store::Definitions;
+use fieldline_ingest::time_format::{format_ms, now_ms};
+use serde_json::{json, Value};
+
+use super::body::{checked_id, json_body, store_error};
+use super::checked_device_id;
+use crate::{ApiError, AppState};
+
+/// Most features one import may hold.
+const MAX_FEATURES: usize = 10_000;
+
+/// The stored form: the Feature as given, without an id of its own.
+fn checked(feature: &Value) -> Result<(String, Value), String> {
+    let fence = Fence::from_feature(0, feature).map_err(|e| e.0)?;
+    let mut stored = feature.clone();
+    if let Some(object) = stored.as_object_mut() {
+        object.remove("id");
+    }
+    Ok((fence.name, stored))
+}
+
+fn with_id(id: i64, body: &str) -> Value {
+    let mut feature: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(object) = feature.as_object_mut() {
+        object.insert("id".into(), json!(id));
+    }
+    feature
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let stored = state.store.definitions(Definitions::Geofences).await?;
+    let features: Vec<Value> = stored.iter().map(|d| with_id(d.id, &d.body)).collect();
+    Ok(Json(
+        json!({"type": "FeatureCollection", "features": features}),
+    ))
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = checked_id(&id, "geofence")?;
+    let stored = state.store.definitions(Definitions::Geofences).await?;
+    stored
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| Json(with_id(d.id, &d.body)))
+        .ok_or_else(|| ApiError::not_found(format!("no such geofence {id}")))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let collection = body.get("type").and_then(Value::as_str) == Some("FeatureCollection");
+    let features: Vec<&Value> = if collection {
+        match body.get("features").and_then(Value::as_array) {
+            Some(f) if !f.is_empty() && f.len() <= MAX_FEATURES => f.iter().collect(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "a FeatureCollection needs 1 to {MAX_FEATURES} features"
+                )))
+            }
+        }
+    } else {
+        vec![&body]
+    };
+    let mut items = Vec::with_capacity(features.len());
+    let mut errors = Vec::new();
+    for (i, feature) in features.iter().enumerate() {
+        match checked(feature) {
+            Ok(item) => items.push(item),
+            Err(e) if collection => errors.push(format!("feature {i}: {e}")),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        let shown = errors.len().min(20);
+        let mut message = errors[..shown].join("; ");
+        if errors.len() > shown {
+            message.push_str(&format!("; and {} more", errors.len() - shown));
+        }
+        if collection {
+            message = format!("nothing was stored: {message}");
+        }
+        return Err(ApiError::bad_request(message));
+    }
+    let store = state.store.as_ref();
+    let ids = state
+        .judging
+        .change(
+            store,
+            store.add_definitions(Definitions::Geofences, &items, now_ms()),
+        )
+        .await
+        .map_err(store_error)?;
+    let created: Vec<Value> = ids
+        .iter()
+        .zip(&items)
+        .map(|(id, (_, feature))| with_id(*id, &feature.to_string()))
+        .collect();
+    let body = if collection {
+        json!({"type": "FeatureCollection", "features": created})
+    } else {
+        created.into_iter().next().unwrap_or(Value::Null)
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = checked_id(&id, "geofence")?;
+    let body = json_body(body)?;
+    let (name, feature) = checked(&body).map_err(ApiError::bad_request)?;
+    let store = state.store.as_ref();
+    state
+        .judging
+        .change(
+            store,
+            store.replace_definition(Definitions::Geofences, id, &name, &feature, now_ms()),
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(Json(with_id(id, &feature.to_string())))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = checked_id(&id, "geofence")?;
+    let store = state.store.as_ref();
+    state
+        .judging
+        .change(store, store.delete_definition(Definitions::Geofences, id))
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/devices/{id}/geofences`: the fences the device is inside now, with `since`.
+pub async fn of_device(
+    State(state): State<AppState>,
+    Path(device): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = checked_device_id(&device)?;
+    let states = state
+        .store
+        .device_states(device, Definitions::Geofences)
+        .await?;
+    let (_, fences) = state.judging.fences.snapshot();
+    let inside: Vec<Value> = states
+        .iter()
+        .filter(|s| s.active)
+        .filter_map(|s| {
+            let fence = fences.get(s.subject.id())?;
+            Some(json!({"geofence": fence.id, "name": fence.name, "since": format_ms(s.since_ms)}))
+        })
+        .collect();
+    Ok(Json(json!(inside)))
+}

@@ -1,0 +1,106 @@
+//! `/api/rules`: alert rules as JSON objects, each returned with its `id`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fieldline_ingest::alerts::AlertRule;
+use fieldline_ingest::store::Definitions;
+use fieldline_ingest::time_format::now_ms;
+use serde_json::{json, Value};
+
+use super::body::{checked_id, json_body, store_error};
+use crate::{ApiError, AppState};
+
+fn checked(body: &Value) -> Result<(String, Value), ApiError> {
+    let rule = AlertRule::from_json(0, body).map_err(|e| ApiError::bad_request(e.0))?;
+    let mut stored = body.clone();
+    if let Some(object) = stored.as_object_mut() {
+        object.remove("id");
+    }
+    Ok((rule.name, stored))
+}
+
+fn with_id(id: i64, body: &str) -> Value {
+    let mut rule: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(object) = rule.as_object_mut() {
+        object.insert("id".into(), json!(id));
+    }
+    rule
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let stored = state.store.definitions(Definitions::AlertRules).await?;
+    Ok(Json(json!(stored
+        .iter()
+        .map(|d| with_id(d.id, &d.body))
+        .collect::<Vec<_>>())))
+}
+
+pub async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = checked_id(&id, "rule")?;
+    let stored = state.store.definitions(Definitions::AlertRules).await?;
+    stored
+        .iter()
+        .find(|d| d.id == id)
+        .map(|d| Json(with_id(d.id, &d.body)))
+        .ok_or_else(|| ApiError::not_found(format!("no such rule {id}")))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let item = checked(&json_body(body)?)?;
+    let store = state.store.as_ref();
+    let items = [item];
+    let ids = state
+        .judging
+        .change(
+            store,
+            store.add_definitions(Definitions::AlertRules, &items, now_ms()),
+        )
+        .await
+        .map_err(store_error)?;
+    let [(_, rule)] = items;
+    let id = ids.first().copied().unwrap_or(0);
+    Ok((StatusCode::CREATED, Json(with_id(id, &rule.to_string()))).into_response())
+}
+
+pub async fn replace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = checked_id(&id, "rule")?;
+    let (name, rule) = checked(&json_body(body)?)?;
+    let store = state.store.as_ref();
+    state
+        .judging
+        .change(
+            store,
+            store.replace_definition(Definitions::AlertRules, id, &name, &rule, now_ms()),
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(Json(with_id(id, &rule.to_string())))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = checked_id(&id, "rule")?;
+    let store = state.store.as_ref();
+    state
+        .judging
+        .change(store, store.delete_definition(Definitions::AlertRules, id))
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

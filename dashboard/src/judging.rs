@@ -1,0 +1,48 @@
+//! What the configuration endpoints change: the fences and rules the judges use now, and the
+//! running webhook deliveries. A change is stored, then loaded back whole, so the judges see
+//! exactly what storage holds; one change at a time.
+
+use std::sync::Arc;
+
+use fieldline_ingest::alerts::AlertRules;
+use fieldline_ingest::events::catalog::{load_fences, load_rules, Catalog};
+use fieldline_ingest::geofence::Fences;
+use fieldline_ingest::webhook::Webhooks;
+use fieldline_ingest::{Store, StoreError};
+
+pub struct Judging {
+    pub fences: Arc<Catalog<Fences>>,
+    pub rules: Arc<Catalog<AlertRules>>,
+    pub webhooks: Arc<Webhooks>,
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Judging {
+    pub fn new(
+        fences: Arc<Catalog<Fences>>,
+        rules: Arc<Catalog<AlertRules>>,
+        webhooks: Arc<Webhooks>,
+    ) -> Arc<Judging> {
+        Arc::new(Judging {
+            fences,
+            rules,
+            webhooks,
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs `change` against storage, then puts what storage now holds in force: once this
+    /// returns, the next document is judged by it.
+    pub async fn change<T>(
+        &self,
+        store: &dyn Store,
+        change: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let _one_at_a_time = self.changes.lock().await;
+        let out = change.await?;
+        self.fences.replace(load_fences(store).await?);
+        self.rules.replace(load_rules(store).await?);
+        self.webhooks.sync().await?;
+        Ok(out)
+    }
+}
