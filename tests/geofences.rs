@@ -8,7 +8,7 @@ mod support;
 
 use serde_json::{json, Value};
 use support::geo::{
-    base_ms, created, drive, east, kinds_of, north, post, rfc3339, square, wait_stored_fixes,
+    base_ms, created, drive, east, kinds_of, north, post, rfc3339, square, wait_stored_fixes, Fix,
 };
 use support::live::Sse;
 use support::{database, Backend, Device, Server, TempDir};
@@ -19,8 +19,6 @@ on_both_backends!(
     a_restart_raises_no_second_enter_and_changed_or_deleted_fences_behave_as_documented,
     bad_geofences_are_refused_with_the_reason_and_nothing_is_stored,
 );
-
-type Fix = (i64, f64, f64, Option<f64>, Option<f64>);
 
 fn at(base: i64, s: i64, lat: f64, lon: f64) -> Fix {
     (base + s * 1000, lat, lon, None, None)

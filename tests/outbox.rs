@@ -25,7 +25,7 @@ const LON: f64 = 11.0;
 /// device's fence is another of the four.
 fn position(device: usize, i: u64) -> (f64, f64) {
     let fence_lat = north(LAT, (device % FENCES) as f64 * 10_000.0);
-    if (i / 2) % 2 == 0 {
+    if (i / 2).is_multiple_of(2) {
         (fence_lat, LON)
     } else {
         (north(fence_lat, 2_000.0), LON)

@@ -40,8 +40,11 @@ pub fn fix(ts_ms: i64, lat: f64, lon: f64, accuracy: Option<f64>, speed: Option<
     v.to_string().into_bytes()
 }
 
-/// Publishes each (ts, lat, lon, accuracy, speed) as a location fix and waits for the PUBACKs.
-pub async fn drive(device: &mut Device, fixes: &[(i64, f64, f64, Option<f64>, Option<f64>)]) {
+/// A fix to send: (ts, lat, lon, accuracy, speed).
+pub type Fix = (i64, f64, f64, Option<f64>, Option<f64>);
+
+/// Publishes each fix and waits for the PUBACKs.
+pub async fn drive(device: &mut Device, fixes: &[Fix]) {
     let already = device.acked();
     let topic = format!("devices/{}/location", device.client_id);
     for (ts, lat, lon, accuracy, speed) in fixes {
