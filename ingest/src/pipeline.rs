@@ -127,6 +127,14 @@ impl Path {
     }
 }
 
+/// Derived events judged but not yet stored (the outbox's backlog); the writer takes them
+/// off after the commit.
+fn note_pending(events: usize) {
+    if events > 0 {
+        metrics::gauge!("fieldline_outbox_pending_events").increment(events as f64);
+    }
+}
+
 /// Log records read back per read while catching storage up.
 const CATCH_UP_CHUNK: usize = 1024;
 /// Longest one catch-up round keeps the pipeline from new messages.
@@ -319,7 +327,9 @@ impl Pipeline {
             self.batch
                 .push_document(&doc, origin.received_ms, &mut self.metric_names);
             if let Some(judges) = &mut self.judges {
+                let before = self.batch.derived.events.len();
                 judges.document(&doc, origin.position, &mut self.batch.derived);
+                note_pending(self.batch.derived.events.len() - before);
             }
         }
         if path.live() {
@@ -449,6 +459,7 @@ impl Pipeline {
             let before = self.batch.derived.events.len();
             judges.tick(now_ms(), &mut self.batch.derived);
             if self.batch.derived.events.len() > before {
+                note_pending(self.batch.derived.events.len() - before);
                 self.batch.mark_started();
             }
         }

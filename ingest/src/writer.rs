@@ -117,6 +117,7 @@ fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
             Arc::new(event)
         })
         .collect();
+    metrics::gauge!("fieldline_outbox_pending_events").decrement(events.len() as f64);
     feed.committed(&events);
 }
 

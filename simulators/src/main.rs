@@ -3,6 +3,7 @@
 
 mod connection;
 mod fleet;
+mod geofences;
 mod latency;
 mod load;
 mod payload;
@@ -27,6 +28,11 @@ enum Command {
     Sensors(sensors::Args),
     /// N devices at a total rate; waits for every PUBACK and reports the acknowledged rate.
     Load(load::Args),
+    /// Loads fences (one polygon around each load device's start) and rules over the API.
+    GeofenceSetup(geofences::SetupArgs),
+    /// Devices parked on a fence boundary with GPS noise and others driving through fences,
+    /// with the geofence events read back live (count and latency).
+    Geofences(geofences::ScenarioArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +45,8 @@ fn main() -> anyhow::Result<()> {
             Command::Fleet(args) => fleet::run(args).await,
             Command::Sensors(args) => sensors::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::GeofenceSetup(args) => geofences::setup(args).await,
+            Command::Geofences(args) => geofences::scenario(args).await,
         }
     })
 }

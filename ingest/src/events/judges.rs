@@ -101,6 +101,8 @@ pub struct Judges {
     rules_version: u64,
     devices: HashMap<Arc<str>, DeviceStates>,
     counters: Counters,
+    /// When offline rules were last looked at: twice a second is often enough.
+    last_tick_ms: i64,
 }
 
 impl Judges {
@@ -123,6 +125,7 @@ impl Judges {
                 checks: metrics::counter!("fieldline_geofence_checks_total"),
                 late: metrics::counter!("fieldline_geofence_late_fixes_total"),
             },
+            last_tick_ms: 0,
         };
         for (device, ts) in seed.newest_fix_ms {
             judges.device(&Arc::from(device)).newest_fix_ms = ts;
@@ -234,6 +237,10 @@ impl Judges {
     /// Raises the offline rules that have come due by `now_ms` (server time: a device that
     /// is offline sends nothing to date it by).
     pub fn tick(&mut self, now_ms: i64, out: &mut Derived) {
+        if now_ms - self.last_tick_ms < 500 {
+            return;
+        }
+        self.last_tick_ms = now_ms;
         self.refresh(out);
         if self.rules.is_empty() {
             return;
