@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::connection::Broker;
@@ -141,7 +140,7 @@ fn parse_point(s: &str) -> Result<(f64, f64), String> {
 pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let (lat, lon) = args.center;
-    let east = |m: f64| m / (M_PER_DEG * lat.to_radians().cos());
+    let east = move |m: f64| m / (M_PER_DEG * lat.to_radians().cos());
     // A 400 m depot and a 4 km corridor leading east from it.
     let depot = json!({"type": "Feature",
         "geometry": {"type": "Polygon", "coordinates": [ring(lat, lon, 200.0, 64)]},
@@ -169,9 +168,9 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
     let reader = {
         let (events, parked_events, latency) = (events.clone(), parked_events.clone(), latency.clone());
         tokio::spawn(async move {
-            let mut body = stream.bytes_stream();
+            let mut stream = stream;
             let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
+            while let Ok(Some(chunk)) = stream.chunk().await {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = buffer.find("\n\n") {
                     let frame: String = buffer.drain(..end + 2).collect();

@@ -44,3 +44,21 @@ pub fn store_error(e: fieldline_ingest::StoreError) -> ApiError {
         e => e.into(),
     }
 }
+
+/// A stored JSON object (a Feature or a rule) with its `id` put in, as the API returns it.
+pub fn with_id(id: i64, body: &str) -> serde_json::Value {
+    let mut object: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("id".into(), serde_json::json!(id));
+    }
+    object
+}
+
+/// The JSON form to store: as given, without an `id` of its own.
+pub fn without_id(body: &Value) -> Value {
+    let mut stored = body.clone();
+    if let Some(fields) = stored.as_object_mut() {
+        fields.remove("id");
+    }
+    stored
+}

@@ -12,7 +12,7 @@ use fieldline_ingest::store::Definitions;
 use fieldline_ingest::time_format::{format_ms, now_ms};
 use serde_json::{json, Value};
 
-use super::body::{checked_id, json_body, store_error};
+use super::body::{checked_id, json_body, store_error, with_id, without_id};
 use super::checked_device_id;
 use crate::{ApiError, AppState};
 
@@ -22,20 +22,9 @@ const MAX_FEATURES: usize = 10_000;
 /// The stored form: the Feature as given, without an id of its own.
 fn checked(feature: &Value) -> Result<(String, Value), String> {
     let fence = Fence::from_feature(0, feature).map_err(|e| e.0)?;
-    let mut stored = feature.clone();
-    if let Some(object) = stored.as_object_mut() {
-        object.remove("id");
-    }
-    Ok((fence.name, stored))
+    Ok((fence.name, without_id(feature)))
 }
 
-fn with_id(id: i64, body: &str) -> Value {
-    let mut feature: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    if let Some(object) = feature.as_object_mut() {
-        object.insert("id".into(), json!(id));
-    }
-    feature
-}
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::Geofences).await?;

@@ -11,25 +11,14 @@ use fieldline_ingest::store::Definitions;
 use fieldline_ingest::time_format::now_ms;
 use serde_json::{json, Value};
 
-use super::body::{checked_id, json_body, store_error};
+use super::body::{checked_id, json_body, store_error, with_id, without_id};
 use crate::{ApiError, AppState};
 
 fn checked(body: &Value) -> Result<(String, Value), ApiError> {
     let rule = AlertRule::from_json(0, body).map_err(|e| ApiError::bad_request(e.0))?;
-    let mut stored = body.clone();
-    if let Some(object) = stored.as_object_mut() {
-        object.remove("id");
-    }
-    Ok((rule.name, stored))
+    Ok((rule.name, without_id(body)))
 }
 
-fn with_id(id: i64, body: &str) -> Value {
-    let mut rule: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    if let Some(object) = rule.as_object_mut() {
-        object.insert("id".into(), json!(id));
-    }
-    rule
-}
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::AlertRules).await?;

@@ -291,7 +291,8 @@ impl Judges {
                 continue;
             };
             self.counters.checks.increment(1);
-            let (inside, past_m) = fence.shape.locate(fix.lat, fix.lon);
+            let within = fence.rules.buffer_m + fix.accuracy.unwrap_or(0.0);
+            let (inside, past_m) = fence.shape.locate_near(fix.lat, fix.lon, within);
             let seen = Seen::of(inside, past_m, fix.accuracy, &fence.rules);
             let state = states.fences.entry(id).or_default();
             let before = state.clone();
@@ -337,31 +338,37 @@ impl Judges {
             (self.fences_version, self.fences) = self.fence_catalog.snapshot();
             let fences = self.fences.clone();
             for (device, states) in &mut self.devices {
-                states.fences.retain(|id, _| {
-                    let keep = fences.get(*id).is_some_and(|f| f.devices.matches(device));
-                    if !keep {
-                        out.states
-                            .insert((device.clone(), Subject::Geofence(*id)), None);
-                    }
-                    keep
-                });
+                let applies = |id| fences.get(id).is_some_and(|f| f.devices.matches(device));
+                forget_unless(device, &mut states.fences, applies, Subject::Geofence, out);
             }
         }
         if self.rule_catalog.version() != self.rules_version {
             (self.rules_version, self.rules) = self.rule_catalog.snapshot();
             let rules = self.rules.clone();
             for (device, states) in &mut self.devices {
-                states.rules.retain(|id, _| {
-                    let keep = rules.get(*id).is_some_and(|r| r.devices.matches(device));
-                    if !keep {
-                        out.states
-                            .insert((device.clone(), Subject::Rule(*id)), None);
-                    }
-                    keep
-                });
+                let applies = |id| rules.get(id).is_some_and(|r| r.devices.matches(device));
+                forget_unless(device, &mut states.rules, applies, Subject::Rule, out);
             }
         }
     }
+}
+
+/// Drops a device's states whose fence or rule no longer `applies`, deleting them from storage
+/// with the batch.
+fn forget_unless<S>(
+    device: &Arc<str>,
+    states: &mut HashMap<i64, S>,
+    applies: impl Fn(i64) -> bool,
+    subject: fn(i64) -> Subject,
+    out: &mut Derived,
+) {
+    states.retain(|id, _| {
+        let keep = applies(*id);
+        if !keep {
+            out.states.insert((device.clone(), subject(*id)), None);
+        }
+        keep
+    });
 }
 
 fn note_rule(out: &mut Derived, device: &Arc<str>, id: i64, state: &RuleState) {

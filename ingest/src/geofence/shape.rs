@@ -141,6 +141,45 @@ impl Shape {
         }
     }
 
+    /// As [`Shape::locate`] for a judge that only asks whether the point lies more than
+    /// `within_m` outside: an area's distance is first estimated on a local flat projection
+    /// (no trigonometry per vertex), and measured exactly only when that estimate is within
+    /// twice `within_m` of the boundary. A farther point gets the estimate, which is then
+    /// beyond `within_m` either way.
+    pub fn locate_near(&self, lat: f64, lon: f64, within_m: f64) -> (bool, f64) {
+        let Shape::Area(area) = self else {
+            return self.locate(lat, lon);
+        };
+        let small = area
+            .bounding_rect()
+            .is_some_and(|r| r.width() < SMALL_DEG && r.height() < SMALL_DEG);
+        if !small {
+            return self.locate(lat, lon);
+        }
+        let as_given = Point::new(lon, lat);
+        let shifted = (lon < 0.0).then(|| Point::new(lon + 360.0, lat));
+        let candidates = [Some(as_given), shifted];
+        if candidates.iter().flatten().any(|p| area.contains(p)) {
+            return (true, 0.0);
+        }
+        let estimate = candidates
+            .into_iter()
+            .flatten()
+            .flat_map(|p| {
+                area.0.iter().flat_map(move |polygon| {
+                    std::iter::once(polygon.exterior())
+                        .chain(polygon.interiors())
+                        .map(move |ring| flat_distance(ring, p))
+                })
+            })
+            .fold(f64::INFINITY, f64::min);
+        if estimate > 2.0 * within_m + 1.0 {
+            (false, estimate)
+        } else {
+            self.locate(lat, lon)
+        }
+    }
+
     /// The box a point must be in (or near) for the shape to concern it, in degrees, before
     /// any antimeridian shift is undone: the R-tree's key.
     pub fn bounds(&self) -> Option<Rect<f64>> {
@@ -160,6 +199,33 @@ impl Shape {
             Shape::Corridor { half_width_m, .. } => *half_width_m,
         }
     }
+}
+
+/// Shapes smaller than this (degrees each way) may be measured on a flat projection first:
+/// over a few hundred kilometres it is within a few percent of the haversine distance.
+const SMALL_DEG: f64 = 5.0;
+
+/// Metres from `p` to the nearest segment of `line` on an equirectangular projection centred
+/// on `p`.
+fn flat_distance(line: &LineString<f64>, p: Point<f64>) -> f64 {
+    const M_PER_DEG: f64 = 111_195.08;
+    let kx = M_PER_DEG * p.y().to_radians().cos();
+    let local = |c: &Coord<f64>| ((c.x - p.x()) * kx, (c.y - p.y()) * M_PER_DEG);
+    line.0
+        .windows(2)
+        .map(|w| {
+            let ((ax, ay), (bx, by)) = (local(&w[0]), local(&w[1]));
+            let (dx, dy) = (bx - ax, by - ay);
+            let len2 = dx * dx + dy * dy;
+            let t = if len2 > 0.0 {
+                (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let (x, y) = (ax + t * dx, ay + t * dy);
+            (x * x + y * y).sqrt()
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn distance_to(line: &LineString<f64>, p: Point<f64>) -> f64 {
@@ -311,6 +377,28 @@ mod tests {
         let (inside, past) = corridor.locate(0.5, 50.0 / M_PER_DEG);
         assert!(!inside);
         assert!((past - 30.0).abs() < 0.5, "{past}");
+    }
+
+    #[test]
+    fn the_flat_estimate_decides_only_far_points() {
+        let square = shape(
+            json!({"type": "Polygon", "coordinates": [[[10.0, 50.0], [10.01, 50.0], [10.01, 50.01], [10.0, 50.01], [10.0, 50.0]]]}),
+            json!({}),
+        );
+        for metres in [5.0_f64, 30.0, 200.0, 5_000.0] {
+            let lat: f64 = 50.005;
+            let lon = 10.01 + metres / (111_195.08 * lat.to_radians().cos());
+            let (inside, exact) = square.locate(lat, lon);
+            let (near_inside, near) = square.locate_near(lat, lon, 30.0);
+            assert!(!inside && !near_inside);
+            assert!((exact - metres).abs() < metres * 0.005 + 0.01, "{exact} vs {metres}");
+            // Near the threshold the answer is exact; far off, an estimate on the same side.
+            if metres <= 61.0 {
+                assert_eq!(near, exact);
+            } else {
+                assert!(near > 30.0 && (near - exact).abs() < exact * 0.01, "{near} vs {exact}");
+            }
+        }
     }
 
     #[test]
