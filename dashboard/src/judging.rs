@@ -10,6 +10,14 @@ use fieldline_ingest::geofence::Fences;
 use fieldline_ingest::webhook::Webhooks;
 use fieldline_ingest::{Store, StoreError};
 
+/// What a change touches, and so what is loaded back after it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Touches {
+    Geofences,
+    Rules,
+    Webhooks,
+}
+
 pub struct Judging {
     pub fences: Arc<Catalog<Fences>>,
     pub rules: Arc<Catalog<AlertRules>>,
@@ -36,13 +44,16 @@ impl Judging {
     pub async fn change<T>(
         &self,
         store: &dyn Store,
+        touches: Touches,
         change: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let _one_at_a_time = self.changes.lock().await;
         let out = change.await?;
-        self.fences.replace(load_fences(store).await?);
-        self.rules.replace(load_rules(store).await?);
-        self.webhooks.sync().await?;
+        match touches {
+            Touches::Geofences => self.fences.replace(load_fences(store).await?),
+            Touches::Rules => self.rules.replace(load_rules(store).await?),
+            Touches::Webhooks => self.webhooks.sync().await?,
+        }
         Ok(out)
     }
 }

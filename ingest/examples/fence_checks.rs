@@ -39,13 +39,19 @@ fn main() {
     let (lat0, lon0, spacing) = (45.0, 7.0, 0.02);
     let fences: Vec<Fence> = (0..n_fences)
         .map(|k| {
-            let (lat, lon) = (lat0 + (k / side) as f64 * spacing, lon0 + (k % side) as f64 * spacing);
+            let (lat, lon) = (
+                lat0 + (k / side) as f64 * spacing,
+                lon0 + (k % side) as f64 * spacing,
+            );
             let mut ring: Vec<[f64; 2]> = (0..vertices)
                 .map(|i| {
                     let a = i as f64 / vertices as f64 * std::f64::consts::TAU;
                     // Lumpy, not round: radius 400 to 700 m.
                     let r = 550.0 + 150.0 * (3.0 * a).sin();
-                    [lon + r * a.cos() / (M_PER_DEG * lat.to_radians().cos()), lat + r * a.sin() / M_PER_DEG]
+                    [
+                        lon + r * a.cos() / (M_PER_DEG * lat.to_radians().cos()),
+                        lat + r * a.sin() / M_PER_DEG,
+                    ]
                 })
                 .collect();
             ring.push(ring[0]);
@@ -65,7 +71,12 @@ fn main() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let extent = side as f64 * spacing;
     let fixes: Vec<(f64, f64)> = (0..n_fixes)
-        .map(|_| (lat0 - 0.01 + rng.unit() * extent, lon0 - 0.01 + rng.unit() * extent))
+        .map(|_| {
+            (
+                lat0 - 0.01 + rng.unit() * extent,
+                lon0 - 0.01 + rng.unit() * extent,
+            )
+        })
         .collect();
 
     let started = Instant::now();
@@ -102,7 +113,10 @@ fn main() {
                 .count() as u64
         })
         .sum();
-    assert_eq!(naive_inside, indexed_inside_same, "both ways find the same fences");
+    assert_eq!(
+        naive_inside, indexed_inside_same,
+        "both ways find the same fences"
+    );
     println!(
         "{}",
         json!({

@@ -29,7 +29,12 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn request(&self, client: &reqwest::Client, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         let r = client.request(method, format!("{}{path}", self.http));
         match &self.token {
             Some(t) => r.bearer_auth(t),
@@ -88,13 +93,28 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
             .json(&json!({"type": "FeatureCollection", "features": chunk}))
             .send()
             .await?;
-        anyhow::ensure!(resp.status().is_success(), "creating fences: {} {}", resp.status(), resp.text().await?);
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "creating fences: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
     }
     for r in 0..args.rules {
         let rule = json!({"name": format!("hot-{r}"), "devices": [format!("load-{}*", r % 10)],
                           "metric": "temp_c", "above": 40.0 + r as f64 * 0.01, "clear_below": 35.0, "for_s": 60});
-        let resp = args.api.request(&client, reqwest::Method::POST, "/api/rules").json(&rule).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "creating rules: {} {}", resp.status(), resp.text().await?);
+        let resp = args
+            .api
+            .request(&client, reqwest::Method::POST, "/api/rules")
+            .json(&rule)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "creating rules: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
     }
     println!(
         "{}",
@@ -134,7 +154,10 @@ pub struct ScenarioArgs {
 
 fn parse_point(s: &str) -> Result<(f64, f64), String> {
     let (lat, lon) = s.split_once(',').ok_or("expected lat,lon")?;
-    Ok((lat.trim().parse().map_err(|_| "bad lat")?, lon.trim().parse().map_err(|_| "bad lon")?))
+    Ok((
+        lat.trim().parse().map_err(|_| "bad lat")?,
+        lon.trim().parse().map_err(|_| "bad lon")?,
+    ))
 }
 
 pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
@@ -154,7 +177,12 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
         .json(&json!({"type": "FeatureCollection", "features": [depot, corridor]}))
         .send()
         .await?;
-    anyhow::ensure!(resp.status().is_success(), "creating fences: {} {}", resp.status(), resp.text().await?);
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "creating fences: {} {}",
+        resp.status(),
+        resp.text().await?
+    );
 
     let events = Arc::new(AtomicU64::new(0));
     let parked_events = Arc::new(AtomicU64::new(0));
@@ -164,9 +192,14 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
         .request(&client, reqwest::Method::GET, "/api/stream?kinds=geofence")
         .send()
         .await?;
-    anyhow::ensure!(stream.status().is_success(), "live stream: {}", stream.status());
+    anyhow::ensure!(
+        stream.status().is_success(),
+        "live stream: {}",
+        stream.status()
+    );
     let reader = {
-        let (events, parked_events, latency) = (events.clone(), parked_events.clone(), latency.clone());
+        let (events, parked_events, latency) =
+            (events.clone(), parked_events.clone(), latency.clone());
         tokio::spawn(async move {
             let mut stream = stream;
             let mut buffer = String::new();
@@ -174,13 +207,20 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
                 buffer.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = buffer.find("\n\n") {
                     let frame: String = buffer.drain(..end + 2).collect();
-                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-                    let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let Ok(event) = serde_json::from_str::<Value>(data) else {
+                        continue;
+                    };
                     if event["kind"] != "geofence" {
                         continue;
                     }
                     events.fetch_add(1, Ordering::Relaxed);
-                    if event["device"].as_str().is_some_and(|d| d.starts_with("parked-")) {
+                    if event["device"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("parked-"))
+                    {
                         parked_events.fetch_add(1, Ordering::Relaxed);
                     }
                     // Fixes are dated when sent, so the event's ts is its fix's send time.
@@ -198,12 +238,20 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..args.parked + args.drivers {
         let parked = i < args.parked;
-        let id = if parked { format!("parked-{i}") } else { format!("driver-{i}") };
+        let id = if parked {
+            format!("parked-{i}")
+        } else {
+            format!("driver-{i}")
+        };
         let client = args.broker.publisher(&id);
         let topic = format!("devices/{id}/location");
         let qos = args.broker.qos();
         let mut rng = Rng::new(args.seed.wrapping_add(i as u64));
-        let (noise, interval, sent) = (args.noise_m, Duration::from_millis(args.interval_ms.max(10)), sent.clone());
+        let (noise, interval, sent) = (
+            args.noise_m,
+            Duration::from_millis(args.interval_ms.max(10)),
+            sent.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             // Parked: a spot on the depot's boundary. Driving: out east along the corridor
             // and back, through the depot, at 15 m/s.
@@ -215,7 +263,8 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 tick.tick().await;
                 let (fix_lat, fix_lon, accuracy, speed) = if parked {
-                    let accuracy = rng.range(5.0, 40.0);
+                    // Reported accuracy about 20 m (15 to 30), errors within ±noise.
+                    let accuracy = rng.range(15.0, 30.0);
                     (spot.0 + rng.range(-noise, noise) / M_PER_DEG, spot.1 + east(rng.range(-noise, noise)), accuracy, rng.range(0.0, 0.5))
                 } else {
                     x_m += dir * 15.0 * interval.as_secs_f64();
@@ -272,7 +321,10 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 mod tests {
     #[test]
     fn reads_fieldline_times() {
-        assert_eq!(super::parse_rfc3339_ms("2025-11-25T12:00:00.123Z"), Some(1_764_072_000_123));
+        assert_eq!(
+            super::parse_rfc3339_ms("2025-11-25T12:00:00.123Z"),
+            Some(1_764_072_000_123)
+        );
         assert_eq!(super::parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error, with_id, without_id};
 use super::checked_device_id;
+use crate::judging::Touches;
 use crate::{ApiError, AppState};
 
 /// Most features one import may hold.
@@ -24,7 +25,6 @@ fn checked(feature: &Value) -> Result<(String, Value), String> {
     let fence = Fence::from_feature(0, feature).map_err(|e| e.0)?;
     Ok((fence.name, without_id(feature)))
 }
-
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::Geofences).await?;
@@ -90,6 +90,7 @@ pub async fn create(
         .judging
         .change(
             store,
+            Touches::Geofences,
             store.add_definitions(Definitions::Geofences, &items, now_ms()),
         )
         .await
@@ -120,6 +121,7 @@ pub async fn replace(
         .judging
         .change(
             store,
+            Touches::Geofences,
             store.replace_definition(Definitions::Geofences, id, &name, &feature, now_ms()),
         )
         .await
@@ -135,7 +137,11 @@ pub async fn delete(
     let store = state.store.as_ref();
     state
         .judging
-        .change(store, store.delete_definition(Definitions::Geofences, id))
+        .change(
+            store,
+            Touches::Geofences,
+            store.delete_definition(Definitions::Geofences, id),
+        )
         .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)

@@ -12,13 +12,13 @@ use fieldline_ingest::time_format::now_ms;
 use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error, with_id, without_id};
+use crate::judging::Touches;
 use crate::{ApiError, AppState};
 
 fn checked(body: &Value) -> Result<(String, Value), ApiError> {
     let rule = AlertRule::from_json(0, body).map_err(|e| ApiError::bad_request(e.0))?;
     Ok((rule.name, without_id(body)))
 }
-
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::AlertRules).await?;
@@ -52,6 +52,7 @@ pub async fn create(
         .judging
         .change(
             store,
+            Touches::Rules,
             store.add_definitions(Definitions::AlertRules, &items, now_ms()),
         )
         .await
@@ -73,6 +74,7 @@ pub async fn replace(
         .judging
         .change(
             store,
+            Touches::Rules,
             store.replace_definition(Definitions::AlertRules, id, &name, &rule, now_ms()),
         )
         .await
@@ -88,7 +90,11 @@ pub async fn delete(
     let store = state.store.as_ref();
     state
         .judging
-        .change(store, store.delete_definition(Definitions::AlertRules, id))
+        .change(
+            store,
+            Touches::Rules,
+            store.delete_definition(Definitions::AlertRules, id),
+        )
         .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)

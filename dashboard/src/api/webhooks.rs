@@ -13,6 +13,7 @@ use fieldline_ingest::webhook;
 use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error};
+use crate::judging::Touches;
 use crate::{ApiError, AppState};
 
 /// Matching events counted for the backlog, at most.
@@ -78,7 +79,7 @@ pub async fn create(
     let store = state.store.as_ref();
     let stored = state
         .judging
-        .change(store, store.add_webhook(&record))
+        .change(store, Touches::Webhooks, store.add_webhook(&record))
         .await
         .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(view(&stored, Some(0)))).into_response())
@@ -92,7 +93,7 @@ pub async fn delete(
     let store = state.store.as_ref();
     state
         .judging
-        .change(store, store.delete_webhook(id))
+        .change(store, Touches::Webhooks, store.delete_webhook(id))
         .await
         .map_err(store_error)?;
     Ok(StatusCode::NO_CONTENT)

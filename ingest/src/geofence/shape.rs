@@ -391,12 +391,18 @@ mod tests {
             let (inside, exact) = square.locate(lat, lon);
             let (near_inside, near) = square.locate_near(lat, lon, 30.0);
             assert!(!inside && !near_inside);
-            assert!((exact - metres).abs() < metres * 0.005 + 0.01, "{exact} vs {metres}");
+            assert!(
+                (exact - metres).abs() < metres * 0.005 + 0.01,
+                "{exact} vs {metres}"
+            );
             // Near the threshold the answer is exact; far off, an estimate on the same side.
             if metres <= 61.0 {
                 assert_eq!(near, exact);
             } else {
-                assert!(near > 30.0 && (near - exact).abs() < exact * 0.01, "{near} vs {exact}");
+                assert!(
+                    near > 30.0 && (near - exact).abs() < exact * 0.01,
+                    "{near} vs {exact}"
+                );
             }
         }
     }
