@@ -136,7 +136,7 @@ pub struct ScenarioArgs {
     /// Devices driving in and out of the depot and along the corridor.
     #[arg(long, default_value_t = 20)]
     drivers: usize,
-    /// Metres of GPS noise around each parked device's spot (uniform, each axis).
+    /// Metres of GPS error around each parked device's spot (uniform over a disc).
     #[arg(long, default_value_t = 20.0)]
     noise_m: f64,
     /// Milliseconds between one device's fixes.
@@ -265,7 +265,9 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
                 let (fix_lat, fix_lon, accuracy, speed) = if parked {
                     // Reported accuracy about 20 m (15 to 30), errors within ±noise.
                     let accuracy = rng.range(15.0, 30.0);
-                    (spot.0 + rng.range(-noise, noise) / M_PER_DEG, spot.1 + east(rng.range(-noise, noise)), accuracy, rng.range(0.0, 0.5))
+                    // An error of up to `noise` metres in any direction.
+                    let (r, t) = (noise * rng.unit().sqrt(), rng.unit() * std::f64::consts::TAU);
+                    (spot.0 + r * t.sin() / M_PER_DEG, spot.1 + east(r * t.cos()), accuracy, rng.range(0.0, 0.5))
                 } else {
                     x_m += dir * 15.0 * interval.as_secs_f64();
                     if !(-400.0..=4400.0).contains(&x_m) {

@@ -56,6 +56,46 @@ struct Counters {
     disconnects: AtomicU64,
 }
 
+/// Connects `devices` clients, a few hundred at a time, each retried until its CONNACK (for
+/// at most two minutes in all).
+async fn connect_all(
+    broker: &Broker,
+    prefix: &str,
+    devices: usize,
+) -> anyhow::Result<Vec<(rumqttc::AsyncClient, rumqttc::EventLoop)>> {
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let mut connected = Vec::with_capacity(devices);
+    for chunk in (0..devices).collect::<Vec<_>>().chunks(500) {
+        let pending: Vec<_> = chunk
+            .iter()
+            .map(|d| {
+                let (client, mut eventloop) = broker.connect(&format!("{prefix}-{d}"), 1000);
+                tokio::spawn(async move {
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                                return Some((client, eventloop))
+                            }
+                            Ok(_) => {}
+                            Err(_) if Instant::now() < give_up => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(_) => return None,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in pending {
+            match p.await? {
+                Some(c) => connected.push(c),
+                None => anyhow::bail!("a device could not connect within 120 s"),
+            }
+        }
+    }
+    Ok(connected)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.devices > 0 && args.rate > 0,
@@ -90,14 +130,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Every device is connected before the clock starts: the figures are of sustained load,
+    // not of a connection storm (thousands of CONNECTs at once take the broker seconds).
+    let connections = connect_all(&args.broker, &args.prefix, args.devices).await?;
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let peak_rss = sample_peak_rss(args.watch.server_pid, stop_sampling.clone());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let mut tasks = Vec::with_capacity(args.devices);
     let mut ack_latencies = Vec::with_capacity(args.devices);
-    for d in 0..args.devices {
-        let (client, mut eventloop) = args.broker.connect(&format!("{}-{d}", args.prefix), 1000);
+    for (d, (client, mut eventloop)) in connections.into_iter().enumerate() {
         let c = counters.clone();
         // PUBACK latency: from the moment rumqttc writes a publish to its PUBACK, per
         // connection (packet ids are per connection).

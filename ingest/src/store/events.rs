@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::StoreFuture;
-use crate::events::judges::{JudgeSeed, StoredState, Subject};
+use crate::events::judges::{Derived, JudgeSeed, StoredState, Subject};
 use crate::events::{Event, EventKind};
 
 /// Geofences and alert rules are stored the same way: an id, a name and their JSON form.
@@ -189,77 +189,51 @@ pub(super) const STATE_COLUMNS: &str = "device_id, subject, subject_id, active, 
 pub(super) const WEBHOOK_COLUMNS: &str =
     "id, url, kinds, devices, secret, delivered_seq, last_error, last_error_at, created_at";
 
-/// Writes a batch's derived rows in its transaction `$tx` (a `&mut Transaction`); evaluates
-/// to the seq given to its first event.
-macro_rules! write_derived {
-    ($tx:expr, $derived:expr) => {{
-        use $crate::events::judges::Subject;
-        use $crate::store::events::to_db;
-        let derived = $derived;
-        let tx = $tx;
-        let mut first_seq: i64 = 0;
-        if !derived.events.is_empty() {
-            let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-                .fetch_one(&mut **tx)
-                .await?;
-            first_seq = last + 1;
-            for (i, event) in derived.events.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO events (seq, kind, device_id, ts, log_position, fields)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(first_seq + i as i64)
-                .bind(event.kind.as_str())
-                .bind(&*event.device)
-                .bind(event.ts_ms)
-                .bind(event.log_position.map(to_db))
-                .bind(event.fields_json())
-                .execute(&mut **tx)
-                .await?;
-            }
-        }
-        for ((device, subject), state) in &derived.states {
-            let (kind, id) = (subject.kind(), subject.id());
-            match state {
-                // Only while the fence or rule exists: one deleted since is not brought back.
-                Some(s) => {
-                    let table = match subject {
-                        Subject::Geofence(_) => "geofences",
-                        Subject::Rule(_) => "alert_rules",
-                    };
-                    let sql = format!(
-                        "INSERT INTO judge_state (device_id, subject, subject_id, active, since, state)
-                         SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM {table} WHERE id = $3)
-                         ON CONFLICT (device_id, subject, subject_id)
-                         DO UPDATE SET active = excluded.active, since = excluded.since, state = excluded.state"
-                    );
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(&**device)
-                        .bind(kind)
-                        .bind(id)
-                        .bind(s.active)
-                        .bind(s.since_ms)
-                        .bind(&s.state)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                None => {
-                    sqlx::query(
-                        "DELETE FROM judge_state WHERE device_id = $1 AND subject = $2 AND subject_id = $3",
-                    )
-                    .bind(&**device)
-                    .bind(kind)
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-            }
-        }
-        u64::try_from(first_seq).unwrap_or(0)
-    }};
+/// The states of a batch to write (upserted, while their fence or rule exists) and to
+/// delete, as columns, for the back ends' bulk statements.
+#[derive(Default)]
+pub(super) struct StateColumns {
+    pub devices: Vec<String>,
+    pub subjects: Vec<&'static str>,
+    pub ids: Vec<i64>,
+    pub active: Vec<bool>,
+    pub since: Vec<i64>,
+    pub states: Vec<String>,
 }
 
-pub(super) use write_derived;
+/// Splits a batch's changed states into those to write and those to delete.
+pub(super) fn state_columns(derived: &Derived) -> (StateColumns, StateColumns) {
+    let (mut upserts, mut deletes) = (StateColumns::default(), StateColumns::default());
+    for ((device, subject), state) in &derived.states {
+        let out = if state.is_some() {
+            &mut upserts
+        } else {
+            &mut deletes
+        };
+        out.devices.push(device.to_string());
+        out.subjects.push(subject.kind());
+        out.ids.push(subject.id());
+        if let Some(s) = state {
+            out.active.push(s.active);
+            out.since.push(s.since_ms);
+            out.states.push(s.state.clone());
+        }
+    }
+    (upserts, deletes)
+}
+
+/// The newest event's seq, read in the batch's transaction: the writer is the only one that
+/// adds events, so the batch's events take the seqs after it.
+pub(super) const LAST_EVENT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
+
+/// Upserts keep only states whose fence or rule still exists: one deleted since the fix was
+/// judged is not brought back.
+pub(super) const STATE_STILL_APPLIES: &str =
+    "(s = 'geofence' AND EXISTS (SELECT 1 FROM geofences g WHERE g.id = i))
+     OR (s = 'rule' AND EXISTS (SELECT 1 FROM alert_rules r WHERE r.id = i))";
+
+pub(super) const STATE_UPSERT_TAIL: &str = " ON CONFLICT (device_id, subject, subject_id)
+     DO UPDATE SET active = excluded.active, since = excluded.since, state = excluded.state";
 
 /// Implements [`EventStore`] for a back end `$store` (with a `pool` field) over database `$db`.
 macro_rules! impl_event_store {

@@ -8,7 +8,9 @@ use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
 use super::access::impl_access_store;
-use super::events::{impl_event_store, write_derived};
+use super::events::{
+    impl_event_store, state_columns, LAST_EVENT_SEQ, STATE_STILL_APPLIES, STATE_UPSERT_TAIL,
+};
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
@@ -17,6 +19,7 @@ use super::{
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::{Batch, PositionRow};
+use crate::events::judges::Derived;
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
@@ -81,6 +84,64 @@ impl PgStore {
     }
 }
 
+/// A batch's events and changed states, in its transaction, each kind in one statement;
+/// returns the seq its first event took.
+async fn write_derived(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    derived: &Derived,
+) -> Result<u64, StoreError> {
+    let mut first_seq = 0i64;
+    if !derived.events.is_empty() {
+        let last: i64 = sqlx::query_scalar(LAST_EVENT_SEQ)
+            .fetch_one(&mut **tx)
+            .await?;
+        first_seq = last + 1;
+        let e = &derived.events;
+        sqlx::query(
+            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields)
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])",
+        )
+        .bind((first_seq..first_seq + e.len() as i64).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.device.to_string()).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.ts_ms).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.log_position.map(position_to_db)).collect::<Vec<_>>())
+        .bind(e.iter().map(|x| x.fields_json()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let (upserts, deletes) = state_columns(derived);
+    if !upserts.ids.is_empty() {
+        let sql = format!(
+            "INSERT INTO judge_state (device_id, subject, subject_id, active, since, state)
+             SELECT d, s, i, a, t, st
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::bool[], $5::int8[], $6::text[]) AS u(d, s, i, a, t, st)
+             WHERE {STATE_STILL_APPLIES}{STATE_UPSERT_TAIL}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&upserts.devices)
+            .bind(&upserts.subjects)
+            .bind(&upserts.ids)
+            .bind(&upserts.active)
+            .bind(&upserts.since)
+            .bind(&upserts.states)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !deletes.ids.is_empty() {
+        sqlx::query(
+            "DELETE FROM judge_state WHERE (device_id, subject, subject_id) IN
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]))",
+        )
+        .bind(&deletes.devices)
+        .bind(&deletes.subjects)
+        .bind(&deletes.ids)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(u64::try_from(first_seq).unwrap_or(0))
+}
+
 async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await?;
     if !batch.positions.is_empty() {
@@ -141,7 +202,7 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, Stor
             .execute(&mut *tx)
             .await?;
     }
-    let first_event_seq = write_derived!(&mut tx, &batch.derived);
+    let first_event_seq = write_derived(&mut tx, &batch.derived).await?;
     tx.commit().await?;
     Ok(first_event_seq)
 }

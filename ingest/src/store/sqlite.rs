@@ -11,7 +11,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
-use super::events::{impl_event_store, write_derived};
+use super::events::{
+    impl_event_store, state_columns, LAST_EVENT_SEQ, STATE_STILL_APPLIES, STATE_UPSERT_TAIL,
+};
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::{
@@ -19,6 +21,7 @@ use super::{
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::Batch;
+use crate::events::judges::Derived;
 
 /// Rows per INSERT statement: well under SQLite's 32,766 bound parameters at 9 columns.
 const ROWS_PER_STATEMENT: usize = 1_000;
@@ -134,10 +137,74 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let first_event_seq = write_derived!(&mut tx, &batch.derived);
+        let first_event_seq = write_derived(&mut tx, &batch.derived).await?;
         tx.commit().await?;
         Ok(first_event_seq)
     }
+}
+
+/// A batch's events and changed states, in its transaction, with multi-row statements;
+/// returns the seq its first event took.
+async fn write_derived(
+    tx: &mut Transaction<'_, Sqlite>,
+    derived: &Derived,
+) -> Result<u64, StoreError> {
+    let mut first_seq = 0i64;
+    if !derived.events.is_empty() {
+        let last: i64 = sqlx::query_scalar(LAST_EVENT_SEQ)
+            .fetch_one(&mut **tx)
+            .await?;
+        first_seq = last + 1;
+        let numbered: Vec<_> = (first_seq..).zip(&derived.events).collect();
+        insert_all(
+            tx,
+            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields) ",
+            &numbered,
+            |b, (seq, e)| {
+                b.push_bind(*seq)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.device.to_string())
+                    .push_bind(e.ts_ms)
+                    .push_bind(e.log_position.map(position_to_db))
+                    .push_bind(e.fields_json());
+            },
+        )
+        .await?;
+    }
+    let (upserts, deletes) = state_columns(derived);
+    for chunk in (0..upserts.ids.len())
+        .collect::<Vec<_>>()
+        .chunks(ROWS_PER_STATEMENT)
+    {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH u(d, s, i, a, t, st) AS (");
+        q.push_values(chunk, |mut b, &k| {
+            b.push_bind(upserts.devices[k].clone())
+                .push_bind(upserts.subjects[k])
+                .push_bind(upserts.ids[k])
+                .push_bind(upserts.active[k])
+                .push_bind(upserts.since[k])
+                .push_bind(upserts.states[k].clone());
+        });
+        q.push(") INSERT INTO judge_state (device_id, subject, subject_id, active, since, state) SELECT d, s, i, a, t, st FROM u WHERE ");
+        q.push(STATE_STILL_APPLIES).push(STATE_UPSERT_TAIL);
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in (0..deletes.ids.len())
+        .collect::<Vec<_>>()
+        .chunks(ROWS_PER_STATEMENT)
+    {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "DELETE FROM judge_state WHERE (device_id, subject, subject_id) IN (",
+        );
+        q.push_values(chunk, |mut b, &k| {
+            b.push_bind(deletes.devices[k].clone())
+                .push_bind(deletes.subjects[k])
+                .push_bind(deletes.ids[k]);
+        });
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(u64::try_from(first_seq).unwrap_or(0))
 }
 
 /// Inserts `rows` with multi-row VALUES, [`ROWS_PER_STATEMENT`] at a time.
