@@ -68,5 +68,5 @@ echo "== geofence events live: fieldline-sim geofences --parked 100 --drivers 10
 "$BIN/fieldline-sim" geofences --port "$MQTT_PORT" --http "http://127.0.0.1:$HTTP_PORT" \
     --parked 100 --drivers 100 --noise-m 20 --interval-ms 200 --duration "$DURATION"
 echo "   events stored: $(DB=scenario psql_q "SELECT fields::json->>'event' AS e, count(*) FROM events GROUP BY e ORDER BY e" | paste -sd';')"
-echo "   parked devices' transitions: $(DB=scenario psql_q "SELECT count(*) FROM events WHERE device_id LIKE 'parked-%'")"
+echo "   parked devices' events: $(DB=scenario psql_q "SELECT count(*) FROM events WHERE device_id LIKE 'parked-%'"), (device, fence) pairs with more than one: $(DB=scenario psql_q "SELECT count(*) FROM (SELECT device_id, fields::json->>'geofence' FROM events WHERE device_id LIKE 'parked-%' GROUP BY 1, 2 HAVING count(*) > 1) AS flapping")"
 stop_fieldline
