@@ -113,6 +113,7 @@ fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
         .zip(first_seq..)
         .map(|(mut event, seq)| {
             event.seq = seq;
+            event.stored_ms = crate::time_format::now_ms();
             metrics::counter!("fieldline_events_total", "kind" => event.kind.as_str()).increment(1);
             Arc::new(event)
         })

@@ -34,7 +34,9 @@ CREATE TABLE events (
     device_id    text    NOT NULL,
     ts           bigint  NOT NULL,
     log_position bigint,
-    fields       text    NOT NULL
+    fields       text    NOT NULL,
+    -- When it was stored: a webhook retries an event for 24 h from then.
+    stored_at    bigint  NOT NULL
 );
 CREATE INDEX events_ts ON events (ts);
 

@@ -1,14 +1,16 @@
+-- Ids are never reused (AUTOINCREMENT): a state or delivery left from a deleted fence, rule
+-- or webhook must never attach to a new one.
 -- Geofences, alert rules, their per-device state, the events they raise (the outbox) and the
 -- webhooks that deliver them. Times are epoch milliseconds, as in every SQLite table.
 CREATE TABLE geofences (
-    id         INTEGER PRIMARY KEY,
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     name       TEXT    NOT NULL,
     feature    TEXT    NOT NULL,
     updated_at INTEGER NOT NULL
 );
 
 CREATE TABLE alert_rules (
-    id         INTEGER PRIMARY KEY,
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     name       TEXT    NOT NULL,
     rule       TEXT    NOT NULL,
     updated_at INTEGER NOT NULL
@@ -34,12 +36,14 @@ CREATE TABLE events (
     device_id    TEXT    NOT NULL,
     ts           INTEGER NOT NULL,
     log_position INTEGER,
-    fields       TEXT    NOT NULL
+    fields       TEXT    NOT NULL,
+    -- When it was stored: a webhook retries an event for 24 h from then.
+    stored_at    INTEGER NOT NULL
 );
 CREATE INDEX events_ts ON events (ts);
 
 CREATE TABLE webhooks (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     url           TEXT    NOT NULL,
     kinds         TEXT    NOT NULL,
     devices       TEXT    NOT NULL,

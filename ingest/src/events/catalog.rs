@@ -39,20 +39,32 @@ use crate::geofence::{Fence, Fences};
 use crate::store::{Definitions, EventStore, StoreError};
 
 /// The stored geofences, indexed. One that no longer reads (stored by an older version with
-/// other rules) is left out and logged, rather than stopping the service.
+/// other rules) is left out and logged, rather than stopping the service. Reading and
+/// indexing thousands of fences takes a while: it runs off the async workers.
 pub async fn load_fences(store: &dyn EventStore) -> Result<Fences, StoreError> {
+    let stored = store.definitions(Definitions::Geofences).await?;
+    let read = move || index_fences(stored);
+    match tokio::task::spawn_blocking(read).await {
+        Ok(fences) => Ok(fences),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down, when nothing judges any more.
+        Err(_) => Ok(Fences::default()),
+    }
+}
+
+fn index_fences(stored: Vec<crate::store::Definition>) -> Fences {
     let mut fences = Vec::new();
-    for d in store.definitions(Definitions::Geofences).await? {
+    for d in stored {
         let parsed = serde_json::from_str(&d.body)
             .map_err(|e| e.to_string())
-            .and_then(|v| Fence::from_feature(d.id, &v).map_err(|e| e.0));
+            .and_then(|v| Fence::from_stored(d.id, &v).map_err(|e| e.0));
         match parsed {
             Ok(fence) => fences.push(fence),
             Err(e) => tracing::error!(geofence = d.id, error = %e, "stored geofence left out"),
         }
     }
     metrics::gauge!("fieldline_geofences_loaded").set(fences.len() as f64);
-    Ok(Fences::new(fences))
+    Fences::new(fences)
 }
 
 /// The stored alert rules; as [`load_fences`].

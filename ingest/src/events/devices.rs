@@ -18,7 +18,13 @@ impl Devices {
     pub fn from_json(value: Option<&Value>) -> Result<Devices, String> {
         let items = match value {
             None | Some(Value::Null) => return Ok(Devices::default()),
-            Some(Value::Array(items)) => items,
+            Some(Value::Array(items)) if !items.is_empty() => items,
+            Some(Value::Array(_)) => {
+                return Err(
+                    "devices must list at least one id or prefix*; leave it out for every device"
+                        .into(),
+                )
+            }
             Some(_) => {
                 return Err("devices must be an array of device ids and prefix* patterns".into())
             }
@@ -68,5 +74,9 @@ mod tests {
         assert!(Devices::from_json(Some(&json!(["no spaces"]))).is_err());
         assert!(Devices::from_json(Some(&json!("a"))).is_err());
         assert!(Devices::from_json(Some(&json!([1]))).is_err());
+        assert!(
+            Devices::from_json(Some(&json!([]))).is_err(),
+            "an empty list is not \"all\""
+        );
     }
 }

@@ -82,6 +82,8 @@ pub struct JudgeSeed {
 #[derive(Default)]
 struct DeviceStates {
     newest_fix_ms: i64,
+    /// The newest reading judged against rules: an older one is late.
+    newest_reading_ms: i64,
     fences: HashMap<i64, FenceState>,
     rules: HashMap<i64, RuleState>,
 }
@@ -111,8 +113,11 @@ impl Judges {
         rule_catalog: Arc<Catalog<AlertRules>>,
         seed: JudgeSeed,
     ) -> Judges {
-        let (fences_version, fences) = fence_catalog.snapshot();
-        let (rules_version, rules) = rule_catalog.snapshot();
+        let (_, fences) = fence_catalog.snapshot();
+        let (_, rules) = rule_catalog.snapshot();
+        // Version 0 is never a catalog's: the first document checks the stored states against
+        // the fences and rules in force, and forgets those that no longer apply.
+        let (fences_version, rules_version) = (0, 0);
         let mut judges = Judges {
             fence_catalog,
             rule_catalog,
@@ -167,6 +172,11 @@ impl Judges {
                 self.fix(&doc.device, &fix, position, out);
             }
             Body::Telemetry(t) if !self.rules.is_empty() => {
+                let device = self.device(&doc.device);
+                if doc.ts_ms < device.newest_reading_ms {
+                    return;
+                }
+                device.newest_reading_ms = doc.ts_ms;
                 let rules = self.rules.clone();
                 for rule in rules.0.iter().filter(|r| r.devices.matches(&doc.device)) {
                     let Condition::Threshold {
@@ -326,6 +336,7 @@ impl Judges {
                     ts_ms: j.ts_ms,
                     log_position: position,
                     fields,
+                    stored_ms: 0,
                 });
             }
         }
@@ -409,5 +420,6 @@ fn alert(
         ts_ms: change.ts_ms,
         log_position: position,
         fields,
+        stored_ms: 0,
     }
 }

@@ -49,6 +49,8 @@ pub struct Event {
     /// The write-ahead log record whose document caused it, when there is one.
     pub log_position: Option<u64>,
     pub fields: Map<String, Value>,
+    /// When storage took it (ms since 1970); 0 until stored. Webhooks retry for 24 h from it.
+    pub stored_ms: i64,
 }
 
 impl Event {

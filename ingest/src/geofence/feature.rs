@@ -13,6 +13,16 @@ const MAX_NAME: usize = 200;
 impl Fence {
     /// Reads and checks one Feature; the error names what is wrong with it.
     pub fn from_feature(id: i64, feature: &Value) -> Result<Fence, BadShape> {
+        Fence::read(id, feature, true)
+    }
+
+    /// Reads a Feature that passed [`Fence::from_feature`] when it was stored, without the
+    /// costly self-intersection test.
+    pub fn from_stored(id: i64, feature: &Value) -> Result<Fence, BadShape> {
+        Fence::read(id, feature, false)
+    }
+
+    fn read(id: i64, feature: &Value, check: bool) -> Result<Fence, BadShape> {
         let bad = |reason: String| BadShape(reason);
         if feature.get("type").and_then(Value::as_str) != Some("Feature") {
             return Err(bad("a geofence is a GeoJSON Feature: {\"type\": \"Feature\", \"geometry\": …, \"properties\": …}".into()));
@@ -38,7 +48,11 @@ impl Fence {
         };
         let devices = Devices::from_json(properties.get("devices"))
             .map_err(|e| bad(format!("properties.{e}")))?;
-        let shape = Shape::from_geojson(geometry, properties)?;
+        let shape = if check {
+            Shape::from_geojson(geometry, properties)?
+        } else {
+            Shape::from_stored(geometry, properties)?
+        };
         let defaults = Rules::default();
         let number = |key: &str, min: f64, default: f64| -> Result<f64, BadShape> {
             match properties.get(key) {

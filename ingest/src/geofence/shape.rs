@@ -42,6 +42,16 @@ impl Shape {
     /// Reads a GeoJSON `geometry` with the Feature's `properties` (for `radius_m` and
     /// `width_m`).
     pub fn from_geojson(geometry: &Value, properties: &Value) -> Result<Shape, BadShape> {
+        Shape::read(geometry, properties, true)
+    }
+
+    /// As [`Shape::from_geojson`] for a shape that passed it when it was stored: the
+    /// self-intersection test (quadratic in the vertices) is not run again.
+    pub fn from_stored(geometry: &Value, properties: &Value) -> Result<Shape, BadShape> {
+        Shape::read(geometry, properties, false)
+    }
+
+    fn read(geometry: &Value, properties: &Value, check: bool) -> Result<Shape, BadShape> {
         let kind = geometry["type"].as_str().unwrap_or("");
         let coordinates = &geometry["coordinates"];
         let positive = |name: &str| match properties.get(name) {
@@ -52,14 +62,17 @@ impl Shape {
             None => bad(format!("a {kind} fence needs properties.{name}")),
         };
         let shape = match kind {
-            "Polygon" => Shape::Area(MultiPolygon::new(vec![polygon(coordinates)?])),
+            "Polygon" => Shape::Area(MultiPolygon::new(vec![polygon(coordinates, check)?])),
             "MultiPolygon" => {
                 let polygons = coordinates
                     .as_array()
                     .filter(|p| !p.is_empty())
                     .ok_or_else(|| BadShape("MultiPolygon coordinates must be a non-empty array of polygons".into()))?;
                 Shape::Area(MultiPolygon::new(
-                    polygons.iter().map(polygon).collect::<Result<_, _>>()?,
+                    polygons
+                        .iter()
+                        .map(|p| polygon(p, check))
+                        .collect::<Result<_, _>>()?,
                 ))
             }
             "Point" => Shape::Circle {
@@ -282,7 +295,7 @@ fn unwrap_antimeridian(lines: &mut [Vec<Coord<f64>>]) {
     }
 }
 
-fn polygon(v: &Value) -> Result<Polygon<f64>, BadShape> {
+fn polygon(v: &Value, check: bool) -> Result<Polygon<f64>, BadShape> {
     let rings = v
         .as_array()
         .filter(|r| !r.is_empty())
@@ -314,8 +327,10 @@ fn polygon(v: &Value) -> Result<Polygon<f64>, BadShape> {
     let mut rings = rings.into_iter().map(LineString::new);
     let exterior = rings.next().unwrap_or_else(|| LineString::new(Vec::new()));
     let polygon = Polygon::new(exterior, rings.collect());
-    if let Err(e) = polygon.check_validation() {
-        return bad(format!("invalid polygon: {e}"));
+    if check {
+        if let Err(e) = polygon.check_validation() {
+            return bad(format!("invalid polygon: {e}"));
+        }
     }
     Ok(polygon)
 }

@@ -116,7 +116,8 @@ pub trait EventStore: Send + Sync {
     /// Adds a webhook that starts after the newest event stored; returns it.
     fn add_webhook<'a>(&'a self, hook: &'a WebhookRecord) -> StoreFuture<'a, WebhookRecord>;
     fn delete_webhook(&self, id: i64) -> StoreFuture<'_, ()>;
-    /// Records how far a webhook has delivered, and its last error (`None` clears it).
+    /// Records how far a webhook has delivered and, when given, its newest error (an earlier
+    /// error stays shown until a newer one replaces it).
     fn webhook_progress<'a>(
         &'a self,
         id: i64,
@@ -126,7 +127,7 @@ pub trait EventStore: Send + Sync {
     ) -> StoreFuture<'a, ()>;
 }
 
-pub(super) type EventRow = (i64, String, String, i64, Option<i64>, String);
+pub(super) type EventRow = (i64, String, String, i64, Option<i64>, String, i64);
 pub(super) type StateRow = (String, String, i64, bool, i64, String);
 pub(super) type WebhookRow = (
     i64,
@@ -141,7 +142,7 @@ pub(super) type WebhookRow = (
 );
 
 pub(super) fn event_from_row(row: EventRow) -> Option<Event> {
-    let (seq, kind, device, ts_ms, log_position, fields) = row;
+    let (seq, kind, device, ts_ms, log_position, fields, stored_ms) = row;
     let fields: Map<String, Value> = serde_json::from_str(&fields).ok()?;
     Some(Event {
         seq: u64::try_from(seq).ok()?,
@@ -150,6 +151,7 @@ pub(super) fn event_from_row(row: EventRow) -> Option<Event> {
         ts_ms,
         log_position: log_position.and_then(|p| u64::try_from(p).ok()),
         fields,
+        stored_ms,
     })
 }
 
@@ -375,7 +377,7 @@ macro_rules! impl_event_store {
             ) -> $crate::store::StoreFuture<'a, Vec<$crate::events::Event>> {
                 Box::pin(async move {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT seq, kind, device_id, ts, log_position, fields FROM events WHERE seq > ",
+                        "SELECT seq, kind, device_id, ts, log_position, fields, stored_at FROM events WHERE seq > ",
                     );
                     q.push_bind($crate::store::events::to_db(query.after_seq));
                     q.push(" AND ts >= ").push_bind(query.from_ms);

@@ -98,8 +98,8 @@ async fn write_derived(
         first_seq = last + 1;
         let e = &derived.events;
         sqlx::query(
-            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields)
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])",
+            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields, stored_at)
+             SELECT *, $7::int8 FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::text[])",
         )
         .bind((first_seq..first_seq + e.len() as i64).collect::<Vec<_>>())
         .bind(e.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
@@ -107,6 +107,7 @@ async fn write_derived(
         .bind(e.iter().map(|x| x.ts_ms).collect::<Vec<_>>())
         .bind(e.iter().map(|x| x.log_position.map(position_to_db)).collect::<Vec<_>>())
         .bind(e.iter().map(|x| x.fields_json()).collect::<Vec<_>>())
+        .bind(crate::time_format::now_ms())
         .execute(&mut **tx)
         .await?;
     }

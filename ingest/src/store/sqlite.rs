@@ -156,9 +156,10 @@ async fn write_derived(
             .await?;
         first_seq = last + 1;
         let numbered: Vec<_> = (first_seq..).zip(&derived.events).collect();
+        let stored_at = crate::time_format::now_ms();
         insert_all(
             tx,
-            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields) ",
+            "INSERT INTO events (seq, kind, device_id, ts, log_position, fields, stored_at) ",
             &numbered,
             |b, (seq, e)| {
                 b.push_bind(*seq)
@@ -166,7 +167,8 @@ async fn write_derived(
                     .push_bind(e.device.to_string())
                     .push_bind(e.ts_ms)
                     .push_bind(e.log_position.map(position_to_db))
-                    .push_bind(e.fields_json());
+                    .push_bind(e.fields_json())
+                    .push_bind(stored_at);
             },
         )
         .await?;

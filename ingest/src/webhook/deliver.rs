@@ -3,7 +3,7 @@
 //! the new position after each event, so a restart resumes exactly there.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -55,36 +55,52 @@ pub(super) async fn run(
             let _ = tokio::time::timeout(IDLE_POLL, notified).await;
             continue;
         }
+        // The position is stored after each event sent, and once per chunk for the events
+        // this webhook skips: until it is, a restart sends again (at least once).
+        let mut unsaved = false;
         for event in events {
-            let mut error = None;
-            if wants(&hook, &event) {
+            position = event.seq;
+            if !wants(&hook, &event) {
+                unsaved = true;
+                continue;
+            }
+            let error =
                 match post_until_delivered(&hook, &client, &settings, &event, &failures, &store)
                     .await
                 {
-                    Ok(()) => delivered.increment(1),
+                    Ok(()) => {
+                        delivered.increment(1);
+                        None
+                    }
                     Err(last_error) => {
                         given_up.increment(1);
                         tracing::error!(webhook = hook.id, seq = event.seq, error = %last_error,
-                            "webhook gave up on an event after retrying for the whole retry window");
-                        error = Some(format!("gave up on event {}: {last_error}", event.seq));
+                        "webhook gave up on an event 24 h after it was stored");
+                        Some(format!("gave up on event {}: {last_error}", event.seq))
                     }
-                }
-            }
-            position = event.seq;
-            // Until this is stored, a restart sends the event again: at least once.
-            while let Err(e) = store
-                .webhook_progress(hook.id, position, error.as_deref(), now_ms())
-                .await
-            {
-                tracing::warn!(webhook = hook.id, error = %e, "cannot store a webhook's position; retrying");
-                tokio::time::sleep(IDLE_POLL).await;
-            }
+                };
+            save(&store, hook.id, position, error.as_deref()).await;
+            unsaved = false;
+        }
+        if unsaved {
+            save(&store, hook.id, position, None).await;
         }
     }
 }
 
+async fn save(store: &Arc<dyn Store>, hook: i64, position: u64, error: Option<&str>) {
+    while let Err(e) = store
+        .webhook_progress(hook, position, error, now_ms())
+        .await
+    {
+        tracing::warn!(webhook = hook, error = %e, "cannot store a webhook's position; retrying");
+        tokio::time::sleep(IDLE_POLL).await;
+    }
+}
+
 /// POSTs one event until the receiver answers 2xx; `Err` with the last error once the retry
-/// window has passed.
+/// window, counted from when the event was stored, has passed (so a restart does not renew
+/// it, and a backlog older than the window is given up at once after one more try).
 async fn post_until_delivered(
     hook: &WebhookRecord,
     client: &reqwest::Client,
@@ -95,7 +111,9 @@ async fn post_until_delivered(
 ) -> Result<(), String> {
     let body = serde_json::to_vec(event).unwrap_or_default();
     let signature = sign::signature(&hook.secret, &body);
-    let started = Instant::now();
+    let give_up_at_ms = event
+        .stored_ms
+        .saturating_add(i64::try_from(settings.give_up_after.as_millis()).unwrap_or(i64::MAX));
     let mut backoff = settings.first_backoff;
     loop {
         let sent = client
@@ -125,7 +143,7 @@ async fn post_until_delivered(
         let _ = store
             .webhook_progress(hook.id, event.seq.saturating_sub(1), Some(&error), now_ms())
             .await;
-        if started.elapsed() >= settings.give_up_after {
+        if now_ms() >= give_up_at_ms {
             return Err(error);
         }
         tokio::time::sleep(backoff).await;
