@@ -444,6 +444,10 @@ async fn bad_geofences_are_refused_with_the_reason_and_nothing_is_stored(backend
             json!({"type": "FeatureCollection", "features": [good.clone(), polygon(json!([[0, 0], [1, 0], [1, 1]]))]}),
             "feature 1",
         ),
+        (
+            square("nobody", 1.0, 1.0, 100.0, json!({"devices": []})),
+            "at least one",
+        ),
     ];
     for (body, reason) in cases {
         let (status, reply) = post(&server, "/api/geofences", body).await;
