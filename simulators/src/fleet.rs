@@ -32,7 +32,8 @@ pub struct Args {
     seed: u64,
 }
 
-fn parse_point(s: &str) -> Result<(f64, f64), String> {
+/// `lat,lon` from the command line.
+pub(crate) fn parse_point(s: &str) -> Result<(f64, f64), String> {
     let (lat, lon) = s.split_once(',').ok_or("expected lat,lon")?;
     Ok((
         lat.trim().parse().map_err(|_| "bad lat")?,

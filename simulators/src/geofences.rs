@@ -146,18 +146,10 @@ pub struct ScenarioArgs {
     #[arg(long, default_value_t = 60)]
     duration: u64,
     /// Centre of the depot, "lat,lon".
-    #[arg(long, default_value = "52.52,13.405", value_parser = parse_point)]
+    #[arg(long, default_value = "52.52,13.405", value_parser = crate::fleet::parse_point)]
     center: (f64, f64),
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-fn parse_point(s: &str) -> Result<(f64, f64), String> {
-    let (lat, lon) = s.split_once(',').ok_or("expected lat,lon")?;
-    Ok((
-        lat.trim().parse().map_err(|_| "bad lat")?,
-        lon.trim().parse().map_err(|_| "bad lon")?,
-    ))
 }
 
 pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::catalog::Catalog;
 use super::{Event, EventKind};
 use crate::alerts::judge::{Change, RuleState};
-use crate::alerts::{AlertRules, Condition};
+use crate::alerts::{AlertRule, AlertRules, Condition};
 use crate::document::{Body, Document};
 use crate::geofence::judge::{FenceState, Fix, Seen};
 use crate::geofence::Fences;
@@ -192,26 +192,10 @@ impl Judges {
                     let Some(m) = t.metrics.iter().find(|m| &m.name == metric) else {
                         continue;
                     };
-                    let device = self.device(&doc.device);
-                    let state = device.rules.entry(rule.id).or_default();
-                    let change =
-                        state.reading(m.value, doc.ts_ms, *direction, *trip, *clear, *for_ms);
-                    let state = state.clone();
-                    note_rule(out, &doc.device, rule.id, &state);
-                    if let Some(change) = change {
-                        let extra = [("metric", json!(metric)), ("value", json!(m.value))];
-                        out.events.push(alert(
-                            &doc.device,
-                            rule.id,
-                            &rule.name,
-                            change,
-                            position,
-                            &extra,
-                        ));
-                    }
-                    if state.is_idle() {
-                        self.device(&doc.device).rules.remove(&rule.id);
-                    }
+                    let extra = [("metric", json!(metric)), ("value", json!(m.value))];
+                    self.step_rule(&doc.device, rule, position, &extra, out, |state| {
+                        state.reading(m.value, doc.ts_ms, *direction, *trip, *clear, *for_ms)
+                    });
                 }
             }
             Body::Status(s) if s.is_presence() && !self.rules.is_empty() => {
@@ -220,24 +204,9 @@ impl Judges {
                     if !matches!(rule.condition, Condition::Offline { .. }) {
                         continue;
                     }
-                    let device = self.device(&doc.device);
-                    let state = device.rules.entry(rule.id).or_default();
-                    let change = state.presence(s.online, doc.ts_ms);
-                    let state = state.clone();
-                    note_rule(out, &doc.device, rule.id, &state);
-                    if let Some(change) = change {
-                        out.events.push(alert(
-                            &doc.device,
-                            rule.id,
-                            &rule.name,
-                            change,
-                            position,
-                            &[],
-                        ));
-                    }
-                    if state.is_idle() {
-                        self.device(&doc.device).rules.remove(&rule.id);
-                    }
+                    self.step_rule(&doc.device, rule, position, &[], out, |state| {
+                        state.presence(s.online, doc.ts_ms)
+                    });
                 }
             }
             _ => {}
@@ -268,6 +237,34 @@ impl Judges {
                         .push(alert(device, *id, &rule.name, change, None, &[]));
                 }
             }
+        }
+    }
+
+    /// One step of a device's state with `rule`: the state is kept when it changed (and
+    /// dropped when idle), and a change raises or clears an alert with `extra` fields.
+    fn step_rule(
+        &mut self,
+        device: &Arc<str>,
+        rule: &AlertRule,
+        position: Option<u64>,
+        extra: &[(&str, Value)],
+        out: &mut Derived,
+        step: impl FnOnce(&mut RuleState) -> Option<Change>,
+    ) {
+        let states = &mut self.device(device).rules;
+        let state = states.entry(rule.id).or_default();
+        let before = state.clone();
+        let change = step(state);
+        // Idle before and after: nothing stored either way.
+        if *state != before && !(before.is_idle() && state.is_idle()) {
+            note_rule(out, device, rule.id, state);
+        }
+        if state.is_idle() {
+            states.remove(&rule.id);
+        }
+        if let Some(change) = change {
+            out.events
+                .push(alert(device, rule.id, &rule.name, change, position, extra));
         }
     }
 

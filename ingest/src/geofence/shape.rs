@@ -134,22 +134,12 @@ impl Shape {
                 (d <= *half_width_m, (d - half_width_m).max(0.0))
             }
             Shape::Area(area) => {
-                let candidates = [Some(as_given), shifted];
-                if candidates.iter().flatten().any(|p| area.contains(p)) {
-                    return (true, 0.0);
+                let points = [Some(as_given), shifted];
+                if holds(area, &points) {
+                    (true, 0.0)
+                } else {
+                    (false, ring_distance(area, &points, distance_to))
                 }
-                let d = candidates
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|p| {
-                        area.0.iter().flat_map(move |polygon| {
-                            std::iter::once(polygon.exterior())
-                                .chain(polygon.interiors())
-                                .map(move |ring| distance_to(ring, p))
-                        })
-                    })
-                    .fold(f64::INFINITY, f64::min);
-                (false, d)
             }
         }
     }
@@ -169,27 +159,18 @@ impl Shape {
         if !small {
             return self.locate(lat, lon);
         }
-        let as_given = Point::new(lon, lat);
-        let shifted = (lon < 0.0).then(|| Point::new(lon + 360.0, lat));
-        let candidates = [Some(as_given), shifted];
-        if candidates.iter().flatten().any(|p| area.contains(p)) {
+        let points = [
+            Some(Point::new(lon, lat)),
+            (lon < 0.0).then(|| Point::new(lon + 360.0, lat)),
+        ];
+        if holds(area, &points) {
             return (true, 0.0);
         }
-        let estimate = candidates
-            .into_iter()
-            .flatten()
-            .flat_map(|p| {
-                area.0.iter().flat_map(move |polygon| {
-                    std::iter::once(polygon.exterior())
-                        .chain(polygon.interiors())
-                        .map(move |ring| flat_distance(ring, p))
-                })
-            })
-            .fold(f64::INFINITY, f64::min);
+        let estimate = ring_distance(area, &points, flat_distance);
         if estimate > 2.0 * within_m + 1.0 {
             (false, estimate)
         } else {
-            self.locate(lat, lon)
+            (false, ring_distance(area, &points, distance_to))
         }
     }
 
@@ -212,6 +193,31 @@ impl Shape {
             Shape::Corridor { half_width_m, .. } => *half_width_m,
         }
     }
+}
+
+/// Whether the area holds the point, as given or shifted across the antimeridian.
+fn holds(area: &MultiPolygon<f64>, points: &[Option<Point<f64>>; 2]) -> bool {
+    points.iter().flatten().any(|p| area.contains(p))
+}
+
+/// Metres from the nearer of the points to the nearest ring (exterior or hole), as `measure`
+/// measures them.
+fn ring_distance(
+    area: &MultiPolygon<f64>,
+    points: &[Option<Point<f64>>; 2],
+    measure: fn(&LineString<f64>, Point<f64>) -> f64,
+) -> f64 {
+    points
+        .iter()
+        .flatten()
+        .flat_map(|&p| {
+            area.0.iter().flat_map(move |polygon| {
+                std::iter::once(polygon.exterior())
+                    .chain(polygon.interiors())
+                    .map(move |ring| measure(ring, p))
+            })
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Shapes smaller than this (degrees each way) may be measured on a flat projection first:
