@@ -89,19 +89,16 @@ impl Fences {
         lat: f64,
         lon: f64,
     ) -> impl Iterator<Item = &'a Fence> + 'a {
+        // No box holds both a point and its shift (boxes are narrower than 360°), so the two
+        // lookups never find a fence twice.
         let shifted = (lon < 0.0).then_some(lon + 360.0);
-        let mut hits: Vec<usize> = std::iter::once(lon)
+        std::iter::once(lon)
             .chain(shifted)
-            .flat_map(|x| {
+            .flat_map(move |x| {
                 self.tree
                     .locate_in_envelope_intersecting(&AABB::from_point([x, lat]))
-                    .map(|g| g.data)
+                    .map(|g| &self.fences[g.data])
             })
-            .collect();
-        hits.sort_unstable();
-        hits.dedup();
-        hits.into_iter()
-            .map(|i| &self.fences[i])
             .filter(move |f| f.devices.matches(device))
     }
 }

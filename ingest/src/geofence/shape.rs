@@ -18,7 +18,9 @@ pub const MAX_VERTICES: usize = 10_000;
 #[derive(Clone, Debug)]
 pub enum Shape {
     /// Polygons, holes excluded; longitudes possibly shifted past 180 (see the module doc).
-    Area(MultiPolygon<f64>),
+    /// With whether it is small enough to be measured on a flat projection first (see
+    /// [`Shape::locate_near`]), decided once when it is read.
+    Area(MultiPolygon<f64>, bool),
     Circle {
         center: Point<f64>,
         radius_m: f64,
@@ -62,13 +64,13 @@ impl Shape {
             None => bad(format!("a {kind} fence needs properties.{name}")),
         };
         let shape = match kind {
-            "Polygon" => Shape::Area(MultiPolygon::new(vec![polygon(coordinates, check)?])),
+            "Polygon" => Shape::area(MultiPolygon::new(vec![polygon(coordinates, check)?])),
             "MultiPolygon" => {
                 let polygons = coordinates
                     .as_array()
                     .filter(|p| !p.is_empty())
                     .ok_or_else(|| BadShape("MultiPolygon coordinates must be a non-empty array of polygons".into()))?;
-                Shape::Area(MultiPolygon::new(
+                Shape::area(MultiPolygon::new(
                     polygons
                         .iter()
                         .map(|p| polygon(p, check))
@@ -103,7 +105,7 @@ impl Shape {
 
     fn vertices(&self) -> usize {
         match self {
-            Shape::Area(m) => m
+            Shape::Area(m, _) => m
                 .0
                 .iter()
                 .map(|p| {
@@ -113,6 +115,13 @@ impl Shape {
             Shape::Circle { .. } => 1,
             Shape::Corridor { line, .. } => line.0.len(),
         }
+    }
+
+    fn area(polygons: MultiPolygon<f64>) -> Shape {
+        let small = polygons
+            .bounding_rect()
+            .is_some_and(|r| r.width() < SMALL_DEG && r.height() < SMALL_DEG);
+        Shape::Area(polygons, small)
     }
 
     /// Whether the point is inside, and if not, how far outside it lies in metres.
@@ -133,7 +142,7 @@ impl Shape {
                     .fold(f64::INFINITY, f64::min);
                 (d <= *half_width_m, (d - half_width_m).max(0.0))
             }
-            Shape::Area(area) => {
+            Shape::Area(area, _) => {
                 let points = [Some(as_given), shifted];
                 if holds(area, &points) {
                     (true, 0.0)
@@ -150,15 +159,9 @@ impl Shape {
     /// twice `within_m` of the boundary. A farther point gets the estimate, which is then
     /// beyond `within_m` either way.
     pub fn locate_near(&self, lat: f64, lon: f64, within_m: f64) -> (bool, f64) {
-        let Shape::Area(area) = self else {
+        let Shape::Area(area, true) = self else {
             return self.locate(lat, lon);
         };
-        let small = area
-            .bounding_rect()
-            .is_some_and(|r| r.width() < SMALL_DEG && r.height() < SMALL_DEG);
-        if !small {
-            return self.locate(lat, lon);
-        }
         let points = [
             Some(Point::new(lon, lat)),
             (lon < 0.0).then(|| Point::new(lon + 360.0, lat)),
@@ -178,7 +181,7 @@ impl Shape {
     /// any antimeridian shift is undone: the R-tree's key.
     pub fn bounds(&self) -> Option<Rect<f64>> {
         match self {
-            Shape::Area(area) => area.bounding_rect(),
+            Shape::Area(area, _) => area.bounding_rect(),
             Shape::Corridor { line, .. } => line.bounding_rect(),
             Shape::Circle { center, .. } => Some(Rect::new(center.0, center.0)),
         }
@@ -188,7 +191,7 @@ impl Shape {
     /// half width).
     pub fn reach_m(&self) -> f64 {
         match self {
-            Shape::Area(_) => 0.0,
+            Shape::Area(..) => 0.0,
             Shape::Circle { radius_m, .. } => *radius_m,
             Shape::Corridor { half_width_m, .. } => *half_width_m,
         }
