@@ -29,6 +29,27 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    /// POSTs `body` to `path`; an error with Fieldline's answer unless it is a success.
+    async fn create(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .request(client, reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "POST {path}: {} {}",
+            resp.status(),
+            resp.text().await?
+        );
+        Ok(())
+    }
+
     fn request(
         &self,
         client: &reqwest::Client,
@@ -87,34 +108,15 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
         })
         .collect();
     for chunk in features.chunks(1_000) {
-        let resp = args
-            .api
-            .request(&client, reqwest::Method::POST, "/api/geofences")
-            .json(&json!({"type": "FeatureCollection", "features": chunk}))
-            .send()
+        let collection = json!({"type": "FeatureCollection", "features": chunk});
+        args.api
+            .create(&client, "/api/geofences", &collection)
             .await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "creating fences: {} {}",
-            resp.status(),
-            resp.text().await?
-        );
     }
     for r in 0..args.rules {
         let rule = json!({"name": format!("hot-{r}"), "devices": [format!("load-{}*", r % 10)],
                           "metric": "temp_c", "above": 40.0 + r as f64 * 0.01, "clear_below": 35.0, "for_s": 60});
-        let resp = args
-            .api
-            .request(&client, reqwest::Method::POST, "/api/rules")
-            .json(&rule)
-            .send()
-            .await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "creating rules: {} {}",
-            resp.status(),
-            resp.text().await?
-        );
+        args.api.create(&client, "/api/rules", &rule).await?;
     }
     println!(
         "{}",
@@ -163,18 +165,8 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
     let corridor = json!({"type": "Feature",
         "geometry": {"type": "LineString", "coordinates": [[lon, lat], [lon + east(4000.0), lat]]},
         "properties": {"name": "route", "width_m": 60}});
-    let resp = args
-        .api
-        .request(&client, reqwest::Method::POST, "/api/geofences")
-        .json(&json!({"type": "FeatureCollection", "features": [depot, corridor]}))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        resp.status().is_success(),
-        "creating fences: {} {}",
-        resp.status(),
-        resp.text().await?
-    );
+    let fences = json!({"type": "FeatureCollection", "features": [depot, corridor]});
+    args.api.create(&client, "/api/geofences", &fences).await?;
 
     let events = Arc::new(AtomicU64::new(0));
     let parked_events = Arc::new(AtomicU64::new(0));

@@ -58,12 +58,7 @@ pub async fn list_events(
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from must not be after to"));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1 to {MAX_LIMIT}"
-        )));
-    }
+    let limit = super::checked_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let devices = list(&params.devices)
         .into_iter()
         .map(|d| checked_device_id(d).map(str::to_owned))

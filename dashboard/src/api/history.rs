@@ -51,12 +51,7 @@ fn range(params: &Params) -> Result<Range, ApiError> {
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from must not be after to"));
     }
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1 to {MAX_LIMIT}"
-        )));
-    }
+    let limit = super::checked_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     Ok(Range {
         from_ms,
         to_ms,

@@ -28,3 +28,13 @@ fn checked_device_id(id: &str) -> Result<&str, ApiError> {
         ))
     }
 }
+
+/// A list's `limit`: `default` when absent, else 1 to `max`.
+fn checked_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(format!("limit must be 1 to {max}")))
+    }
+}
