@@ -137,6 +137,26 @@ async fn every_shape_type_enters_and_exits_dated_at_the_first_fix(backend: Backe
             .await;
         assert_eq!(kinds_of(&server, device).await, want, "{device}");
     }
+    // What an operator sees: fences loaded, checks made, events by kind.
+    let metrics = server.metrics_text().await;
+    assert_eq!(
+        server.metric(&metrics, "fieldline_geofences_loaded"),
+        4.0,
+        "{metrics}"
+    );
+    assert!(
+        server.metric(&metrics, "fieldline_geofence_checks_total") >= 10.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        server.metric(&metrics, "fieldline_events_total{kind=\"geofence\"}"),
+        7.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        server.metric(&metrics, "fieldline_outbox_pending_events"),
+        0.0
+    );
     // The same events live, each with the fields the contract names.
     let mut seen = Vec::new();
     for _ in 0..7 {
@@ -498,6 +518,28 @@ async fn bad_geofences_are_refused_with_the_reason_and_nothing_is_stored(backend
         reply["error"].as_str().unwrap_or_default().contains("http"),
         "{reply}"
     );
+    // Bad queries of what was built are refused with the reason too.
+    for (path, reason) in [
+        ("/api/events?kinds=location", "kinds"),
+        (
+            "/api/events?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "from",
+        ),
+        ("/api/events?limit=0", "limit"),
+        ("/api/events?format=gpx", "format"),
+        ("/api/events?devices=not%20ok", "device id"),
+        ("/api/devices/not%20ok/geofences", "device id"),
+        ("/api/geofences/abc", "positive integer"),
+        ("/api/stream?kinds=geofence,weather", "unknown kind"),
+    ] {
+        let (status, reply) = server.get(path).await;
+        assert_eq!(status, 400, "{path}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{path}: {error:?} should say {reason:?}"
+        );
+    }
     // Nothing was stored.
     assert_eq!(server.get_ok("/api/geofences").await["features"], json!([]));
     assert_eq!(server.get_ok("/api/rules").await, json!([]));

@@ -214,3 +214,87 @@ fn refuses_bad_arguments() {
         .expect("runs");
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_geofence_scenario_and_setup_load_fences_and_raise_events() {
+    let dir = TempDir::new("sim-geofences");
+    let url = database(Backend::Sqlite, &dir, "sim_geofences").await;
+    let server = Server::start(&dir, &url).await;
+    let http = server.url("");
+    let setup = Command::new(sim())
+        .args([
+            "geofence-setup",
+            "--http",
+            &http,
+            "--fences",
+            "30",
+            "--vertices",
+            "12",
+            "--rules",
+            "5",
+        ])
+        .output()
+        .expect("fieldline-sim runs");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let fences = server.get_ok("/api/geofences").await;
+    assert_eq!(fences["features"].as_array().map(Vec::len), Some(30));
+    assert_eq!(
+        server.get_ok("/api/rules").await.as_array().map(Vec::len),
+        Some(5)
+    );
+    let (code, stdout, stderr) = run_sim(
+        &server,
+        &[
+            "geofences",
+            "--http",
+            &http,
+            "--parked",
+            "5",
+            "--drivers",
+            "5",
+            "--interval-ms",
+            "100",
+            "--duration",
+            "4",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    // Ten devices, a fix every 100 ms for 4 s (the first at once).
+    let sent = report["fixes_sent"].as_u64().unwrap_or(0);
+    assert!((400..=420).contains(&sent), "{report}");
+    let track_rows = (0..5)
+        .map(|i| format!("/api/devices/driver-{}/track?from=0&limit=100000", 5 + i))
+        .collect::<Vec<_>>();
+    let mut stored = 0;
+    for path in &track_rows {
+        stored += server
+            .wait_for(path, |b| b.as_array().is_some_and(|a| !a.is_empty()))
+            .await
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    assert!(stored >= 200, "the drivers' fixes are stored: {stored}");
+    // The parked devices stand on the depot's boundary: each enters it once, and every event
+    // read live was stored.
+    let events = rows(&server, "/api/events?kinds=geofence&limit=100000").await;
+    let parked_enters = events
+        .iter()
+        .filter(|e| e["name"] == "depot" && e["event"] == "enter")
+        .filter(|e| {
+            e["device"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("parked-"))
+        })
+        .count();
+    assert!((1..=5).contains(&parked_enters), "{events:?}");
+    assert_eq!(
+        report["geofence_events"].as_u64(),
+        Some(events.len() as u64),
+        "{report}"
+    );
+}

@@ -77,10 +77,6 @@ impl Fences {
         self.by_id.get(&id).map(|&i| &self.fences[i])
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Fence> {
-        self.fences.iter()
-    }
-
     /// Fences whose box holds the point (as given, or shifted by +360° for shapes across the
     /// antimeridian) and that apply to `device`.
     pub fn candidates<'a>(

@@ -35,14 +35,8 @@ impl Definitions {
         }
     }
 
-    pub(super) fn subject(self) -> &'static str {
-        match self {
-            Definitions::Geofences => "geofence",
-            Definitions::AlertRules => "rule",
-        }
-    }
-
-    pub fn singular(self) -> &'static str {
+    /// Its name in errors and in stored states: `geofence`, `rule`.
+    pub fn subject(self) -> &'static str {
         match self {
             Definitions::Geofences => "geofence",
             Definitions::AlertRules => "rule",
@@ -307,7 +301,7 @@ macro_rules! impl_event_store {
                         .await?
                         .rows_affected();
                     if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.singular())));
+                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.subject())));
                     }
                     Ok(())
                 })
@@ -323,7 +317,7 @@ macro_rules! impl_event_store {
                     let sql = format!("DELETE FROM {} WHERE id = $1", what.table());
                     let changed = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(&mut *tx).await?.rows_affected();
                     if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.singular())));
+                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.subject())));
                     }
                     sqlx::query("DELETE FROM judge_state WHERE subject = $1 AND subject_id = $2")
                         .bind(what.subject())
