@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error, with_id, without_id};
 use super::checked_device_id;
+use super::definitions;
 use crate::judging::Touches;
 use crate::{ApiError, AppState};
 
@@ -38,13 +39,7 @@ pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = checked_id(&id, "geofence")?;
-    let stored = state.store.definitions(Definitions::Geofences).await?;
-    stored
-        .iter()
-        .find(|d| d.id == id)
-        .map(|d| Json(with_id(d.id, &d.body)))
-        .ok_or_else(|| ApiError::not_found(format!("no such geofence {id}")))
+    definitions::one(&state, Definitions::Geofences, &id).await
 }
 
 pub async fn create(
@@ -123,35 +118,14 @@ pub async fn replace(
         .await
         .map_err(|_| ApiError::internal("the geofence check did not finish"))?
         .map_err(ApiError::bad_request)?;
-    let store = state.store.as_ref();
-    state
-        .judging
-        .change(
-            store,
-            Touches::Geofences,
-            store.replace_definition(Definitions::Geofences, id, &name, &feature, now_ms()),
-        )
-        .await
-        .map_err(store_error)?;
-    Ok(Json(with_id(id, &feature.to_string())))
+    definitions::replace(&state, Definitions::Geofences, id, &name, &feature).await
 }
 
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = checked_id(&id, "geofence")?;
-    let store = state.store.as_ref();
-    state
-        .judging
-        .change(
-            store,
-            Touches::Geofences,
-            store.delete_definition(Definitions::Geofences, id),
-        )
-        .await
-        .map_err(store_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    definitions::delete(&state, Definitions::Geofences, &id).await
 }
 
 /// `GET /api/devices/{id}/geofences`: the fences the device is inside now, with `since`.

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod body;
+mod definitions;
 pub mod devices;
 pub mod events;
 pub mod geofences;

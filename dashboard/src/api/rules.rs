@@ -12,6 +12,7 @@ use fieldline_ingest::time_format::now_ms;
 use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error, with_id, without_id};
+use super::definitions;
 use crate::judging::Touches;
 use crate::{ApiError, AppState};
 
@@ -32,13 +33,7 @@ pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = checked_id(&id, "rule")?;
-    let stored = state.store.definitions(Definitions::AlertRules).await?;
-    stored
-        .iter()
-        .find(|d| d.id == id)
-        .map(|d| Json(with_id(d.id, &d.body)))
-        .ok_or_else(|| ApiError::not_found(format!("no such rule {id}")))
+    definitions::one(&state, Definitions::AlertRules, &id).await
 }
 
 pub async fn create(
@@ -69,33 +64,12 @@ pub async fn replace(
 ) -> Result<Json<Value>, ApiError> {
     let id = checked_id(&id, "rule")?;
     let (name, rule) = checked(&json_body(body)?)?;
-    let store = state.store.as_ref();
-    state
-        .judging
-        .change(
-            store,
-            Touches::Rules,
-            store.replace_definition(Definitions::AlertRules, id, &name, &rule, now_ms()),
-        )
-        .await
-        .map_err(store_error)?;
-    Ok(Json(with_id(id, &rule.to_string())))
+    definitions::replace(&state, Definitions::AlertRules, id, &name, &rule).await
 }
 
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = checked_id(&id, "rule")?;
-    let store = state.store.as_ref();
-    state
-        .judging
-        .change(
-            store,
-            Touches::Rules,
-            store.delete_definition(Definitions::AlertRules, id),
-        )
-        .await
-        .map_err(store_error)?;
-    Ok(StatusCode::NO_CONTENT)
+    definitions::delete(&state, Definitions::AlertRules, &id).await
 }
