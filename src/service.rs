@@ -246,6 +246,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
+    let rollups = tokio::spawn(fieldline_ingest::rollup::run(store.clone()));
     let live_metrics = tokio::spawn(report_live_queues(hub.clone()));
 
     let stop_accepting = async {
@@ -268,6 +269,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         follower.abort();
     }
     housekeeping.abort();
+    rollups.abort();
     access_sync.abort();
     webhooks.stop();
     live_metrics.abort();

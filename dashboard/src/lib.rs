@@ -10,6 +10,7 @@ pub mod http_listener;
 pub mod judging;
 pub mod live;
 mod live_clients;
+pub mod tracks;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/telemetry", get(api::history::telemetry))
         .route("/api/devices/{id}/track", get(api::history::track))
         .route("/api/devices/{id}/status", get(api::history::statuses))
+        .route("/api/devices/{id}/trips", get(api::history::trips))
         .route("/api/rejected", get(api::rejected::recent))
         .route(
             "/api/devices/{id}/geofences",

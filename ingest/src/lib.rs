@@ -7,6 +7,7 @@
 //! broker's device [`presence`] changes into status documents, and gives every accepted document to
 //! the [`live`] feed as it is accepted. When storage falls behind, new rows wait in the
 //! write-ahead log and the pipeline reads them back as the writer catches up ([`spill`]).
+//! Beside the flow, [`rollup`] keeps the telemetry roll-ups that long charts read.
 
 pub mod alerts;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod live;
 pub mod pipeline;
 pub mod presence;
 pub mod rejection;
+pub mod rollup;
 pub mod spill;
 pub mod store;
 pub mod time_format;

@@ -11,9 +11,12 @@ DECLARE
     timescale boolean := false;
     partitioning text;
 BEGIN
-    -- TimescaleDB is used when it is installed and can be loaded (it must be preloaded). Trying
-    -- is the only check open to every role: shared_preload_libraries is superuser-only.
-    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+    -- TimescaleDB is used when it is installed and preloaded. Without the preload, CREATE
+    -- EXTENSION raises FATAL, which ends the connection and no exception block can catch; the
+    -- loader's own setting tells (NULL exactly when the library is not preloaded), and it is
+    -- readable by every role, unlike shared_preload_libraries.
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND current_setting('timescaledb.disable_load', true) IS NOT NULL THEN
         BEGIN
             CREATE EXTENSION IF NOT EXISTS timescaledb;
             timescale := true;

@@ -41,7 +41,7 @@ pub(crate) fn parse_point(s: &str) -> Result<(f64, f64), String> {
     ))
 }
 
-const EARTH_RADIUS_M: f64 = 6_371_000.0;
+pub(crate) const EARTH_RADIUS_M: f64 = 6_371_000.0;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
@@ -61,6 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lon: args.center.1 + rng.range(-0.08, 0.08),
             speed: rng.range(5.0, 15.0),
             heading: rng.range(0.0, 360.0),
+            accuracy: None,
         };
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -85,13 +86,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Advances a vehicle by `secs` of driving.
 fn drive(fix: &mut Fix, rng: &mut Rng, secs: f64) {
+    steer(fix, rng, secs);
+    fix.speed = (fix.speed + rng.range(-1.0, 1.0)).clamp(0.0, 30.0);
+    advance(fix, fix.speed * secs);
+}
+
+/// Changes the heading as over `secs` of road: a small wander, and now and then a junction.
+pub(crate) fn steer(fix: &mut Fix, rng: &mut Rng, secs: f64) {
     if rng.unit() < 0.02 * secs {
         // A junction: turn left or right.
         fix.heading = (fix.heading + if rng.unit() < 0.5 { 90.0 } else { 270.0 }) % 360.0;
     }
     fix.heading = (fix.heading + rng.range(-3.0, 3.0) + 360.0) % 360.0;
-    fix.speed = (fix.speed + rng.range(-1.0, 1.0)).clamp(0.0, 30.0);
-    let distance = fix.speed * secs;
+}
+
+/// Moves the fix `distance` metres along its heading (a local flat-earth step: fixes are
+/// metres to a few hundred metres apart).
+pub(crate) fn advance(fix: &mut Fix, distance: f64) {
     let heading = fix.heading.to_radians();
     fix.lat += (distance * heading.cos() / EARTH_RADIUS_M).to_degrees();
     fix.lon +=

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::connection::Broker;
 use crate::latency::Histogram;
-use crate::payload::now_ms;
+use crate::payload::{now_ms, parse_time};
 use crate::random::Rng;
 
 const M_PER_DEG: f64 = 111_195.08;
@@ -50,7 +50,7 @@ impl ApiArgs {
         Ok(())
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         client: &reqwest::Client,
         method: reqwest::Method,
@@ -213,7 +213,7 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
                     }
                     // Fixes are dated when sent, so the event's ts is the send time of the
                     // fix it is dated at (for enter and exit, the first on the new side).
-                    if let Some(ts) = event["ts"].as_str().and_then(parse_rfc3339_ms) {
+                    if let Some(ts) = event["ts"].as_str().and_then(|s| parse_time(s).ok()) {
                         let us = (now_ms() - ts).max(0) as u64 * 1000;
                         latency.lock().map(|mut h| h.record(us)).ok();
                     }
@@ -287,35 +287,4 @@ pub async fn scenario(args: ScenarioArgs) -> anyhow::Result<()> {
                "driver_event_latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": h.max() as f64 / 1000.0, "count": h.count()}})
     );
     Ok(())
-}
-
-/// `2026-12-02T10:00:00.123Z` → epoch ms (UTC only, as Fieldline writes it).
-fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (h, min, sec) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + min) * 60_000 + sec * 1000 + ms)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_fieldline_times() {
-        assert_eq!(
-            super::parse_rfc3339_ms("2025-11-25T12:00:00.123Z"),
-            Some(1_764_072_000_123)
-        );
-        assert_eq!(super::parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-    }
 }

@@ -71,7 +71,11 @@ impl Histogram {
         if self.total == 0 {
             return 0;
         }
-        let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
+        self.nth(((q * self.total as f64).ceil() as u64).clamp(1, self.total))
+    }
+
+    /// The `rank`-th smallest value recorded (from 1), the maximum past the end.
+    pub fn nth(&self, rank: u64) -> u64 {
         let mut seen = 0;
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
@@ -106,5 +110,7 @@ mod tests {
         assert!((985..=990).contains(&h.quantile(0.99)));
         assert_eq!(h.quantile(1.0), 1000);
         assert_eq!(h.count(), 1000);
+        assert_eq!(h.nth(1), 1);
+        assert_eq!(h.nth(200), 200);
     }
 }

@@ -56,20 +56,20 @@ struct Counters {
     disconnects: AtomicU64,
 }
 
-/// Connects `devices` clients, a few hundred at a time, each retried until its CONNACK (for
-/// at most two minutes in all).
-async fn connect_all(
+/// Connects one client per id (each with a request queue of `queue` publishes), a few
+/// hundred at a time, each retried until its CONNACK (for at most two minutes in all).
+pub(crate) async fn connect_all(
     broker: &Broker,
-    prefix: &str,
-    devices: usize,
+    client_ids: &[String],
+    queue: usize,
 ) -> anyhow::Result<Vec<(rumqttc::AsyncClient, rumqttc::EventLoop)>> {
     let give_up = Instant::now() + Duration::from_secs(120);
-    let mut connected = Vec::with_capacity(devices);
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(500) {
+    let mut connected = Vec::with_capacity(client_ids.len());
+    for chunk in client_ids.chunks(500) {
         let pending: Vec<_> = chunk
             .iter()
-            .map(|d| {
-                let (client, mut eventloop) = broker.connect(&format!("{prefix}-{d}"), 1000);
+            .map(|id| {
+                let (client, mut eventloop) = broker.connect(id, queue);
                 tokio::spawn(async move {
                     loop {
                         match eventloop.poll().await {
@@ -132,7 +132,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Every device is connected before the clock starts: the figures are of sustained load,
     // not of a connection storm (thousands of CONNECTs at once take the broker seconds).
-    let connections = connect_all(&args.broker, &args.prefix, args.devices).await?;
+    let ids: Vec<String> = (0..args.devices)
+        .map(|d| format!("{}-{d}", args.prefix))
+        .collect();
+    let connections = connect_all(&args.broker, &ids, 1000).await?;
     let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let peak_rss = sample_peak_rss(args.watch.server_pid, stop_sampling.clone());
     let started = Instant::now();
@@ -183,6 +186,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 lon: -170.0 + (d % 340) as f64,
                 speed: 10.0,
                 heading: 90.0,
+                accuracy: None,
             };
             let mut published = 0u64;
             // One tick per publish (1 to 10 ms apart), each device at its own phase, so the

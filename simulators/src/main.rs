@@ -1,6 +1,7 @@
 //! `fieldline-sim`: devices that publish to Fieldline (or any MQTT broker), for demos, manual
 //! testing and every performance figure in BENCHMARKS.md.
 
+mod backfill;
 mod connection;
 mod fleet;
 mod geofences;
@@ -8,6 +9,7 @@ mod latency;
 mod load;
 mod payload;
 mod random;
+mod replay_watch;
 mod sensors;
 mod watch;
 
@@ -33,6 +35,34 @@ enum Command {
     /// Devices parked on a fence boundary with GPS noise and others driving through fences,
     /// with the geofence events read back live (count and latency).
     Geofences(geofences::ScenarioArgs),
+    /// Days of past history (vehicle trips and stops, sensor readings) over MQTT as fast as
+    /// the broker acknowledges it, to build benchmark datasets.
+    ///
+    /// Example: `fieldline-sim backfill --days 30 --vehicles 10 --sensors 100 --end
+    /// 2026-01-01T00:00:00Z --port 1883`. Time walks from `end - days` to `end` for all
+    /// devices together (the pending batch that starts earliest goes next), so storage gets
+    /// the history in time order to within one batch's span. Every document has `ts` and a
+    /// per-device `seq` (its index in the range: a rerun with the same `--end` and `--seed` is
+    /// stored once). Publishes are QoS 1 with at most `--inflight` unacknowledged per
+    /// connection; the run ends when every one is acknowledged, and fails with the reason if
+    /// the broker disconnects. Progress goes to stderr, the summary (fixes, telemetry
+    /// documents and rows, seconds, documents/s and rows/s, where a reading of k metrics is k
+    /// rows and a fix 1) to stdout. `--wait-stored` also waits until Fieldline has moved
+    /// everything from its log into storage (from its `/metrics` at `--http`). History older
+    /// than the server's `--retention-days` is deleted by it.
+    Backfill(backfill::Args),
+    /// Reads one replay stream (`GET /api/replay`) to its end and reports its pacing.
+    ///
+    /// Example: `fieldline-sim replay-watch --device-prefix bf-vehicle --device-count 1
+    /// --from 2026-01-01T00:00:00Z --to 2026-01-01T01:00:00Z --speed 60 --pid $(pidof
+    /// fieldline)`. With t0 the arrival of the `replay` event, each event is due at t0 + (its
+    /// ts - from) / speed; the report (JSON on stdout) has the signed error (arrival - due,
+    /// positive = late) at p50 and p99 and its magnitude at p50, p99 and max, events by kind,
+    /// events/s, wall seconds, the first and last ts and how often ts went backwards,
+    /// whether `end` arrived, and with `--pid` the server's VmRSS at the start and its peak.
+    /// Exits non-zero on an HTTP error (with its status and body) or a stream that ends
+    /// without `end`.
+    ReplayWatch(replay_watch::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +77,8 @@ fn main() -> anyhow::Result<()> {
             Command::Load(args) => load::run(args).await,
             Command::GeofenceSetup(args) => geofences::setup(args).await,
             Command::Geofences(args) => geofences::scenario(args).await,
+            Command::Backfill(args) => backfill::run(args).await,
+            Command::ReplayWatch(args) => replay_watch::run(args).await,
         }
     })
 }

@@ -18,13 +18,17 @@ pub struct Fix {
     pub lon: f64,
     pub speed: f64,
     pub heading: f64,
+    /// Metres; left out when `None`, so simulators that do not model it send what they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
 }
 
+/// Metric names are borrowed: a simulator names its metrics once, not in every reading.
 #[derive(Serialize, Clone)]
-pub struct Reading {
+pub struct Reading<'a> {
     pub ts: i64,
     pub seq: u64,
-    pub metrics: std::collections::BTreeMap<&'static str, f64>,
+    pub metrics: std::collections::BTreeMap<&'a str, f64>,
 }
 
 /// One document, or the batch as an array.
@@ -35,6 +39,30 @@ pub fn encode<T: Serialize>(docs: &[T], encoding: Encoding) -> anyhow::Result<Ve
         (Encoding::Msgpack, [one]) => rmp_serde::to_vec_named(one)?,
         (Encoding::Msgpack, many) => rmp_serde::to_vec_named(many)?,
     })
+}
+
+/// A time from the command line or an event: epoch milliseconds, or RFC 3339 (as Fieldline
+/// takes both).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{s:?} is neither epoch milliseconds nor RFC 3339: {e}"))?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("{s:?} is out of range"))
+}
+
+/// Epoch milliseconds as RFC 3339 in UTC, for reports (the epoch number when out of range).
+pub fn format_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 pub fn now_ms() -> i64 {
@@ -54,5 +82,27 @@ pub async fn publish<T: Serialize>(
     match encode(docs, encoding) {
         Ok(payload) => client.publish(topic, qos, false, payload).await.is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_both_ways() {
+        assert_eq!(
+            parse_time("2025-11-25T12:00:00.123Z"),
+            Ok(1_764_072_000_123)
+        );
+        assert_eq!(
+            parse_time("2025-11-25T13:00:00.123+01:00"),
+            Ok(1_764_072_000_123)
+        );
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_time(" 1764072000123"), Ok(1_764_072_000_123));
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(format_time(1_764_072_000_123), "2025-11-25T12:00:00.123Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
     }
 }

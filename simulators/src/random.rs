@@ -23,4 +23,10 @@ impl Rng {
     pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
+
+    /// Standard normal (Box-Muller), for noise that should mostly be small.
+    pub fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit(); // in (0, 1]: ln stays finite
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
+    }
 }

@@ -375,44 +375,112 @@ async fn read_sse(
         .await?
         .error_for_status()?;
     let mut ready = Some(ready);
-    let mut buffer: Vec<u8> = Vec::new();
+    let mut reader = SseReader::default();
     while let Some(chunk) = response.chunk().await? {
-        buffer.extend_from_slice(&chunk);
-        let mut consumed = 0;
         let Ok(mut stats) = w.stats.lock() else {
             anyhow::bail!("stats lock poisoned");
         };
-        while let Some(end) = find(&buffer[consumed..], b"\n\n") {
-            let frame = &buffer[consumed..consumed + end];
-            consumed += end + 2;
-            if ready.is_some() && find(frame, b": ready").is_some() {
+        reader.feed(&chunk, |event| {
+            if event.comment.is_some_and(|c| c.trim_ascii() == b"ready") {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
             }
-            // Frames are `id:`, `event:`, `data:` lines in that order.
-            let Some(at) = find(frame, b"\nevent: ") else {
-                continue;
-            };
-            let rest = &frame[at + 8..];
-            if rest.starts_with(b"reset") {
-                stats.resets += 1;
-                continue;
-            }
-            if let Some(data_at) = find(rest, b"\ndata: ") {
-                let data = &rest[data_at + 7..];
-                if let Ok(ev) = serde_json::from_slice::<Ev>(data) {
-                    w.event(&mut stats, ev);
+            match event.event {
+                Some(b"reset") => stats.resets += 1,
+                Some(_) => {
+                    if let Ok(ev) = serde_json::from_slice::<Ev>(&event.data) {
+                        w.event(&mut stats, ev);
+                    }
                 }
+                None => {}
             }
-        }
-        buffer.drain(..consumed);
+        });
     }
     anyhow::bail!("the server ended the stream")
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|x| x == needle)
+/// One Server-Sent Event, its fields borrowed from the stream.
+pub struct SseEvent<'a> {
+    pub id: Option<&'a [u8]>,
+    /// The `event:` field; `None` for a frame that has none (a comment, or a plain message).
+    pub event: Option<&'a [u8]>,
+    /// The `data:` lines joined by newlines (copied only when there are several).
+    pub data: Cow<'a, [u8]>,
+    /// The first comment line, without its `:`.
+    pub comment: Option<&'a [u8]>,
+}
+
+/// Splits a Server-Sent Events byte stream into events, whatever the chunking: feed it each
+/// chunk as it arrives. Lines end in LF or CRLF; a blank line ends an event.
+#[derive(Default)]
+pub struct SseReader {
+    buffer: Vec<u8>,
+    /// Where the first line not yet looked at starts, so a long event is not rescanned.
+    scanned: usize,
+}
+
+impl SseReader {
+    /// Appends `chunk` and calls `each` for every event it completes, in order.
+    pub fn feed(&mut self, chunk: &[u8], mut each: impl FnMut(SseEvent<'_>)) {
+        self.buffer.extend_from_slice(chunk);
+        let mut frame_start = 0;
+        let mut line_start = self.scanned;
+        while let Some(len) = self.buffer[line_start..].iter().position(|&b| b == b'\n') {
+            let line = &self.buffer[line_start..line_start + len];
+            let next = line_start + len + 1;
+            if line.is_empty() || line == b"\r" {
+                let frame = &self.buffer[frame_start..line_start];
+                if !frame.is_empty() {
+                    each(parse_sse_frame(frame));
+                }
+                frame_start = next;
+            }
+            line_start = next;
+        }
+        self.buffer.drain(..frame_start);
+        self.scanned = line_start - frame_start;
+    }
+}
+
+fn parse_sse_frame(frame: &[u8]) -> SseEvent<'_> {
+    let mut event = SseEvent {
+        id: None,
+        event: None,
+        data: Cow::Borrowed(&[]),
+        comment: None,
+    };
+    let mut data_lines = 0;
+    for line in frame.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(comment) = line.strip_prefix(b":") {
+            event.comment = event.comment.or(Some(comment));
+            continue;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &line[line.len()..]),
+        };
+        match field {
+            b"id" => event.id = Some(value),
+            b"event" => event.event = Some(value),
+            b"data" => {
+                data_lines += 1;
+                if data_lines == 1 {
+                    event.data = Cow::Borrowed(value);
+                } else {
+                    let data = event.data.to_mut();
+                    data.push(b'\n');
+                    data.extend_from_slice(value);
+                }
+            }
+            _ => {}
+        }
+    }
+    event
 }
 
 async fn read_ws(
@@ -479,4 +547,44 @@ pub fn sample_peak_rss(pid: Option<u32>, stop: Arc<AtomicBool>) -> tokio::task::
         }
         peak
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in chunks of `size` bytes; (event, id, data) of each event.
+    fn events(stream: &[u8], size: usize) -> Vec<(String, String, String)> {
+        let mut reader = SseReader::default();
+        let mut out = Vec::new();
+        for chunk in stream.chunks(size) {
+            reader.feed(chunk, |e| {
+                let text =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or(b"-")).into_owned();
+                out.push((text(e.event), text(e.id), text(Some(&e.data))));
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn sse_events_whatever_the_chunking() {
+        let stream = b": ready\n\nevent: replay\ndata: {\"a\":1}\n\n:keep-alive\n\n\
+            id: 7\r\nevent: location\r\ndata: x\r\ndata: y\r\n\r\nevent: end\ndata:\n\n";
+        let expected = vec![
+            ("-".to_string(), "-".to_string(), String::new()),
+            ("replay".into(), "-".into(), "{\"a\":1}".into()),
+            ("-".into(), "-".into(), String::new()),
+            ("location".into(), "7".into(), "x\ny".into()),
+            ("end".into(), "-".into(), String::new()),
+        ];
+        for size in [1, 2, 3, 7, stream.len()] {
+            assert_eq!(events(stream, size), expected, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn an_unfinished_event_waits_for_its_blank_line() {
+        assert!(events(b"event: end\ndata: {}\n", 4).is_empty());
+    }
 }

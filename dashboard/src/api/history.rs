@@ -1,15 +1,20 @@
-//! Raw history of one device: `GET /api/devices/{id}/telemetry`, `/track` and `/status`.
+//! History of one device: `GET /api/devices/{id}/telemetry` (raw or in buckets), `/track`
+//! (thinned or exported), `/trips` and `/status`.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::store::{Range, TrackPoint};
+use fieldline_ingest::store::{BucketQuery, Range};
 use fieldline_ingest::time_format::{now_ms, parse_api_time};
 use serde::Deserialize;
 
+use super::buckets;
 use super::checked_device_id;
+use super::export::{self, TelemetryExport, TimePager, TrackExport, TrackFormat};
+use crate::tracks::simplify;
+use crate::tracks::trips::{Detector, Fix, Settings};
 use crate::{ApiError, AppState};
 
 const DEFAULT_SPAN_MS: i64 = 24 * 60 * 60 * 1000;
@@ -25,7 +30,11 @@ pub struct Params {
     to: Option<String>,
     limit: Option<u32>,
     bucket: Option<String>,
+    points: Option<u32>,
     format: Option<String>,
+    simplify: Option<f64>,
+    min_stop_s: Option<f64>,
+    stop_speed: Option<f64>,
 }
 
 /// `[from, to)`; without them, the last 24 hours.
@@ -73,18 +82,57 @@ pub async fn telemetry(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
-    if params.bucket.is_some() {
-        return Err(ApiError::bad_request(
-            "bucketed aggregates are not available yet; omit bucket for raw points",
-        ));
-    }
     let range = range(&params)?;
+    let format = params.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "csv") {
+        return Err(ApiError::bad_request("format must be json or csv"));
+    }
+    let bucket = buckets::choose(params.bucket.as_deref(), params.points, &range)?;
     let device = existing_device(&state, &id).await?;
-    let points = state
+    let Some(bucket) = bucket else {
+        if format == "csv" {
+            let name = export::filename(device, "telemetry", range.from_ms, range.to_ms, "csv");
+            let rows =
+                TelemetryExport::new(state.store.clone(), device, params.metric.as_deref(), range);
+            return Ok(export::download(rows, "text/csv", name));
+        }
+        let points = state
+            .store
+            .telemetry(device, params.metric.as_deref(), range)
+            .await?;
+        return Ok(Json(points).into_response());
+    };
+    let Some(metric) = params.metric.as_deref() else {
+        return Err(ApiError::bad_request("bucket and points need metric="));
+    };
+    let rows = state
         .store
-        .telemetry(device, params.metric.as_deref(), range)
+        .telemetry_buckets(BucketQuery {
+            device,
+            metric,
+            from_ms: range.from_ms,
+            to_ms: range.to_ms,
+            bucket_ms: bucket.ms,
+        })
         .await?;
-    Ok(Json(points).into_response())
+    let named = [(buckets::HEADER, bucket.name.clone())];
+    Ok(if format == "csv" {
+        let name = export::filename(device, metric, range.from_ms, range.to_ms, "csv");
+        (
+            named,
+            [
+                (header::CONTENT_TYPE, "text/csv".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{name}\""),
+                ),
+            ],
+            buckets::csv(&rows),
+        )
+            .into_response()
+    } else {
+        (named, Json(buckets::json(&rows))).into_response()
+    })
 }
 
 /// Connects, disconnects (with their reasons) and published statuses, oldest first.
@@ -106,81 +154,105 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     let range = range(&params)?;
-    let format = params.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "geojson" | "csv" | "gpx") {
-        return Err(ApiError::bad_request(
-            "format must be json, geojson, csv or gpx",
-        ));
+    let format = match params.format.as_deref().unwrap_or("json") {
+        "json" => None,
+        "csv" => Some(TrackFormat::Csv),
+        "gpx" => Some(TrackFormat::Gpx),
+        "geojson" => Some(TrackFormat::GeoJson),
+        _ => {
+            return Err(ApiError::bad_request(
+                "format must be json, geojson, csv or gpx",
+            ))
+        }
+    };
+    if let Some(tolerance) = params.simplify {
+        if !(tolerance.is_finite() && tolerance > 0.0 && tolerance <= 100_000.0) {
+            return Err(ApiError::bad_request(
+                "simplify must be a tolerance in metres above 0 and at most 100000",
+            ));
+        }
     }
     let device = existing_device(&state, &id).await?;
-    let points = state.store.track(device, range).await?;
-    Ok(match format {
-        "geojson" => (
-            [(header::CONTENT_TYPE, "application/geo+json")],
-            Json(geojson(device, &points)),
-        )
-            .into_response(),
-        "csv" => ([(header::CONTENT_TYPE, "text/csv")], csv(&points)).into_response(),
-        "gpx" => (
-            [(header::CONTENT_TYPE, "application/gpx+xml")],
-            gpx(device, &points),
-        )
-            .into_response(),
-        _ => Json(points).into_response(),
-    })
-}
-
-fn geojson(device: &str, points: &[TrackPoint]) -> serde_json::Value {
-    let coordinates: Vec<_> = points
-        .iter()
-        .map(|p| serde_json::json!([p.lon, p.lat]))
-        .collect();
-    let times: Vec<_> = points.iter().map(|p| p.ts.as_str()).collect();
-    serde_json::json!({
-        "type": "FeatureCollection",
-        "features": [{
-            "type": "Feature",
-            "geometry": { "type": "LineString", "coordinates": coordinates },
-            "properties": { "device": device, "times": times },
-        }],
-    })
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn csv(points: &[TrackPoint]) -> String {
-    let mut out = String::from("ts,seq,lat,lon,speed,heading,alt,accuracy\n");
-    for p in points {
-        let seq = p.seq.map(|s| s.to_string()).unwrap_or_default();
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            p.ts,
-            seq,
-            p.lat,
-            p.lon,
-            opt(p.speed),
-            opt(p.heading),
-            opt(p.alt),
-            opt(p.accuracy)
-        ));
-    }
-    out
-}
-
-fn gpx(device: &str, points: &[TrackPoint]) -> String {
-    // Device ids are [A-Za-z0-9_.-] and times RFC 3339: nothing here needs XML escaping.
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<gpx version=\"1.1\" creator=\"fieldline\" xmlns=\"http://www.topografix.com/GPX/1/1\">\n<trk><name>{device}</name><trkseg>\n"
-    );
-    for p in points {
-        out.push_str(&format!("<trkpt lat=\"{}\" lon=\"{}\">", p.lat, p.lon));
-        if let Some(alt) = p.alt {
-            out.push_str(&format!("<ele>{alt}</ele>"));
+    match (format, params.simplify) {
+        // Exports of the whole range stream.
+        (Some(format), None) => {
+            let name = export::filename(
+                device,
+                "track",
+                range.from_ms,
+                range.to_ms,
+                format.extension(),
+            );
+            let pages = TrackExport::new(state.store.clone(), device, range, format);
+            Ok(export::download(pages, format.content_type(), name))
         }
-        out.push_str(&format!("<time>{}</time></trkpt>\n", p.ts));
+        (format, simplify) => {
+            let mut points = state.store.track(device, range).await?;
+            if let Some(tolerance) = simplify {
+                let positions: Vec<_> = points.iter().map(|p| (p.lat, p.lon)).collect();
+                let keep = simplify::keep(&positions, tolerance);
+                points = keep.into_iter().map(|i| points[i].clone()).collect();
+            }
+            let Some(format) = format else {
+                return Ok(Json(points).into_response());
+            };
+            let mut out = format.head(device);
+            for (i, p) in points.iter().enumerate() {
+                format.row(&mut out, p, i == 0);
+            }
+            out.push_str(&match format {
+                TrackFormat::Csv => String::new(),
+                TrackFormat::Gpx => "</trkseg></trk>\n</gpx>\n".to_owned(),
+                TrackFormat::GeoJson => {
+                    let times: Vec<&str> = points.iter().map(|p| p.ts.as_str()).collect();
+                    format!(
+                        "]}},\"properties\":{{\"device\":\"{device}\",\"times\":{}}}}}]}}\n",
+                        serde_json::to_string(&times).unwrap_or_else(|_| "[]".to_owned())
+                    )
+                }
+            });
+            Ok(([(header::CONTENT_TYPE, format.content_type())], out).into_response())
+        }
     }
-    out.push_str("</trkseg></trk>\n</gpx>\n");
-    out
+}
+
+/// Trips and stops of the track in the range, read page by page.
+pub async fn trips(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params?;
+    let range = range(&params)?;
+    let mut settings = Settings::default();
+    if let Some(s) = params.min_stop_s {
+        if !(s.is_finite() && (1.0..=86_400.0 * 30.0).contains(&s)) {
+            return Err(ApiError::bad_request(
+                "min_stop_s must be 1 to 2592000 seconds",
+            ));
+        }
+        settings.min_stop_ms = (s * 1000.0) as i64;
+    }
+    if let Some(v) = params.stop_speed {
+        if !(v.is_finite() && v > 0.0 && v <= 100.0) {
+            return Err(ApiError::bad_request(
+                "stop_speed must be above 0 and at most 100 m/s",
+            ));
+        }
+        settings.stop_speed = v;
+    }
+    let device = existing_device(&state, &id).await?;
+    let mut pager = TimePager::new(state.store.clone(), device, range.from_ms, range.to_ms);
+    let mut detector = Detector::new(settings);
+    while let Some(page) = pager.track().await? {
+        for p in page {
+            detector.push(Fix {
+                ts_ms: p.ts_ms,
+                lat: p.lat,
+                lon: p.lon,
+                speed: p.speed,
+            });
+        }
+    }
+    Ok(Json(detector.finish()).into_response())
 }

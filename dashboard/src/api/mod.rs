@@ -2,9 +2,11 @@
 
 pub mod admin;
 pub mod body;
+mod buckets;
 mod definitions;
 pub mod devices;
 pub mod events;
+mod export;
 pub mod geofences;
 pub mod history;
 pub mod rejected;

@@ -10,6 +10,7 @@ mod log_state;
 mod pg_copy;
 mod postgres;
 mod records;
+pub mod rollups;
 mod sqlite;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use crate::document::Kind;
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
+pub use rollups::{Aggregate, BucketQuery, BucketRow, RollupStore};
 pub use sqlite::SqliteStore;
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -67,6 +69,9 @@ pub struct DeviceSummary {
 /// published (no reason).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StatusPoint {
+    /// `ts` in epoch ms, for code that pages through history.
+    #[serde(skip)]
+    pub ts_ms: i64,
     pub ts: String,
     pub seq: Option<u64>,
     pub online: bool,
@@ -75,6 +80,9 @@ pub struct StatusPoint {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TelemetryPoint {
+    /// `ts` in epoch ms, for code that pages through history.
+    #[serde(skip)]
+    pub ts_ms: i64,
     pub ts: String,
     pub seq: Option<u64>,
     pub metric: String,
@@ -83,6 +91,9 @@ pub struct TelemetryPoint {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TrackPoint {
+    /// `ts` in epoch ms, for code that pages through history.
+    #[serde(skip)]
+    pub ts_ms: i64,
     pub ts: String,
     pub seq: Option<u64>,
     pub lat: f64,
@@ -134,8 +145,8 @@ pub struct LogState {
 }
 
 /// What the pipeline writes to and the API reads from; it also keeps the access registry and
-/// the geofences, rules, events and webhooks.
-pub trait Store: AccessStore + EventStore + Send + Sync {
+/// the geofences, rules, events and webhooks, and the telemetry roll-ups.
+pub trait Store: AccessStore + EventStore + RollupStore + Send + Sync {
     /// Writes a whole batch atomically, its derived events and states included: all of it is
     /// stored, or none and an error. Returns the seq its first event was given (its events
     /// take that and the ones after it).

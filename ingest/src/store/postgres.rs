@@ -1,7 +1,10 @@
 //! The PostgreSQL back end: binary COPY for data rows, one transaction per batch, on a
 //! connection of its own so history queries never wait behind a write.
 
+use std::collections::HashSet;
 use std::time::Duration;
+
+use sqlx::migrate::Migrator;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
@@ -14,6 +17,7 @@ use super::events::{
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
+use super::rollups;
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
@@ -23,16 +27,22 @@ use crate::events::judges::Derived;
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 /// A batch write that takes longer has met a server that vanished without closing the
 /// connection (failover, network partition); it is abandoned and retried on a new connection.
 /// Batches are at most about 100,000 rows, which COPY writes in about a second.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(in crate::store) pool: PgPool,
     options: PgConnectOptions,
     /// The writer's dedicated connection; re-opened after an error.
     writer: Mutex<Option<PgConnection>>,
+    /// The roll-ups are TimescaleDB continuous aggregates (refreshed), not tables (written).
+    pub(in crate::store) continuous_aggregates: bool,
+    /// Days (since 1970, UTC) known to have their partitions, so a batch of back-filled
+    /// history gets its own instead of landing in the default partition.
+    partition_days: std::sync::Mutex<HashSet<i64>>,
 }
 
 impl PgStore {
@@ -48,11 +58,22 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.clone())
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        let migrator = sqlx::migrate!("../migrations/postgres");
+        repair_checksums(&pool, &migrator).await?;
+        migrator.run(&pool).await?;
+        warn_if_timescale_unused(&pool).await?;
+        let continuous_aggregates: bool = sqlx::query_scalar(
+            "SELECT relkind = 'v' FROM pg_class WHERE relname = 'telemetry_1m' AND relnamespace = current_schema()::regnamespace",
+        )
+        .fetch_optional(&pool)
+        .await?
+        .unwrap_or(false);
         let store = Self {
             pool,
             options,
             writer: Mutex::new(None),
+            continuous_aggregates,
+            partition_days: std::sync::Mutex::new(HashSet::new()),
         };
         store.ensure_partitions().await?;
         Ok(store)
@@ -66,12 +87,49 @@ impl PgStore {
         Ok(())
     }
 
+    /// The days of a batch's rows that may have no partition yet.
+    fn new_days(&self, batch: &Batch) -> Vec<i64> {
+        let known = self
+            .partition_days
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut days: Vec<i64> = batch
+            .positions
+            .iter()
+            .map(|r| r.ts_ms)
+            .chain(batch.telemetry.iter().map(|r| r.ts_ms))
+            .map(|ms| ms.div_euclid(DAY_MS))
+            .filter(|day| !known.contains(day))
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        days
+    }
+
     async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
         let mut writer = self.writer.lock().await;
         let conn = match writer.as_mut() {
             Some(conn) => conn,
             None => writer.insert(PgConnection::connect_with(&self.options).await?),
         };
+        let days = self.new_days(batch);
+        if !days.is_empty() {
+            // Its own statement before the batch: the partitions stay even if the batch fails.
+            let made = sqlx::query(
+                "SELECT fieldline_ensure_days(ARRAY(SELECT date 'epoch' + d::int4 FROM UNNEST($1::int8[]) AS d))",
+            )
+            .bind(&days)
+            .execute(&mut *conn)
+            .await;
+            if let Err(e) = made {
+                *writer = None;
+                return Err(e.into());
+            }
+            self.partition_days
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(days);
+        }
         let result = match tokio::time::timeout(WRITE_TIMEOUT, write_batch(conn, batch)).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(WRITE_TIMEOUT)),
@@ -82,6 +140,50 @@ impl PgStore {
         }
         result
     }
+}
+
+/// `0001_schema.sql` as first released: it tried `CREATE EXTENSION timescaledb` on servers
+/// that had the extension installed but not preloaded, which is FATAL there. The fixed file
+/// does the same everywhere it used to succeed, so databases made by the first one take the
+/// fixed one's checksum instead of failing every start with a checksum mismatch.
+const FIRST_SCHEMA_AS_RELEASED: &str = "e0ac70c1d68acb1a5f0f915b09ac4663d39859190d6a881f5ba68ef7939cae1312d5a97922bb0a3d9b0960ce53be2189";
+
+async fn repair_checksums(pool: &PgPool, migrator: &Migrator) -> Result<(), StoreError> {
+    let Some(first) = migrator.iter().find(|m| m.version == 1) else {
+        return Ok(());
+    };
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = 1 AND encode(checksum, 'hex') = $2",
+        )
+        .bind(first.checksum.as_ref())
+        .bind(FIRST_SCHEMA_AS_RELEASED)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Says how to turn TimescaleDB on when the server has it installed but it is not in use.
+async fn warn_if_timescale_unused(pool: &PgPool) -> Result<(), StoreError> {
+    let (available, preloaded, in_use): (bool, bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),
+                current_setting('timescaledb.disable_load', true) IS NOT NULL,
+                EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if available && !in_use {
+        if preloaded {
+            tracing::warn!("TimescaleDB is preloaded but this database was created without it: positions and telemetry use native partitions. A new database would use hypertables.");
+        } else {
+            tracing::warn!("TimescaleDB is installed on the server but not preloaded, so positions and telemetry use native partitions. To use it, add shared_preload_libraries = 'timescaledb' to postgresql.conf, restart PostgreSQL, and point Fieldline at a new database.");
+        }
+    }
+    Ok(())
 }
 
 /// A batch's events and changed states, in its transaction, each kind in one statement;
@@ -162,6 +264,10 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, Stor
         copy.send(pg_copy::encode_telemetry(&batch.telemetry))
             .await?;
         copy.finish().await?;
+        sqlx::query(rollups::postgres::MARK_MINUTES)
+            .bind(rollups::batch_minutes(&batch.telemetry))
+            .execute(&mut *tx)
+            .await?;
     }
     if !batch.statuses.is_empty() {
         let s = &batch.statuses;
@@ -335,7 +441,7 @@ impl Store for PgStore {
                  WHERE device_id = $1 AND ($2::text IS NULL OR metric = $2)
                    AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
                    AND time <  timestamptz 'epoch' + $4 * interval '1 millisecond'
-                 ORDER BY time, metric LIMIT $5",
+                 ORDER BY time, metric, seq LIMIT $5",
             )
             .bind(device)
             .bind(metric)
@@ -356,7 +462,7 @@ impl Store for PgStore {
                  WHERE device_id = $1
                    AND time >= timestamptz 'epoch' + $2 * interval '1 millisecond'
                    AND time <  timestamptz 'epoch' + $3 * interval '1 millisecond'
-                 ORDER BY time LIMIT $4",
+                 ORDER BY time, seq LIMIT $4",
             )
             .bind(device)
             .bind(range.from_ms)

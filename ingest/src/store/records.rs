@@ -67,6 +67,7 @@ pub(crate) fn device_summary(
 
 pub(crate) fn status_point((ts, seq, online, reason): StatusRecord) -> StatusPoint {
     StatusPoint {
+        ts_ms: ts,
         ts: format_ms(ts),
         seq: seq_from_db(seq),
         online,
@@ -76,6 +77,7 @@ pub(crate) fn status_point((ts, seq, online, reason): StatusRecord) -> StatusPoi
 
 pub(crate) fn telemetry_point((ts, seq, metric, value): TelemetryRecord) -> TelemetryPoint {
     TelemetryPoint {
+        ts_ms: ts,
         ts: format_ms(ts),
         seq: seq_from_db(seq),
         metric,
@@ -87,6 +89,7 @@ pub(crate) fn track_point(
     (ts, seq, lat, lon, speed, heading, alt, accuracy): TrackRecord,
 ) -> TrackPoint {
     TrackPoint {
+        ts_ms: ts,
         ts: format_ms(ts),
         seq: seq_from_db(seq),
         lat,

@@ -16,6 +16,7 @@ use super::events::{
 };
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
+use super::rollups;
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
@@ -27,7 +28,7 @@ use crate::events::judges::Derived;
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(in crate::store) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -91,6 +92,13 @@ impl SqliteStore {
             },
         )
         .await?;
+        let minutes = rollups::batch_minutes(&batch.telemetry);
+        if !minutes.is_empty() {
+            sqlx::query(rollups::sqlite::MARK_MINUTES)
+                .bind(rollups::json_array(&minutes))
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_all(
             &mut tx,
             "INSERT INTO statuses (device_id, ts, seq, online, reason) ",
@@ -210,7 +218,7 @@ async fn write_derived(
 }
 
 /// Inserts `rows` with multi-row VALUES, [`ROWS_PER_STATEMENT`] at a time.
-async fn insert_all<T>(
+pub(in crate::store) async fn insert_all<T>(
     tx: &mut Transaction<'_, Sqlite>,
     head: &'static str,
     rows: &[T],
@@ -317,7 +325,7 @@ impl Store for SqliteStore {
             let rows: Vec<records::TelemetryRecord> = sqlx::query_as(
                 "SELECT ts, seq, metric, value FROM telemetry
                  WHERE device_id = ?1 AND (?2 IS NULL OR metric = ?2) AND ts >= ?3 AND ts < ?4
-                 ORDER BY ts, metric LIMIT ?5",
+                 ORDER BY ts, metric, seq LIMIT ?5",
             )
             .bind(device)
             .bind(metric)
@@ -334,7 +342,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows: Vec<records::TrackRecord> = sqlx::query_as(
                 "SELECT ts, seq, lat, lon, speed, heading, alt, accuracy FROM positions
-                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts LIMIT ?4",
+                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, seq LIMIT ?4",
             )
             .bind(device)
             .bind(range.from_ms)

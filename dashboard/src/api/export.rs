@@ -1,0 +1,347 @@
+//! Exports that stream: a device's track as CSV, GPX or GeoJSON, its telemetry as CSV. Rows
+//! are read a page at a time by time (keyset), written out, and dropped, so a year of rows
+//! never sits in memory.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fieldline_ingest::store::{Range, TelemetryPoint, TrackPoint};
+use fieldline_ingest::time_format::format_ms;
+use fieldline_ingest::{Store, StoreError};
+
+/// Rows per read: big enough to keep round trips rare, small enough to stay a few MB.
+pub const PAGE_ROWS: u32 = 5_000;
+
+/// Something read page by page; `None` at the end.
+pub trait Pages: Send + 'static {
+    fn next(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+}
+
+/// A response streaming `pages`, as a download named `filename`. A storage error after the
+/// first bytes can only cut the body short; it is logged.
+pub fn download(pages: impl Pages, content_type: &'static str, filename: String) -> Response {
+    let stream = futures_util::stream::unfold(Some(pages), |pages| async move {
+        let mut pages = pages?;
+        match pages.next().await {
+            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), Some(pages))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "export cut short by a storage error");
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `{device}-{what}-{from}-{to}.{ext}` with compact UTC times: device ids need no quoting.
+pub fn filename(device: &str, what: &str, from_ms: i64, to_ms: i64, ext: &str) -> String {
+    let compact = |ms: i64| {
+        format_ms(ms)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+    };
+    format!(
+        "{device}-{what}-{}-{}.{ext}",
+        compact(from_ms),
+        compact(to_ms)
+    )
+}
+
+/// Keyset paging by time over one device's track or telemetry. A page that ends inside a run
+/// of rows with the same time stops before that time, and the next page starts at it, so no
+/// row is skipped or repeated.
+pub struct TimePager {
+    store: Arc<dyn Store>,
+    device: String,
+    metric: Option<String>,
+    from_ms: i64,
+    to_ms: i64,
+}
+
+impl TimePager {
+    pub fn new(store: Arc<dyn Store>, device: &str, from_ms: i64, to_ms: i64) -> Self {
+        Self {
+            store,
+            device: device.to_owned(),
+            metric: None,
+            from_ms,
+            to_ms,
+        }
+    }
+
+    pub fn metric(mut self, metric: Option<&str>) -> Self {
+        self.metric = metric.map(str::to_owned);
+        self
+    }
+
+    fn range(&self) -> Range {
+        Range {
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            limit: PAGE_ROWS,
+        }
+    }
+
+    /// Moves the cursor past a page whose times are `first` and `last`; returns how many of
+    /// its rows to keep.
+    fn advance(&mut self, len: usize, first: i64, last: i64, keep_before_last: usize) -> usize {
+        if len < PAGE_ROWS as usize {
+            self.from_ms = self.to_ms;
+            len
+        } else if first == last {
+            // A whole page at one millisecond: nothing sane has more; go on after it.
+            self.from_ms = last + 1;
+            len
+        } else {
+            self.from_ms = last;
+            keep_before_last
+        }
+    }
+
+    pub async fn track(&mut self) -> Result<Option<Vec<TrackPoint>>, StoreError> {
+        if self.from_ms >= self.to_ms {
+            return Ok(None);
+        }
+        let mut rows = self.store.track(&self.device, self.range()).await?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            self.from_ms = self.to_ms;
+            return Ok(None);
+        };
+        let (first, last) = (first.ts_ms, last.ts_ms);
+        let before = rows.partition_point(|r| r.ts_ms < last);
+        let keep = self.advance(rows.len(), first, last, before);
+        rows.truncate(keep);
+        Ok(Some(rows))
+    }
+
+    pub async fn telemetry(&mut self) -> Result<Option<Vec<TelemetryPoint>>, StoreError> {
+        if self.from_ms >= self.to_ms {
+            return Ok(None);
+        }
+        let mut rows = self
+            .store
+            .telemetry(&self.device, self.metric.as_deref(), self.range())
+            .await?;
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            self.from_ms = self.to_ms;
+            return Ok(None);
+        };
+        let (first, last) = (first.ts_ms, last.ts_ms);
+        let before = rows.partition_point(|r| r.ts_ms < last);
+        let keep = self.advance(rows.len(), first, last, before);
+        rows.truncate(keep);
+        Ok(Some(rows))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TrackFormat {
+    Csv,
+    Gpx,
+    GeoJson,
+}
+
+impl TrackFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            TrackFormat::Csv => "text/csv",
+            TrackFormat::Gpx => "application/gpx+xml",
+            TrackFormat::GeoJson => "application/geo+json",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            TrackFormat::Csv => "csv",
+            TrackFormat::Gpx => "gpx",
+            TrackFormat::GeoJson => "geojson",
+        }
+    }
+
+    pub fn head(self, device: &str) -> String {
+        match self {
+            TrackFormat::Csv => "ts,seq,lat,lon,speed,heading,alt,accuracy\n".to_owned(),
+            // Device ids are [A-Za-z0-9_.-] and times RFC 3339: nothing needs XML escaping.
+            TrackFormat::Gpx => format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<gpx version=\"1.1\" creator=\"fieldline\" xmlns=\"http://www.topografix.com/GPX/1/1\">\n<trk><name>{device}</name><trkseg>\n"
+            ),
+            TrackFormat::GeoJson => "{\"type\":\"FeatureCollection\",\"features\":[{\"type\":\"Feature\",\"geometry\":{\"type\":\"LineString\",\"coordinates\":[".to_owned(),
+        }
+    }
+
+    /// One fix; `first` says whether one came before (for the separators JSON needs).
+    pub fn row(self, out: &mut String, p: &TrackPoint, first: bool) {
+        use std::fmt::Write;
+        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        match self {
+            TrackFormat::Csv => {
+                let seq = p.seq.map(|s| s.to_string()).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{},{seq},{},{},{},{},{},{}",
+                    p.ts,
+                    p.lat,
+                    p.lon,
+                    opt(p.speed),
+                    opt(p.heading),
+                    opt(p.alt),
+                    opt(p.accuracy)
+                );
+            }
+            TrackFormat::Gpx => {
+                let _ = write!(out, "<trkpt lat=\"{}\" lon=\"{}\">", p.lat, p.lon);
+                if let Some(alt) = p.alt {
+                    let _ = write!(out, "<ele>{alt}</ele>");
+                }
+                let _ = writeln!(out, "<time>{}</time></trkpt>", p.ts);
+            }
+            TrackFormat::GeoJson => {
+                let _ = write!(out, "{}[{},{}]", if first { "" } else { "," }, p.lon, p.lat);
+            }
+        }
+    }
+}
+
+/// A track export: the head, the fixes page by page, the tail. GeoJSON reads the track
+/// twice, once for the line's coordinates and once for their times, to keep memory flat.
+pub struct TrackExport {
+    pager: TimePager,
+    again: TimePager,
+    format: TrackFormat,
+    device: String,
+    stage: Stage,
+    wrote_any: bool,
+}
+
+#[derive(PartialEq, Eq)]
+enum Stage {
+    Head,
+    Rows,
+    Times,
+    Done,
+}
+
+impl TrackExport {
+    pub fn new(store: Arc<dyn Store>, device: &str, range: Range, format: TrackFormat) -> Self {
+        Self {
+            pager: TimePager::new(store.clone(), device, range.from_ms, range.to_ms),
+            again: TimePager::new(store, device, range.from_ms, range.to_ms),
+            format,
+            device: device.to_owned(),
+            stage: Stage::Head,
+            wrote_any: false,
+        }
+    }
+}
+
+impl Pages for TrackExport {
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        match self.stage {
+            Stage::Head => {
+                self.stage = Stage::Rows;
+                Ok(Some(self.format.head(&self.device).into()))
+            }
+            Stage::Rows => match self.pager.track().await? {
+                Some(rows) => {
+                    let mut out = String::with_capacity(rows.len() * 64);
+                    for p in &rows {
+                        self.format.row(&mut out, p, !self.wrote_any);
+                        self.wrote_any = true;
+                    }
+                    Ok(Some(out.into()))
+                }
+                None => {
+                    self.wrote_any = false;
+                    Ok(Some(match self.format {
+                        TrackFormat::Csv => {
+                            self.stage = Stage::Done;
+                            Bytes::new()
+                        }
+                        TrackFormat::Gpx => {
+                            self.stage = Stage::Done;
+                            "</trkseg></trk>\n</gpx>\n".into()
+                        }
+                        TrackFormat::GeoJson => {
+                            self.stage = Stage::Times;
+                            format!(
+                                "]}},\"properties\":{{\"device\":\"{}\",\"times\":[",
+                                self.device
+                            )
+                            .into()
+                        }
+                    }))
+                }
+            },
+            Stage::Times => match self.again.track().await? {
+                Some(rows) => {
+                    let mut out = String::with_capacity(rows.len() * 28);
+                    for p in &rows {
+                        if self.wrote_any {
+                            out.push(',');
+                        }
+                        out.push('"');
+                        out.push_str(&p.ts);
+                        out.push('"');
+                        self.wrote_any = true;
+                    }
+                    Ok(Some(out.into()))
+                }
+                None => {
+                    self.stage = Stage::Done;
+                    Ok(Some("]}}]}\n".into()))
+                }
+            },
+            Stage::Done => Ok(None),
+        }
+    }
+}
+
+/// Raw telemetry as CSV: `ts,seq,metric,value`.
+pub struct TelemetryExport {
+    pager: TimePager,
+    head: bool,
+}
+
+impl TelemetryExport {
+    pub fn new(store: Arc<dyn Store>, device: &str, metric: Option<&str>, range: Range) -> Self {
+        Self {
+            pager: TimePager::new(store, device, range.from_ms, range.to_ms).metric(metric),
+            head: true,
+        }
+    }
+}
+
+impl Pages for TelemetryExport {
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if std::mem::take(&mut self.head) {
+            return Ok(Some("ts,seq,metric,value\n".into()));
+        }
+        let Some(rows) = self.pager.telemetry().await? else {
+            return Ok(None);
+        };
+        use std::fmt::Write;
+        let mut out = String::with_capacity(rows.len() * 48);
+        for p in &rows {
+            let seq = p.seq.map(|s| s.to_string()).unwrap_or_default();
+            let _ = writeln!(out, "{},{seq},{},{}", p.ts, p.metric, p.value);
+        }
+        Ok(Some(out.into()))
+    }
+}

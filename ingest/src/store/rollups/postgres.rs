@@ -1,0 +1,228 @@
+//! Roll-ups on PostgreSQL: tables Fieldline keeps, or TimescaleDB continuous aggregates it
+//! refreshes; the queries read both the same way.
+
+use std::collections::BTreeMap;
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+
+use super::{
+    floor_to, into_rows, merge_rows, plan, AggregateRows, BucketQuery, BucketRow, MinuteRows,
+    RollupStore, Source, HOUR_MS, MINUTE_MS,
+};
+use crate::store::{PgStore, StoreError, StoreFuture};
+
+/// Marks a batch's minutes (`$1`, ascending), in the batch's transaction.
+pub(in crate::store) const MARK_MINUTES: &str =
+    "INSERT INTO rollup_pending AS p (minute) SELECT * FROM UNNEST($1::int8[])
+     ON CONFLICT (minute) DO UPDATE SET version = p.version + 1";
+
+const RAW_BUCKETS: &str = "SELECT b - b % $5, sum(value), min(value), max(value), count(*)
+     FROM (SELECT floor(extract(epoch FROM time) * 1000)::int8 AS b, value FROM telemetry
+           WHERE device_id = $1 AND metric = $2
+             AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
+             AND time <  timestamptz 'epoch' + $4 * interval '1 millisecond') r
+     GROUP BY 1";
+
+fn rollup_buckets(table: &str) -> String {
+    format!(
+        "SELECT b - b % $5, sum(sum), min(min), max(max), sum(count)::int8
+         FROM (SELECT floor(extract(epoch FROM bucket) * 1000)::int8 AS b, sum, min, max, count
+               FROM {table}
+               WHERE device_id = $1 AND metric = $2
+                 AND bucket >= timestamptz 'epoch' + $3 * interval '1 millisecond'
+                 AND bucket <  timestamptz 'epoch' + $4 * interval '1 millisecond') r
+         GROUP BY 1"
+    )
+}
+
+/// A read that sees one snapshot across its statements.
+async fn snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+impl PgStore {
+    async fn roll_up_hour(&self, hour_ms: i64, minutes: &[i64]) -> Result<usize, StoreError> {
+        let (Some(&first), Some(&last)) = (minutes.first(), minutes.last()) else {
+            return Ok(0);
+        };
+        let (from, to) = (first, last + MINUTE_MS);
+        let mut read = snapshot(&self.pool).await?;
+        let versions: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT minute, version FROM rollup_pending WHERE minute >= $1 AND minute < $2 ORDER BY minute",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *read)
+        .await?;
+        let mut rows: MinuteRows = Vec::new();
+        if !self.continuous_aggregates {
+            rows = sqlx::query_as(
+                "SELECT device_id, metric, (floor(extract(epoch FROM time) / 60) * 60000)::int8,
+                        sum(value), min(value), max(value), count(*)
+                 FROM telemetry
+                 WHERE time >= timestamptz 'epoch' + $1 * interval '1 millisecond'
+                   AND time <  timestamptz 'epoch' + $2 * interval '1 millisecond'
+                 GROUP BY 1, 2, 3",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *read)
+            .await?;
+        }
+        read.commit().await?;
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        if self.continuous_aggregates {
+            // A refresh cannot run in a transaction (nor as a prepared statement in one):
+            // plain statements on their own, with the times as integer literals.
+            for (view, from, to) in [
+                ("telemetry_1m", from, to),
+                ("telemetry_1h", hour_ms, hour_ms + HOUR_MS),
+            ] {
+                let sql = format!(
+                    "CALL refresh_continuous_aggregate('{view}', to_timestamp({from}::float8 / 1000), to_timestamp({to}::float8 / 1000))"
+                );
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut cleared = Vec::with_capacity(versions.len());
+        for (minute, version) in versions {
+            let done = sqlx::query("DELETE FROM rollup_pending WHERE minute = $1 AND version = $2")
+                .bind(minute)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                cleared.push(minute);
+            }
+        }
+        if cleared.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        if !self.continuous_aggregates {
+            rows.retain(|r| cleared.binary_search(&r.2).is_ok());
+            replace_minutes(&mut tx, hour_ms, &cleared, &rows).await?;
+        }
+        tx.commit().await?;
+        Ok(cleared.len())
+    }
+
+    async fn buckets(&self, q: BucketQuery<'_>) -> Result<Vec<BucketRow>, StoreError> {
+        let mut tx = snapshot(&self.pool).await?;
+        let pending: Vec<i64> = sqlx::query_scalar(
+            "SELECT minute FROM rollup_pending WHERE minute >= $1 AND minute < $2 ORDER BY minute",
+        )
+        .bind(floor_to(q.from_ms, MINUTE_MS))
+        .bind(q.to_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut answer = BTreeMap::new();
+        for segment in plan(q.from_ms, q.to_ms, q.bucket_ms, &pending) {
+            let sql = match segment.source {
+                Source::Raw => RAW_BUCKETS.to_owned(),
+                Source::Minutes => rollup_buckets("telemetry_1m"),
+                Source::Hours => rollup_buckets("telemetry_1h"),
+            };
+            let rows: AggregateRows = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(q.device)
+                .bind(q.metric)
+                .bind(segment.from_ms)
+                .bind(segment.to_ms)
+                .bind(q.bucket_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            merge_rows(&mut answer, rows);
+        }
+        tx.commit().await?;
+        Ok(into_rows(answer))
+    }
+}
+
+/// Replaces the cleared minutes' roll-up rows and recomputes their hour from the minutes.
+async fn replace_minutes(
+    tx: &mut Transaction<'_, Postgres>,
+    hour_ms: i64,
+    cleared: &[i64],
+    rows: &MinuteRows,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM telemetry_1m WHERE bucket IN
+           (SELECT timestamptz 'epoch' + m * interval '1 millisecond' FROM UNNEST($1::int8[]) AS m)",
+    )
+    .bind(cleared)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO telemetry_1m (device_id, metric, bucket, sum, min, max, count)
+         SELECT d, m, timestamptz 'epoch' + b * interval '1 millisecond', s, lo, hi, c
+         FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::float8[], $5::float8[], $6::float8[], $7::int8[])
+           AS u(d, m, b, s, lo, hi, c)",
+    )
+    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.3).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.4).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.5).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.6).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "DELETE FROM telemetry_1h WHERE bucket = timestamptz 'epoch' + $1 * interval '1 millisecond'",
+    )
+    .bind(hour_ms)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO telemetry_1h (device_id, metric, bucket, sum, min, max, count)
+         SELECT device_id, metric, timestamptz 'epoch' + $1 * interval '1 millisecond',
+                sum(sum), min(min), max(max), sum(count)::int8
+         FROM telemetry_1m
+         WHERE bucket >= timestamptz 'epoch' + $1 * interval '1 millisecond'
+           AND bucket <  timestamptz 'epoch' + ($1 + 3600000) * interval '1 millisecond'
+         GROUP BY device_id, metric",
+    )
+    .bind(hour_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl RollupStore for PgStore {
+    fn pending_minutes(&self, closed_before_ms: i64, limit: u32) -> StoreFuture<'_, Vec<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "SELECT minute FROM rollup_pending WHERE minute <= $1 - 60000 ORDER BY minute LIMIT $2",
+            )
+            .bind(closed_before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
+    fn pending_count(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT count(*) FROM rollup_pending")
+                .fetch_one(&self.pool)
+                .await?)
+        })
+    }
+
+    fn roll_up<'a>(&'a self, hour_ms: i64, minutes: &'a [i64]) -> StoreFuture<'a, usize> {
+        Box::pin(self.roll_up_hour(hour_ms, minutes))
+    }
+
+    fn telemetry_buckets<'a>(&'a self, query: BucketQuery<'a>) -> StoreFuture<'a, Vec<BucketRow>> {
+        Box::pin(self.buckets(query))
+    }
+}
