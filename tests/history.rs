@@ -336,7 +336,10 @@ async fn trips_stops_and_simplify_of_a_known_track(backend: Backend) {
         .await;
     let thin = thin.as_array().unwrap();
     assert_eq!(thin.first().unwrap()["ts"], json!(rfc3339(start)));
-    assert_eq!(thin.last().unwrap()["ts"], json!(rfc3339(start + 2_580_000)));
+    assert_eq!(
+        thin.last().unwrap()["ts"],
+        json!(rfc3339(start + 2_580_000))
+    );
     assert!(thin.len() <= 3, "{thin:?}");
     // Bad input.
     for path in [

@@ -10,6 +10,8 @@ pub mod http_listener;
 pub mod judging;
 pub mod live;
 mod live_clients;
+mod paging;
+mod replay;
 pub mod tracks;
 
 use std::net::SocketAddr;
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             api::body::MAX_BODY_BYTES,
         ))
+        .route("/api/replay", get(api::replay::replay))
         .route("/api/stream", get(api::stream::stream))
         .route("/api/ws", get(api::ws::ws))
         .route(

@@ -36,25 +36,30 @@ pub struct Sse {
 impl Sse {
     /// Opens `/api/stream?query`, asserting 200 and the event-stream type.
     pub async fn open(server: &Server, query: &str, last_event_id: Option<&str>) -> Sse {
-        let mut request = server.http.get(server.url(&format!("/api/stream?{query}")));
+        let mut sse = Sse::open_at(server, &format!("/api/stream?{query}"), last_event_id).await;
+        // The opening frame says the subscription is registered.
+        let ready = sse.frame().await;
+        assert_eq!(ready.comment.as_deref(), Some("ready"), "{ready:?}");
+        sse
+    }
+
+    /// Opens any event stream at `path`, asserting 200 and the event-stream type.
+    pub async fn open_at(server: &Server, path: &str, last_event_id: Option<&str>) -> Sse {
+        let mut request = server.http.get(server.url(path));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
         let response = request.send().await.expect("stream request");
-        assert_eq!(response.status(), 200, "GET /api/stream?{query}");
+        assert_eq!(response.status(), 200, "GET {path}");
         assert_eq!(
             response.headers()["content-type"],
             "text/event-stream",
             "SSE content type"
         );
-        let mut sse = Sse {
+        Sse {
             response,
             buffer: String::new(),
-        };
-        // The opening frame says the subscription is registered.
-        let ready = sse.frame().await;
-        assert_eq!(ready.comment.as_deref(), Some("ready"), "{ready:?}");
-        sse
+        }
     }
 
     /// The next frame, comments included.

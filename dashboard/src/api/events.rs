@@ -2,7 +2,6 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::events::{Event, EventKind};
@@ -11,7 +10,12 @@ use fieldline_ingest::time_format::{format_ms, parse_api_time};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::checked_device_id;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fieldline_ingest::{Store, StoreError};
+
+use super::{checked_device_id, export};
 use crate::{ApiError, AppState};
 
 const DEFAULT_LIMIT: u32 = 10_000;
@@ -58,7 +62,15 @@ pub async fn list_events(
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from must not be after to"));
     }
-    let limit = super::checked_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let format = params.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "csv") {
+        return Err(ApiError::bad_request("format must be json or csv"));
+    }
+    // CSV streams every matching event unless a limit is given; JSON answers one page.
+    let limit = match (format, params.limit) {
+        ("csv", None) => u32::MAX,
+        _ => super::checked_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
+    };
     let devices = list(&params.devices)
         .into_iter()
         .map(|d| checked_device_id(d).map(str::to_owned))
@@ -73,31 +85,67 @@ pub async fn list_events(
                 .ok_or_else(|| ApiError::bad_request("kinds must be geofence and/or alert"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let format = params.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "csv") {
-        return Err(ApiError::bad_request("format must be json or csv"));
+    let query = EventQuery {
+        devices,
+        kinds,
+        from_ms,
+        to_ms,
+        after_seq: params.after.unwrap_or(0),
+        limit,
+    };
+    if format == "csv" {
+        let name = export::filename("events", from_ms, to_ms, "csv");
+        let pages = EventPages {
+            store: state.store.clone(),
+            query,
+            remaining: u64::from(limit),
+            started: false,
+        };
+        return Ok(export::download(pages, "text/csv", name));
     }
-    let events = state
-        .store
-        .events(&EventQuery {
-            devices,
-            kinds,
-            from_ms,
-            to_ms,
-            after_seq: params.after.unwrap_or(0),
-            limit,
-        })
-        .await?;
-    Ok(match format {
-        "csv" => ([(header::CONTENT_TYPE, "text/csv")], csv(&events)).into_response(),
-        _ => Json(events).into_response(),
-    })
+    let events = state.store.events(&query).await?;
+    Ok(Json(events).into_response())
 }
 
+/// Events in seq order, a page at a time (keyset on seq), as CSV.
+struct EventPages {
+    store: Arc<dyn Store>,
+    query: EventQuery,
+    /// Rows still to send: the request's limit, or all.
+    remaining: u64,
+    started: bool,
+}
+
+impl export::Pages for EventPages {
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let mut out = String::new();
+        if !self.started {
+            self.started = true;
+            out.push_str(CSV_HEAD);
+        }
+        if self.remaining == 0 {
+            return Ok((!out.is_empty()).then(|| Bytes::from(out)));
+        }
+        let mut page_query = self.query.clone();
+        page_query.limit = self.remaining.min(u64::from(crate::paging::PAGE_ROWS)) as u32;
+        let page = self.store.events(&page_query).await?;
+        if (page.len() as u32) < page_query.limit {
+            self.remaining = 0;
+        } else {
+            self.remaining -= page.len() as u64;
+        }
+        if let Some(last) = page.last() {
+            self.query.after_seq = last.seq;
+        }
+        csv_rows(&mut out, &page);
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
+    }
+}
+
+const CSV_HEAD: &str = "seq,kind,device,ts,geofence,rule,name,event,state,lat,lon,metric,value\n";
+
 /// One row per event; the columns of both kinds, empty where they do not apply.
-fn csv(events: &[Event]) -> String {
-    let mut out =
-        String::from("seq,kind,device,ts,geofence,rule,name,event,state,lat,lon,metric,value\n");
+fn csv_rows(out: &mut String, events: &[Event]) {
     let field = |e: &Event, key: &str| -> String {
         match e.fields.get(key) {
             None | Some(Value::Null) => String::new(),
@@ -124,7 +172,6 @@ fn csv(events: &[Event]) -> String {
         out.push_str(&row.join(","));
         out.push('\n');
     }
-    out
 }
 
 /// Names are free text: quoted when they hold a comma, quote or line break.

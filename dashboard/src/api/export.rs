@@ -8,12 +8,11 @@ use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use fieldline_ingest::store::{Range, TelemetryPoint, TrackPoint};
+use fieldline_ingest::store::{Range, TrackPoint};
 use fieldline_ingest::time_format::format_ms;
 use fieldline_ingest::{Store, StoreError};
 
-/// Rows per read: big enough to keep round trips rare, small enough to stay a few MB.
-pub const PAGE_ROWS: u32 = 5_000;
+use crate::paging::TimePager;
 
 /// Something read page by page; `None` at the end.
 pub trait Pages: Send + 'static {
@@ -49,106 +48,17 @@ pub fn download(pages: impl Pages, content_type: &'static str, filename: String)
         .into_response()
 }
 
-/// `{device}-{what}-{from}-{to}.{ext}` with compact UTC times: device ids need no quoting.
-pub fn filename(device: &str, what: &str, from_ms: i64, to_ms: i64, ext: &str) -> String {
+/// `{stem}-{from}-{to}.{ext}` with compact UTC times: device ids need no quoting. An open
+/// range is named by the years 1970 and 9999.
+pub fn filename(stem: &str, from_ms: i64, to_ms: i64, ext: &str) -> String {
+    const LAST_NAMED_MS: i64 = 253_402_300_799_999;
     let compact = |ms: i64| {
-        format_ms(ms)
+        format_ms(ms.clamp(0, LAST_NAMED_MS))
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())
             .collect::<String>()
     };
-    format!(
-        "{device}-{what}-{}-{}.{ext}",
-        compact(from_ms),
-        compact(to_ms)
-    )
-}
-
-/// Keyset paging by time over one device's track or telemetry. A page that ends inside a run
-/// of rows with the same time stops before that time, and the next page starts at it, so no
-/// row is skipped or repeated.
-pub struct TimePager {
-    store: Arc<dyn Store>,
-    device: String,
-    metric: Option<String>,
-    from_ms: i64,
-    to_ms: i64,
-}
-
-impl TimePager {
-    pub fn new(store: Arc<dyn Store>, device: &str, from_ms: i64, to_ms: i64) -> Self {
-        Self {
-            store,
-            device: device.to_owned(),
-            metric: None,
-            from_ms,
-            to_ms,
-        }
-    }
-
-    pub fn metric(mut self, metric: Option<&str>) -> Self {
-        self.metric = metric.map(str::to_owned);
-        self
-    }
-
-    fn range(&self) -> Range {
-        Range {
-            from_ms: self.from_ms,
-            to_ms: self.to_ms,
-            limit: PAGE_ROWS,
-        }
-    }
-
-    /// Moves the cursor past a page whose times are `first` and `last`; returns how many of
-    /// its rows to keep.
-    fn advance(&mut self, len: usize, first: i64, last: i64, keep_before_last: usize) -> usize {
-        if len < PAGE_ROWS as usize {
-            self.from_ms = self.to_ms;
-            len
-        } else if first == last {
-            // A whole page at one millisecond: nothing sane has more; go on after it.
-            self.from_ms = last + 1;
-            len
-        } else {
-            self.from_ms = last;
-            keep_before_last
-        }
-    }
-
-    pub async fn track(&mut self) -> Result<Option<Vec<TrackPoint>>, StoreError> {
-        if self.from_ms >= self.to_ms {
-            return Ok(None);
-        }
-        let mut rows = self.store.track(&self.device, self.range()).await?;
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-            self.from_ms = self.to_ms;
-            return Ok(None);
-        };
-        let (first, last) = (first.ts_ms, last.ts_ms);
-        let before = rows.partition_point(|r| r.ts_ms < last);
-        let keep = self.advance(rows.len(), first, last, before);
-        rows.truncate(keep);
-        Ok(Some(rows))
-    }
-
-    pub async fn telemetry(&mut self) -> Result<Option<Vec<TelemetryPoint>>, StoreError> {
-        if self.from_ms >= self.to_ms {
-            return Ok(None);
-        }
-        let mut rows = self
-            .store
-            .telemetry(&self.device, self.metric.as_deref(), self.range())
-            .await?;
-        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-            self.from_ms = self.to_ms;
-            return Ok(None);
-        };
-        let (first, last) = (first.ts_ms, last.ts_ms);
-        let before = rows.partition_point(|r| r.ts_ms < last);
-        let keep = self.advance(rows.len(), first, last, before);
-        rows.truncate(keep);
-        Ok(Some(rows))
-    }
+    format!("{stem}-{}-{}.{ext}", compact(from_ms), compact(to_ms))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::buckets;
 use super::checked_device_id;
-use super::export::{self, TelemetryExport, TimePager, TrackExport, TrackFormat};
+use super::export::{self, TelemetryExport, TrackExport, TrackFormat};
+use crate::paging::TimePager;
 use crate::tracks::simplify;
 use crate::tracks::trips::{Detector, Fix, Settings};
 use crate::{ApiError, AppState};
@@ -91,7 +92,12 @@ pub async fn telemetry(
     let device = existing_device(&state, &id).await?;
     let Some(bucket) = bucket else {
         if format == "csv" {
-            let name = export::filename(device, "telemetry", range.from_ms, range.to_ms, "csv");
+            let name = export::filename(
+                &format!("{device}-telemetry"),
+                range.from_ms,
+                range.to_ms,
+                "csv",
+            );
             let rows =
                 TelemetryExport::new(state.store.clone(), device, params.metric.as_deref(), range);
             return Ok(export::download(rows, "text/csv", name));
@@ -117,7 +123,12 @@ pub async fn telemetry(
         .await?;
     let named = [(buckets::HEADER, bucket.name.clone())];
     Ok(if format == "csv" {
-        let name = export::filename(device, metric, range.from_ms, range.to_ms, "csv");
+        let name = export::filename(
+            &format!("{device}-{metric}"),
+            range.from_ms,
+            range.to_ms,
+            "csv",
+        );
         (
             named,
             [
@@ -177,8 +188,7 @@ pub async fn track(
         // Exports of the whole range stream.
         (Some(format), None) => {
             let name = export::filename(
-                device,
-                "track",
+                &format!("{device}-track"),
                 range.from_ms,
                 range.to_ms,
                 format.extension(),

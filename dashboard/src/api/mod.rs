@@ -10,6 +10,7 @@ mod export;
 pub mod geofences;
 pub mod history;
 pub mod rejected;
+pub mod replay;
 pub mod rules;
 pub mod stream;
 pub mod webhooks;

@@ -22,7 +22,9 @@ use super::stream::KEEP_ALIVE;
 use crate::auth::Principal;
 use crate::live::{Filter, Outgoing, Position, Subscription};
 use crate::live_clients::LiveClient;
+use crate::replay::{Output, Place, Player, RequestError, Speed};
 use crate::{ApiError, AppState};
+use fieldline_ingest::time_format::{format_ms, parse_api_time};
 
 /// A client that cannot take a frame for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +74,31 @@ struct Control {
     devices: Option<Vec<String>>,
     bbox: Option<Vec<f64>>,
     since: Option<String>,
+    // Replay's fields.
+    from: Option<TextOrNumber>,
+    to: Option<TextOrNumber>,
+    speed: Option<TextOrNumber>,
+    skip_gaps: Option<TextOrNumber>,
+    ts: Option<TextOrNumber>,
+}
+
+/// Times may be RFC 3339 text or epoch milliseconds, speeds a number or `"max"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Integer(i64),
+    Number(f64),
+}
+
+impl TextOrNumber {
+    fn text(&self) -> String {
+        match self {
+            TextOrNumber::Text(t) => t.clone(),
+            TextOrNumber::Integer(n) => n.to_string(),
+            TextOrNumber::Number(n) => n.to_string(),
+        }
+    }
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -101,6 +128,7 @@ async fn session(
         }
     });
     let mut subscription: Option<Subscription> = None;
+    let mut replay: Option<Player> = None;
     // The position of the last event (or reset) sent on this socket.
     let mut cursor: Option<Position> = None;
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
@@ -110,9 +138,9 @@ async fn session(
             incoming = incoming_rx.recv() => {
                 let reply = match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                    Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription, &mut cursor),
+                    Some(Ok(Message::Text(text))) => control(text.as_bytes(), Format::Json, &state, &mut subscription, &mut cursor, &mut replay),
                     Some(Ok(Message::Binary(bytes))) if format == Format::MessagePack => {
-                        control(&bytes, Format::MessagePack, &state, &mut subscription, &mut cursor)
+                        control(&bytes, Format::MessagePack, &state, &mut subscription, &mut cursor, &mut replay)
                     }
                     Some(Ok(Message::Binary(_))) => {
                         close(&mut socket, UNSUPPORTED_DATA, "binary frames need the fieldline.msgpack subprotocol").await;
@@ -173,6 +201,20 @@ async fn session(
                     break;
                 }
             }
+            output = next_replay(&mut replay) => {
+                let (frames, events) = replay_frames(output, &mut replay, format);
+                client.sent(events);
+                let mut failed = false;
+                for f in frames {
+                    if send(&mut socket, f).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    break;
+                }
+            }
             () = &mut revoked => {
                 client.closed(TOKEN_REVOKED);
                 close(&mut socket, POLICY, TOKEN_REVOKED).await;
@@ -196,6 +238,135 @@ async fn next(subscription: &mut Option<Subscription>) -> Vec<Outgoing> {
     }
 }
 
+/// Waits for the replay's next output; forever when none runs.
+async fn next_replay(replay: &mut Option<Player>) -> Output {
+    match replay {
+        Some(p) => p.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The frames for one replay output and those due right after it: events (several per frame
+/// when due together), clock ticks, the end. Returns how many events they carry.
+fn replay_frames(
+    first: Output,
+    replay: &mut Option<Player>,
+    format: Format,
+) -> (Vec<Message>, u64) {
+    let mut frames = Vec::new();
+    let mut pending: Vec<Bytes> = Vec::new();
+    let mut events = 0;
+    let mut more = Some(first);
+    while let Some(output) = more.take() {
+        let control = match output {
+            Output::Event { place, item } => {
+                events += 1;
+                let id = place.to_string();
+                pending.push(Bytes::from(match format {
+                    Format::Json => item.payload.to_json(&id, 0),
+                    Format::MessagePack => item.payload.to_msgpack(&id, 0),
+                }));
+                None
+            }
+            Output::Clock(ts) => Some(serde_json::json!({"type": "clock", "ts": format_ms(ts)})),
+            Output::End => Some(serde_json::json!({"type": "end"})),
+            Output::Failed(e) => {
+                tracing::warn!(error = %e, "replay cut short by a storage error");
+                *replay = None;
+                Some(
+                    serde_json::json!({"type": "error", "error": "replay stopped: storage failed; try again"}),
+                )
+            }
+        };
+        if let Some(control) = control {
+            if !pending.is_empty() {
+                frames.push(frame(std::mem::take(&mut pending), format));
+            }
+            frames.push(encode_control(&control, format));
+        }
+        if pending.len() == EVENTS_PER_FRAME {
+            frames.push(frame(std::mem::take(&mut pending), format));
+        }
+        if frames.len() < 4 {
+            more = replay.as_mut().and_then(Player::next_ready);
+        }
+    }
+    if !pending.is_empty() {
+        frames.push(frame(pending, format));
+    }
+    (frames, events)
+}
+
+/// Replay control: start one (replacing any), pause, play, seek, change speed, stop.
+fn replay_control(
+    control: &Control,
+    state: &AppState,
+    replay: &mut Option<Player>,
+) -> Result<serde_json::Value, String> {
+    let text = |v: &Option<TextOrNumber>| v.as_ref().map(TextOrNumber::text);
+    if control.kind == "replay" {
+        let devices: Vec<&str> = control
+            .devices
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let kinds: Vec<&str> = control.kinds.iter().flatten().map(String::as_str).collect();
+        let request = super::replay::checked(
+            &devices,
+            text(&control.from).as_deref(),
+            text(&control.to).as_deref(),
+            text(&control.speed).as_deref(),
+            &kinds,
+            text(&control.skip_gaps).as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let resume = match control.since.as_deref() {
+            None => None,
+            Some(s) => Some(
+                s.parse::<Place>()
+                    .map_err(|()| "since is not a place in a replay".to_owned())?,
+            ),
+        };
+        let player = Player::new(state.store.clone(), request, resume)
+            .map_err(|_| "since is not a place in this replay's range".to_owned())?;
+        let mut reply = player.request().describe();
+        reply["type"] = "replay".into();
+        *replay = Some(player);
+        return Ok(reply);
+    }
+    let player = replay.as_mut().ok_or_else(|| {
+        format!(
+            "no replay is running: send {{\"type\": \"replay\", ...}} before {:?}",
+            control.kind
+        )
+    })?;
+    match control.kind.as_str() {
+        "pause" => player.pause(),
+        "play" => player.play(),
+        "speed" => {
+            let speed = text(&control.speed).ok_or(RequestError::Speed.to_string())?;
+            player.set_speed(Speed::parse(&speed).map_err(|e| e.to_string())?);
+        }
+        "seek" => {
+            let ts = text(&control.ts)
+                .and_then(|t| parse_api_time(&t))
+                .ok_or(RequestError::Seek.to_string())?;
+            player.seek(ts).map_err(|e| e.to_string())?;
+        }
+        _ => {
+            *replay = None;
+            return Ok(serde_json::json!({"type": "stopped"}));
+        }
+    }
+    Ok(serde_json::json!({
+        "type": "replay_state",
+        "state": if player.paused() { "paused" } else { "playing" },
+        "ts": format_ms(player.now_ts()),
+        "speed": player.speed().to_json(),
+    }))
+}
+
 /// Applies one client message; returns the reply.
 fn control(
     bytes: &[u8],
@@ -203,6 +374,7 @@ fn control(
     state: &AppState,
     subscription: &mut Option<Subscription>,
     cursor: &mut Option<Position>,
+    replay: &mut Option<Player>,
 ) -> serde_json::Value {
     let parsed: Result<Control, String> = match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
@@ -213,9 +385,15 @@ fn control(
         Ok(c) => c,
         Err(e) => return error(format!("malformed message: {e}")),
     };
+    if matches!(
+        control.kind.as_str(),
+        "replay" | "pause" | "play" | "seek" | "speed" | "stop"
+    ) {
+        return replay_control(&control, state, replay).unwrap_or_else(error);
+    }
     if control.kind != "subscribe" {
         return error(format!(
-            "unknown message type {:?}: send {{\"type\": \"subscribe\", ...}}",
+            "unknown message type {:?}: send {{\"type\": \"subscribe\", ...}} or {{\"type\": \"replay\", ...}}",
             control.kind.chars().take(64).collect::<String>()
         ));
     }

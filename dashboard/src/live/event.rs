@@ -50,10 +50,7 @@ impl LiveEvent {
 
     /// `location`, `telemetry`, `status`, `geofence` or `alert`.
     pub fn kind(&self) -> &'static str {
-        match &self.payload {
-            Payload::Document(d) => d.kind().as_str(),
-            Payload::Derived(e) => e.kind.as_str(),
-        }
+        self.payload.kind()
     }
 
     pub fn device(&self) -> &str {
@@ -125,18 +122,40 @@ impl LiveEvent {
     }
 
     fn to_json(&self, skipped: u64) -> Vec<u8> {
+        self.payload.to_json(&self.position.to_string(), skipped)
+    }
+
+    fn to_msgpack(&self, skipped: u64) -> Vec<u8> {
+        self.payload.to_msgpack(&self.position.to_string(), skipped)
+    }
+}
+
+impl Payload {
+    /// `location`, `telemetry`, `status`, `geofence` or `alert`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Document(d) => d.kind().as_str(),
+            Payload::Derived(e) => e.kind.as_str(),
+        }
+    }
+
+    /// The contract's event object under `id`: live events and replayed ones share it.
+    pub fn to_json(&self, id: &str, skipped: u64) -> Vec<u8> {
         // Serializing plain numbers and strings into a Vec cannot fail; NaN never gets here
         // (ingest rejects it), and serde_json writes null for it anyway.
         serde_json::to_vec(&Wire {
-            event: self,
+            payload: self,
+            id,
             skipped,
         })
         .unwrap_or_default()
     }
 
-    fn to_msgpack(&self, skipped: u64) -> Vec<u8> {
+    /// The same fields as a MessagePack map.
+    pub fn to_msgpack(&self, id: &str, skipped: u64) -> Vec<u8> {
         rmp_serde::to_vec_named(&Wire {
-            event: self,
+            payload: self,
+            id,
             skipped,
         })
         .unwrap_or_default()
@@ -145,18 +164,19 @@ impl LiveEvent {
 
 /// The contract's event object: `kind`, `id`, `device`, `ts`, then the document's fields.
 struct Wire<'a> {
-    event: &'a LiveEvent,
+    payload: &'a Payload,
+    id: &'a str,
     skipped: u64,
 }
 
 impl Serialize for Wire<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let doc = match &self.event.payload {
+        let doc = match self.payload {
             Payload::Document(doc) => doc,
             Payload::Derived(event) => {
                 let mut map = serializer.serialize_map(None)?;
                 map.serialize_entry("kind", event.kind.as_str())?;
-                map.serialize_entry("id", &self.event.position.to_string())?;
+                map.serialize_entry("id", self.id)?;
                 map.serialize_entry("device", &*event.device)?;
                 map.serialize_entry("ts", &format_ms(event.ts_ms))?;
                 map.serialize_entry("seq", &event.seq)?;
@@ -168,7 +188,7 @@ impl Serialize for Wire<'_> {
         };
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("kind", doc.kind().as_str())?;
-        map.serialize_entry("id", &self.event.position.to_string())?;
+        map.serialize_entry("id", self.id)?;
         map.serialize_entry("device", &*doc.device)?;
         map.serialize_entry("ts", &format_ms(doc.ts_ms))?;
         if let Some(seq) = doc.seq {

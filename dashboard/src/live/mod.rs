@@ -13,7 +13,7 @@ mod hub;
 mod position;
 mod queue;
 
-pub use event::LiveEvent;
+pub use event::{LiveEvent, Payload};
 pub use filter::{Filter, FilterError};
 pub use hub::{Hub, HubSettings, Outgoing, Subscription};
 pub use position::{BadPosition, Position};
