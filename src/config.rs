@@ -10,6 +10,7 @@ use clap::Parser;
 use fieldline_broker::wal::Durability;
 use fieldline_broker::TlsListener;
 use fieldline_dashboard::live::HubSettings;
+use fieldline_ingest::retention::Retention;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
@@ -128,6 +129,17 @@ pub struct Args {
     /// Size of one write-ahead log segment; stored segments are deleted whole [default: 67108864]
     #[arg(long, env = "FIELDLINE_WAL_SEGMENT_BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// Days of raw history (positions, telemetry, statuses) to keep; older rows are removed
+    /// (PostgreSQL drops whole days) [default: keep forever]
+    #[arg(long, env = "FIELDLINE_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Days of telemetry roll-ups (1 minute, 1 hour) to keep [default: keep forever]
+    #[arg(long, env = "FIELDLINE_ROLLUP_RETENTION_DAYS")]
+    pub rollup_retention_days: Option<u32>,
+    /// Keep no telemetry roll-ups: bucketed charts then read raw rows. For measuring what
+    /// roll-up maintenance costs; not for production.
+    #[arg(long, env = "FIELDLINE_NO_ROLLUPS")]
+    pub no_rollups: bool,
     /// Accept MQTT clients without a username, and listen on non-loopback addresses although
     /// no device or API authentication is configured: anyone who reaches them can publish as
     /// any device and read everything.
@@ -166,6 +178,9 @@ struct FileConfig {
     spool_max_bytes: Option<u64>,
     wal_segment_bytes: Option<u64>,
     allow_anonymous: Option<bool>,
+    retention_days: Option<u32>,
+    rollup_retention_days: Option<u32>,
+    no_rollups: Option<bool>,
 }
 
 /// Settings after merging every source.
@@ -192,6 +207,8 @@ pub struct Config {
     pub spool_max_bytes: u64,
     pub wal_segment_bytes: u64,
     pub allow_anonymous: bool,
+    pub retention: Retention,
+    pub rollups: bool,
 }
 
 impl Config {
@@ -308,7 +325,15 @@ impl Config {
                 .or(file.wal_segment_bytes)
                 .unwrap_or(64 * 1024 * 1024),
             allow_anonymous: args.allow_anonymous || file.allow_anonymous.unwrap_or(false),
+            retention: Retention {
+                raw_days: args.retention_days.or(file.retention_days),
+                rollup_days: args.rollup_retention_days.or(file.rollup_retention_days),
+            },
+            rollups: !(args.no_rollups || file.no_rollups.unwrap_or(false)),
         };
+        if config.retention.raw_days == Some(0) || config.retention.rollup_days == Some(0) {
+            anyhow::bail!("retention_days and rollup_retention_days must be at least 1 (leave them out to keep history forever)");
+        }
         let rate_ok = config.device_publish_rate.is_finite() && config.device_publish_rate >= 0.001;
         let burst_ok =
             config.device_publish_burst.is_finite() && config.device_publish_burst >= 1.0;

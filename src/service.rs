@@ -35,9 +35,13 @@ const REJECTED_KEPT: u32 = 10_000;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let store = open_store_with(&config.database_url, config.durability == Durability::Fsync)
-        .await
-        .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
+    let store = open_store_with(
+        &config.database_url,
+        config.durability == Durability::Fsync,
+        config.rollups,
+    )
+    .await
+    .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
     tracing::info!(backend = store.backend(), url = %config.database_url_redacted(), "storage ready");
 
     let seeds = store
@@ -246,7 +250,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
     });
     let housekeeping = tokio::spawn(housekeeping(store.clone()));
-    let rollups = tokio::spawn(fieldline_ingest::rollup::run(store.clone()));
+    let rollups = config
+        .rollups
+        .then(|| tokio::spawn(fieldline_ingest::rollup::run(store.clone())));
+    let retention = tokio::spawn(fieldline_ingest::retention::run(
+        store.clone(),
+        config.retention,
+    ));
     let live_metrics = tokio::spawn(report_live_queues(hub.clone()));
 
     let stop_accepting = async {
@@ -269,7 +279,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         follower.abort();
     }
     housekeeping.abort();
-    rollups.abort();
+    if let Some(rollups) = rollups {
+        rollups.abort();
+    }
+    retention.abort();
     access_sync.abort();
     webhooks.stop();
     live_metrics.abort();

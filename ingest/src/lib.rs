@@ -20,6 +20,7 @@ pub mod live;
 pub mod pipeline;
 pub mod presence;
 pub mod rejection;
+pub mod retention;
 pub mod rollup;
 pub mod spill;
 pub mod store;

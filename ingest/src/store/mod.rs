@@ -10,6 +10,7 @@ mod log_state;
 mod pg_copy;
 mod postgres;
 mod records;
+pub mod retention;
 pub mod rollups;
 mod sqlite;
 
@@ -25,6 +26,7 @@ use crate::document::Kind;
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
+pub use retention::{Cutoffs, Removed, RetentionStore};
 pub use rollups::{Aggregate, BucketQuery, BucketRow, RollupStore};
 pub use sqlite::SqliteStore;
 
@@ -146,7 +148,7 @@ pub struct LogState {
 
 /// What the pipeline writes to and the API reads from; it also keeps the access registry and
 /// the geofences, rules, events and webhooks, and the telemetry roll-ups.
-pub trait Store: AccessStore + EventStore + RollupStore + Send + Sync {
+pub trait Store: AccessStore + EventStore + RollupStore + RetentionStore + Send + Sync {
     /// Writes a whole batch atomically, its derived events and states included: all of it is
     /// stored, or none and an error. Returns the seq its first event was given (its events
     /// take that and the ones after it).
@@ -182,20 +184,25 @@ pub trait Store: AccessStore + EventStore + RollupStore + Send + Sync {
 
 /// Opens the store a URL names, creating and migrating it as needed.
 pub async fn open_store(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    open_store_with(url, false).await
+    open_store_with(url, false, true).await
 }
 
 /// As [`open_store`]; with `power_safe_commits`, a committed batch survives a power loss too
 /// (SQLite syncs every commit; PostgreSQL's own `fsync` setting decides there), which the
-/// write-ahead log needs in `fsync` mode before it deletes what storage holds.
+/// write-ahead log needs in `fsync` mode before it deletes what storage holds. Without
+/// `rollups`, batches mark no minutes and bucket queries read raw rows only (for measuring
+/// what roll-up maintenance costs).
 pub async fn open_store_with(
     url: &str,
     power_safe_commits: bool,
+    rollups: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::open(url).await?))
+        Ok(Arc::new(PgStore::open(url, rollups).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url, power_safe_commits).await?))
+        Ok(Arc::new(
+            SqliteStore::open(url, power_safe_commits, rollups).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }

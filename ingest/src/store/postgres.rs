@@ -40,13 +40,17 @@ pub struct PgStore {
     writer: Mutex<Option<PgConnection>>,
     /// The roll-ups are TimescaleDB continuous aggregates (refreshed), not tables (written).
     pub(in crate::store) continuous_aggregates: bool,
+    /// Positions and telemetry are natively partitioned by day (else TimescaleDB hypertables).
+    pub(in crate::store) native_partitions: bool,
+    /// Batches mark their minutes for the roll-up task, and bucket queries use roll-ups.
+    pub(in crate::store) rollups: bool,
     /// Days (since 1970, UTC) known to have their partitions, so a batch of back-filled
     /// history gets its own instead of landing in the default partition.
     partition_days: std::sync::Mutex<HashSet<i64>>,
 }
 
 impl PgStore {
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, rollups: bool) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let options = options.application_name("fieldline");
         // One direct attempt first: a pool only reports "timed out" after retrying for 30 s,
@@ -68,11 +72,18 @@ impl PgStore {
         .fetch_optional(&pool)
         .await?
         .unwrap_or(false);
+        let native_partitions: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = 'telemetry'::regclass)",
+        )
+        .fetch_one(&pool)
+        .await?;
         let store = Self {
             pool,
             options,
             writer: Mutex::new(None),
             continuous_aggregates,
+            native_partitions,
+            rollups,
             partition_days: std::sync::Mutex::new(HashSet::new()),
         };
         store.ensure_partitions().await?;
@@ -85,6 +96,13 @@ impl PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// After partitions were dropped: the days must be checked (and made) again.
+    pub(in crate::store) fn forget_partition_days(&self) {
+        if let Ok(mut days) = self.partition_days.lock() {
+            days.clear();
+        }
     }
 
     /// The days of a batch's rows that may have no partition yet.
@@ -130,10 +148,12 @@ impl PgStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .extend(days);
         }
-        let result = match tokio::time::timeout(WRITE_TIMEOUT, write_batch(conn, batch)).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(WRITE_TIMEOUT)),
-        };
+        let result =
+            match tokio::time::timeout(WRITE_TIMEOUT, write_batch(conn, batch, self.rollups)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout(WRITE_TIMEOUT)),
+            };
         if result.is_err() {
             // The connection may be mid-COPY or broken; start the next attempt afresh.
             *writer = None;
@@ -245,7 +265,11 @@ async fn write_derived(
     Ok(u64::try_from(first_seq).unwrap_or(0))
 }
 
-async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, StoreError> {
+async fn write_batch(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    rollups: bool,
+) -> Result<u64, StoreError> {
     let mut tx = conn.begin().await?;
     if !batch.positions.is_empty() {
         let mut copy = tx
@@ -264,10 +288,12 @@ async fn write_batch(conn: &mut PgConnection, batch: &Batch) -> Result<u64, Stor
         copy.send(pg_copy::encode_telemetry(&batch.telemetry))
             .await?;
         copy.finish().await?;
-        sqlx::query(rollups::postgres::MARK_MINUTES)
-            .bind(rollups::batch_minutes(&batch.telemetry))
-            .execute(&mut *tx)
-            .await?;
+        if rollups {
+            sqlx::query(rollups::postgres::MARK_MINUTES)
+                .bind(rollups::batch_minutes(&batch.telemetry))
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     if !batch.statuses.is_empty() {
         let s = &batch.statuses;

@@ -29,10 +29,16 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 
 pub struct SqliteStore {
     pub(in crate::store) pool: SqlitePool,
+    /// Batches mark their minutes for the roll-up task, and bucket queries use roll-ups.
+    pub(in crate::store) rollups: bool,
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str, power_safe_commits: bool) -> Result<Self, StoreError> {
+    pub async fn open(
+        url: &str,
+        power_safe_commits: bool,
+        rollups: bool,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -57,7 +63,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, rollups })
     }
 
     async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
@@ -93,7 +99,7 @@ impl SqliteStore {
         )
         .await?;
         let minutes = rollups::batch_minutes(&batch.telemetry);
-        if !minutes.is_empty() {
+        if self.rollups && !minutes.is_empty() {
             sqlx::query(rollups::sqlite::MARK_MINUTES)
                 .bind(rollups::json_array(&minutes))
                 .execute(&mut *tx)

@@ -79,6 +79,25 @@ fn ceil_to(t: i64, step: i64) -> i64 {
     floor_to(t + step - 1, step)
 }
 
+/// The plan of a bucket query: all raw rows when roll-ups are not kept (`--rollups off`).
+fn segments(
+    rollups_kept: bool,
+    from: i64,
+    to: i64,
+    bucket_ms: i64,
+    pending: &[i64],
+) -> Vec<Segment> {
+    if rollups_kept {
+        plan(from, to, bucket_ms, pending)
+    } else {
+        vec![Segment {
+            source: Source::Raw,
+            from_ms: from,
+            to_ms: to,
+        }]
+    }
+}
+
 /// Splits `[from, to)` into stretches read from raw rows, minute roll-ups or hour roll-ups,
 /// coarsest first where the bucket size allows: a bucket that is a whole number of hours can
 /// be made from hour roll-ups, of minutes from minute roll-ups. `pending` (sorted) are the

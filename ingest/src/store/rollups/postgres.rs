@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 use super::{
-    floor_to, into_rows, merge_rows, plan, AggregateRows, BucketQuery, BucketRow, MinuteRows,
+    floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
     RollupStore, Source, HOUR_MS, MINUTE_MS,
 };
 use crate::store::{PgStore, StoreError, StoreFuture};
@@ -126,7 +126,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut answer = BTreeMap::new();
-        for segment in plan(q.from_ms, q.to_ms, q.bucket_ms, &pending) {
+        for segment in segments(self.rollups, q.from_ms, q.to_ms, q.bucket_ms, &pending) {
             let sql = match segment.source {
                 Source::Raw => RAW_BUCKETS.to_owned(),
                 Source::Minutes => rollup_buckets("telemetry_1m"),

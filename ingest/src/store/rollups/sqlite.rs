@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::AssertSqlSafe;
 
 use super::{
-    floor_to, into_rows, merge_rows, plan, AggregateRows, BucketQuery, BucketRow, MinuteRows,
+    floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
     RollupStore, Source, HOUR_MS, MINUTE_MS,
 };
 use crate::store::sqlite::insert_all;
@@ -131,7 +131,7 @@ impl SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut answer = BTreeMap::new();
-        for segment in plan(q.from_ms, q.to_ms, q.bucket_ms, &pending) {
+        for segment in segments(self.rollups, q.from_ms, q.to_ms, q.bucket_ms, &pending) {
             let rows: AggregateRows = sqlx::query_as(AssertSqlSafe(buckets_sql(segment.source)))
                 .bind(q.device)
                 .bind(q.metric)
