@@ -24,6 +24,19 @@ pub trait Pages: Send + 'static {
 /// A response streaming `pages`, as a download named `filename`. A storage error after the
 /// first bytes can only cut the body short; it is logged.
 pub fn download(pages: impl Pages, content_type: &'static str, filename: String) -> Response {
+    let mut response = streamed(pages, content_type);
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// A response streaming `pages` as they are read.
+pub fn streamed(pages: impl Pages, content_type: &'static str) -> Response {
     let stream = futures_util::stream::unfold(Some(pages), |pages| async move {
         let mut pages = pages?;
         match pages.next().await {
@@ -36,16 +49,58 @@ pub fn download(pages: impl Pages, content_type: &'static str, filename: String)
         }
     });
     (
-        [
-            (header::CONTENT_TYPE, content_type.to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-        ],
+        [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// A track as the JSON array `GET .../track` answers, at most `limit` fixes, read and written
+/// a page at a time: the first bytes leave while later pages are still being read.
+pub struct JsonTrack {
+    pager: TimePager,
+    left: u64,
+    started: bool,
+    done: bool,
+}
+
+impl JsonTrack {
+    pub fn new(store: Arc<dyn Store>, device: &str, range: Range) -> Self {
+        Self {
+            pager: TimePager::new(store, device, range.from_ms, range.to_ms),
+            left: u64::from(range.limit),
+            started: false,
+            done: false,
+        }
+    }
+}
+
+impl Pages for JsonTrack {
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let rows = match self.left {
+            0 => None,
+            _ => self.pager.track().await?,
+        };
+        let mut out = Vec::new();
+        let Some(mut rows) = rows else {
+            self.done = true;
+            out.extend_from_slice(if self.started { b"]" } else { b"[]" });
+            return Ok(Some(out.into()));
+        };
+        rows.truncate(self.left.min(rows.len() as u64) as usize);
+        self.left -= rows.len() as u64;
+        out.reserve(rows.len() * 140);
+        for p in &rows {
+            out.push(if self.started { b',' } else { b'[' });
+            self.started = true;
+            // Plain numbers and strings: serializing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, p);
+        }
+        Ok(Some(out.into()))
+    }
 }
 
 /// `{stem}-{from}-{to}.{ext}` with compact UTC times: device ids need no quoting. An open

@@ -196,6 +196,10 @@ pub async fn track(
             let pages = TrackExport::new(state.store.clone(), device, range, format);
             Ok(export::download(pages, format.content_type(), name))
         }
+        (None, None) => Ok(export::streamed(
+            export::JsonTrack::new(state.store.clone(), device, range),
+            "application/json",
+        )),
         (format, simplify) => {
             let mut points = state.store.track(device, range).await?;
             if let Some(tolerance) = simplify {

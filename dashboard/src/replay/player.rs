@@ -176,6 +176,14 @@ impl Player {
                         return Output::Failed(e);
                     }
                 }
+                // Idle time is read-ahead time: a read finished early leaves the wait to the
+                // next pass; one that runs past `until` delays the item by one query only.
+                Step::Wait(_) if self.source.wants_read_ahead() => {
+                    if let Err(e) = self.source.read_ahead().await {
+                        self.finished = true;
+                        return Output::Failed(e);
+                    }
+                }
                 Step::Wait(until) => tokio::time::sleep_until(until).await,
                 Step::Idle => std::future::pending::<()>().await,
             }

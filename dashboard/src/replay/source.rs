@@ -17,8 +17,12 @@ use super::ReplayKind;
 use crate::live::Payload;
 use crate::paging::TimePager;
 
-/// Rows per read of one device's kind: 100 devices of three kinds hold 150,000 at most.
+/// Rows per read of one device's kind: 100 devices of three kinds hold 225,000 at most
+/// (a chunk and a half each, with read-ahead).
 const CHUNK_ROWS: u32 = 500;
+/// A cursor with fewer buffered than this is read ahead while the player waits, so that the
+/// devices' chunks, which run out together, are not all read at once on the hot path.
+const READ_AHEAD_BELOW: usize = CHUNK_ROWS as usize / 2;
 /// Events per read of a window; a window that held more than this is halved next time.
 const EVENT_PAGE: u32 = 2_000;
 /// Event windows start at an hour, grow over quiet stretches, and stay within these.
@@ -131,6 +135,26 @@ impl Source {
         Ok(())
     }
 
+    /// Whether some cursor is running low and could be read ahead.
+    pub fn wants_read_ahead(&self) -> bool {
+        self.low_cursor().is_some()
+    }
+
+    fn low_cursor(&self) -> Option<usize> {
+        self.cursors
+            .iter()
+            .position(|c| !c.done && !c.buffer.is_empty() && c.buffer.len() < READ_AHEAD_BELOW)
+    }
+
+    /// Reads the next chunk of one low cursor onto the end of its buffer (its head, and so
+    /// the heap, stay as they are). Safe to cancel, like `fill`.
+    pub async fn read_ahead(&mut self) -> Result<(), StoreError> {
+        if let Some(i) = self.low_cursor() {
+            self.cursors[i].read_more().await?;
+        }
+        Ok(())
+    }
+
     /// The next item, when `ready`; `None` at the end.
     pub fn head(&self) -> Option<&Key> {
         self.heap.peek().map(|Reverse((key, _))| key)
@@ -163,6 +187,14 @@ impl Cursor {
     /// Reads until something is buffered or the cursor is at its end.
     async fn fill(&mut self) -> Result<(), StoreError> {
         while self.buffer.is_empty() && !self.done {
+            self.read_more().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one more chunk onto the buffer (none at the end: then `done`).
+    async fn read_more(&mut self) -> Result<(), StoreError> {
+        {
             let key = |ts_ms, kind| Key {
                 ts_ms,
                 kind,
