@@ -48,6 +48,8 @@ pub struct Player {
     resume_after: Option<Place>,
     next_clock: Instant,
     finished: bool,
+    /// Whether the first chunks are in: pacing starts then, not while they are read.
+    begun: bool,
 }
 
 impl Player {
@@ -86,6 +88,7 @@ impl Player {
             resume_after,
             next_clock: now,
             finished: false,
+            begun: false,
         })
     }
 
@@ -159,6 +162,7 @@ impl Player {
         };
         self.resume_after = None;
         self.finished = false;
+        self.begun = false;
         self.anchor(ts);
         self.next_clock = Instant::now();
         Ok(())
@@ -204,6 +208,11 @@ impl Player {
         }
         if !self.source.ready() {
             return Step::Read;
+        }
+        if !self.begun {
+            self.begun = true;
+            self.anchor_wall = now;
+            self.next_clock = now;
         }
         let head = self.source.head().map(|k| k.ts_ms);
         if let (Some(after), Some(ts)) = (self.resume_after, head) {

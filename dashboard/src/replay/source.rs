@@ -17,8 +17,8 @@ use super::ReplayKind;
 use crate::live::Payload;
 use crate::paging::TimePager;
 
-/// Rows per read of one device's kind: 100 devices of three kinds hold 225,000 at most
-/// (a chunk and a half each, with read-ahead).
+/// Rows per read of one device's kind (at most): 100 devices of three kinds hold 225,000 at
+/// most (a chunk and a half each, with read-ahead).
 const CHUNK_ROWS: u32 = 500;
 /// A cursor with fewer buffered than this is read ahead while the player waits, so that the
 /// devices' chunks, which run out together, are not all read at once on the hot path.
@@ -77,8 +77,10 @@ impl Source {
     ) -> Source {
         let mut cursors = Vec::new();
         for (i, device) in devices.iter().enumerate() {
-            let pager =
-                || TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(CHUNK_ROWS);
+            // Chunk sizes differ a little between devices, so devices reporting at the same
+            // rate do not all run low, and get read, at the same moment.
+            let rows = CHUNK_ROWS - (i as u32 * 37) % (CHUNK_ROWS / 2);
+            let pager = || TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(rows);
             for kind in kinds {
                 let reader = match kind {
                     ReplayKind::Location => Reader::Track(pager()),

@@ -463,7 +463,7 @@ impl Store for PgStore {
     ) -> StoreFuture<'a, Vec<TelemetryPoint>> {
         Box::pin(async move {
             let rows: Vec<records::TelemetryRecord> = sqlx::query_as(
-                "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, metric, value FROM telemetry
+                "SELECT (date_part('epoch', time) * 1000)::int8, seq, metric, value FROM telemetry
                  WHERE device_id = $1 AND ($2::text IS NULL OR metric = $2)
                    AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
                    AND time <  timestamptz 'epoch' + $4 * interval '1 millisecond'
@@ -483,7 +483,7 @@ impl Store for PgStore {
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>> {
         Box::pin(async move {
             let rows: Vec<records::TrackRecord> = sqlx::query_as(
-                "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, lat, lon, speed, heading, alt, accuracy
+                "SELECT (date_part('epoch', time) * 1000)::int8, seq, lat, lon, speed, heading, alt, accuracy
                  FROM positions
                  WHERE device_id = $1
                    AND time >= timestamptz 'epoch' + $2 * interval '1 millisecond'
@@ -503,7 +503,7 @@ impl Store for PgStore {
     fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>> {
         Box::pin(async move {
             let rows: Vec<records::StatusRecord> = sqlx::query_as(
-                "SELECT floor(extract(epoch FROM time) * 1000)::int8, seq, online, reason
+                "SELECT (date_part('epoch', time) * 1000)::int8, seq, online, reason
                  FROM statuses
                  WHERE device_id = $1
                    AND time >= timestamptz 'epoch' + $2 * interval '1 millisecond'
@@ -533,7 +533,7 @@ impl Store for PgStore {
     fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>> {
         Box::pin(async move {
             let rows: Vec<records::RejectedRecord> = sqlx::query_as(
-                "SELECT id, floor(extract(epoch FROM received_at) * 1000)::int8, topic, device_id, reason, detail,
+                "SELECT id, (date_part('epoch', received_at) * 1000)::int8, topic, device_id, reason, detail,
                         payload_size, payload_preview
                  FROM rejected ORDER BY id DESC LIMIT $1",
             )

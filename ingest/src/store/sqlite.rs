@@ -328,18 +328,28 @@ impl Store for SqliteStore {
         range: Range,
     ) -> StoreFuture<'a, Vec<TelemetryPoint>> {
         Box::pin(async move {
-            let rows: Vec<records::TelemetryRecord> = sqlx::query_as(
-                "SELECT ts, seq, metric, value FROM telemetry
-                 WHERE device_id = ?1 AND (?2 IS NULL OR metric = ?2) AND ts >= ?3 AND ts < ?4
-                 ORDER BY ts, metric, seq LIMIT ?5",
-            )
-            .bind(device)
-            .bind(metric)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .bind(i64::from(range.limit))
-            .fetch_all(&self.pool)
-            .await?;
+            // One metric reads its index in order (ties in rowid order, which the index
+            // holds), so a page costs its own rows, not a sort of the whole range.
+            let sql = match metric {
+                Some(_) => {
+                    "SELECT ts, seq, metric, value FROM telemetry
+                     WHERE device_id = ?1 AND metric = ?2 AND ts >= ?3 AND ts < ?4
+                     ORDER BY ts, rowid LIMIT ?5"
+                }
+                None => {
+                    "SELECT ts, seq, metric, value FROM telemetry
+                     WHERE device_id = ?1 AND ?2 IS NULL AND ts >= ?3 AND ts < ?4
+                     ORDER BY ts, metric, seq LIMIT ?5"
+                }
+            };
+            let rows: Vec<records::TelemetryRecord> = sqlx::query_as(sql)
+                .bind(device)
+                .bind(metric)
+                .bind(range.from_ms)
+                .bind(range.to_ms)
+                .bind(i64::from(range.limit))
+                .fetch_all(&self.pool)
+                .await?;
             Ok(rows.into_iter().map(records::telemetry_point).collect())
         })
     }
@@ -348,7 +358,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows: Vec<records::TrackRecord> = sqlx::query_as(
                 "SELECT ts, seq, lat, lon, speed, heading, alt, accuracy FROM positions
-                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, seq LIMIT ?4",
+                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
             )
             .bind(device)
             .bind(range.from_ms)

@@ -17,7 +17,7 @@ pub(in crate::store) const MARK_MINUTES: &str =
      ON CONFLICT (minute) DO UPDATE SET version = p.version + 1";
 
 const RAW_BUCKETS: &str = "SELECT b - b % $5, sum(value), min(value), max(value), count(*)
-     FROM (SELECT floor(extract(epoch FROM time) * 1000)::int8 AS b, value FROM telemetry
+     FROM (SELECT (date_part('epoch', time) * 1000)::int8 AS b, value FROM telemetry
            WHERE device_id = $1 AND metric = $2
              AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
              AND time <  timestamptz 'epoch' + $4 * interval '1 millisecond') r
@@ -26,7 +26,7 @@ const RAW_BUCKETS: &str = "SELECT b - b % $5, sum(value), min(value), max(value)
 fn rollup_buckets(table: &str) -> String {
     format!(
         "SELECT b - b % $5, sum(sum), min(min), max(max), sum(count)::int8
-         FROM (SELECT floor(extract(epoch FROM bucket) * 1000)::int8 AS b, sum, min, max, count
+         FROM (SELECT (date_part('epoch', bucket) * 1000)::int8 AS b, sum, min, max, count
                FROM {table}
                WHERE device_id = $1 AND metric = $2
                  AND bucket >= timestamptz 'epoch' + $3 * interval '1 millisecond'
@@ -61,7 +61,7 @@ impl PgStore {
         let mut rows: MinuteRows = Vec::new();
         if !self.continuous_aggregates {
             rows = sqlx::query_as(
-                "SELECT device_id, metric, (floor(extract(epoch FROM time) / 60) * 60000)::int8,
+                "SELECT device_id, metric, (floor(date_part('epoch', time) / 60) * 60000)::int8,
                         sum(value), min(value), max(value), count(*)
                  FROM telemetry
                  WHERE time >= timestamptz 'epoch' + $1 * interval '1 millisecond'
