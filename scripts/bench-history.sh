@@ -10,7 +10,9 @@
 #      and the server's memory.
 #   5. Ingest with roll-up maintenance against --no-rollups, same back-fill load, fresh
 #      databases, in this run.
-# Usage: scripts/bench-history.sh [SENSORS] [DAYS]
+#   PARTS=replay runs only the replay (on a database holding only the 100 vehicles' hour),
+#   PARTS=ingest only the ingest comparison.
+# Usage: [PARTS=all|replay|ingest] scripts/bench-history.sh [SENSORS] [DAYS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SENSORS="${1:-60}"
@@ -143,6 +145,30 @@ ingest_pair() { # $1 name, $2 URL with roll-ups, $3 URL without
         stop_fieldline
     done
 }
+
+replay_only() { # $1 name, $2 database URL
+    echo
+    echo "=== $1: replay only"
+    start_fieldline "$2"
+    backfill --days 0.041666667 --sensors 0 --vehicles 100 --fix-interval-ms 1000 --prefix-vehicle rp
+    "$BIN/fieldline-sim" replay-watch --http "http://127.0.0.1:$HTTP_PORT" --device-prefix rp --device-count 100 \
+        --from $((END_MS - 3600000)) --to "$END_MS" --speed 100 --pid "$FL_PID" --json
+    stop_fieldline
+}
+
+if [ "${PARTS:-all}" = replay ]; then
+    psql_q "CREATE DATABASE replay"
+    replay_only PostgreSQL "postgres://postgres@127.0.0.1:$PG_PORT/replay"
+    replay_only SQLite "sqlite://$WORK/replay.db"
+    exit 0
+fi
+if [ "${PARTS:-all}" = ingest ]; then
+    psql_q "CREATE DATABASE ingest_rollups"
+    psql_q "CREATE DATABASE ingest_plain"
+    ingest_pair PostgreSQL "postgres://postgres@127.0.0.1:$PG_PORT/ingest_rollups" "postgres://postgres@127.0.0.1:$PG_PORT/ingest_plain"
+    ingest_pair SQLite "sqlite://$WORK/ingest-rollups.db" "sqlite://$WORK/ingest-plain.db"
+    exit 0
+fi
 
 psql_q "CREATE DATABASE history"
 psql_q "CREATE DATABASE ingest_rollups"

@@ -86,10 +86,12 @@ pub async fn replay(
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not a place in a replay"))?,
         ),
     };
-    let player = Player::new(state.store.clone(), request, resume).map_err(|_| {
+    let mut player = Player::new(state.store.clone(), request, resume).map_err(|_| {
         ApiError::bad_request("Last-Event-ID is not a place in this replay's range")
     })?;
     let client = LiveClient::admit("replay", &state.live_slots)?;
+    // The first chunks are read before the opening event: replay time starts with it.
+    player.prepare().await?;
     let opening = {
         let mut out = String::from("retry: 1000\nevent: replay\ndata: ");
         out.push_str(&player.request().describe().to_string());

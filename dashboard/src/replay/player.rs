@@ -168,6 +168,12 @@ impl Player {
         Ok(())
     }
 
+    /// Reads the first chunks, so that pacing, which starts once they are in, starts when
+    /// the caller says the replay opens.
+    pub async fn prepare(&mut self) -> Result<(), StoreError> {
+        self.source.fill().await
+    }
+
     /// The next output, waiting for its time; never returns while paused or after `End`
     /// (until a seek). Safe to cancel.
     pub async fn next(&mut self) -> Output {
