@@ -2,16 +2,12 @@
 //! speed. Opens with `event: replay`, sends `event: clock` at least once a second, and ends
 //! with `event: end`; each event's id is its place, so a reconnect goes on from there.
 
-use std::convert::Infallible;
-
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use fieldline_ingest::time_format::format_ms;
-use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::live_clients::LiveClient;
@@ -137,16 +133,5 @@ pub async fn replay(
         client.sent(events);
         Some((out.freeze(), (!ended).then_some((player, client))))
     });
-    let body = futures_util::stream::once(std::future::ready(opening))
-        .chain(frames)
-        .map(Ok::<_, Infallible>);
-    let mut response = Body::from_stream(body).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(super::stream::event_stream(opening, frames))
 }

@@ -104,8 +104,17 @@ pub async fn stream(
         })
         .filter_map(std::future::ready),
     );
+    Ok(event_stream(opening, events))
+}
+
+/// An SSE response: `opening`, then the frames of `rest` as they come, uncached and (for
+/// nginx-style proxies) unbuffered.
+pub(crate) fn event_stream(
+    opening: Bytes,
+    rest: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> Response {
     let body = futures_util::stream::once(std::future::ready(opening))
-        .chain(events)
+        .chain(rest)
         .map(Ok::<_, Infallible>);
     let mut response = Body::from_stream(body).into_response();
     let h = response.headers_mut();
@@ -114,9 +123,8 @@ pub async fn stream(
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tells nginx-style proxies not to buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// The reconnect delay for EventSource, and, for a stream that starts live, the head position

@@ -3,22 +3,45 @@
 //! `drop_chunks` on the hypertables, and on the continuous aggregates when there are some.
 
 use super::{Cutoffs, Removed, RetentionStore, STEP_ROWS};
-use crate::store::{PgStore, StoreFuture};
+use crate::store::{PgStore, StoreError, StoreFuture};
 
-/// Deletes one step of `table` rows whose `column` is before `$1`, found by a LIMIT subquery
-/// (PostgreSQL has no DELETE ... LIMIT); ctid stays valid within the statement.
+/// Rows of `table` whose `column` is before `$1` (epoch ms), one step's worth, found by a
+/// LIMIT subquery (PostgreSQL has no DELETE ... LIMIT); ctid stays valid within the statement.
 fn step_delete(table: &str, column: &str) -> String {
     format!(
         "DELETE FROM {table} WHERE ctid = ANY (ARRAY(
-             SELECT ctid FROM {table} WHERE {column} < timestamptz 'epoch' + $1 * interval '1 millisecond' LIMIT {STEP_ROWS}))"
+             SELECT ctid FROM {table} WHERE {column} < {AT} LIMIT {STEP_ROWS}))"
     )
+}
+
+/// `$1` (epoch ms) as a timestamptz.
+const AT: &str = "timestamptz 'epoch' + $1 * interval '1 millisecond'";
+
+impl PgStore {
+    async fn delete_step(&self, table: &str, column: &str, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sqlx::AssertSqlSafe(step_delete(table, column)))
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// TimescaleDB's own retention on a hypertable or continuous aggregate: whole chunks.
+    async fn drop_chunks(&self, relation: &str, before: i64) -> Result<u64, StoreError> {
+        let dropped: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM drop_chunks('{relation}', older_than => {AT})"
+        )))
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(dropped.max(0) as u64)
+    }
 }
 
 impl RetentionStore for PgStore {
     fn expire_step(&self, cutoffs: Cutoffs) -> StoreFuture<'_, Removed> {
         Box::pin(async move {
             let mut removed = Removed::default();
-            let at = "timestamptz 'epoch' + $1 * interval '1 millisecond'";
             if let Some(before) = cutoffs.raw_before_ms {
                 sqlx::query("DELETE FROM rollup_pending WHERE minute < $1")
                     .bind(before)
@@ -26,7 +49,7 @@ impl RetentionStore for PgStore {
                     .await?;
                 if self.native_partitions {
                     let dropped: i32 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT fieldline_drop_partitions_before({at})"
+                        "SELECT fieldline_drop_partitions_before({AT})"
                     )))
                     .bind(before)
                     .fetch_one(&self.pool)
@@ -36,47 +59,21 @@ impl RetentionStore for PgStore {
                         self.forget_partition_days();
                     }
                     for table in ["positions_default", "telemetry_default"] {
-                        removed.rows +=
-                            sqlx::query(sqlx::AssertSqlSafe(step_delete(table, "time")))
-                                .bind(before)
-                                .execute(&self.pool)
-                                .await?
-                                .rows_affected();
+                        removed.rows += self.delete_step(table, "time", before).await?;
                     }
                 } else {
                     for table in ["positions", "telemetry"] {
-                        let dropped: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                            "SELECT count(*) FROM drop_chunks('{table}', older_than => {at})"
-                        )))
-                        .bind(before)
-                        .fetch_one(&self.pool)
-                        .await?;
-                        removed.partitions += dropped.max(0) as u64;
+                        removed.partitions += self.drop_chunks(table, before).await?;
                     }
                 }
-                removed.rows += sqlx::query(sqlx::AssertSqlSafe(step_delete("statuses", "time")))
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+                removed.rows += self.delete_step("statuses", "time", before).await?;
             }
             if let Some(before) = cutoffs.rollups_before_ms {
                 for table in ["telemetry_1m", "telemetry_1h"] {
                     if self.continuous_aggregates {
-                        let dropped: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                            "SELECT count(*) FROM drop_chunks('{table}', older_than => {at})"
-                        )))
-                        .bind(before)
-                        .fetch_one(&self.pool)
-                        .await?;
-                        removed.partitions += dropped.max(0) as u64;
+                        removed.partitions += self.drop_chunks(table, before).await?;
                     } else {
-                        removed.rows +=
-                            sqlx::query(sqlx::AssertSqlSafe(step_delete(table, "bucket")))
-                                .bind(before)
-                                .execute(&self.pool)
-                                .await?
-                                .rows_affected();
+                        removed.rows += self.delete_step(table, "bucket", before).await?;
                     }
                 }
             }
