@@ -9,6 +9,53 @@
 
 use std::collections::BTreeMap;
 
+/// [`RollupStore`] over a back end's `pool`, `roll_up_hour` and `buckets`: the same SQL and
+/// calls on both.
+macro_rules! impl_rollup_store {
+    ($store:ty) => {
+        impl $crate::store::rollups::RollupStore for $store {
+            fn pending_minutes(
+                &self,
+                closed_before_ms: i64,
+                limit: u32,
+            ) -> $crate::store::StoreFuture<'_, Vec<i64>> {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar(
+                        "SELECT minute FROM rollup_pending WHERE minute <= $1 - 60000 ORDER BY minute LIMIT $2",
+                    )
+                    .bind(closed_before_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?)
+                })
+            }
+
+            fn pending_count(&self) -> $crate::store::StoreFuture<'_, i64> {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar("SELECT count(*) FROM rollup_pending")
+                        .fetch_one(&self.pool)
+                        .await?)
+                })
+            }
+
+            fn roll_up<'a>(
+                &'a self,
+                hour_ms: i64,
+                minutes: &'a [i64],
+            ) -> $crate::store::StoreFuture<'a, usize> {
+                Box::pin(self.roll_up_hour(hour_ms, minutes))
+            }
+
+            fn telemetry_buckets<'a>(
+                &'a self,
+                query: $crate::store::rollups::BucketQuery<'a>,
+            ) -> $crate::store::StoreFuture<'a, Vec<$crate::store::rollups::BucketRow>> {
+                Box::pin(self.buckets(query))
+            }
+        }
+    };
+}
+
 pub(super) mod postgres;
 pub(super) mod sqlite;
 

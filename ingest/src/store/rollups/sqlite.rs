@@ -7,10 +7,10 @@ use sqlx::AssertSqlSafe;
 
 use super::{
     floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
-    RollupStore, Source, HOUR_MS, MINUTE_MS,
+    Source, HOUR_MS, MINUTE_MS,
 };
 use crate::store::sqlite::insert_all;
-use crate::store::{SqliteStore, StoreError, StoreFuture};
+use crate::store::{SqliteStore, StoreError};
 
 /// Marks a batch's minutes (`$1`, a JSON array, ascending), in the batch's transaction.
 pub(in crate::store) const MARK_MINUTES: &str =
@@ -147,32 +147,4 @@ impl SqliteStore {
     }
 }
 
-impl RollupStore for SqliteStore {
-    fn pending_minutes(&self, closed_before_ms: i64, limit: u32) -> StoreFuture<'_, Vec<i64>> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar(
-                "SELECT minute FROM rollup_pending WHERE minute <= $1 - 60000 ORDER BY minute LIMIT $2",
-            )
-            .bind(closed_before_ms)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?)
-        })
-    }
-
-    fn pending_count(&self) -> StoreFuture<'_, i64> {
-        Box::pin(async move {
-            Ok(sqlx::query_scalar("SELECT count(*) FROM rollup_pending")
-                .fetch_one(&self.pool)
-                .await?)
-        })
-    }
-
-    fn roll_up<'a>(&'a self, hour_ms: i64, minutes: &'a [i64]) -> StoreFuture<'a, usize> {
-        Box::pin(self.roll_up_hour(hour_ms, minutes))
-    }
-
-    fn telemetry_buckets<'a>(&'a self, query: BucketQuery<'a>) -> StoreFuture<'a, Vec<BucketRow>> {
-        Box::pin(self.buckets(query))
-    }
-}
+impl_rollup_store!(SqliteStore);
