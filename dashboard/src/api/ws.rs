@@ -185,13 +185,7 @@ async fn session(
                     frames.push(frame(pending, format));
                 }
                 client.sent(events);
-                let mut failed = false;
-                for f in frames {
-                    if send(&mut socket, f).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
+                let failed = send_all(&mut socket, frames).await.is_err();
                 if let Some(reason) = ended {
                     client.closed(reason);
                     close(&mut socket, POLICY, reason).await;
@@ -204,14 +198,7 @@ async fn session(
             output = next_replay(&mut replay) => {
                 let (frames, events) = replay_frames(output, &mut replay, format);
                 client.sent(events);
-                let mut failed = false;
-                for f in frames {
-                    if send(&mut socket, f).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
+                if send_all(&mut socket, frames).await.is_err() {
                     break;
                 }
             }
@@ -474,6 +461,14 @@ fn text(json: Bytes) -> Message {
         Ok(t) => Message::Text(t),
         Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
     }
+}
+
+/// Sends `frames` in order, stopping at the first that fails.
+async fn send_all(socket: &mut Sink, frames: Vec<Message>) -> Result<(), ()> {
+    for f in frames {
+        send(socket, f).await?;
+    }
+    Ok(())
 }
 
 async fn send(socket: &mut Sink, message: Message) -> Result<(), ()> {
