@@ -11,8 +11,9 @@
 #   5. Ingest with roll-up maintenance against --no-rollups, same back-fill load, fresh
 #      databases, in this run.
 #   PARTS=replay runs only the replay (on a database holding only the 100 vehicles' hour),
-#   PARTS=ingest only the ingest comparison.
-# Usage: [PARTS=all|replay|ingest] scripts/bench-history.sh [SENSORS] [DAYS]
+#   PARTS=ingest only the ingest comparison, PARTS=track only the 24 h track (on a database
+#   holding only that day).
+# Usage: [PARTS=all|replay|ingest|track] scripts/bench-history.sh [SENSORS] [DAYS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SENSORS="${1:-60}"
@@ -156,6 +157,22 @@ replay_only() { # $1 name, $2 database URL
     stop_fieldline
 }
 
+track_only() { # $1 name, $2 database URL
+    echo
+    echo "=== $1: 24 h track only"
+    start_fieldline "$2"
+    backfill --days 1 --sensors 0 --vehicles 1 --fix-interval-ms 1000
+    timed "/api/devices/bf-vehicle-0/track?from=$((END_MS - DAY_MS))&to=$END_MS&limit=100000"
+    python3 -c "import json,sys; print('fixes:', len(json.load(open(sys.argv[1]))))" "$WORK/body"
+    stop_fieldline
+}
+
+if [ "${PARTS:-all}" = track ]; then
+    psql_q "CREATE DATABASE track"
+    track_only PostgreSQL "postgres://postgres@127.0.0.1:$PG_PORT/track"
+    track_only SQLite "sqlite://$WORK/track.db"
+    exit 0
+fi
 if [ "${PARTS:-all}" = replay ]; then
     psql_q "CREATE DATABASE replay"
     replay_only PostgreSQL "postgres://postgres@127.0.0.1:$PG_PORT/replay"

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use fieldline_ingest::store::{Range, TrackPoint};
+use fieldline_ingest::store::{Range, TelemetryPoint, TrackPoint};
 use fieldline_ingest::time_format::format_ms;
 use fieldline_ingest::{Store, StoreError};
 
@@ -58,7 +58,7 @@ pub fn streamed(pages: impl Pages, content_type: &'static str) -> Response {
 /// A track as the JSON array `GET .../track` answers, at most `limit` fixes, read and written
 /// a page at a time: the first bytes leave while later pages are still being read.
 pub struct JsonTrack {
-    pager: TimePager,
+    pager: TimePager<TrackPoint>,
     left: u64,
     started: bool,
     done: bool,
@@ -67,7 +67,9 @@ pub struct JsonTrack {
 impl JsonTrack {
     pub fn new(store: Arc<dyn Store>, device: &str, range: Range) -> Self {
         Self {
-            pager: TimePager::new(store, device, range.from_ms, range.to_ms),
+            pager: TimePager::new(store, device, range.from_ms, range.to_ms)
+                .page_rows(20_000)
+                .read_ahead(),
             left: u64::from(range.limit),
             started: false,
             done: false,
@@ -82,7 +84,7 @@ impl Pages for JsonTrack {
         }
         let rows = match self.left {
             0 => None,
-            _ => self.pager.track().await?,
+            _ => self.pager.next().await?,
         };
         let mut out = Vec::new();
         let Some(mut rows) = rows else {
@@ -187,8 +189,8 @@ impl TrackFormat {
 /// A track export: the head, the fixes page by page, the tail. GeoJSON reads the track
 /// twice, once for the line's coordinates and once for their times, to keep memory flat.
 pub struct TrackExport {
-    pager: TimePager,
-    again: TimePager,
+    pager: TimePager<TrackPoint>,
+    again: TimePager<TrackPoint>,
     format: TrackFormat,
     device: String,
     stage: Stage,
@@ -206,7 +208,7 @@ enum Stage {
 impl TrackExport {
     pub fn new(store: Arc<dyn Store>, device: &str, range: Range, format: TrackFormat) -> Self {
         Self {
-            pager: TimePager::new(store.clone(), device, range.from_ms, range.to_ms),
+            pager: TimePager::new(store.clone(), device, range.from_ms, range.to_ms).read_ahead(),
             again: TimePager::new(store, device, range.from_ms, range.to_ms),
             format,
             device: device.to_owned(),
@@ -223,7 +225,7 @@ impl Pages for TrackExport {
                 self.stage = Stage::Rows;
                 Ok(Some(self.format.head(&self.device).into()))
             }
-            Stage::Rows => match self.pager.track().await? {
+            Stage::Rows => match self.pager.next().await? {
                 Some(rows) => {
                     let mut out = String::with_capacity(rows.len() * 64);
                     for p in &rows {
@@ -254,7 +256,7 @@ impl Pages for TrackExport {
                     }))
                 }
             },
-            Stage::Times => match self.again.track().await? {
+            Stage::Times => match self.again.next().await? {
                 Some(rows) => {
                     let mut out = String::with_capacity(rows.len() * 28);
                     for p in &rows {
@@ -280,14 +282,16 @@ impl Pages for TrackExport {
 
 /// Raw telemetry as CSV: `ts,seq,metric,value`.
 pub struct TelemetryExport {
-    pager: TimePager,
+    pager: TimePager<TelemetryPoint>,
     head: bool,
 }
 
 impl TelemetryExport {
     pub fn new(store: Arc<dyn Store>, device: &str, metric: Option<&str>, range: Range) -> Self {
         Self {
-            pager: TimePager::new(store, device, range.from_ms, range.to_ms).metric(metric),
+            pager: TimePager::new(store, device, range.from_ms, range.to_ms)
+                .metric(metric)
+                .read_ahead(),
             head: true,
         }
     }
@@ -298,7 +302,7 @@ impl Pages for TelemetryExport {
         if std::mem::take(&mut self.head) {
             return Ok(Some("ts,seq,metric,value\n".into()));
         }
-        let Some(rows) = self.pager.telemetry().await? else {
+        let Some(rows) = self.pager.next().await? else {
             return Ok(None);
         };
         use std::fmt::Write;

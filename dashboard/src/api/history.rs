@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::store::{BucketQuery, Range};
+use fieldline_ingest::store::{BucketQuery, Range, TrackPoint};
 use fieldline_ingest::time_format::{now_ms, parse_api_time};
 use serde::Deserialize;
 
@@ -256,9 +256,10 @@ pub async fn trips(
         settings.stop_speed = v;
     }
     let device = existing_device(&state, &id).await?;
-    let mut pager = TimePager::new(state.store.clone(), device, range.from_ms, range.to_ms);
+    let mut pager: TimePager<TrackPoint> =
+        TimePager::new(state.store.clone(), device, range.from_ms, range.to_ms).read_ahead();
     let mut detector = Detector::new(settings);
-    while let Some(page) = pager.track().await? {
+    while let Some(page) = pager.next().await? {
         for p in page {
             detector.push(Fix {
                 ts_ms: p.ts_ms,

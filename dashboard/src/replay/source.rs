@@ -43,9 +43,9 @@ pub struct Item {
 }
 
 enum Reader {
-    Track(TimePager),
-    Telemetry(TimePager),
-    Status(TimePager),
+    Track(TimePager<TrackPoint>),
+    Telemetry(TimePager<TelemetryPoint>),
+    Status(TimePager<StatusPoint>),
     Events(EventWindows),
 }
 
@@ -80,12 +80,17 @@ impl Source {
             // Chunk sizes differ a little between devices, so devices reporting at the same
             // rate do not all run low, and get read, at the same moment.
             let rows = CHUNK_ROWS - (i as u32 * 37) % (CHUNK_ROWS / 2);
-            let pager = || TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(rows);
             for kind in kinds {
                 let reader = match kind {
-                    ReplayKind::Location => Reader::Track(pager()),
-                    ReplayKind::Telemetry => Reader::Telemetry(pager()),
-                    ReplayKind::Status => Reader::Status(pager()),
+                    ReplayKind::Location => Reader::Track(
+                        TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(rows),
+                    ),
+                    ReplayKind::Telemetry => Reader::Telemetry(
+                        TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(rows),
+                    ),
+                    ReplayKind::Status => Reader::Status(
+                        TimePager::new(store.clone(), device, from_ms, to_ms).page_rows(rows),
+                    ),
                     ReplayKind::Geofence | ReplayKind::Alert => continue,
                 };
                 cursors.push(Cursor::new(reader, i as u32, device));
@@ -203,7 +208,7 @@ impl Cursor {
                 device: self.device,
             };
             let items: Option<Vec<Item>> = match &mut self.reader {
-                Reader::Track(pager) => pager.track().await?.map(|rows| {
+                Reader::Track(pager) => pager.next().await?.map(|rows| {
                     rows.into_iter()
                         .map(|p| Item {
                             key: key(p.ts_ms, ReplayKind::Location),
@@ -211,7 +216,7 @@ impl Cursor {
                         })
                         .collect()
                 }),
-                Reader::Telemetry(pager) => pager.telemetry().await?.map(|rows| {
+                Reader::Telemetry(pager) => pager.next().await?.map(|rows| {
                     telemetry(&self.name, rows)
                         .into_iter()
                         .map(|(ts_ms, payload)| Item {
@@ -220,7 +225,7 @@ impl Cursor {
                         })
                         .collect()
                 }),
-                Reader::Status(pager) => pager.statuses().await?.map(|rows| {
+                Reader::Status(pager) => pager.next().await?.map(|rows| {
                     rows.into_iter()
                         .map(|p| Item {
                             key: key(p.ts_ms, ReplayKind::Status),

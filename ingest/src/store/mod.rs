@@ -13,6 +13,7 @@ mod records;
 pub mod retention;
 pub mod rollups;
 mod sqlite;
+mod sqlite_reader;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +47,12 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("no such {0}")]
     NotFound(String),
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("unexpected data from the database: {0}")]
+    Protocol(String),
+    #[error("storage read interrupted: the service is shutting down")]
+    ShuttingDown,
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,

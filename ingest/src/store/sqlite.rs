@@ -2,6 +2,7 @@
 //! per batch.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::query_builder::Separated;
@@ -17,6 +18,7 @@ use super::events::{
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::rollups;
+use super::sqlite_reader::HistoryReader;
 use super::{
     DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
     TelemetryPoint, TrackPoint,
@@ -31,6 +33,8 @@ pub struct SqliteStore {
     pub(in crate::store) pool: SqlitePool,
     /// Batches mark their minutes for the roll-up task, and bucket queries use roll-ups.
     pub(in crate::store) rollups: bool,
+    /// Tracks, telemetry and statuses by range: see [`HistoryReader`].
+    reader: Arc<HistoryReader>,
 }
 
 impl SqliteStore {
@@ -51,7 +55,12 @@ impl SqliteStore {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(10));
-        let path = options.get_filename();
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::UnsupportedUrl(format!(
+                "{url} (an in-memory database loses everything at a restart: give a file path)"
+            )));
+        }
+        let path = options.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
                 path: dir.display().to_string(),
@@ -63,7 +72,12 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, rollups })
+        let reader = HistoryReader::new(path);
+        Ok(Self {
+            pool,
+            rollups,
+            reader,
+        })
     }
 
     async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
@@ -327,63 +341,15 @@ impl Store for SqliteStore {
         metric: Option<&'a str>,
         range: Range,
     ) -> StoreFuture<'a, Vec<TelemetryPoint>> {
-        Box::pin(async move {
-            // One metric reads its index in order (ties in rowid order, which the index
-            // holds), so a page costs its own rows, not a sort of the whole range.
-            let sql = match metric {
-                Some(_) => {
-                    "SELECT ts, seq, metric, value FROM telemetry
-                     WHERE device_id = ?1 AND metric = ?2 AND ts >= ?3 AND ts < ?4
-                     ORDER BY ts, rowid LIMIT ?5"
-                }
-                None => {
-                    "SELECT ts, seq, metric, value FROM telemetry
-                     WHERE device_id = ?1 AND ?2 IS NULL AND ts >= ?3 AND ts < ?4
-                     ORDER BY ts, metric, seq LIMIT ?5"
-                }
-            };
-            let rows: Vec<records::TelemetryRecord> = sqlx::query_as(sql)
-                .bind(device)
-                .bind(metric)
-                .bind(range.from_ms)
-                .bind(range.to_ms)
-                .bind(i64::from(range.limit))
-                .fetch_all(&self.pool)
-                .await?;
-            Ok(rows.into_iter().map(records::telemetry_point).collect())
-        })
+        Box::pin(self.reader.telemetry(device, metric, range))
     }
 
     fn track<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<TrackPoint>> {
-        Box::pin(async move {
-            let rows: Vec<records::TrackRecord> = sqlx::query_as(
-                "SELECT ts, seq, lat, lon, speed, heading, alt, accuracy FROM positions
-                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
-            )
-            .bind(device)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .bind(i64::from(range.limit))
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::track_point).collect())
-        })
+        Box::pin(self.reader.track(device, range))
     }
 
     fn statuses<'a>(&'a self, device: &'a str, range: Range) -> StoreFuture<'a, Vec<StatusPoint>> {
-        Box::pin(async move {
-            let rows: Vec<records::StatusRecord> = sqlx::query_as(
-                "SELECT ts, seq, online, reason FROM statuses
-                 WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
-            )
-            .bind(device)
-            .bind(range.from_ms)
-            .bind(range.to_ms)
-            .bind(i64::from(range.limit))
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::status_point).collect())
-        })
+        Box::pin(self.reader.statuses(device, range))
     }
 
     fn online_devices(&self) -> StoreFuture<'_, Vec<String>> {
