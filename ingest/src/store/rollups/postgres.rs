@@ -99,28 +99,27 @@ impl PgStore {
                 }
             }
         }
+        // The roll-up rows first, the marks last: a batch that marks one of these minutes
+        // meanwhile waits for the mark's row lock only as long as that last statement takes.
+        // A minute marked again since the read keeps its mark (its version moved on), so
+        // queries go on reading it from raw rows, and the next step rolls it up again.
         let mut tx = self.pool.begin().await?;
-        let mut cleared = Vec::with_capacity(versions.len());
-        for (minute, version) in versions {
-            let done = sqlx::query("DELETE FROM rollup_pending WHERE minute = $1 AND version = $2")
-                .bind(minute)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 1 {
-                cleared.push(minute);
-            }
-        }
-        if cleared.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
-        }
         if !self.continuous_aggregates {
-            rows.retain(|r| cleared.binary_search(&r.2).is_ok());
-            replace_minutes(&mut tx, hour_ms, &cleared, &rows).await?;
+            let minutes: Vec<i64> = versions.iter().map(|v| v.0).collect();
+            rows.retain(|r| minutes.binary_search(&r.2).is_ok());
+            replace_minutes(&mut tx, hour_ms, &minutes, &rows).await?;
         }
+        let cleared = sqlx::query(
+            "DELETE FROM rollup_pending p USING UNNEST($1::int8[], $2::int8[]) AS u(minute, version)
+             WHERE p.minute = u.minute AND p.version = u.version",
+        )
+        .bind(versions.iter().map(|v| v.0).collect::<Vec<_>>())
+        .bind(versions.iter().map(|v| v.1).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as usize;
         tx.commit().await?;
-        Ok(cleared.len())
+        Ok(cleared)
     }
 
     async fn buckets(&self, q: BucketQuery<'_>) -> Result<Vec<BucketRow>, StoreError> {
@@ -154,18 +153,18 @@ impl PgStore {
     }
 }
 
-/// Replaces the cleared minutes' roll-up rows and recomputes their hour from the minutes.
+/// Replaces the minutes' roll-up rows and recomputes their hour from the minutes.
 async fn replace_minutes(
     tx: &mut Transaction<'_, Postgres>,
     hour_ms: i64,
-    cleared: &[i64],
+    minutes: &[i64],
     rows: &MinuteRows,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "DELETE FROM telemetry_1m WHERE bucket IN
            (SELECT timestamptz 'epoch' + m * interval '1 millisecond' FROM UNNEST($1::int8[]) AS m)",
     )
-    .bind(cleared)
+    .bind(minutes)
     .execute(&mut **tx)
     .await?;
     sqlx::query(
