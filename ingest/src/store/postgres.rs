@@ -613,3 +613,18 @@ fn text_literal(text: &str) -> String {
     quoted.push('\'');
     quoted
 }
+
+#[cfg(test)]
+mod tests {
+    use super::text_literal;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(text_literal("van-1"), "E'van-1'");
+        assert_eq!(text_literal(r"a'b\c"), r"E'a''b\\c'");
+        assert_eq!(
+            text_literal(r"'; DROP TABLE positions; --\"),
+            r"E'''; DROP TABLE positions; --\\'"
+        );
+    }
+}

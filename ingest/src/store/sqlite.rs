@@ -422,3 +422,21 @@ impl Store for SqliteStore {
 
 impl_access_store!(SqliteStore);
 impl_event_store!(SqliteStore, sqlx::Sqlite);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// History reads open the file on connections of their own, so a database in memory
+    /// would read as empty: it is refused with the reason.
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused() {
+        for url in ["sqlite::memory:", "sqlite://fl.db?mode=memory"] {
+            match SqliteStore::open(url, false, true).await {
+                Err(StoreError::UnsupportedUrl(why)) => assert!(why.contains("in-memory"), "{why}"),
+                Err(e) => panic!("{url}: {e}"),
+                Ok(_) => panic!("{url} was opened"),
+            }
+        }
+    }
+}
