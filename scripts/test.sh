@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Fieldline on a fresh machine.
 #
-# Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients),
+# Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients,
+# Chromium and ChromeDriver for the browser tests),
 # starts a private PostgreSQL cluster on a spare port for the run, points the tests at it
 # through FIELDLINE_TEST_DATABASE_URL, runs the whole workspace's tests, and stops the
 # cluster again. Tests that need PostgreSQL fail, never skip, when it is not there.
@@ -14,6 +15,9 @@ PG_DIR="${TMPDIR:-/tmp}/fieldline-test-pg-$PG_PORT"
 need_packages=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_packages+=(postgresql)
 command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
+# The web dashboard's tests drive Debian's Chromium, headless, through ChromeDriver.
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 if [ ${#need_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing: ${need_packages[*]}; install them (apt-get install ${need_packages[*]}) or run as root" >&2

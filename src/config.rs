@@ -140,6 +140,10 @@ pub struct Args {
     /// roll-up maintenance costs; not for production.
     #[arg(long, env = "FIELDLINE_NO_ROLLUPS")]
     pub no_rollups: bool,
+    /// A MapLibre style URL for the web dashboard's map (real tiles) [default: the built-in
+    /// base map of land and borders, no tile server]
+    #[arg(long, env = "FIELDLINE_MAP_STYLE")]
+    pub map_style: Option<String>,
     /// Accept MQTT clients without a username, and listen on non-loopback addresses although
     /// no device or API authentication is configured: anyone who reaches them can publish as
     /// any device and read everything.
@@ -181,6 +185,7 @@ struct FileConfig {
     retention_days: Option<u32>,
     rollup_retention_days: Option<u32>,
     no_rollups: Option<bool>,
+    map_style: Option<String>,
 }
 
 /// Settings after merging every source.
@@ -209,6 +214,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     pub retention: Retention,
     pub rollups: bool,
+    /// The web dashboard's map style URL; `None`: the built-in base map.
+    pub map_style: Option<String>,
 }
 
 impl Config {
@@ -330,7 +337,13 @@ impl Config {
                 rollup_days: args.rollup_retention_days.or(file.rollup_retention_days),
             },
             rollups: !(args.no_rollups || file.no_rollups.unwrap_or(false)),
+            map_style: args.map_style.or(file.map_style),
         };
+        if let Some(style) = &config.map_style {
+            if !(style.starts_with("https://") || style.starts_with("http://")) {
+                anyhow::bail!("map_style must be an http:// or https:// URL of a MapLibre style, not {style:?}");
+            }
+        }
         if config.retention.raw_days == Some(0) || config.retention.rollup_days == Some(0) {
             anyhow::bail!("retention_days and rollup_retention_days must be at least 1 (leave them out to keep history forever)");
         }

@@ -229,6 +229,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             judging.rules,
             webhooks.clone(),
         ),
+        web: fieldline_dashboard::web::WebSettings {
+            map_style: config.map_style.clone(),
+            mqtt: Some(config.mqtt_listen.to_string()),
+        },
     });
     let http_listener = fieldline_dashboard::http_listener::GuardedListener::new(
         http_listener,

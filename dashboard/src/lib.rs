@@ -13,6 +13,7 @@ mod live_clients;
 mod paging;
 mod replay;
 pub mod tracks;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub spill: Arc<fieldline_ingest::spill::SpillState>,
     /// The fences, rules and webhooks in force, which the configuration endpoints change.
     pub judging: Arc<judging::Judging>,
+    /// What the web dashboard is told before it signs in.
+    pub web: web::WebSettings,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -115,6 +118,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // The page and its settings are public: the page itself asks for a token.
+        .route("/", get(web::index))
+        .route("/assets/{*path}", get(web::assets))
+        .route("/dashboard.json", get(web::settings))
         .merge(guarded)
         .with_state(state)
 }

@@ -21,6 +21,7 @@ macro_rules! on_both_backends {
     )*};
 }
 
+pub mod browser;
 pub mod geo;
 pub mod live;
 pub mod raw_mqtt;
@@ -281,6 +282,24 @@ impl Server {
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill(&mut child, &self.database_url).await;
+        }
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same ports and database, as a
+    /// client that keeps its URL sees a restart.
+    pub async fn restart(&mut self, dir: &TempDir, extra: &[&str]) {
+        let status = self.stop();
+        assert!(status.success(), "fieldline stopped with {status}");
+        self.child = Some(spawn_server(
+            dir,
+            &self.database_url,
+            self.mqtt_port,
+            self.http_port,
+            &self.log,
+            extra,
+        ));
+        if let Err(log) = self.wait_ready().await {
+            panic!("fieldline did not come back on its ports: {log}");
         }
     }
 

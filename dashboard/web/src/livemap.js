@@ -1,0 +1,322 @@
+// The live map: every device as one feature of a WebGL circle layer, coloured by state, with
+// heading arrows and trails. Events are queued as they arrive and applied once per animation
+// frame as a diff of the devices that changed (GeoJSONSource.updateData), never a full
+// setData per event: at 10,000 devices a full setData re-tiles everything each time.
+
+import { Marker } from 'maplibre-gl';
+
+/** Seconds without a fix after which an online device is drawn as stale. */
+const STALE_MS = 60_000;
+/** How much of each device's recent path the trail shows. */
+const TRAIL_MS = 5 * 60_000;
+/** Labels are DOM elements: only this many, and only when zoomed in. */
+const LABEL_ZOOM = 14;
+const MAX_LABELS = 200;
+
+const COLORS = { online: '#16a34a', stale: '#d97706', offline: '#6b7280' };
+
+export class LiveMap {
+  constructor(map, { onSelect }) {
+    this.map = map;
+    this.onSelect = onSelect;
+    /** id -> { num (the feature id: from 1, as 0 reads as no id), lon, lat, heading, online, lastMs, state, trail: [[lon, lat, ms]] } */
+    this.devices = new Map();
+    this.byNum = [];
+    this.pending = new Set();
+    this.frame = 0;
+    this.selected = null;
+    this.follow = false;
+    this.labels = new Map();
+    /** For the benchmark: applying each event with a full setData instead of diffs. */
+    this.fullSetData = new URLSearchParams(location.search).has('full-setdata');
+    this.applied = 0;
+    this.addLayers();
+    setInterval(() => this.sweepStale(), 5_000);
+  }
+
+  addLayers() {
+    const map = this.map;
+    const empty = { type: 'FeatureCollection', features: [] };
+    map.addSource('trails', { type: 'geojson', data: empty });
+    map.addSource('devices', { type: 'geojson', data: empty });
+    map.addImage('arrow', arrowImage(), { pixelRatio: 2 });
+    map.addLayer({
+      id: 'trails',
+      type: 'line',
+      source: 'trails',
+      paint: { 'line-color': '#2563eb', 'line-opacity': 0.45, 'line-width': 2 },
+    });
+    map.addLayer({
+      id: 'devices',
+      type: 'circle',
+      source: 'devices',
+      paint: {
+        'circle-radius': ['interpolate', ['linear'], ['zoom'], 2, 2.5, 10, 5, 16, 7],
+        'circle-color': ['match', ['get', 'state'], 'online', COLORS.online, 'stale', COLORS.stale, COLORS.offline],
+        'circle-stroke-color': '#ffffff',
+        'circle-stroke-width': ['interpolate', ['linear'], ['zoom'], 2, 0, 8, 1],
+      },
+    });
+    map.addLayer({
+      id: 'selected',
+      type: 'circle',
+      source: 'devices',
+      filter: ['==', ['get', 'device'], ''],
+      paint: { 'circle-radius': 11, 'circle-color': 'rgba(0,0,0,0)', 'circle-stroke-color': '#111827', 'circle-stroke-width': 2 },
+    });
+    map.addLayer({
+      id: 'heading',
+      type: 'symbol',
+      source: 'devices',
+      minzoom: 11,
+      filter: ['has', 'heading'],
+      layout: {
+        'icon-image': 'arrow',
+        'icon-rotate': ['get', 'heading'],
+        'icon-rotation-alignment': 'map',
+        'icon-allow-overlap': true,
+        'icon-ignore-placement': true,
+        'icon-offset': [0, -14],
+      },
+    });
+    map.on('click', 'devices', (e) => {
+      const f = e.features && e.features[0];
+      if (f) this.onSelect(f.properties.device);
+    });
+    map.on('mouseenter', 'devices', () => (map.getCanvas().style.cursor = 'pointer'));
+    map.on('mouseleave', 'devices', () => (map.getCanvas().style.cursor = ''));
+    map.on('moveend', () => this.updateLabels());
+  }
+
+  /** Everything anew from the REST API's device list (start, reset, a wider viewport). */
+  load(list) {
+    this.devices.clear();
+    this.byNum = [];
+    this.pending.clear();
+    for (const d of list) {
+      const loc = d.location;
+      const entry = this.entry(d.id);
+      entry.online = d.online;
+      entry.lastMs = Date.parse(d.last_seen) || 0;
+      if (loc && Number.isFinite(loc.lat) && Number.isFinite(loc.lon)) {
+        entry.lon = loc.lon;
+        entry.lat = loc.lat;
+        entry.heading = Number.isFinite(loc.heading) ? loc.heading : undefined;
+        entry.trail = [[loc.lon, loc.lat, Date.parse(loc.ts) || entry.lastMs]];
+      }
+      entry.state = stateOf(entry);
+    }
+    this.setAll();
+  }
+
+  entry(id) {
+    let e = this.devices.get(id);
+    if (!e) {
+      e = { id, num: this.byNum.length + 1, online: false, lastMs: 0, state: 'offline', trail: [], shown: false };
+      this.devices.set(id, e);
+      this.byNum.push(e);
+    }
+    return e;
+  }
+
+  location(ev) {
+    if (!Number.isFinite(ev.lat) || !Number.isFinite(ev.lon)) return;
+    const e = this.entry(ev.device);
+    const ms = Date.parse(ev.ts) || Date.now();
+    e.lon = ev.lon;
+    e.lat = ev.lat;
+    e.heading = Number.isFinite(ev.heading) ? ev.heading : undefined;
+    // Online is the broker's word (status events), not implied by a fix.
+    e.lastMs = Math.max(e.lastMs, Date.now());
+    e.trail.push([ev.lon, ev.lat, ms]);
+    this.touch(e);
+  }
+
+  status(ev) {
+    const e = this.entry(ev.device);
+    e.online = !!ev.online;
+    if (e.online) e.lastMs = Math.max(e.lastMs, Date.now());
+    this.touch(e);
+  }
+
+  touch(e) {
+    this.pending.add(e);
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  /** Once per frame: the devices that changed since the last one, as one diff per source. */
+  flush() {
+    this.frame = 0;
+    if (!this.pending.size) return;
+    if (this.fullSetData) {
+      this.pending.clear();
+      this.setAll();
+      return;
+    }
+    const now = Date.now();
+    const devices = { add: [], update: [] };
+    const trails = { add: [], update: [], remove: [] };
+    for (const e of this.pending) {
+      e.state = stateOf(e, now);
+      if (e.lon === undefined) continue;
+      const f = deviceFeature(e);
+      if (e.shown) {
+        const change = { id: e.num, newGeometry: f.geometry, addOrUpdateProperties: props(f) };
+        if (e.heading === undefined) change.removeProperties = ['heading'];
+        devices.update.push(change);
+      }
+      else devices.add.push(f);
+      pruneTrail(e, now);
+      const t = trailFeature(e);
+      if (t && e.trailShown) trails.update.push({ id: e.num, newGeometry: t.geometry });
+      else if (t) trails.add.push(t);
+      else if (e.trailShown) trails.remove.push(e.num);
+      e.trailShown = !!t;
+      e.shown = true;
+      this.applied++;
+    }
+    this.pending.clear();
+    this.map.getSource('devices').updateData(devices);
+    this.map.getSource('trails').updateData(trails);
+    this.followSelected();
+    this.updateLabelPositions();
+  }
+
+  setAll() {
+    const now = Date.now();
+    const devices = [];
+    const trails = [];
+    for (const e of this.byNum) {
+      e.state = stateOf(e, now);
+      if (e.lon === undefined) continue;
+      devices.push(deviceFeature(e));
+      pruneTrail(e, now);
+      const t = trailFeature(e);
+      if (t) trails.push(t);
+      e.shown = true;
+      e.trailShown = !!t;
+      this.applied++;
+    }
+    this.map.getSource('devices').setData({ type: 'FeatureCollection', features: devices });
+    this.map.getSource('trails').setData({ type: 'FeatureCollection', features: trails });
+    this.updateLabels();
+  }
+
+  /** Online devices that went quiet turn stale without an event: look every few seconds. */
+  sweepStale() {
+    const now = Date.now();
+    for (const e of this.byNum) if (stateOf(e, now) !== e.state) this.touch(e);
+  }
+
+  select(id, follow) {
+    this.selected = id;
+    this.follow = follow;
+    this.map.setFilter('selected', ['==', ['get', 'device'], id || '']);
+    const e = id && this.devices.get(id);
+    if (e && e.lon !== undefined) this.map.easeTo({ center: [e.lon, e.lat], zoom: Math.max(this.map.getZoom(), 12) });
+  }
+
+  followSelected() {
+    if (!this.follow || !this.selected) return;
+    const e = this.devices.get(this.selected);
+    if (e && e.lon !== undefined) this.map.easeTo({ center: [e.lon, e.lat], duration: 300 });
+  }
+
+  /** `[west, south, east, north]` of what is in view with a margin, or null when zoomed out. */
+  viewportBbox(minZoom) {
+    if (this.map.getZoom() < minZoom) return null;
+    const b = this.map.getBounds();
+    const w = b.getEast() - b.getWest();
+    const h = b.getNorth() - b.getSouth();
+    const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+    return [
+      clamp(b.getWest() - w * 0.25, -180, 180),
+      clamp(b.getSouth() - h * 0.25, -90, 90),
+      clamp(b.getEast() + w * 0.25, -180, 180),
+      clamp(b.getNorth() + h * 0.25, -90, 90),
+    ].map((v) => Math.round(v * 1e5) / 1e5);
+  }
+
+  /** Device ids as labels when zoomed in far enough that they do not pile up. */
+  updateLabels() {
+    const want = new Set();
+    if (this.map.getZoom() >= LABEL_ZOOM) {
+      const b = this.map.getBounds();
+      for (const e of this.byNum) {
+        if (want.size >= MAX_LABELS) break;
+        if (e.lon !== undefined && b.contains([e.lon, e.lat])) want.add(e.id);
+      }
+    }
+    for (const [id, marker] of this.labels) {
+      if (!want.has(id)) {
+        marker.remove();
+        this.labels.delete(id);
+      }
+    }
+    for (const id of want) {
+      if (this.labels.has(id)) continue;
+      const el = document.createElement('div');
+      el.className = 'label';
+      el.textContent = id;
+      const e = this.devices.get(id);
+      this.labels.set(id, new Marker({ element: el, anchor: 'left', offset: [9, 0] }).setLngLat([e.lon, e.lat]).addTo(this.map));
+    }
+  }
+
+  updateLabelPositions() {
+    for (const [id, marker] of this.labels) {
+      const e = this.devices.get(id);
+      if (e) marker.setLngLat([e.lon, e.lat]);
+    }
+  }
+
+  counts() {
+    let online = 0;
+    for (const e of this.byNum) if (e.online) online++;
+    return { all: this.byNum.length, online, offline: this.byNum.length - online };
+  }
+}
+
+function stateOf(e, now = Date.now()) {
+  if (!e.online) return 'offline';
+  return now - e.lastMs > STALE_MS ? 'stale' : 'online';
+}
+
+function pruneTrail(e, now) {
+  const cut = now - TRAIL_MS;
+  let drop = 0;
+  while (drop < e.trail.length - 1 && e.trail[drop][2] < cut) drop++;
+  if (drop) e.trail.splice(0, drop);
+}
+
+function deviceFeature(e) {
+  const properties = { device: e.id, state: e.state };
+  if (e.heading !== undefined) properties.heading = e.heading;
+  return { type: 'Feature', id: e.num, geometry: { type: 'Point', coordinates: [e.lon, e.lat] }, properties };
+}
+
+function props(f) {
+  return Object.entries(f.properties).map(([key, value]) => ({ key, value }));
+}
+
+function trailFeature(e) {
+  if (e.trail.length < 2) return null;
+  return { type: 'Feature', id: e.num, geometry: { type: 'LineString', coordinates: e.trail.map((p) => [p[0], p[1]]) }, properties: {} };
+}
+
+/** A small arrow pointing up (north before rotation), drawn once on a canvas. */
+function arrowImage() {
+  const size = 32;
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = size;
+  const ctx = canvas.getContext('2d');
+  ctx.fillStyle = '#111827';
+  ctx.beginPath();
+  ctx.moveTo(size / 2, 4);
+  ctx.lineTo(size - 8, size - 6);
+  ctx.lineTo(size / 2, size - 12);
+  ctx.lineTo(8, size - 6);
+  ctx.closePath();
+  ctx.fill();
+  return ctx.getImageData(0, 0, size, size);
+}
