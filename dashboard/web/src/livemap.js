@@ -29,7 +29,16 @@ export class LiveMap {
     this.labels = new Map();
     /** For the benchmark: applying each event with a full setData instead of diffs. */
     this.fullSetData = new URLSearchParams(location.search).has('full-setdata');
-    this.applied = 0;
+    /** With `?measure` (the benchmark): frames, events applied, publish-to-render latency. */
+    this.measure = new URLSearchParams(location.search).has('measure') ? {} : null;
+    if (this.measure) {
+      this.measureReset();
+      const frame = () => {
+        this.measure.frames++;
+        requestAnimationFrame(frame);
+      };
+      requestAnimationFrame(frame);
+    }
     this.addLayers();
     setInterval(() => this.sweepStale(), 5_000);
   }
@@ -88,6 +97,23 @@ export class LiveMap {
     map.on('moveend', () => this.updateLabels());
   }
 
+  measureReset() {
+    Object.assign(this.measure, { frames: 0, applied: 0, latencies: [], since: performance.now() });
+  }
+
+  /** Once the map has drawn what was just handed to it: each fix's age since its publish. */
+  measured(updates, stamps) {
+    if (!this.measure) return;
+    this.measure.applied += stamps.length;
+    Promise.all(updates).then(() =>
+      this.map.once('render', () => {
+        const now = Date.now();
+        const l = this.measure.latencies;
+        for (const t of stamps) if (l.length < 500_000) l.push(now - t);
+      }),
+    );
+  }
+
   /** Everything anew from the REST API's device list (start, reset, a wider viewport). */
   load(list) {
     this.devices.clear();
@@ -129,6 +155,7 @@ export class LiveMap {
     // Online is the broker's word (status events), not implied by a fix.
     e.lastMs = Math.max(e.lastMs, Date.now());
     e.trail.push([ev.lon, ev.lat, ms]);
+    e.fixMs = ms;
     this.touch(e);
   }
 
@@ -140,6 +167,12 @@ export class LiveMap {
   }
 
   touch(e) {
+    if (this.fullSetData) {
+      // The way not to do it, kept for the benchmark to compare: everything, every event.
+      this.measured(this.setAll(), e.fixMs ? [e.fixMs] : []);
+      e.fixMs = 0;
+      return;
+    }
     this.pending.add(e);
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
@@ -148,10 +181,11 @@ export class LiveMap {
   flush() {
     this.frame = 0;
     if (!this.pending.size) return;
-    if (this.fullSetData) {
-      this.pending.clear();
-      this.setAll();
-      return;
+    const stamps = [];
+    for (const e of this.pending) {
+      // Only fixes count, once: a state change alone is not a marker moved.
+      if (e.fixMs) stamps.push(e.fixMs);
+      e.fixMs = 0;
     }
     const now = Date.now();
     const devices = { add: [], update: [] };
@@ -173,11 +207,12 @@ export class LiveMap {
       else if (e.trailShown) trails.remove.push(e.num);
       e.trailShown = !!t;
       e.shown = true;
-      this.applied++;
     }
     this.pending.clear();
-    this.map.getSource('devices').updateData(devices);
-    this.map.getSource('trails').updateData(trails);
+    this.measured(
+      [this.map.getSource('devices').updateData(devices), this.map.getSource('trails').updateData(trails)],
+      stamps,
+    );
     this.followSelected();
     this.updateLabelPositions();
   }
@@ -195,11 +230,13 @@ export class LiveMap {
       if (t) trails.push(t);
       e.shown = true;
       e.trailShown = !!t;
-      this.applied++;
     }
-    this.map.getSource('devices').setData({ type: 'FeatureCollection', features: devices });
-    this.map.getSource('trails').setData({ type: 'FeatureCollection', features: trails });
+    const done = [
+      this.map.getSource('devices').setData({ type: 'FeatureCollection', features: devices }),
+      this.map.getSource('trails').setData({ type: 'FeatureCollection', features: trails }),
+    ];
     this.updateLabels();
+    return done;
   }
 
   /** Online devices that went quiet turn stale without an event: look every few seconds. */

@@ -83,7 +83,10 @@ async function boot() {
   });
   map.addControl(new NavigationControl(), 'top-right');
   window.fieldlineMap = map;
+  // Milliseconds from navigation: the first map, and the built-in land on it.
+  window.fieldlineTimings = {};
   await new Promise((resolve) => map.once('load', resolve));
+  fieldlineTimings.map = Math.round(performance.now());
 
   const detail = new DeviceDetail({
     onClose: () => select(null),
@@ -91,7 +94,11 @@ async function boot() {
   });
   const live = new LiveMap(map, { onSelect: (id) => select(id) });
   window.fieldlineLive = live;
-  if (!config.map_style) addLand(map).catch((e) => notify(`The base map did not load: ${e.message}`));
+  if (config.map_style) fieldlineTimings.land = fieldlineTimings.map;
+  else
+    addLand(map)
+      .then(() => map.once('idle', () => (fieldlineTimings.land = Math.round(performance.now()))))
+      .catch((e) => notify(`The base map did not load: ${e.message}`));
   const devices = new DeviceList(document.getElementById('list'), { devices: live.devices, onSelect: (id) => select(id) });
   let detailStream = null;
 

@@ -89,11 +89,10 @@ impl HistoryReader {
     ) -> Result<Vec<TrackPoint>, StoreError> {
         let device = device.to_owned();
         self.read(move |c| {
-            let mut statement = c.prepare_cached(
+            rows(
+                c,
                 "SELECT ts, seq, lat, lon, speed, heading, alt, accuracy FROM positions
                  WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
-            )?;
-            let rows = statement.query_map(
                 params![device, range.from_ms, range.to_ms, range.limit],
                 |r| {
                     Ok(records::track_point((
@@ -107,8 +106,7 @@ impl HistoryReader {
                         r.get(7)?,
                     )))
                 },
-            )?;
-            rows.collect()
+            )
         })
         .await
     }
@@ -123,7 +121,7 @@ impl HistoryReader {
         self.read(move |c| {
             // One metric reads its index in order (ties in rowid order, which the index
             // holds), so a page costs its own rows, not a sort of the whole range.
-            let mut statement = c.prepare_cached(match metric {
+            let sql = match &metric {
                 Some(_) => {
                     "SELECT ts, seq, metric, value FROM telemetry
                      WHERE device_id = ?1 AND metric = ?2 AND ts >= ?3 AND ts < ?4
@@ -134,8 +132,10 @@ impl HistoryReader {
                      WHERE device_id = ?1 AND ?2 IS NULL AND ts >= ?3 AND ts < ?4
                      ORDER BY ts, metric, seq LIMIT ?5"
                 }
-            })?;
-            let rows = statement.query_map(
+            };
+            rows(
+                c,
+                sql,
                 params![device, metric, range.from_ms, range.to_ms, range.limit],
                 |r| {
                     Ok(records::telemetry_point((
@@ -145,8 +145,7 @@ impl HistoryReader {
                         r.get(3)?,
                     )))
                 },
-            )?;
-            rows.collect()
+            )
         })
         .await
     }
@@ -158,11 +157,10 @@ impl HistoryReader {
     ) -> Result<Vec<StatusPoint>, StoreError> {
         let device = device.to_owned();
         self.read(move |c| {
-            let mut statement = c.prepare_cached(
+            rows(
+                c,
                 "SELECT ts, seq, online, reason FROM statuses
                  WHERE device_id = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts, rowid LIMIT ?4",
-            )?;
-            let rows = statement.query_map(
                 params![device, range.from_ms, range.to_ms, range.limit],
                 |r| {
                     Ok(records::status_point((
@@ -172,9 +170,20 @@ impl HistoryReader {
                         r.get(3)?,
                     )))
                 },
-            )?;
-            rows.collect()
+            )
         })
         .await
     }
+}
+
+/// Every row of a cached statement, each through `row`.
+fn rows<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let rows = statement.query_map(params, row)?;
+    rows.collect()
 }

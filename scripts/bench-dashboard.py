@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Measures the web dashboard in headless Chromium while devices move: frames per second,
+main-thread busy time per second (Chrome's TaskDuration), and publish-to-marker latency
+(the fix's `ts`, set by the simulator as it publishes, to the first map render after the
+page applied it). Talks WebDriver to chromedriver; prints one JSON object.
+
+Usage: bench-dashboard.py URL WARMUP_S MEASURE_S"""
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+url, warmup, measure = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+PORT = 9516
+
+
+def call(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method, data=data,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)["value"]
+
+
+driver = subprocess.Popen(["chromedriver", f"--port={PORT}"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+try:
+    for _ in range(100):
+        try:
+            call("GET", "/status")
+            break
+        except OSError:
+            time.sleep(0.1)
+    session = call("POST", "/session", {"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+            "--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+            "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--ignore-gpu-blocklist",
+            "--window-size=1400,900"]}}}})["sessionId"]
+    s = f"/session/{session}"
+
+    def js(script):
+        return call("POST", f"{s}/execute/sync", {"script": script, "args": []})
+
+    def cdp(cmd, params=None):
+        return call("POST", f"{s}/goog/cdp/execute", {"cmd": cmd, "params": params or {}})
+
+    def task_seconds():
+        metrics = cdp("Performance.getMetrics")["metrics"]
+        return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
+
+    call("POST", f"{s}/url", {"url": url})
+    for _ in range(600):
+        if js("return !!(window.fieldlineLive && window.fieldlineTimings && fieldlineTimings.land)"):
+            break
+        time.sleep(0.1)
+    timings = js("return fieldlineTimings")
+    # The fleet drives around Berlin: look at it (zoomed in, so the stream is by bbox).
+    js("fieldlineMap.jumpTo({center: [13.405, 52.52], zoom: 11}); return true")
+    time.sleep(warmup)
+    cdp("Performance.enable")
+    js("fieldlineLive.measureReset(); return true")
+    busy0, t0 = task_seconds(), time.time()
+    time.sleep(measure)
+    busy1, t1 = task_seconds(), time.time()
+    stats = js("""const m = fieldlineLive.measure;
+        const l = m.latencies.slice().sort((a, b) => a - b);
+        const q = (p) => l.length ? l[Math.min(l.length - 1, Math.floor(p * l.length))] : null;
+        return {frames: m.frames, applied: m.applied, latency_samples: l.length,
+                latency_ms_p50: q(0.5), latency_ms_p99: q(0.99), latency_ms_max: l[l.length - 1] || null,
+                devices: fieldlineLive.devices.size,
+                rendered: fieldlineMap.queryRenderedFeatures({layers: ['devices']}).length,
+                elapsed_s: (performance.now() - m.since) / 1000}""")
+    stats["fps"] = stats["frames"] / stats["elapsed_s"]
+    stats["main_thread_busy_per_s"] = (busy1 - busy0) / (t1 - t0)
+    stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
+    stats["time_to_map_ms"] = timings.get("map")
+    stats["time_to_land_ms"] = timings.get("land")
+    print(json.dumps(stats))
+    call("DELETE", s)
+finally:
+    driver.kill()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Web dashboard benchmark: VEHICLES vehicles at 1 Hz each (`fieldline-sim fleet`, one MQTT
+# connection each, around Berlin) into Fieldline (SQLite), and the page open in headless
+# Chromium (WebGL through SwiftShader) looking at them, zoomed in. Two runs on the same load:
+# the page as it ships (changes applied once per animation frame as diffs) and the same page
+# applying each event with a full setData (`?full-setdata`). Per run: frames per second,
+# main-thread busy time per second, publish-to-marker latency (p50, p99), events applied; and
+# the bundle size and the time to the first map.
+# Usage: scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VEHICLES="${1:-10000}"
+MEASURE="${2:-30}"
+PG_PORT=54379
+MQTT_PORT=18923
+HTTP_PORT=18128
+WORK="${TMPDIR:-/tmp}/fieldline-bench-dashboard"
+ulimit -n 65536 2>/dev/null || true
+
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+if ! command -v chromedriver >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+echo "== fieldline $(git rev-parse --short HEAD 2>/dev/null || echo '?'); machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(chromium --version)"
+(exec "$BIN/fieldline" --mqtt-listen "127.0.0.1:$MQTT_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
+    --database-url "sqlite://$WORK/dashboard.db" --wal-dir "$WORK/wal" \
+    --max-connections $((VEHICLES + 1000)) >"$WORK/fl.log" 2>&1) &
+FL_PID=$!
+for _ in $(seq 600); do curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+echo "-- bundle: what the page loads (bytes, gzip -6 bytes)"
+python3 - "127.0.0.1:$HTTP_PORT" <<'PY'
+import gzip, re, sys, urllib.request
+base = "http://" + sys.argv[1]
+get = lambda path: urllib.request.urlopen(base + path).read()
+html = get("/")
+first = ["/"] + sorted({m.decode() for m in re.findall(rb'"(/assets/[^"]+)"', html)})
+later = set()
+for f in first:
+    if f.endswith(".js"):
+        later |= {"/" + m.decode() for m in re.findall(rb'assets/[A-Za-z0-9_.-]+\.(?:js|json)', get(f))}
+later -= set(first)
+def served(path):
+    try:
+        get(path)
+        return True
+    except OSError:  # a string in a library that only looks like one of ours
+        return False
+later = {f for f in later if served(f)}
+for title, files in (("loaded before the first map", first), ("loaded by the script (map worker; the base map, after the first map)", sorted(later))):
+    total = gz = 0
+    for f in files:
+        body = html if f == "/" else get(f)
+        z = len(gzip.compress(body, 6))
+        total += len(body); gz += z
+        print(f"  {f}: {len(body):,} bytes, {z:,} gzip")
+    print(f"{title}: {total:,} bytes, {gz:,} gzip")
+PY
+
+MQ_PID=
+"$BIN/fieldline-sim" fleet --port "$MQTT_PORT" --vehicles "$VEHICLES" --interval-ms 1000 >"$WORK/fleet.log" 2>&1 &
+MQ_PID=$!
+echo "-- waiting for $VEHICLES vehicles"
+for _ in $(seq 300); do
+    n=$(curl -s "127.0.0.1:$HTTP_PORT/api/devices" | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")
+    [ "$n" -ge "$VEHICLES" ] && break
+    sleep 1
+done
+echo "devices known: $n"
+
+for mode in diffs full-setdata; do
+    query="?measure"
+    [ "$mode" = full-setdata ] && query="?measure&full-setdata"
+    echo "-- $mode: 10 s warm-up, ${MEASURE} s measured"
+    python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"
+done
