@@ -40,7 +40,8 @@ first = ["/"] + sorted({m.decode() for m in re.findall(rb'"(/assets/[^"]+)"', ht
 later = set()
 for f in first:
     if f.endswith(".js"):
-        later |= {"/" + m.decode() for m in re.findall(rb'assets/[A-Za-z0-9_.-]+\.(?:js|json)', get(f))}
+        # Vite names them by content hash, e.g. `/assets/land-50m-B7heijyN.json`.
+        later |= {"/assets/" + m.decode() for m in re.findall(rb'[A-Za-z0-9_.-]+-[A-Za-z0-9_-]{8}\.(?:json|js)\b', get(f))}
 later -= set(first)
 def served(path):
     try:

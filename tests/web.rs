@@ -34,6 +34,17 @@ async fn wait_loaded(browser: &Browser) {
 /// Ids of the device list's rows, top to bottom.
 const LISTED: &str = "return [...document.querySelectorAll('#list .row')].map(r => r.dataset.id);";
 
+/// The RGB of one pixel (CSS pixel coordinates; headless Chromium draws at 1 device pixel each).
+fn pixel(png: &[u8], x: f64, y: f64) -> [u8; 3] {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().expect("screenshot is a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("PNG frame");
+    let channels = info.color_type.samples();
+    let i = ((y.round() as usize) * info.width as usize + x.round() as usize) * channels;
+    [pixels[i], pixels[i + 1], pixels[i + 2]]
+}
+
 /// How many distinct colours the map area of a screenshot has (a blank canvas has one).
 fn map_colours(png: &[u8], rect: &Value) -> usize {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
@@ -120,7 +131,7 @@ async fn live_map_list_search_filter_and_restart() {
     let rendered = browser
         .wait_for(
             "both devices on the map",
-            "const out = {}; for (const f of fieldlineMap.queryRenderedFeatures({layers: ['devices']})) out[f.properties.device] = f.geometry.coordinates; return Object.keys(out).length === 2 && out;",
+            "const out = fieldlineLive.drawn(); return Object.keys(out).length === 2 && out;",
             json!([]),
         )
         .await;
@@ -152,7 +163,25 @@ async fn live_map_list_search_filter_and_restart() {
             json!([]),
         )
         .await;
-    browser.screenshot("2-two-devices").await;
+    // Drawn for real: the screenshot has van-1's online green where its dot should be.
+    browser
+        .wait_for(
+            "van-1 online",
+            "const e = fieldlineLive.devices.get('van-1'); return e && e.state === 'online';",
+            json!([]),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (x, y) = screen_point(&browser, 2.35, 48.85).await;
+    let png = browser.screenshot("2-two-devices").await;
+    let colour = pixel(&png, x, y);
+    assert!(
+        colour
+            .iter()
+            .zip([0x16, 0xa3, 0x4a])
+            .all(|(c, want)| (i32::from(*c) - want).abs() < 40),
+        "van-1's dot is online green at {x},{y}: {colour:?}"
+    );
 
     // It moves when it publishes again.
     van.publish(
@@ -163,7 +192,7 @@ async fn live_map_list_search_filter_and_restart() {
     browser
         .wait_for(
             "van-1 moved",
-            "for (const f of fieldlineMap.queryRenderedFeatures({layers: ['devices']})) if (f.properties.device === 'van-1' && Math.abs(f.geometry.coordinates[0] - 2.40) < 0.01) return true; return false;",
+            "const at = fieldlineLive.drawn()['van-1']; return !!at && Math.abs(at[0] - 2.40) < 0.01;",
             json!([]),
         )
         .await;
@@ -217,7 +246,7 @@ async fn live_map_list_search_filter_and_restart() {
     browser
         .wait_for(
             "van-1 after the restart",
-            "for (const f of fieldlineMap.queryRenderedFeatures({layers: ['devices']})) if (f.properties.device === 'van-1' && Math.abs(f.geometry.coordinates[0] - 2.45) < 0.01) return true; return false;",
+            "const at = fieldlineLive.drawn()['van-1']; return !!at && Math.abs(at[0] - 2.45) < 0.01;",
             json!([]),
         )
         .await;
@@ -311,4 +340,463 @@ async fn asks_for_a_token_under_api_authentication() {
             .collect::<Vec<_>>(),
         Vec::<String>::new()
     );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where a `[lon, lat]` is on screen (viewport CSS pixels), for clicks on the map.
+async fn screen_point(browser: &Browser, lon: f64, lat: f64) -> (f64, f64) {
+    let p = browser
+        .eval(
+            "const r = fieldlineMap.getCanvas().getBoundingClientRect(); const p = fieldlineMap.project(arguments[0]); return [r.left + p.x, r.top + p.y];",
+            json!([[lon, lat]]),
+        )
+        .await;
+    (
+        p[0].as_f64().unwrap_or(f64::NAN),
+        p[1].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+/// The map still, so a click lands where it was aimed.
+async fn map_still(browser: &Browser) {
+    browser
+        .wait_for(
+            "the map still",
+            "return !fieldlineMap.isMoving() && fieldlineMap.loaded();",
+            json!([]),
+        )
+        .await;
+}
+
+async fn click_map(browser: &Browser, lon: f64, lat: f64) {
+    let (x, y) = screen_point(browser, lon, lat).await;
+    browser.click_at(x, y).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
+    let dir = TempDir::new("web-fence");
+    let db = database(Backend::Sqlite, &dir, "web-fence").await;
+    let mut server = Server::start(&dir, &db).await;
+    let browser = Browser::start(&shots("geofence")).await;
+    let mut van = Device::connect(server.mqtt_port, "van-1").await;
+    let now = now_ms();
+    let fix = |ms: i64, lon: f64| json!({"ts": ms, "lat": 52.52, "lon": lon}).to_string();
+    van.publish("devices/van-1/location", fix(now - 3_000, 13.400))
+        .await;
+    van.wait_acked(1).await;
+
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    browser
+        .wait_for(
+            "van-1 listed",
+            &format!("return (() => {{ {LISTED} }})().includes('van-1');"),
+            json!([]),
+        )
+        .await;
+    browser
+        .eval(
+            "fieldlineMap.jumpTo({center: [13.41, 52.52], zoom: 14}); return true;",
+            json!([]),
+        )
+        .await;
+    browser.click("[data-tool=geofences]").await;
+    map_still(&browser).await;
+    browser
+        .wait_for(
+            "the empty fence list",
+            "return document.getElementById('fence-list').textContent.includes('No geofences yet');",
+            json!([]),
+        )
+        .await;
+
+    // A polygon, clicked corner by corner and closed on its first corner.
+    browser.click("[data-draw=polygon]").await;
+    let corners = [
+        (13.405, 52.515),
+        (13.415, 52.515),
+        (13.415, 52.525),
+        (13.405, 52.525),
+        (13.405, 52.515),
+    ];
+    for (lon, lat) in corners {
+        click_map(&browser, lon, lat).await;
+    }
+    browser
+        .wait_for(
+            "the fence form",
+            "return !document.getElementById('fence-form').hidden;",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("1-polygon-drawn").await;
+    browser.type_into("#fence-form [name=name]", "Depot").await;
+    browser.type_into("#fence-form [name=dwell_s]", "600").await;
+    browser.click("#fence-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "Depot listed",
+            "return document.getElementById('fence-form').hidden && document.getElementById('fence-list').textContent.includes('Depot');",
+            json!([]),
+        )
+        .await;
+    let stored = server.get_ok("/api/geofences").await;
+    let features = stored["features"].as_array().cloned().unwrap_or_default();
+    assert_eq!(features.len(), 1, "one fence stored: {stored}");
+    let depot = &features[0];
+    assert_eq!(depot["properties"]["name"], "Depot");
+    assert_eq!(depot["properties"]["dwell_s"], 600);
+    assert_eq!(depot["geometry"]["type"], "Polygon");
+    let ring = depot["geometry"]["coordinates"][0]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ring.len(), 5, "four corners and the closing one: {depot}");
+    for (lon, lat) in &corners[..4] {
+        assert!(
+            ring.iter().any(|p| {
+                (p[0].as_f64().unwrap_or(0.0) - lon).abs() < 2e-4
+                    && (p[1].as_f64().unwrap_or(0.0) - lat).abs() < 2e-4
+            }),
+            "a corner near {lon},{lat} in {ring:?}"
+        );
+    }
+    browser.screenshot("2-polygon-saved").await;
+
+    // A circle: the API's reason for a radius of 0 is shown at the form; 150 m is stored.
+    browser.click("[data-draw=circle]").await;
+    click_map(&browser, 13.42, 52.52).await;
+    click_map(&browser, 13.422, 52.52).await;
+    browser
+        .wait_for(
+            "the circle form",
+            "return !document.getElementById('fence-form').hidden && document.querySelector('#fence-form [name=radius_m]').value;",
+            json!([]),
+        )
+        .await;
+    browser.type_into("#fence-form [name=name]", "Yard").await;
+    browser.type_into("#fence-form [name=radius_m]", "0").await;
+    browser.click("#fence-form button[type=submit]").await;
+    let reason = browser
+        .wait_for(
+            "the API's reason",
+            "return document.getElementById('fence-error').textContent;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        reason.as_str().unwrap_or_default().contains("radius"),
+        "the reason names the radius: {reason}"
+    );
+    browser.screenshot("3-circle-refused").await;
+    browser
+        .type_into("#fence-form [name=radius_m]", "150")
+        .await;
+    browser.click("#fence-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "Yard listed",
+            "return document.getElementById('fence-list').textContent.includes('Yard');",
+            json!([]),
+        )
+        .await;
+    let stored = server.get_ok("/api/geofences").await;
+    let yard = stored["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["properties"]["name"] == "Yard")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(yard["geometry"]["type"], "Point", "a circle: {yard}");
+    assert_eq!(yard["properties"]["radius_m"], 150);
+    let centre = &yard["geometry"]["coordinates"];
+    assert!(
+        (centre[0].as_f64().unwrap_or(0.0) - 13.42).abs() < 2e-4
+            && (centre[1].as_f64().unwrap_or(0.0) - 52.52).abs() < 2e-4,
+        "centred where clicked: {centre}"
+    );
+
+    // Driven into Depot: the enter event appears in the page as a notice and in the list.
+    for (i, lon) in [13.401, 13.410, 13.411].into_iter().enumerate() {
+        van.publish(
+            "devices/van-1/location",
+            fix(now - 2_000 + 500 * i as i64, lon),
+        )
+        .await;
+    }
+    van.wait_acked(4).await;
+    browser
+        .wait_for(
+            "the enter notice",
+            "return [...document.querySelectorAll('#notices .notice')].some(n => n.textContent.includes('entered Depot'));",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("4-enter-notice").await;
+    browser.click("[data-tool=events]").await;
+    browser
+        .wait_for(
+            "the enter event listed",
+            "return document.getElementById('event-list').textContent.includes('van-1 entered Depot');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("5-event-list").await;
+
+    // History with filters: this device's geofence events are stored; another device has none.
+    browser
+        .type_into("#events-form [name=devices]", "van-1")
+        .await;
+    browser.click("#events-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "stored events",
+            "return document.getElementById('events-note').textContent.startsWith('1 stored event') && document.getElementById('event-list').textContent.includes('entered Depot');",
+            json!([]),
+        )
+        .await;
+    browser
+        .type_into("#events-form [name=devices]", "nobody")
+        .await;
+    browser.click("#events-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "no stored events",
+            "return document.getElementById('event-list').textContent.includes('No stored events match');",
+            json!([]),
+        )
+        .await;
+    // A bad filter: the API's reason, not an empty list.
+    browser
+        .type_into("#events-form [name=devices]", "no spaces allowed")
+        .await;
+    browser.click("#events-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the filter refused",
+            "return document.getElementById('events-note').textContent.includes('Loading events failed');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("6-history").await;
+
+    // Delete Depot (two clicks) from its edit form.
+    browser.click("[data-tool=geofences]").await;
+    browser
+        .wait_for(
+            "the fence list",
+            "return [...document.querySelectorAll('#fence-list [data-fence]')].length === 2;",
+            json!([]),
+        )
+        .await;
+    browser
+        .eval(
+            "[...document.querySelectorAll('#fence-list [data-fence]')].find(b => b.textContent.includes('Depot')).click(); return true;",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the edit form",
+            "return !document.getElementById('fence-form').hidden && !document.getElementById('fence-delete').hidden;",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("7-editing").await;
+    browser.click("#fence-delete").await;
+    browser.click("#fence-delete").await;
+    server
+        .wait_for("/api/geofences", |v| {
+            v["features"].as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+    let errors: Vec<String> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        // The refused radius and filter above: the browser logs every 400 it was answered.
+        .filter(|e| !e.contains("400 (Bad Request)"))
+        .collect();
+    assert_eq!(errors, Vec::<String>::new());
+
+    // The server down: saving says so instead of failing silently.
+    browser
+        .eval(
+            "[...document.querySelectorAll('#fence-list [data-fence]')].find(b => b.textContent.includes('Yard')).click(); return true;",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the Yard form",
+            "return !document.getElementById('fence-form').hidden;",
+            json!([]),
+        )
+        .await;
+    server.kill().await;
+    browser.click("#fence-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "server down said",
+            "return document.getElementById('fence-error').textContent.includes('cannot be reached');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("8-server-down").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
+    let dir = TempDir::new("web-replay");
+    let db = database(Backend::Sqlite, &dir, "web-replay").await;
+    let server = Server::start(&dir, &db).await;
+    let browser = Browser::start(&shots("replay")).await;
+
+    // Two minutes of one fix a second, eastwards, half an hour ago; a metric beside it.
+    let mut truck = Device::connect(server.mqtt_port, "truck-7").await;
+    let t0 = (now_ms() - 1_800_000) / 1000 * 1000;
+    let lon_at = |s: i64| 13.30 + 0.0001 * s as f64;
+    let fixes: Vec<Value> = (0..120)
+        .map(|s| json!({"ts": t0 + s * 1000, "seq": s + 1, "lat": 52.50, "lon": lon_at(s), "speed": 7.0}))
+        .collect();
+    let readings: Vec<Value> = (0..120)
+        .map(|s| json!({"ts": t0 + s * 1000, "seq": s + 1, "metrics": {"temp_c": 20.0 + s as f64 / 10.0}}))
+        .collect();
+    truck
+        .publish("devices/truck-7/location", json!(fixes).to_string())
+        .await;
+    truck
+        .publish("devices/truck-7/telemetry", json!(readings).to_string())
+        .await;
+    truck.wait_acked(2).await;
+    server
+        .wait_for(&format!("/api/devices/truck-7/track?from={t0}"), |v| {
+            v.as_array().map(Vec::len) == Some(120)
+        })
+        .await;
+
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    browser.click("[data-tool=replay]").await;
+    browser
+        .type_into("#replay-form [name=devices]", "truck-7")
+        .await;
+    // The range as the page's datetime-local fields take it (the browser's own time zone).
+    browser
+        .eval(
+            "const local = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+             const f = document.getElementById('replay-form').elements;
+             f.from.value = local(arguments[0]); f.to.value = local(arguments[1]); return true;",
+            json!([t0 - 5_000, t0 + 125_000]),
+        )
+        .await;
+    browser.set_value("#replay-speed", "10").await;
+    browser.click("#replay-form button[type=submit]").await;
+
+    // It plays: the marker appears and moves east, the clock and slider advance, the chart's there.
+    let clock = "return Number(document.getElementById('replay-clock').dataset.ts);";
+    let marker = "const d = fieldlineReplay.devices.get('truck-7'); return d ? d.lon : null;";
+    browser
+        .wait_for(
+            "the replay moving",
+            &format!("const lon = (() => {{ {marker} }})(); return lon !== null && lon > {} && document.getElementById('replay-play').textContent === 'Pause';", lon_at(5)),
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the chart",
+            "return !!document.querySelector('#replay-chart .uplot');",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the replayed marker drawn",
+            "return fieldlineMap.queryRenderedFeatures({layers: ['replay']}).length === 1;",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("1-playing").await;
+
+    // Pause: the clock and the marker hold still.
+    browser.click("#replay-play").await;
+    browser
+        .wait_for(
+            "paused",
+            "return document.getElementById('replay-play').textContent === 'Play';",
+            json!([]),
+        )
+        .await;
+    // Frames already on the wire and the page's next animation frame land first.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let held = browser.eval(clock, json!([])).await;
+    let held_lon = browser.eval(marker, json!([])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(browser.eval(clock, json!([])).await, held, "the clock held");
+    assert_eq!(
+        browser.eval(marker, json!([])).await,
+        held_lon,
+        "the marker held"
+    );
+    assert!(
+        held.as_f64().unwrap_or(0.0) < (t0 + 110_000) as f64,
+        "paused before the seek point: {held}"
+    );
+    browser.screenshot("2-paused").await;
+
+    // Seek with the slider to 100 s in, then play: the next fixes come from there on.
+    browser
+        .set_value("#replay-seek", &(t0 + 100_000).to_string())
+        .await;
+    browser
+        .wait_for(
+            "the clock at the seek point",
+            &format!("return (() => {{ {clock} }})() >= {};", t0 + 100_000),
+            json!([]),
+        )
+        .await;
+    browser.click("#replay-play").await;
+    browser
+        .wait_for(
+            "the marker past the seek point",
+            &format!(
+                "const lon = (() => {{ {marker} }})(); return lon !== null && lon >= {};",
+                lon_at(100) - 1e-9
+            ),
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the end",
+            "return document.getElementById('replay-note').textContent === 'End of the range.';",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("3-seeked-to-end").await;
+
+    // Bad input: a range that ends before it starts is refused in the page.
+    browser
+        .eval(
+            "const f = document.getElementById('replay-form').elements; [f.from.value, f.to.value] = [f.to.value, f.from.value]; return true;",
+            json!([]),
+        )
+        .await;
+    browser.click("#replay-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the range refused",
+            "return [...document.querySelectorAll('#notices .notice')].some(n => n.textContent.includes('must end after'));",
+            json!([]),
+        )
+        .await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }

@@ -68,11 +68,22 @@ impl Broker {
         (client, eventloop)
     }
 
-    /// A device that only publishes: its event loop runs in the background until the
-    /// connection ends, and publishing then fails.
+    /// A device that only publishes: its event loop runs in the background and, as a real
+    /// device does, connects again after a pause when the connection fails (thousands of
+    /// devices connecting at once make some time out; a pause spread by id keeps them from
+    /// retrying in step).
     pub fn publisher(&self, client_id: &str) -> AsyncClient {
         let (client, mut eventloop) = self.connect(client_id, 100);
-        tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        let spread = client_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        tokio::spawn(async move {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(1_000 + spread % 4_000)).await;
+                }
+            }
+        });
         client
     }
 }

@@ -152,6 +152,37 @@ impl Browser {
         .await;
     }
 
+    /// A mouse click at a point of the viewport (CSS pixels), as real pointer events: what
+    /// a map's drawing tools listen to.
+    pub async fn click_at(&self, x: f64, y: f64) {
+        let actions = json!({"actions": [{
+            "type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"},
+            "actions": [
+                {"type": "pointerMove", "duration": 50, "origin": "viewport", "x": x.round() as i64, "y": y.round() as i64},
+                {"type": "pointerDown", "button": 0},
+                {"type": "pause", "duration": 40},
+                {"type": "pointerUp", "button": 0},
+                {"type": "pause", "duration": 250}
+            ]
+        }]});
+        self.command(reqwest::Method::POST, "/actions", Some(actions))
+            .await;
+        self.command(reqwest::Method::DELETE, "/actions", None)
+            .await;
+    }
+
+    /// Sets a form field's value the way a picker does (input and change events): for
+    /// fields such as `datetime-local` and `range` that typing does not fill portably.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        self.eval(
+            "const el = document.querySelector(arguments[0]); el.focus(); el.value = arguments[1];
+             el.dispatchEvent(new Event('input', {bubbles: true}));
+             el.dispatchEvent(new Event('change', {bubbles: true})); el.blur(); return true;",
+            json!([css, value]),
+        )
+        .await;
+    }
+
     /// Types into a field as a user would (key events), after clearing it.
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css).await;

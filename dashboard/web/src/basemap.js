@@ -32,7 +32,9 @@ export async function addLand(map) {
   // rewound to GeoJSON's (outer rings counter-clockwise) or islands come out as holes.
   const land = unwrap(rewind(feature(landTopology, landTopology.objects.land), false));
   const borders = unwrap(mesh(world, countries, (a, b) => a !== b));
-  const before = map.getLayer('trails') ? 'trails' : undefined;
+  // Right above the sea, under everything the page has added meanwhile (fences, tracks, devices).
+  const layers = map.getStyle().layers;
+  const before = layers.length > 1 ? layers[1].id : undefined;
   map.addSource('land', { type: 'geojson', data: land });
   map.addSource('borders', { type: 'geojson', data: borders });
   map.addLayer({ id: 'land', type: 'fill', source: 'land', paint: { 'fill-color': '#f4f1ea' } }, before);

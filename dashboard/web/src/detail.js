@@ -1,17 +1,34 @@
-// The detail panel of one device: its state, newest position and metric values, follow, and
-// export links for its last 24 hours. Values shown are only what the API or the stream sent.
+// The detail panel of one device: its state, newest position and metric values, follow, a
+// chart of one metric (live, or a chosen range through `points=`), its track for a range with
+// trips and stops, and export links. Values shown are only what the API or the stream sent.
 
 import { api, ApiError, describe, token } from './api.js';
+import { fromBuckets, TimeChart } from './chart.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
 
+/** The live chart's window, in seconds. */
+const LIVE_S = 15 * 60;
+/** Chart points asked of the API for a range: about one per two pixels of the panel. */
+const POINTS = 150;
+
 export class DeviceDetail {
-  constructor({ onClose, onFollow }) {
+  constructor({ onClose, onFollow, track }) {
     this.panel = document.getElementById('detail');
     this.id = null;
     this.device = null;
+    this.track = track;
+    this.chart = new TimeChart(document.getElementById('chart'));
+    this.chartAsk = 0;
     document.getElementById('detail-close').addEventListener('click', onClose);
     document.getElementById('follow').addEventListener('change', (e) => onFollow(e.target.checked));
+    document.getElementById('chart-metric').addEventListener('change', () => this.loadChart());
+    document.getElementById('chart-range').addEventListener('change', () => this.loadChart());
+    document.getElementById('track-show').addEventListener('click', () => this.showTrack());
+    document.getElementById('track-clear').addEventListener('click', () => {
+      this.track.clear();
+      document.getElementById('trips').innerHTML = '';
+    });
     for (const format of ['csv', 'gpx', 'geojson']) {
       document.getElementById(`export-${format}`).addEventListener('click', (e) => this.download(e, format));
     }
@@ -63,6 +80,7 @@ export class DeviceDetail {
       if (this.id !== id) return;
       this.device = device;
       this.render();
+      this.fillMetrics();
     } catch (error) {
       if (this.id !== id) return;
       document.getElementById('detail-state').textContent = describe(error, `Loading ${id}`);
@@ -70,8 +88,73 @@ export class DeviceDetail {
     }
   }
 
+  /** The metric choice: the device's metrics by name, keeping the one chosen before. */
+  fillMetrics() {
+    const select = document.getElementById('chart-metric');
+    const names = Object.keys(this.device.metrics || {}).sort();
+    const before = select.value;
+    select.innerHTML = names.map((n) => `<option>${escapeHtml(n)}</option>`).join('');
+    if (names.includes(before)) select.value = before;
+    document.getElementById('chart-box').hidden = names.length === 0;
+    if (names.length) this.loadChart();
+    else this.chart.destroy();
+  }
+
+  async loadChart() {
+    const id = this.id;
+    const metric = document.getElementById('chart-metric').value;
+    const range = document.getElementById('chart-range').value;
+    const note = document.getElementById('chart-note');
+    const span = range === 'live' ? LIVE_S : Number(range);
+    const to = Date.now();
+    const q = new URLSearchParams({ metric, from: new Date(to - span * 1000).toISOString(), to: new Date(to).toISOString(), points: String(POINTS) });
+    const ask = ++this.chartAsk;
+    note.textContent = 'loading…';
+    try {
+      const rows = await api(`/api/devices/${encodeURIComponent(id)}/telemetry?${q}`);
+      if (ask !== this.chartAsk) return;
+      this.chart.set(metric, fromBuckets(rows));
+      note.textContent = rows.length ? (range === 'live' ? 'live' : `${rows.length} points`) : `no ${metric} in this range`;
+    } catch (error) {
+      if (ask !== this.chartAsk) return;
+      this.chart.destroy();
+      note.textContent = describe(error, 'Loading the chart');
+    }
+  }
+
+  async showTrack() {
+    const id = this.id;
+    const span = Number(document.getElementById('track-range').value);
+    const to = new Date();
+    const from = new Date(to - span * 1000);
+    const q = new URLSearchParams({ from: from.toISOString(), to: to.toISOString() });
+    const list = document.getElementById('trips');
+    list.innerHTML = '<li>loading…</li>';
+    try {
+      const base = `/api/devices/${encodeURIComponent(id)}`;
+      const [track, trips] = await Promise.all([
+        api(`${base}/track?format=geojson&simplify=5&${q}`),
+        api(`${base}/trips?${q}`),
+      ]);
+      if (id !== this.id) return;
+      const fixes = this.track.show(track, trips.stops);
+      const items = [
+        ...trips.trips.map((t) => ({ at: t.start, text: `trip ${time(t.start)}–${time(t.end)}: ${(t.distance_m / 1000).toFixed(2)} km, max ${(t.max_speed * 3.6).toFixed(0)} km/h` })),
+        ...trips.stops.map((s) => ({ at: s.start, text: `stop ${time(s.start)}–${time(s.end)}: ${Math.round(s.duration_s / 60)} min` })),
+      ].sort((a, b) => a.at.localeCompare(b.at));
+      list.innerHTML = fixes
+        ? items.map((i) => `<li>${escapeHtml(i.text)}</li>`).join('') || '<li>no trips or stops</li>'
+        : '<li>no fixes in this range</li>';
+    } catch (error) {
+      list.innerHTML = '';
+      notify(describe(error, 'Loading the track'));
+    }
+  }
+
   hide() {
     this.id = null;
+    this.chart.destroy();
+    this.chartAsk++;
     this.panel.hidden = true;
     document.getElementById('follow').checked = false;
   }
@@ -85,9 +168,17 @@ export class DeviceDetail {
     } else if (kind === 'status') {
       this.device.online = !!ev.online;
     } else if (kind === 'telemetry') {
+      const known = Object.keys(this.device.metrics || {}).length;
       this.device.metrics = this.device.metrics || {};
       for (const [name, value] of Object.entries(ev.metrics || {})) this.device.metrics[name] = { ts: ev.ts, value };
       this.device.last_seen = ev.ts;
+      const metric = document.getElementById('chart-metric').value;
+      const value = ev.metrics && ev.metrics[metric];
+      if (document.getElementById('chart-range').value === 'live' && value !== undefined && this.chart.plot) {
+        this.chart.push(Date.parse(ev.ts) / 1000, Number(value), LIVE_S);
+        document.getElementById('chart-note').textContent = 'live';
+      }
+      if (Object.keys(this.device.metrics).length !== known) this.fillMetrics();
     }
     this.render();
   }
@@ -109,4 +200,8 @@ export class DeviceDetail {
       .map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${escapeHtml(v)}</dd>`)
       .join('');
   }
+}
+
+function time(iso) {
+  return new Date(iso).toLocaleString([], { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 }

@@ -1,17 +1,25 @@
-// The live map: every device as one feature of a WebGL circle layer, coloured by state, with
-// heading arrows and trails. Events are queued as they arrive and applied once per animation
-// frame as a diff of the devices that changed (GeoJSONSource.updateData), never a full
-// setData per event: at 10,000 devices a full setData re-tiles everything each time.
+// The live map: every device as a dot of a WebGL layer of our own (dots.js), coloured by
+// state. Events are queued as they arrive and applied once per animation frame: a moved
+// device rewrites its slot in the dot buffer, never a full setData per event (at 10,000
+// devices a GeoJSON source re-tiles everything on each change; `?full-setdata` keeps that
+// way for the benchmark to compare). The devices in view once zoomed in, and the selected
+// one, also go to a small GeoJSON source as diffs, for heading arrows, the selection ring
+// and trails of their last minutes.
 
-import { Marker } from 'maplibre-gl';
+import { Marker, MercatorCoordinate } from 'maplibre-gl';
+import { DeviceDots } from './dots.js';
 
 /** Seconds without a fix after which an online device is drawn as stale. */
 const STALE_MS = 60_000;
 /** How much of each device's recent path the trail shows. */
 const TRAIL_MS = 5 * 60_000;
+/** From this zoom on, devices in view get heading arrows and trails; below it only the selected one. */
+const NEAR_ZOOM = 12;
 /** Labels are DOM elements: only this many, and only when zoomed in. */
 const LABEL_ZOOM = 14;
 const MAX_LABELS = 200;
+/** A click within this many pixels of a dot selects it. */
+const PICK_PX = 10;
 
 const COLORS = { online: '#16a34a', stale: '#d97706', offline: '#6b7280' };
 
@@ -19,7 +27,7 @@ export class LiveMap {
   constructor(map, { onSelect }) {
     this.map = map;
     this.onSelect = onSelect;
-    /** id -> { num (the feature id: from 1, as 0 reads as no id), lon, lat, heading, online, lastMs, state, trail: [[lon, lat, ms]] } */
+    /** id -> { num (from 1: the dot slot and feature id), lon, lat, heading, online, lastMs, state, trail: [[lon, lat, ms]] } */
     this.devices = new Map();
     this.byNum = [];
     this.pending = new Set();
@@ -27,7 +35,9 @@ export class LiveMap {
     this.selected = null;
     this.follow = false;
     this.labels = new Map();
-    /** For the benchmark: applying each event with a full setData instead of diffs. */
+    /** Where devices are "near" (arrows, trails); null when zoomed out: only the selected one. */
+    this.nearBounds = null;
+    /** For the benchmark: applying each event with a full GeoJSON setData instead. */
     this.fullSetData = new URLSearchParams(location.search).has('full-setdata');
     /** With `?measure` (the benchmark): frames, events applied, publish-to-render latency. */
     this.measure = new URLSearchParams(location.search).has('measure') ? {} : null;
@@ -47,7 +57,7 @@ export class LiveMap {
     const map = this.map;
     const empty = { type: 'FeatureCollection', features: [] };
     map.addSource('trails', { type: 'geojson', data: empty });
-    map.addSource('devices', { type: 'geojson', data: empty });
+    map.addSource('near', { type: 'geojson', data: empty });
     map.addImage('arrow', arrowImage(), { pixelRatio: 2 });
     map.addLayer({
       id: 'trails',
@@ -55,28 +65,34 @@ export class LiveMap {
       source: 'trails',
       paint: { 'line-color': '#2563eb', 'line-opacity': 0.45, 'line-width': 2 },
     });
-    map.addLayer({
-      id: 'devices',
-      type: 'circle',
-      source: 'devices',
-      paint: {
-        'circle-radius': ['interpolate', ['linear'], ['zoom'], 2, 2.5, 10, 5, 16, 7],
-        'circle-color': ['match', ['get', 'state'], 'online', COLORS.online, 'stale', COLORS.stale, COLORS.offline],
-        'circle-stroke-color': '#ffffff',
-        'circle-stroke-width': ['interpolate', ['linear'], ['zoom'], 2, 0, 8, 1],
-      },
-    });
+    if (this.fullSetData) {
+      map.addSource('all', { type: 'geojson', data: empty });
+      map.addLayer({
+        id: 'devices',
+        type: 'circle',
+        source: 'all',
+        paint: {
+          'circle-radius': ['interpolate', ['linear'], ['zoom'], 2, 2.5, 10, 5, 16, 7],
+          'circle-color': ['match', ['get', 'state'], 'online', COLORS.online, 'stale', COLORS.stale, COLORS.offline],
+          'circle-stroke-color': '#ffffff',
+          'circle-stroke-width': ['interpolate', ['linear'], ['zoom'], 2, 0, 8, 1],
+        },
+      });
+    } else {
+      this.dots = new DeviceDots('devices');
+      map.addLayer(this.dots);
+    }
     map.addLayer({
       id: 'selected',
       type: 'circle',
-      source: 'devices',
+      source: 'near',
       filter: ['==', ['get', 'device'], ''],
       paint: { 'circle-radius': 11, 'circle-color': 'rgba(0,0,0,0)', 'circle-stroke-color': '#111827', 'circle-stroke-width': 2 },
     });
     map.addLayer({
       id: 'heading',
       type: 'symbol',
-      source: 'devices',
+      source: 'near',
       minzoom: 11,
       filter: ['has', 'heading'],
       layout: {
@@ -88,13 +104,72 @@ export class LiveMap {
         'icon-offset': [0, -14],
       },
     });
-    map.on('click', 'devices', (e) => {
-      const f = e.features && e.features[0];
-      if (f) this.onSelect(f.properties.device);
+    map.on('click', (e) => {
+      const num = this.pickAt(e.point);
+      if (num) this.onSelect(this.byNum[num - 1].id);
     });
-    map.on('mouseenter', 'devices', () => (map.getCanvas().style.cursor = 'pointer'));
-    map.on('mouseleave', 'devices', () => (map.getCanvas().style.cursor = ''));
-    map.on('moveend', () => this.updateLabels());
+    map.on('moveend', () => {
+      this.updateLabels();
+      this.updateNear();
+      this.reanchor();
+    });
+  }
+
+  pickAt(point) {
+    if (this.dots) return this.dots.pick(point, PICK_PX);
+    const f = this.map.queryRenderedFeatures(point, { layers: ['devices'] })[0];
+    return f ? this.devices.get(f.properties.device).num : 0;
+  }
+
+  /** Where each device is drawn now: `{id: [lon, lat]}` of those in view (tests, tools). */
+  drawn() {
+    const out = {};
+    const b = this.map.getBounds();
+    for (const e of this.byNum) {
+      const at = this.dots ? this.dots.drawnAt(e.num) : e.lon !== undefined && [e.lon, e.lat];
+      if (at && b.contains(at)) out[e.id] = at;
+    }
+    return out;
+  }
+
+  /** Zoomed in far from where the dot offsets are anchored: anchor them at the view. */
+  reanchor() {
+    if (!this.dots || !this.dots.anchor || this.map.getZoom() < 8) return;
+    const c = MercatorCoordinate.fromLngLat(this.map.getCenter());
+    const [x, y] = this.dots.anchor;
+    if (Math.abs(c.x - x) + Math.abs(c.y - y) > 1e-3) {
+      this.dots.reanchor(c.x, c.y);
+      this.map.triggerRepaint();
+    }
+  }
+
+  /** The near set (arrows, ring, trails) anew for this view: only ever a few hundred. */
+  updateNear() {
+    this.nearBounds = this.map.getZoom() >= NEAR_ZOOM ? this.map.getBounds() : null;
+    const now = Date.now();
+    const near = [];
+    const trails = [];
+    for (const e of this.byNum) {
+      const want = this.nearWanted(e);
+      if (want) {
+        near.push(deviceFeature(e));
+        pruneTrail(e, now);
+        const t = trailFeature(e);
+        if (t) trails.push(t);
+        e.trailShown = !!t;
+      } else e.trailShown = false;
+      e.nearShown = want;
+    }
+    return [
+      this.map.getSource('near').setData({ type: 'FeatureCollection', features: near }),
+      this.map.getSource('trails').setData({ type: 'FeatureCollection', features: trails }),
+    ];
+  }
+
+  nearWanted(e) {
+    if (e.lon === undefined) return false;
+    if (e.id === this.selected) return true;
+    return !!this.nearBounds && this.nearBounds.contains([e.lon, e.lat]);
   }
 
   measureReset() {
@@ -138,7 +213,7 @@ export class LiveMap {
   entry(id) {
     let e = this.devices.get(id);
     if (!e) {
-      e = { id, num: this.byNum.length + 1, online: false, lastMs: 0, state: 'offline', trail: [], shown: false };
+      e = { id, num: this.byNum.length + 1, online: false, lastMs: 0, state: 'offline', trail: [], nearShown: false, trailShown: false };
       this.devices.set(id, e);
       this.byNum.push(e);
     }
@@ -177,64 +252,69 @@ export class LiveMap {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
-  /** Once per frame: the devices that changed since the last one, as one diff per source. */
+  /** Once per frame: the devices that changed since the last one, into the dot buffer, and
+   * those near (in view when zoomed in, or selected) as one diff per GeoJSON source. */
   flush() {
     this.frame = 0;
     if (!this.pending.size) return;
     const stamps = [];
+    const now = Date.now();
+    const near = { add: [], update: [], remove: [] };
+    const trails = { add: [], update: [], remove: [] };
     for (const e of this.pending) {
       // Only fixes count, once: a state change alone is not a marker moved.
       if (e.fixMs) stamps.push(e.fixMs);
       e.fixMs = 0;
-    }
-    const now = Date.now();
-    const devices = { add: [], update: [] };
-    const trails = { add: [], update: [], remove: [] };
-    for (const e of this.pending) {
       e.state = stateOf(e, now);
       if (e.lon === undefined) continue;
-      const f = deviceFeature(e);
-      if (e.shown) {
-        const change = { id: e.num, newGeometry: f.geometry, addOrUpdateProperties: props(f) };
-        if (e.heading === undefined) change.removeProperties = ['heading'];
-        devices.update.push(change);
-      }
-      else devices.add.push(f);
+      this.dots.set(e.num, e.lon, e.lat, e.state);
+      const want = this.nearWanted(e);
+      if (want) {
+        const f = deviceFeature(e);
+        if (e.nearShown) {
+          const change = { id: e.num, newGeometry: f.geometry, addOrUpdateProperties: props(f) };
+          if (e.heading === undefined) change.removeProperties = ['heading'];
+          near.update.push(change);
+        } else near.add.push(f);
+      } else if (e.nearShown) near.remove.push(e.num);
+      e.nearShown = want;
       pruneTrail(e, now);
-      const t = trailFeature(e);
+      const t = want ? trailFeature(e) : null;
       if (t && e.trailShown) trails.update.push({ id: e.num, newGeometry: t.geometry });
       else if (t) trails.add.push(t);
       else if (e.trailShown) trails.remove.push(e.num);
       e.trailShown = !!t;
-      e.shown = true;
     }
     this.pending.clear();
-    this.measured(
-      [this.map.getSource('devices').updateData(devices), this.map.getSource('trails').updateData(trails)],
-      stamps,
-    );
+    this.map.triggerRepaint();
+    const updates = [];
+    if (near.add.length || near.update.length || near.remove.length) updates.push(this.map.getSource('near').updateData(near));
+    if (trails.add.length || trails.update.length || trails.remove.length) updates.push(this.map.getSource('trails').updateData(trails));
+    this.measured(updates, stamps);
     this.followSelected();
     this.updateLabelPositions();
   }
 
+  /** Every device anew: into the dots (or, for the benchmark's comparison, one GeoJSON setData). */
   setAll() {
     const now = Date.now();
-    const devices = [];
-    const trails = [];
-    for (const e of this.byNum) {
-      e.state = stateOf(e, now);
-      if (e.lon === undefined) continue;
-      devices.push(deviceFeature(e));
-      pruneTrail(e, now);
-      const t = trailFeature(e);
-      if (t) trails.push(t);
-      e.shown = true;
-      e.trailShown = !!t;
+    const done = [];
+    if (this.dots) {
+      this.dots.clear();
+      for (const e of this.byNum) {
+        e.state = stateOf(e, now);
+        if (e.lon !== undefined) this.dots.set(e.num, e.lon, e.lat, e.state);
+      }
+      this.map.triggerRepaint();
+    } else {
+      const features = [];
+      for (const e of this.byNum) {
+        e.state = stateOf(e, now);
+        if (e.lon !== undefined) features.push(deviceFeature(e));
+      }
+      done.push(this.map.getSource('all').setData({ type: 'FeatureCollection', features }));
     }
-    const done = [
-      this.map.getSource('devices').setData({ type: 'FeatureCollection', features: devices }),
-      this.map.getSource('trails').setData({ type: 'FeatureCollection', features: trails }),
-    ];
+    done.push(...this.updateNear());
     this.updateLabels();
     return done;
   }
@@ -249,6 +329,7 @@ export class LiveMap {
     this.selected = id;
     this.follow = follow;
     this.map.setFilter('selected', ['==', ['get', 'device'], id || '']);
+    this.updateNear();
     const e = id && this.devices.get(id);
     if (e && e.lon !== undefined) this.map.easeTo({ center: [e.lon, e.lat], zoom: Math.max(this.map.getZoom(), 12) });
   }

@@ -1,5 +1,6 @@
 // The dashboard's start: settings, the token when the API asks for one, then the map, the
-// device list, the detail panel and the live stream wired together.
+// device list, the detail panel, the tools (geofences, rules, events, replay) and the live
+// streams wired together.
 
 import 'maplibre-gl/dist/maplibre-gl.css';
 import './style.css';
@@ -11,9 +12,14 @@ import { api, ApiError, describe, setToken } from './api.js';
 import { addLand, emptyStyle } from './basemap.js';
 import { DeviceDetail } from './detail.js';
 import { DeviceList } from './devicelist.js';
+import { EventList } from './events.js';
+import { GeofenceEditor } from './geofences.js';
 import { LiveMap } from './livemap.js';
 import { notify } from './notices.js';
+import { ReplayPlayer } from './replay.js';
+import { RuleEditor } from './rules.js';
 import { LiveStream } from './stream.js';
+import { TrackView } from './track.js';
 
 /** Zoomed in at least this far, the stream carries only what is in (and near) the view. */
 const BBOX_ZOOM = 8;
@@ -88,12 +94,26 @@ async function boot() {
   await new Promise((resolve) => map.once('load', resolve));
   fieldlineTimings.map = Math.round(performance.now());
 
+  const live = new LiveMap(map, { onSelect: (id) => select(id) });
+  window.fieldlineLive = live;
   const detail = new DeviceDetail({
     onClose: () => select(null),
     onFollow: (on) => live.select(detail.id, on),
+    track: new TrackView(map),
   });
-  const live = new LiveMap(map, { onSelect: (id) => select(id) });
-  window.fieldlineLive = live;
+  const fences = new GeofenceEditor(map, { onChange: () => {} });
+  fences.load();
+  const rules = new RuleEditor();
+  const events = new EventList({
+    onSelect: (id, at) => {
+      select(id);
+      if (at) map.easeTo({ center: at, zoom: Math.max(map.getZoom(), 14) });
+    },
+    isOpen: () => openTool === 'events',
+  });
+  const replay = new ReplayPlayer(map, { onOpen: () => {} });
+  window.fieldlineFences = fences;
+  window.fieldlineReplay = replay;
   if (config.map_style) fieldlineTimings.land = fieldlineTimings.map;
   else
     addLand(map)
@@ -169,6 +189,31 @@ async function boot() {
   });
   stream.open();
   setInterval(counts, 1000);
+
+  // Geofence and alert events of every device, wherever the map looks: a stream of their own.
+  const eventStream = new LiveStream({
+    kinds: ['geofence', 'alert'],
+    onEvent: (kind, ev) => events.event(ev),
+    onReset: () => {},
+    onState: () => {},
+  });
+  eventStream.open();
+
+  let openTool = null;
+  function showTool(name) {
+    openTool = openTool === name ? null : name;
+    for (const b of document.querySelectorAll('[data-tool]')) b.setAttribute('aria-pressed', String(b.dataset.tool === openTool));
+    for (const section of document.querySelectorAll('.tool')) section.hidden = section.id !== `tool-${openTool}`;
+    document.getElementById('tools').hidden = !openTool;
+    // Leaving the editor drops an unsaved drawing, so the map never shows a fence that is not stored.
+    if (openTool !== 'geofences') fences.cancel();
+    if (openTool === 'geofences') fences.load();
+    if (openTool === 'rules') rules.load();
+    if (openTool === 'events') events.opened();
+    if (openTool === 'replay') replay.prefill(detail.id);
+    map.resize();
+  }
+  for (const button of document.querySelectorAll('[data-tool]')) button.addEventListener('click', () => showTool(button.dataset.tool));
 
   // Devices outside the old box got no events: a view that reaches beyond it reloads them.
   map.on('moveend', () => {
