@@ -6,6 +6,8 @@ page applied it). Talks WebDriver to chromedriver; prints one JSON object.
 
 Usage: bench-dashboard.py URL WARMUP_S MEASURE_S"""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,12 +21,13 @@ def call(method, path, body=None):
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://127.0.0.1:{PORT}{path}", method=method, data=data,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)["value"]
 
 
+# A session of its own, so the browser it starts ends with it (see the `finally`).
 driver = subprocess.Popen(["chromedriver", f"--port={PORT}"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL, start_new_session=True)
 try:
     for _ in range(100):
         try:
@@ -50,17 +53,18 @@ try:
         metrics = cdp("Performance.getMetrics")["metrics"]
         return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
 
-    call("POST", f"{s}/url", {"url": url})
-    for _ in range(600):
-        if js("return !!(window.fieldlineLive && window.fieldlineTimings && fieldlineTimings.land)"):
-            break
-        time.sleep(0.1)
-    timings = js("return fieldlineTimings")
-    # The fleet drives around Berlin: look at it (zoomed in, so the stream is by bbox).
-    js("fieldlineMap.jumpTo({center: [13.405, 52.52], zoom: 11}); return true")
-    time.sleep(warmup)
-    cdp("Performance.enable")
-    try:
+    def run():
+        call("POST", f"{s}/url", {"url": url})
+        deadline = time.time() + 120
+        while not js("return !!(window.fieldlineLive && window.fieldlineTimings && fieldlineTimings.land)"):
+            if time.time() > deadline:
+                raise TimeoutError("the page did not finish loading within 2 minutes")
+            time.sleep(0.1)
+        timings = js("return fieldlineTimings")
+        # The fleet drives around Berlin: look at it (zoomed in, so the stream is by bbox).
+        js("fieldlineMap.jumpTo({center: [13.405, 52.52], zoom: 11}); return true")
+        time.sleep(warmup)
+        cdp("Performance.enable")
         js("fieldlineLive.measureReset(); return true")
         busy0, t0 = task_seconds(), time.time()
         time.sleep(measure)
@@ -73,16 +77,19 @@ try:
                 devices: fieldlineLive.devices.size,
                 rendered: Object.keys(fieldlineLive.drawn()).length,
                 elapsed_s: (performance.now() - m.since) / 1000}""")
-    except OSError as e:
-        # A page so busy it cannot answer WebDriver within two minutes: that is the result.
-        print(json.dumps({"unresponsive": True, "error": str(e), "time_to_map_ms": timings.get("map")}))
-        sys.exit(0)
-    stats["fps"] = stats["frames"] / stats["elapsed_s"]
-    stats["main_thread_busy_per_s"] = (busy1 - busy0) / (t1 - t0)
-    stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
-    stats["time_to_map_ms"] = timings.get("map")
-    stats["time_to_land_ms"] = timings.get("land")
-    print(json.dumps(stats))
-    call("DELETE", s)
+        stats["fps"] = stats["frames"] / stats["elapsed_s"]
+        stats["main_thread_busy_per_s"] = (busy1 - busy0) / (t1 - t0)
+        stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
+        stats["time_to_map_ms"] = timings.get("map")
+        stats["time_to_land_ms"] = timings.get("land")
+        print(json.dumps(stats))
+
+    try:
+        run()
+    except (OSError, TimeoutError) as e:
+        # A page so busy it cannot answer WebDriver within a minute: that is the result.
+        print(json.dumps({"unresponsive": True, "error": str(e)}))
+    else:
+        call("DELETE", s)
 finally:
-    driver.kill()
+    os.killpg(driver.pid, signal.SIGKILL)

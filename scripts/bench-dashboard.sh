@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Web dashboard benchmark: VEHICLES vehicles at 1 Hz each (`fieldline-sim fleet`, one MQTT
 # connection each, around Berlin) into Fieldline (SQLite), and the page open in headless
-# Chromium (WebGL through SwiftShader) looking at them, zoomed in. Two runs on the same load:
-# the page as it ships (changes applied once per animation frame as diffs) and the same page
-# applying each event with a full setData (`?full-setdata`). Per run: frames per second,
+# Chromium (WebGL through SwiftShader) looking at all of them. Three runs on the same load:
+# the page as it ships (changes drawn at most every 50 ms, each device rewriting its own slot
+# of the dot layer), the same redrawing on every animation frame that has changes
+# (`?redraw-ms=0`), and the page applying each event with a full GeoJSON setData
+# (`?full-setdata`). Per run: frames per second,
 # main-thread busy time per second, publish-to-marker latency (p50, p99), events applied; and
 # the bundle size and the time to the first map.
 # Usage: scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
@@ -71,9 +73,14 @@ for _ in $(seq 300); do
 done
 echo "devices known: $n"
 
-for mode in diffs full-setdata; do
-    query="?measure"
-    [ "$mode" = full-setdata ] && query="?measure&full-setdata"
-    echo "-- $mode: 10 s warm-up, ${MEASURE} s measured"
+# The page as it ships; the same with a redraw on every animation frame that has changes; and
+# the way not to do it: a full GeoJSON setData per event.
+for mode in ${MODES:-shipped every-frame full-setdata}; do
+    case "$mode" in
+        shipped) query="?measure" ;;
+        every-frame) query="?measure&redraw-ms=0" ;;
+        full-setdata) query="?measure&full-setdata" ;;
+    esac
+    echo "-- $mode ($query): 10 s warm-up, ${MEASURE} s measured"
     python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"
 done

@@ -227,12 +227,59 @@ async fn live_map_list_search_filter_and_restart() {
     browser.screenshot("5-offline-filter").await;
     browser.click("[data-filter=all]").await;
 
-    // Clicking a row opens its detail with what the API said.
+    // Clicking a row opens its detail with what the API said, and a chart of its metric.
+    van.publish(
+        "devices/van-1/telemetry",
+        json!({"metrics": {"temp_c": 21.5}}).to_string(),
+    )
+    .await;
+    server
+        .wait_for("/api/devices/van-1", |d| d["metrics"]["temp_c"].is_object())
+        .await;
     browser.click("#list .row[data-id='van-1']").await;
     browser
         .wait_for("van-1 detail", "return !document.getElementById('detail').hidden && document.getElementById('detail-values').textContent.includes('48.86');", json!([]))
         .await;
+    browser
+        .wait_for(
+            "the temp_c chart",
+            "return document.getElementById('chart-metric').value === 'temp_c' && !!document.querySelector('#chart .uplot') && document.getElementById('chart-note').textContent === 'live';",
+            json!([]),
+        )
+        .await;
+    // A live reading lands on the chart.
+    van.publish(
+        "devices/van-1/telemetry",
+        json!({"metrics": {"temp_c": 23.0}}).to_string(),
+    )
+    .await;
+    browser
+        .wait_for(
+            "the live reading charted",
+            "return document.getElementById('detail-values').textContent.includes('23');",
+            json!([]),
+        )
+        .await;
+    // Its track for the last 24 h: drawn, with its (too short to judge) trips and stops.
+    browser.click("#track-show").await;
+    browser
+        .wait_for(
+            "the track",
+            "const t = document.getElementById('trips').textContent; return t && !t.includes('loading') && fieldlineMap.getSource('track')._data;",
+            json!([]),
+        )
+        .await;
     browser.screenshot("6-detail").await;
+    // Back out to the world: showing the track zoomed in on Paris, and a zoomed-in page only
+    // streams what is in view.
+    browser.click("#track-clear").await;
+    browser
+        .eval(
+            "fieldlineMap.jumpTo({center: [0, 20], zoom: 1.5}); return true;",
+            json!([]),
+        )
+        .await;
+    map_still(&browser).await;
 
     // The server restarts (a new stream epoch): the page reconnects and reloads by itself.
     drop(van);
@@ -263,7 +310,7 @@ async fn live_map_list_search_filter_and_restart() {
         .await
         .into_iter()
         // While the server was down the browser logged its failed reconnects: expected.
-        .filter(|e| !e.contains("/api/stream") && !e.contains("ERR_CONNECTION_REFUSED"))
+        .filter(|e| !e.contains("/api/ws") && !e.contains("ERR_CONNECTION_REFUSED"))
         .collect();
     assert_eq!(errors, Vec::<String>::new());
 }
@@ -319,6 +366,24 @@ async fn asks_for_a_token_under_api_authentication() {
         .await;
     browser.screenshot("3-signed-in").await;
 
+    // A viewer may read but not write: saving a rule says so.
+    browser.click("[data-tool=rules]").await;
+    browser.click("#rule-new").await;
+    browser.type_into("#rule-form [name=name]", "Cold").await;
+    browser
+        .type_into("#rule-form [name=metric]", "temp_c")
+        .await;
+    browser.type_into("#rule-form [name=above]", "8").await;
+    browser.click("#rule-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the 403 said",
+            "return document.getElementById('rule-error').textContent.includes('may not do that');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("4-viewer-refused").await;
+
     // The token is kept for the browser session: a reload does not ask again.
     browser.refresh().await;
     wait_loaded(&browser).await;
@@ -336,7 +401,7 @@ async fn asks_for_a_token_under_api_authentication() {
             .console_errors()
             .await
             .into_iter()
-            .filter(|e| !e.contains("401"))
+            .filter(|e| !e.contains("401") && !e.contains("403"))
             .collect::<Vec<_>>(),
         Vec::<String>::new()
     );
@@ -626,6 +691,42 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
         .collect();
     assert_eq!(errors, Vec::<String>::new());
 
+    // A rule: the API's reason for a threshold rule without a metric, then one stored.
+    browser.click("[data-tool=rules]").await;
+    browser.click("#rule-new").await;
+    browser
+        .type_into("#rule-form [name=name]", "Cold chain")
+        .await;
+    browser.type_into("#rule-form [name=above]", "8").await;
+    browser.click("#rule-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the rule refused",
+            "return document.getElementById('rule-error').textContent.includes('metric');",
+            json!([]),
+        )
+        .await;
+    browser
+        .type_into("#rule-form [name=metric]", "temp_c")
+        .await;
+    browser
+        .type_into("#rule-form [name=clear_below]", "7.5")
+        .await;
+    browser.click("#rule-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the rule listed",
+            "return document.getElementById('rule-form').hidden && document.getElementById('rule-list').textContent.includes('Cold chain');",
+            json!([]),
+        )
+        .await;
+    let rules = server.get_ok("/api/rules").await;
+    assert_eq!(rules[0]["name"], "Cold chain", "{rules}");
+    assert_eq!(rules[0]["above"], 8.0);
+    assert_eq!(rules[0]["clear_below"], 7.5);
+    browser.screenshot("8-rule").await;
+    browser.click("[data-tool=geofences]").await;
+
     // The server down: saving says so instead of failing silently.
     browser
         .eval(
@@ -649,7 +750,7 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
             json!([]),
         )
         .await;
-    browser.screenshot("8-server-down").await;
+    browser.screenshot("9-server-down").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,8 +233,33 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver ends its browser with it.
+        // Killing chromedriver alone leaves its Chromium running (and busy): end the session
+        // first, which quits the browser. Drop cannot await, so it is one blocking request.
+        end_session(&self.session);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// `DELETE` of a WebDriver session over a plain blocking socket; waits for the answer (the
+/// browser has quit by then), at most a few seconds.
+fn end_session(session_url: &str) {
+    use std::io::{Read as _, Write as _};
+    let Some(rest) = session_url.strip_prefix("http://") else {
+        return;
+    };
+    let Some((host, path)) = rest.split_once('/') else {
+        return;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
     }
 }

@@ -18,6 +18,10 @@ const NEAR_ZOOM = 12;
 /** Labels are DOM elements: only this many, and only when zoomed in. */
 const LABEL_ZOOM = 14;
 const MAX_LABELS = 200;
+/** Live changes redraw the map at most this often (ms): every device moves once a second, so
+ * 20 redraws a second look continuous, and a software-rendered map (no GPU) keeps its frames
+ * for panning and zooming. `?redraw-ms=` changes it (the benchmark compares). */
+const REDRAW_MS = 50;
 /** A click within this many pixels of a dot selects it. */
 const PICK_PX = 10;
 
@@ -38,7 +42,10 @@ export class LiveMap {
     /** Where devices are "near" (arrows, trails); null when zoomed out: only the selected one. */
     this.nearBounds = null;
     /** For the benchmark: applying each event with a full GeoJSON setData instead. */
-    this.fullSetData = new URLSearchParams(location.search).has('full-setdata');
+    const params = new URLSearchParams(location.search);
+    this.fullSetData = params.has('full-setdata');
+    this.redrawMs = params.has('redraw-ms') ? Number(params.get('redraw-ms')) || 0 : REDRAW_MS;
+    this.lastFlush = 0;
     /** With `?measure` (the benchmark): frames, events applied, publish-to-render latency. */
     this.measure = new URLSearchParams(location.search).has('measure') ? {} : null;
     if (this.measure) {
@@ -257,6 +264,12 @@ export class LiveMap {
   flush() {
     this.frame = 0;
     if (!this.pending.size) return;
+    const t = performance.now();
+    if (t - this.lastFlush < this.redrawMs) {
+      this.frame = requestAnimationFrame(() => this.flush());
+      return;
+    }
+    this.lastFlush = t;
     const stamps = [];
     const now = Date.now();
     const near = { add: [], update: [], remove: [] };
