@@ -72,12 +72,13 @@ try:
         stats = js("""const m = fieldlineLive.measure;
         const l = m.latencies.slice().sort((a, b) => a - b);
         const q = (p) => l.length ? l[Math.min(l.length - 1, Math.floor(p * l.length))] : null;
-        return {frames: m.frames, applied: m.applied, latency_samples: l.length,
+        return {frames: m.frames, map_renders: m.renders, applied: m.applied, latency_samples: l.length,
                 latency_ms_p50: q(0.5), latency_ms_p99: q(0.99), latency_ms_max: l[l.length - 1] || null,
                 devices: fieldlineLive.devices.size,
                 rendered: Object.keys(fieldlineLive.drawn()).length,
                 elapsed_s: (performance.now() - m.since) / 1000}""")
         stats["fps"] = stats["frames"] / stats["elapsed_s"]
+    stats["map_renders_per_s"] = stats["map_renders"] / stats["elapsed_s"]
         stats["main_thread_busy_per_s"] = (busy1 - busy0) / (t1 - t0)
         stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
         stats["time_to_map_ms"] = timings.get("map")
