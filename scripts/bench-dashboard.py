@@ -78,7 +78,7 @@ try:
                 rendered: Object.keys(fieldlineLive.drawn()).length,
                 elapsed_s: (performance.now() - m.since) / 1000}""")
         stats["fps"] = stats["frames"] / stats["elapsed_s"]
-    stats["map_renders_per_s"] = stats["map_renders"] / stats["elapsed_s"]
+        stats["map_renders_per_s"] = stats["map_renders"] / stats["elapsed_s"]
         stats["main_thread_busy_per_s"] = (busy1 - busy0) / (t1 - t0)
         stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
         stats["time_to_map_ms"] = timings.get("map")
