@@ -483,6 +483,13 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
 
     // A polygon, clicked corner by corner and closed on its first corner.
     browser.click("[data-draw=polygon]").await;
+    browser
+        .wait_for(
+            "the polygon tool ready",
+            "return document.getElementById('draw-hint').textContent.startsWith('Click');",
+            json!([]),
+        )
+        .await;
     let corners = [
         (13.405, 52.515),
         (13.415, 52.515),
@@ -536,6 +543,13 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
 
     // A circle: the API's reason for a radius of 0 is shown at the form; 150 m is stored.
     browser.click("[data-draw=circle]").await;
+    browser
+        .wait_for(
+            "the circle tool ready",
+            "return document.getElementById('draw-hint').textContent.startsWith('Click');",
+            json!([]),
+        )
+        .await;
     click_map(&browser, 13.42, 52.52).await;
     click_map(&browser, 13.422, 52.52).await;
     browser

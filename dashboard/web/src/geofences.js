@@ -2,14 +2,6 @@
 // drawn or reshaped with terra-draw, their properties set in a form, saved over the REST API
 // (which judges every shape and says what is wrong), deleted, or imported from a GeoJSON file.
 
-import {
-  TerraDraw,
-  TerraDrawCircleMode,
-  TerraDrawLineStringMode,
-  TerraDrawPolygonMode,
-  TerraDrawSelectMode,
-} from 'terra-draw';
-import { TerraDrawMapLibreGLAdapter } from 'terra-draw-maplibre-gl-adapter';
 import { api, describe } from './api.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
@@ -35,29 +27,9 @@ export class GeofenceEditor {
     this.editing = null;
     this.form = document.getElementById('fence-form');
     this.addLayers();
-    let next = 0;
-    this.draw = new TerraDraw({
-      adapter: new TerraDrawMapLibreGLAdapter({ map, coordinatePrecision: 7 }),
-      // Our own ids: the default (random UUIDs) needs a secure context, and a dashboard on
-      // plain http to a LAN address is not one.
-      tracked: false,
-      idStrategy: { isValidId: (id) => typeof id === 'string' && id.startsWith('draw-'), getId: () => `draw-${++next}` },
-      modes: [
-        new TerraDrawPolygonMode(),
-        new TerraDrawCircleMode(),
-        new TerraDrawLineStringMode(),
-        new TerraDrawSelectMode({
-          flags: {
-            polygon: { feature: { draggable: true, coordinates: { midpoints: true, draggable: true, deletable: true } } },
-            linestring: { feature: { draggable: true, coordinates: { midpoints: true, draggable: true, deletable: true } } },
-            circle: { feature: { draggable: true, coordinates: { resizable: 'center' } } },
-          },
-        }),
-      ],
-    });
-    this.draw.start();
-    this.draw.setMode('static');
-    this.draw.on('finish', (id, context) => this.finished(id, context));
+    /** terra-draw, loaded on the first drawing or edit: the first map does not wait for it. */
+    this.draw = null;
+    this.drawLoading = null;
 
     for (const button of document.querySelectorAll('[data-draw]')) {
       button.addEventListener('click', () => this.startDrawing(button.dataset.draw));
@@ -73,6 +45,45 @@ export class GeofenceEditor {
       const item = e.target.closest('[data-fence]');
       if (item) this.edit(this.fences.find((f) => String(f.id) === item.dataset.fence));
     });
+  }
+
+  /** The drawing tools, loaded and started once. */
+  drawing() {
+    if (!this.drawLoading) {
+      this.drawLoading = Promise.all([import('terra-draw'), import('terra-draw-maplibre-gl-adapter')]).then(([td, adapter]) => {
+        let next = 0;
+        const draw = new td.TerraDraw({
+          adapter: new adapter.TerraDrawMapLibreGLAdapter({ map: this.map, coordinatePrecision: 7 }),
+          tracked: false,
+          // Our own ids: the default (random UUIDs) needs a secure context, and a dashboard on
+          // plain http to a LAN address is not one.
+          idStrategy: { isValidId: (id) => typeof id === 'string' && id.startsWith('draw-'), getId: () => `draw-${++next}` },
+          modes: [
+            new td.TerraDrawPolygonMode(),
+            new td.TerraDrawCircleMode(),
+            new td.TerraDrawLineStringMode(),
+            new td.TerraDrawSelectMode({
+              flags: {
+                polygon: { feature: { draggable: true, coordinates: { midpoints: true, draggable: true, deletable: true } } },
+                linestring: { feature: { draggable: true, coordinates: { midpoints: true, draggable: true, deletable: true } } },
+                circle: { feature: { draggable: true, coordinates: { resizable: 'center' } } },
+              },
+            }),
+          ],
+        });
+        draw.start();
+        draw.setMode('static');
+        draw.on('finish', (id, context) => this.finished(id, context));
+        this.draw = draw;
+        return draw;
+      }).catch((error) => {
+        // The server went away before the chunk came, say: the next click tries again.
+        this.drawLoading = null;
+        notify(`The drawing tools did not load: ${error.message}`);
+        return null;
+      });
+    }
+    return this.drawLoading;
   }
 
   addLayers() {
@@ -120,9 +131,11 @@ export class GeofenceEditor {
     this.onChange(this.fences);
   }
 
-  startDrawing(kind) {
+  async startDrawing(kind) {
+    const draw = await this.drawing();
+    if (!draw) return;
     this.cancel();
-    this.draw.setMode(kind === 'corridor' ? 'linestring' : kind);
+    draw.setMode(kind === 'corridor' ? 'linestring' : kind);
     this.editing = { id: null, kind, drawId: null, original: null, drawing: true };
     document.getElementById('draw-hint').textContent = HINTS[kind];
   }
@@ -144,8 +157,8 @@ export class GeofenceEditor {
   }
 
   /** A stored fence into the form, and its outline into terra-draw to be reshaped. */
-  edit(fence) {
-    if (!fence) return;
+  async edit(fence) {
+    if (!fence || !(await this.drawing())) return;
     this.cancel();
     const kind = kindOf(fence);
     this.editing = { id: fence.id, kind, drawId: null, original: fence, drawing: false };
@@ -274,8 +287,10 @@ export class GeofenceEditor {
   }
 
   cancel() {
-    this.draw.clear();
-    this.draw.setMode('static');
+    if (this.draw) {
+      this.draw.clear();
+      this.draw.setMode('static');
+    }
     this.editing = null;
     this.form.hidden = true;
     document.getElementById('draw-hint').textContent = '';
