@@ -3,6 +3,7 @@
 // (which judges every shape and says what is wrong), deleted, or imported from a GeoJSON file.
 
 import { api, describe } from './api.js';
+import { confirmed } from './confirm.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
 
@@ -245,16 +246,7 @@ export class GeofenceEditor {
   async remove(button) {
     const e = this.editing;
     if (!e || e.id === null) return;
-    // Two clicks, not a modal dialog: one stray click deletes nothing.
-    if (button.dataset.armed !== 'yes') {
-      button.dataset.armed = 'yes';
-      button.textContent = 'Click again to delete';
-      setTimeout(() => {
-        button.dataset.armed = '';
-        button.textContent = 'Delete';
-      }, 4000);
-      return;
-    }
+    if (!confirmed(button)) return;
     try {
       await api(`/api/geofences/${e.id}`, { method: 'DELETE' });
       notify('Geofence deleted.', 'info', 3000);

@@ -3,6 +3,7 @@
 // each rule and its reason is shown beside the form.
 
 import { api, describe } from './api.js';
+import { confirmed } from './confirm.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
 
@@ -99,15 +100,7 @@ export class RuleEditor {
 
   async remove(button) {
     if (!this.editing) return;
-    if (button.dataset.armed !== 'yes') {
-      button.dataset.armed = 'yes';
-      button.textContent = 'Click again to delete';
-      setTimeout(() => {
-        button.dataset.armed = '';
-        button.textContent = 'Delete';
-      }, 4000);
-      return;
-    }
+    if (!confirmed(button)) return;
     try {
       await api(`/api/rules/${this.editing.id}`, { method: 'DELETE' });
       notify('Rule deleted.', 'info', 3000);
