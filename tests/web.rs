@@ -666,12 +666,47 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
         .await;
     browser.screenshot("6-history").await;
 
-    // Delete Depot (two clicks) from its edit form.
+    // Import a GeoJSON file: one with a bad corridor is refused whole, with the feature named.
     browser.click("[data-tool=geofences]").await;
+    let bad = dir.0.join("bad.geojson");
+    let corridor = json!({"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[13.40, 52.53], [13.42, 52.53]]}, "properties": {"name": "Route 1", "width_m": 40}});
+    let mut zero_width = corridor.clone();
+    zero_width["properties"]["width_m"] = json!(0);
+    std::fs::write(
+        &bad,
+        json!({"type": "FeatureCollection", "features": [corridor.clone(), zero_width]})
+            .to_string(),
+    )
+    .expect("write the bad import");
+    browser.upload("#fence-import", &bad).await;
+    browser
+        .wait_for(
+            "the import refused",
+            "return [...document.querySelectorAll('#notices .notice')].some(n => n.textContent.includes('Importing bad.geojson failed') && n.textContent.includes('feature 1'));",
+            json!([]),
+        )
+        .await;
+    let good = dir.0.join("route.geojson");
+    std::fs::write(
+        &good,
+        json!({"type": "FeatureCollection", "features": [corridor]}).to_string(),
+    )
+    .expect("write the import");
+    browser.upload("#fence-import", &good).await;
+    browser
+        .wait_for(
+            "the corridor imported",
+            "return document.getElementById('fence-list').textContent.includes('Route 1');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("6b-imported").await;
+
+    // Delete Depot (two clicks) from its edit form.
     browser
         .wait_for(
             "the fence list",
-            "return [...document.querySelectorAll('#fence-list [data-fence]')].length === 2;",
+            "return [...document.querySelectorAll('#fence-list [data-fence]')].length === 3;",
             json!([]),
         )
         .await;
@@ -693,7 +728,7 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
     browser.click("#fence-delete").await;
     server
         .wait_for("/api/geofences", |v| {
-            v["features"].as_array().map(Vec::len) == Some(1)
+            v["features"].as_array().map(Vec::len) == Some(2)
         })
         .await;
     let errors: Vec<String> = browser

@@ -183,6 +183,17 @@ impl Browser {
         .await;
     }
 
+    /// Chooses a file in an `<input type=file>`, as the file picker would.
+    pub async fn upload(&self, css: &str, path: &Path) {
+        let id = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": path.display().to_string() })),
+        )
+        .await;
+    }
+
     /// Types into a field as a user would (key events), after clearing it.
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css).await;
