@@ -602,6 +602,57 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
         "centred where clicked: {centre}"
     );
 
+    // A corridor: clicked along its route, finished on its last point, 40 m wide.
+    browser.click("[data-draw=corridor]").await;
+    browser
+        .wait_for(
+            "the corridor tool ready",
+            "return document.getElementById('draw-hint').textContent.startsWith('Click');",
+            json!([]),
+        )
+        .await;
+    for (lon, lat) in [
+        (13.404, 52.5135),
+        (13.410, 52.513),
+        (13.416, 52.5135),
+        (13.416, 52.5135),
+    ] {
+        click_map(&browser, lon, lat).await;
+    }
+    browser
+        .wait_for(
+            "the corridor form",
+            "return !document.getElementById('fence-form').hidden && !document.querySelector('#fence-form [name=width_m]').closest('label').hidden;",
+            json!([]),
+        )
+        .await;
+    browser
+        .type_into("#fence-form [name=name]", "Ring road")
+        .await;
+    browser.type_into("#fence-form [name=width_m]", "40").await;
+    browser.click("#fence-form button[type=submit]").await;
+    let road = server
+        .wait_for("/api/geofences", |v| {
+            v["features"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["properties"]["name"] == "Ring road"))
+        })
+        .await["features"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["properties"]["name"] == "Ring road")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(road["geometry"]["type"], "LineString", "a corridor: {road}");
+    assert_eq!(road["properties"]["width_m"], 40);
+    assert_eq!(
+        road["geometry"]["coordinates"].as_array().map(Vec::len),
+        Some(3),
+        "three points clicked: {road}"
+    );
+    browser.screenshot("3b-corridor").await;
+
     // Driven into Depot: the enter event appears in the page as a notice and in the list.
     for (i, lon) in [13.401, 13.410, 13.411].into_iter().enumerate() {
         van.publish(
@@ -706,7 +757,7 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
     browser
         .wait_for(
             "the fence list",
-            "return [...document.querySelectorAll('#fence-list [data-fence]')].length === 3;",
+            "return [...document.querySelectorAll('#fence-list [data-fence]')].length === 4;",
             json!([]),
         )
         .await;
@@ -728,7 +779,7 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
     browser.click("#fence-delete").await;
     server
         .wait_for("/api/geofences", |v| {
-            v["features"].as_array().map(Vec::len) == Some(2)
+            v["features"].as_array().map(Vec::len) == Some(3)
         })
         .await;
     let errors: Vec<String> = browser
