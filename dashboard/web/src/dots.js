@@ -202,7 +202,9 @@ export class DeviceDots {
     const matrix = new Float32Array(m);
     for (let r = 0; r < 4; r++) matrix[12 + r] = m[r] * ax + m[4 + r] * ay + m[12 + r];
     const zoom = this.map.getZoom();
-    const radius = zoom <= 2 ? 2.5 : zoom >= 16 ? 7 : zoom <= 10 ? 2.5 + ((zoom - 2) / 8) * 2.5 : 5 + ((zoom - 10) / 6) * 2;
+    // Without a GPU every fragment is CPU work, and 10,000 dots in view are a city's worth:
+    // small while zoomed out, full size where devices are few per screen.
+    const radius = zoom <= 2 ? 2 : zoom >= 16 ? 7 : zoom <= 12 ? 2 + ((zoom - 2) / 10) * 2 : 4 + ((zoom - 12) / 4) * 3;
     gl.useProgram(this.program);
     gl.uniformMatrix4fv(this.loc.matrix, false, matrix);
     gl.uniform1f(this.loc.size, (radius + (zoom >= 8 ? 1 : 0)) * 2 * devicePixelRatio);
