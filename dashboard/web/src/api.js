@@ -26,6 +26,28 @@ export function withToken(path) {
   return `${path}${path.includes('?') ? '&' : '?'}access_token=${encodeURIComponent(t)}`;
 }
 
+/** The WebSocket URL of `path` on this server, with the token as `access_token`. */
+export function socketUrl(path) {
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  return `${scheme}://${location.host}${withToken(path)}`;
+}
+
+/** A device list typed in a field: "truck-*, van-3" as `["truck-*", "van-3"]`. */
+export function idList(text) {
+  return text.split(',').map((d) => d.trim()).filter(Boolean);
+}
+
+/** The ApiError for a response that is not ok, with the server's reason when it gave one. */
+export async function failure(response) {
+  let reason = '';
+  try {
+    reason = (await response.json()).error || '';
+  } catch {
+    // Not JSON (a proxy's page, say): the status says enough.
+  }
+  return new ApiError(response.status, reason || `${response.status} ${response.statusText}`);
+}
+
 /** A JSON call; throws ApiError with the server's reason, or status 0 when it is unreachable. */
 export async function api(path, options = {}) {
   const headers = { Accept: 'application/json', ...(options.headers || {}) };
@@ -37,15 +59,7 @@ export async function api(path, options = {}) {
   } catch {
     throw new ApiError(0, 'The server cannot be reached.');
   }
-  if (!response.ok) {
-    let reason = '';
-    try {
-      reason = (await response.json()).error || '';
-    } catch {
-      // Not JSON (a proxy's page, say): the status says enough.
-    }
-    throw new ApiError(response.status, reason || `${response.status} ${response.statusText}`);
-  }
+  if (!response.ok) throw await failure(response);
   if (response.status === 204) return null;
   return response.json();
 }

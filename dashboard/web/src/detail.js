@@ -2,7 +2,7 @@
 // chart of one metric (live, or a chosen range through `points=`), its track for a range with
 // trips and stops, and export links. Values shown are only what the API or the stream sent.
 
-import { api, ApiError, describe, token } from './api.js';
+import { api, ApiError, describe, failure, token } from './api.js';
 import { fromBuckets, TimeChart } from './chart.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
@@ -42,15 +42,7 @@ export class DeviceDetail {
     event.preventDefault();
     try {
       const response = await fetch(link.href, { headers: { Authorization: `Bearer ${token()}` } });
-      if (!response.ok) {
-        let reason = '';
-        try {
-          reason = (await response.json()).error || '';
-        } catch {
-          // the status says enough
-        }
-        throw new ApiError(response.status, reason || response.statusText);
-      }
+      if (!response.ok) throw await failure(response);
       const name = /filename="([^"]+)"/.exec(response.headers.get('Content-Disposition') || '');
       const url = URL.createObjectURL(await response.blob());
       const a = document.createElement('a');

@@ -1,7 +1,7 @@
 // Geofence and alert events: the live ones as a list (newest first) and a brief notice each,
 // and stored ones read back with filters (devices, kinds, range) from `/api/events`.
 
-import { api, describe } from './api.js';
+import { api, describe, idList } from './api.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
 
@@ -57,7 +57,7 @@ export class EventList {
   async history() {
     const f = this.form.elements;
     const q = new URLSearchParams({ limit: '1000' });
-    const devices = f.devices.value.split(',').map((d) => d.trim()).filter(Boolean);
+    const devices = idList(f.devices.value);
     if (devices.length) q.set('devices', devices.join(','));
     if (f.kinds.value) q.set('kinds', f.kinds.value);
     for (const name of ['from', 'to']) {

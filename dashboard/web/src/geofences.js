@@ -2,7 +2,8 @@
 // drawn or reshaped with terra-draw, their properties set in a form, saved over the REST API
 // (which judges every shape and says what is wrong), deleted, or imported from a GeoJSON file.
 
-import { api, describe } from './api.js';
+import { LngLatBounds } from 'maplibre-gl';
+import { api, describe, idList } from './api.js';
 import { confirmed } from './confirm.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
@@ -205,7 +206,7 @@ export class GeofenceEditor {
     const f = this.form.elements;
     const properties = { ...(e.original ? e.original.properties : {}) };
     properties.name = f.name.value.trim();
-    const devices = f.devices.value.split(',').map((d) => d.trim()).filter(Boolean);
+    const devices = idList(f.devices.value);
     if (devices.length) properties.devices = devices;
     else delete properties.devices;
     for (const n of NUMBERS) setNumber(properties, n, f[n].value);
@@ -366,15 +367,12 @@ function toDrawable(fence, kind) {
 }
 
 function boundsOf(features) {
-  let [w, s, e, n] = [180, 90, -180, -90];
-  const visit = (c) => {
-    if (typeof c[0] === 'number') {
-      w = Math.min(w, c[0]);
-      e = Math.max(e, c[0]);
-      s = Math.min(s, c[1]);
-      n = Math.max(n, c[1]);
-    } else c.forEach(visit);
-  };
-  for (const f of features) visit(f.geometry.coordinates);
-  return w <= e ? [[w, s], [e, n]] : null;
+  const positions = features.flatMap((f) => positionsOf(f.geometry.coordinates));
+  if (!positions.length) return null;
+  return positions.reduce((b, p) => b.extend(p), new LngLatBounds(positions[0], positions[0]));
+}
+
+/** Every `[lon, lat]` of a GeoJSON coordinates array, however deeply nested. */
+function positionsOf(c) {
+  return typeof c[0] === 'number' ? [c] : c.flatMap(positionsOf);
 }

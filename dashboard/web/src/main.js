@@ -177,7 +177,7 @@ async function boot() {
     onEvent: (kind, ev) => {
       if (kind === 'location') live.location(ev);
       else live.status(ev);
-      empty.hidden = true;
+      if (!empty.hidden) empty.hidden = true;
       devices.changed();
       detail.event(kind, ev);
     },

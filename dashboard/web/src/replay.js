@@ -4,7 +4,7 @@
 // whose cursor moves with the clock. While a replay is open the live markers are hidden, so
 // the map never mixes recorded and live positions.
 
-import { api, describe, withToken } from './api.js';
+import { api, describe, idList, socketUrl } from './api.js';
 import { fromBuckets, TimeChart } from './chart.js';
 import { escapeHtml } from './devicelist.js';
 import { summary } from './events.js';
@@ -75,7 +75,7 @@ export class ReplayPlayer {
 
   async load() {
     const f = document.getElementById('replay-form').elements;
-    const devices = f.devices.value.split(',').map((d) => d.trim()).filter(Boolean);
+    const devices = idList(f.devices.value);
     const fromMs = new Date(f.from.value).getTime();
     const toMs = new Date(f.to.value).getTime();
     const note = document.getElementById('replay-note');
@@ -107,8 +107,7 @@ export class ReplayPlayer {
 
   connect(since) {
     const { devices, fromMs, toMs } = this.request;
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const socket = new WebSocket(`${scheme}://${location.host}${withToken('/api/ws')}`, 'fieldline.json');
+    const socket = new WebSocket(socketUrl('/api/ws'), 'fieldline.json');
     this.socket = socket;
     socket.onopen = () => {
       const speed = document.getElementById('replay-speed').value;

@@ -2,7 +2,7 @@
 // and offline rules, listed, created, edited and deleted over `/api/rules`. The API judges
 // each rule and its reason is shown beside the form.
 
-import { api, describe } from './api.js';
+import { api, describe, idList } from './api.js';
 import { confirmed } from './confirm.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
@@ -70,7 +70,7 @@ export class RuleEditor {
   body() {
     const f = this.form.elements;
     const rule = { name: f.name.value.trim() };
-    const devices = f.devices.value.split(',').map((d) => d.trim()).filter(Boolean);
+    const devices = idList(f.devices.value);
     if (devices.length) rule.devices = devices;
     const number = (n) => {
       if (f[n].value !== '') rule[n] = Number(f[n].value);

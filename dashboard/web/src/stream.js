@@ -5,7 +5,7 @@
 // from where it was, so nothing in between is lost), and on `reset` (the server no longer
 // holds what we missed, or it restarted) asks for a reload.
 
-import { withToken } from './api.js';
+import { socketUrl } from './api.js';
 
 /** Pause before connecting again, growing to the last. */
 const RETRY_MS = [500, 1000, 2000, 3000];
@@ -33,8 +33,7 @@ export class LiveStream {
 
   open() {
     this.close();
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const socket = new WebSocket(`${scheme}://${location.host}${withToken('/api/ws')}`, 'fieldline.json');
+    const socket = new WebSocket(socketUrl('/api/ws'), 'fieldline.json');
     this.socket = socket;
     socket.onopen = () => this.subscribe();
     socket.onmessage = (m) => {

@@ -1,6 +1,8 @@
 // A device's stored track for a range on the map, with its stops as dots: what the detail
 // panel shows when an analyst asks where a device went.
 
+import { LngLatBounds } from 'maplibre-gl';
+
 const EMPTY = { type: 'FeatureCollection', features: [] };
 
 export class TrackView {
@@ -27,14 +29,8 @@ export class TrackView {
     });
     const coords = track.features.flatMap((f) => (f.geometry && f.geometry.coordinates) || []);
     if (coords.length) {
-      let [w, s, e, n] = [180, 90, -180, -90];
-      for (const [lon, lat] of coords) {
-        w = Math.min(w, lon);
-        e = Math.max(e, lon);
-        s = Math.min(s, lat);
-        n = Math.max(n, lat);
-      }
-      this.map.fitBounds([[w, s], [e, n]], { padding: 60, maxZoom: 16, duration: 0 });
+      const bounds = coords.reduce((b, c) => b.extend(c), new LngLatBounds(coords[0], coords[0]));
+      this.map.fitBounds(bounds, { padding: 60, maxZoom: 16, duration: 0 });
     }
     return coords.length;
   }
