@@ -13,6 +13,8 @@ import { DeviceDots } from './dots.js';
 const STALE_MS = 60_000;
 /** How much of each device's recent path the trail shows. */
 const TRAIL_MS = 5 * 60_000;
+/** Fixes kept for the trail of a device that is not near (out of view or zoomed out). */
+const FAR_TRAIL_POINTS = 30;
 /** From this zoom on, devices in view get heading arrows and trails; below it only the selected one. */
 const NEAR_ZOOM = 12;
 /** Labels are DOM elements: only this many, and only when zoomed in. */
@@ -239,6 +241,9 @@ export class LiveMap {
     // Online is the broker's word (status events), not implied by a fix.
     e.lastMs = Math.max(e.lastMs, Date.now());
     e.trail.push([ev.lon, ev.lat, ms]);
+    // Five minutes of path for 10,000 devices would be millions of points held for nothing:
+    // a device out of view keeps a short tail, which grows once it is near.
+    if (!e.nearShown && e.trail.length > FAR_TRAIL_POINTS) e.trail.splice(0, e.trail.length - FAR_TRAIL_POINTS);
     e.fixMs = ms;
     this.touch(e);
   }
