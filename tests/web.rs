@@ -719,6 +719,16 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
 
     // Import a GeoJSON file: one with a bad corridor is refused whole, with the feature named.
     browser.click("[data-tool=geofences]").await;
+    let garbage = dir.0.join("notes.geojson");
+    std::fs::write(&garbage, "this is { not JSON").expect("write the garbage");
+    browser.upload("#fence-import", &garbage).await;
+    browser
+        .wait_for(
+            "not JSON said",
+            "return [...document.querySelectorAll('#notices .notice')].some(n => n.textContent.includes('Importing notes.geojson failed: it is not JSON'));",
+            json!([]),
+        )
+        .await;
     let bad = dir.0.join("bad.geojson");
     let corridor = json!({"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[13.40, 52.53], [13.42, 52.53]]}, "properties": {"name": "Route 1", "width_m": 40}});
     let mut zero_width = corridor.clone();
@@ -860,7 +870,19 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
     let server = Server::start(&dir, &db).await;
     let browser = Browser::start(&shots("replay")).await;
 
-    // Two minutes of one fix a second, eastwards, half an hour ago; a metric beside it.
+    // A fence the track runs through (its enter and exit become the slider's marks), then two
+    // minutes of one fix a second, eastwards, half an hour ago; a metric beside it; and a
+    // second truck on the same clock.
+    let (status, fence) = server
+        .request(
+            reqwest::Method::POST,
+            "/api/geofences",
+            None,
+            Some(json!({"type": "Feature", "properties": {"name": "Gate"}, "geometry": {"type": "Polygon",
+                "coordinates": [[[13.3050, 52.49], [13.3060, 52.49], [13.3060, 52.51], [13.3050, 52.51], [13.3050, 52.49]]]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{fence}");
     let mut truck = Device::connect(server.mqtt_port, "truck-7").await;
     let t0 = (now_ms() - 1_800_000) / 1000 * 1000;
     let lon_at = |s: i64| 13.30 + 0.0001 * s as f64;
@@ -876,10 +898,21 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
     truck
         .publish("devices/truck-7/telemetry", json!(readings).to_string())
         .await;
-    truck.wait_acked(2).await;
+    let other: Vec<Value> = (0..120)
+        .map(|s| json!({"ts": t0 + s * 1000, "seq": s + 1, "lat": 52.501, "lon": lon_at(s)}))
+        .collect();
+    truck
+        .publish("devices/truck-8/location", json!(other).to_string())
+        .await;
+    truck.wait_acked(3).await;
     server
         .wait_for(&format!("/api/devices/truck-7/track?from={t0}"), |v| {
             v.as_array().map(Vec::len) == Some(120)
+        })
+        .await;
+    server
+        .wait_for("/api/events?devices=truck-7", |v| {
+            v.as_array().map(Vec::len) == Some(2)
         })
         .await;
 
@@ -887,7 +920,7 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
     wait_loaded(&browser).await;
     browser.click("[data-tool=replay]").await;
     browser
-        .type_into("#replay-form [name=devices]", "truck-7")
+        .type_into("#replay-form [name=devices]", "truck-7, truck-8")
         .await;
     // The range as the page's datetime-local fields take it (the browser's own time zone).
     browser
@@ -921,7 +954,39 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
     browser
         .wait_for(
             "the replayed marker drawn",
-            "return fieldlineMap.queryRenderedFeatures({layers: ['replay']}).length === 1;",
+            "return fieldlineMap.queryRenderedFeatures({layers: ['replay']}).length === 2;",
+            json!([]),
+        )
+        .await;
+    // Both trucks on the map, their enters and exits marked on the slider.
+    browser
+        .wait_for(
+            "both trucks replayed",
+            "return fieldlineReplay.devices.size === 2;",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_for(
+            "two event marks (both trucks in, both out, at the same moments)",
+            "return document.querySelectorAll('#replay-marks .mark').length === 2 && document.querySelector('#replay-marks .mark').title.includes('truck-8: entered Gate');",
+            json!([]),
+        )
+        .await;
+    // A new speed while playing: the server's answer says it.
+    browser.set_value("#replay-speed", "100").await;
+    browser
+        .wait_for(
+            "speed 100",
+            "return Number(fieldlineReplay.speed) === 100;",
+            json!([]),
+        )
+        .await;
+    browser.set_value("#replay-speed", "10").await;
+    browser
+        .wait_for(
+            "speed 10",
+            "return Number(fieldlineReplay.speed) === 10;",
             json!([]),
         )
         .await;
@@ -952,6 +1017,16 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
         "paused before the seek point: {held}"
     );
     browser.screenshot("2-paused").await;
+
+    // A mark seeks to its event.
+    browser.click("#replay-marks .mark").await;
+    browser
+        .wait_for(
+            "the clock at the mark",
+            &format!("return (() => {{ {clock} }})() === Number(document.querySelector('#replay-marks .mark').dataset.ts);"),
+            json!([]),
+        )
+        .await;
 
     // Seek with the slider to 100 s in, then play: the next fixes come from there on.
     browser

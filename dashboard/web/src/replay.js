@@ -145,11 +145,13 @@ export class ReplayPlayer {
     const note = document.getElementById('replay-note');
     switch (c.type) {
       case 'replay':
+        this.speed = c.speed;
         this.ended = false;
         this.setPlaying(true);
         if (note.textContent.startsWith('Connection lost')) note.textContent = '';
         break;
       case 'replay_state':
+        this.speed = c.speed;
         this.setPlaying(c.state === 'playing');
         this.clock(Date.parse(c.ts));
         break;
@@ -266,11 +268,19 @@ export class ReplayPlayer {
     const q = new URLSearchParams({ devices: devices.join(','), from: new Date(fromMs).toISOString(), to: new Date(toMs).toISOString(), limit: '500' });
     try {
       const events = await api(`/api/events?${q}`);
-      box.innerHTML = events
-        .map((ev) => {
-          const ms = Date.parse(ev.ts);
+      // Events at the same moment share one mark (stacked marks could not be told apart).
+      const at = new Map();
+      for (const ev of events) {
+        const ms = Date.parse(ev.ts);
+        if (!at.has(ms)) at.set(ms, []);
+        at.get(ms).push(ev);
+      }
+      box.innerHTML = [...at]
+        .map(([ms, evs]) => {
           const left = ((ms - fromMs) / (toMs - fromMs)) * 100;
-          return `<button type="button" class="mark ${escapeHtml(ev.kind)}" style="left:${left.toFixed(2)}%" data-ts="${ms}" title="${escapeHtml(`${ev.device}: ${summary(ev)}`)}" aria-label="${escapeHtml(`Seek to ${ev.device}: ${summary(ev)}`)}"></button>`;
+          const kind = evs.some((ev) => ev.kind === 'alert') ? 'alert' : 'geofence';
+          const text = evs.map((ev) => `${ev.device}: ${summary(ev)}`).join('; ');
+          return `<button type="button" class="mark ${kind}" style="left:${left.toFixed(2)}%" data-ts="${ms}" title="${escapeHtml(text)}" aria-label="${escapeHtml(`Seek to ${text}`)}"></button>`;
         })
         .join('');
     } catch (error) {
