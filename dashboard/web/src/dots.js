@@ -11,7 +11,7 @@
 import { MercatorCoordinate } from 'maplibre-gl';
 
 /** States as the shader reads them: 0 online, 1 stale, 2 offline. */
-export const STATE_INDEX = { online: 0, stale: 1, offline: 2 };
+const STATE_INDEX = { online: 0, stale: 1, offline: 2 };
 const COLORS = ['#16a34a', '#d97706', '#6b7280'];
 
 const VERTEX = `

@@ -22,9 +22,8 @@ const HINTS = {
 };
 
 export class GeofenceEditor {
-  constructor(map, { onChange }) {
+  constructor(map) {
     this.map = map;
-    this.onChange = onChange;
     this.fences = [];
     this.editing = null;
     this.form = document.getElementById('fence-form');
@@ -130,7 +129,6 @@ export class GeofenceEditor {
           .map((f) => `<li><button type="button" data-fence="${escapeHtml(String(f.id))}">${escapeHtml(f.properties.name || `#${f.id}`)} <span class="kind">${kindOf(f)}</span></button></li>`)
           .join('')
       : '<li class="note">No geofences yet: draw one, or import a GeoJSON file.</li>';
-    this.onChange(this.fences);
   }
 
   async startDrawing(kind) {
@@ -296,7 +294,7 @@ function setNumber(properties, name, text) {
   else properties[name] = Number(text);
 }
 
-export function kindOf(fence) {
+function kindOf(fence) {
   const type = fence.geometry && fence.geometry.type;
   if (type === 'Point') return 'circle';
   if (type === 'LineString') return 'corridor';
@@ -305,7 +303,7 @@ export function kindOf(fence) {
 
 /** What the map draws for a fence: polygons as they are, a circle as a ring of points, a
  * corridor as its line with its width in pixels at zoom 0. */
-export function displayFeatures(fence) {
+function displayFeatures(fence) {
   const g = fence.geometry;
   const properties = { id: fence.id, name: fence.properties.name || '' };
   if (!g) return [];
@@ -326,7 +324,7 @@ export function displayFeatures(fence) {
 }
 
 /** A circle on the sphere as a closed ring of 64 points. */
-export function circleRing([lon, lat], radiusM, steps = 64) {
+function circleRing([lon, lat], radiusM, steps = 64) {
   const d = radiusM / EARTH_M;
   const phi = (lat * Math.PI) / 180;
   const lambda = (lon * Math.PI) / 180;

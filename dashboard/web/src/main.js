@@ -101,7 +101,7 @@ async function boot() {
     onFollow: (on) => live.select(detail.id, on),
     track: new TrackView(map),
   });
-  const fences = new GeofenceEditor(map, { onChange: () => {} });
+  const fences = new GeofenceEditor(map);
   fences.load();
   const rules = new RuleEditor();
   const events = new EventList({
@@ -111,7 +111,7 @@ async function boot() {
     },
     isOpen: () => openTool === 'events',
   });
-  const replay = new ReplayPlayer(map, { onOpen: () => {} });
+  const replay = new ReplayPlayer(map);
   window.fieldlineFences = fences;
   window.fieldlineReplay = replay;
   if (config.map_style) fieldlineTimings.land = fieldlineTimings.map;

@@ -16,9 +16,8 @@ const LIVE_LAYERS = ['trails', 'devices', 'selected', 'heading'];
 const TRAIL_POINTS = 600;
 
 export class ReplayPlayer {
-  constructor(map, { onOpen }) {
+  constructor(map) {
     this.map = map;
-    this.onOpen = onOpen;
     this.socket = null;
     this.request = null;
     this.devices = new Map();
@@ -98,7 +97,6 @@ export class ReplayPlayer {
     document.getElementById('replay-player').hidden = false;
     note.textContent = '';
     for (const layer of LIVE_LAYERS) if (this.map.getLayer(layer)) this.map.setLayoutProperty(layer, 'visibility', 'none');
-    this.onOpen(true);
     this.showClock(fromMs);
     this.connect(null);
     this.marks(devices, fromMs, toMs);
@@ -321,10 +319,7 @@ export class ReplayPlayer {
     this.map.getSource('replay-trails').setData(EMPTY);
     document.getElementById('replay-player').hidden = true;
     document.getElementById('replay-marks').innerHTML = '';
-    if (was) {
-      for (const layer of LIVE_LAYERS) if (this.map.getLayer(layer)) this.map.setLayoutProperty(layer, 'visibility', 'visible');
-      this.onOpen(false);
-    }
+    if (was) for (const layer of LIVE_LAYERS) if (this.map.getLayer(layer)) this.map.setLayoutProperty(layer, 'visibility', 'visible');
   }
 }
 
