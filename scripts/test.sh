@@ -2,7 +2,7 @@
 # Runs every test of Fieldline on a fresh machine.
 #
 # Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients,
-# Chromium and ChromeDriver for the browser tests),
+# paho-mqtt, Chromium and ChromeDriver for the browser tests),
 # starts a private PostgreSQL cluster on a spare port for the run, points the tests at it
 # through FIELDLINE_TEST_DATABASE_URL, runs the whole workspace's tests, and stops the
 # cluster again. Tests that need PostgreSQL fail, never skip, when it is not there.
@@ -47,6 +47,13 @@ as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
     -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
 trap stop_pg EXIT
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
+
+# tests/mqtt_conformance.py drives the broker with a third MQTT client, paho-mqtt 2.x (PyPI).
+if ! python3 -c 'import sys, paho.mqtt; sys.exit(int(paho.mqtt.__version__.split(".")[0]) < 2)' 2>/dev/null; then
+    echo "installing paho-mqtt 2.x from PyPI"
+    python3 -m pip install --quiet 'paho-mqtt>=2,<3' \
+        || python3 -m pip install --quiet --break-system-packages 'paho-mqtt>=2,<3'
+fi
 
 export FIELDLINE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 # Release profile: the same build that `cargo run --release` and the benchmarks use. The

@@ -106,7 +106,7 @@ impl Drop for CheckSlot<'_> {
     }
 }
 
-/// How a connection was admitted at its CONNECT, decided before rumqttd asks for the password.
+/// How a connection was admitted at its CONNECT, decided before the password is checked.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Admission {
     /// No identity: publishes anywhere, as before authentication existed.
@@ -136,7 +136,7 @@ pub struct Guard {
     pending_checks: AtomicUsize,
     /// Keys the remembered digests, so they are worthless outside this process.
     digest_key: [u8; 32],
-    /// The password of the login the codec gives anonymous connections for rumqttd's
+    /// The password of the login the codec gives anonymous connections for the
     /// authentication hook (which refuses connections without a login).
     anonymous_password: String,
     /// Connections waiting out their publish rate right now.
@@ -326,7 +326,7 @@ impl Guard {
         (ANONYMOUS_USER.to_string(), self.anonymous_password.clone())
     }
 
-    /// rumqttd's authentication hook: the anonymous marker, or a device id and its secret.
+    /// The password check at CONNECT: the anonymous marker, or a device id and its secret.
     pub(crate) async fn authenticate(&self, username: &str, password: &str) -> bool {
         if username == ANONYMOUS_USER {
             // Only the codec knows this password; a client sending the name alone gets nothing.

@@ -1,10 +1,10 @@
 //! The embedded MQTT broker.
 //!
-//! rumqttd does the MQTT protocol work (sessions, acks, forwarding to subscribers). This crate
-//! adds what Fieldline needs around it: router limits chosen on purpose, listeners that fail
-//! loudly when they cannot bind, one port serving MQTT 3.1.1 and 5, and a [`Tap`] that hands
-//! every publish to the ingest pipeline *before* the broker acknowledges it, so an
-//! acknowledged publish can never be lost between the broker and the pipeline. Before that
+//! rumqttd's router routes publishes to subscribers and keeps their sessions' queues; our own
+//! connection tasks speak MQTT 3.1.1 and 5 to the clients (one port for both) and apply the
+//! protocol's delivery rules the router lacks. Listeners fail loudly when they cannot bind, and
+//! a [`Tap`] hands every publish to the ingest pipeline *before* the broker acknowledges it, so
+//! an acknowledged publish can never be lost between the broker and the pipeline. Before that
 //! hand-over the tap appends the publish to the [`wal`] (write-ahead log), so an acknowledged
 //! publish survives a crash of the process too (and, in `fsync` mode, a power loss).
 
@@ -15,12 +15,17 @@
 //! front ends that handshake off the accept path.
 
 pub mod acl;
+mod connection;
 pub mod credentials;
+mod delivery;
 mod guard;
+mod interest;
 pub mod presence;
 mod protocol;
 mod rate_limit;
+mod router;
 mod server;
+mod sessions;
 mod settings;
 mod tap;
 mod tunnel;

@@ -2,7 +2,7 @@
 //! offline per device, and writes each change to the log as a fact.
 //!
 //! A device that reconnects before its old connection has timed out has two connections for a
-//! while (rumqttd closes the old one when the new one takes over its client id). Only the
+//! while (the broker closes the old one when the new one takes over its client id). Only the
 //! newest connection counts: the end of an older one changes nothing.
 //!
 //! Deciding here, in the order the log records changes, makes each presence record a fact

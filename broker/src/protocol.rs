@@ -1,11 +1,11 @@
 //! The MQTT codec each connection uses: rumqttd's V4 or V5 chosen from the CONNECT packet, with
 //! every parsed publish handed to the [`Tap`].
 //!
-//! rumqttd clones the protocol value once per accepted connection, so this wrapper lives
-//! exactly as long as one connection and sees every packet it reads, before the router acts
-//! on it (and so before any PUBACK is written). That lifetime also makes it the source of
-//! presence: a connection is online from the moment its successful CONNACK is written until
-//! the wrapper is dropped, whatever ended it.
+//! Each connection task ([`crate::connection`]) owns one, so it lives exactly as long as one
+//! connection and sees every packet it reads before anything acts on it (and so before any
+//! PUBACK is written). That lifetime also makes it the source of presence: a connection is
+//! online from the moment its successful CONNACK is written until the codec is dropped,
+//! whatever ended it.
 //!
 //! It is also where the [`Guard`]'s decisions are enforced, since it is the one place that sees
 //! every packet before rumqttd acts on it: admission at CONNECT, the per-device access rules on
@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{self, v4::V4, v5::V5, ConnectReturnCode, Login, Packet, Protocol};
+
+/// Client-to-server topic aliases a connection may set up (advertised in CONNACK).
+pub(crate) const TOPIC_ALIAS_MAX: u16 = 64;
 
 use crate::acl;
 use crate::guard::{Admission, Guard, MAX_PAUSED};
@@ -53,9 +56,6 @@ pub(crate) struct TappedProtocol {
     /// The guard's generation last seen; a change means the registry must be asked again.
     seen_generation: u64,
     bucket: TokenBucket,
-    /// The last packet parsed came in the same read as this one: rumqttd is parsing a run of
-    /// packets while holding a lock the router also takes, so this connection must not wait.
-    in_run: bool,
     /// The broker ended the connection (access rules, a changed registry entry, rate).
     kicked: bool,
     /// This connection is counted in its device's connections.
@@ -75,17 +75,12 @@ pub(crate) struct TappedProtocol {
     connection: AtomicU64,
     /// The client ended with DISCONNECT, which also discards its will.
     clean_end: bool,
+    /// The client was silent for 1.5 × its keep-alive.
+    timed_out: bool,
     last_packet: Instant,
     /// Log position of the newest publish this connection handed over: its PUBACKs wait
     /// until that is durable (`write` only gets `&self`).
     last_logged: AtomicU64,
-}
-
-/// rumqttd clones the listener's template once per connection: each clone starts fresh.
-impl Clone for TappedProtocol {
-    fn clone(&self) -> Self {
-        Self::new(self.tap.clone(), self.guard.clone(), self.listener.clone())
-    }
 }
 
 impl TappedProtocol {
@@ -101,7 +96,6 @@ impl TappedProtocol {
             listener,
             admission: Admission::Anonymous,
             bucket,
-            in_run: false,
             kicked: false,
             counted: false,
             version: Version::Unknown,
@@ -113,40 +107,59 @@ impl TappedProtocol {
             online: AtomicBool::new(false),
             connection: AtomicU64::new(0),
             clean_end: false,
+            timed_out: false,
             last_packet: Instant::now(),
             last_logged: AtomicU64::new(0),
         }
     }
 
-    /// Why the connection ended, judged when it is dropped. rumqttd does not say, but its
-    /// keep-alive timer closes a link after 1.5 × keep-alive of silence; a shorter silence
-    /// means the socket went away.
-    fn end_reason(&self, keep_alive: u16) -> DisconnectReason {
+    /// Why the connection ended, judged when it is dropped.
+    fn end_reason(&self) -> DisconnectReason {
         if self.kicked {
-            return DisconnectReason::Kicked;
-        }
-        if self.clean_end {
-            return DisconnectReason::Disconnect;
-        }
-        let limit = Duration::from_secs(u64::from(keep_alive)).mul_f32(1.5);
-        // A little slack for the timer firing a moment before our clock says so.
-        if keep_alive > 0 && self.last_packet.elapsed() + Duration::from_millis(250) >= limit {
+            DisconnectReason::Kicked
+        } else if self.clean_end {
+            DisconnectReason::Disconnect
+        } else if self.timed_out {
             DisconnectReason::KeepAlive
         } else {
             DisconnectReason::Dropped
         }
     }
 
+    /// The connection's keep-alive ran out.
+    pub(crate) fn timed_out(&mut self) {
+        self.timed_out = true;
+    }
+
+    /// Time since the last packet was read.
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_packet.elapsed()
+    }
+
+    /// The version of MQTT this connection speaks is 5.
+    pub(crate) fn is_v5(&self) -> bool {
+        self.version == Version::V5
+    }
+
+    /// Hands a publish to the tap, with its topic alias resolved into the packet (so the
+    /// rest of the broker sees the full topic).
     fn tap_publish(
         &mut self,
-        publish: &protocol::Publish,
+        publish: &mut protocol::Publish,
         alias: Option<u16>,
     ) -> Result<(), protocol::Error> {
+        if alias.is_some_and(|a| a == 0 || a > TOPIC_ALIAS_MAX) {
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+            return Err(protocol::Error::InvalidProtocol);
+        }
         let topic = match alias {
             Some(alias) if publish.topic.is_empty() => match self.topic_aliases.get(&alias) {
                 Some(topic) => topic.clone(),
-                // rumqttd rejects the unknown alias itself; nothing to hand over.
-                None => return Ok(()),
+                // An alias never set up is a protocol error (MQTT 5 §3.3.2.3.4).
+                None => {
+                    metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+                    return Err(protocol::Error::InvalidProtocol);
+                }
             },
             Some(alias) => {
                 self.topic_aliases.insert(alias, publish.topic.clone());
@@ -154,6 +167,11 @@ impl TappedProtocol {
             }
             None => publish.topic.clone(),
         };
+        // MQTT §3.3.2.1: a topic name is never empty and never holds a wildcard.
+        if topic.is_empty() || topic.iter().any(|b| matches!(b, b'+' | b'#')) {
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+            return Err(protocol::Error::InvalidProtocol);
+        }
         if let Admission::Device { id, .. } = &self.admission {
             let allowed = std::str::from_utf8(&topic).is_ok_and(|t| acl::may_publish(id, t));
             if !allowed {
@@ -162,12 +180,17 @@ impl TappedProtocol {
         }
         let position = self
             .tap
-            .send(topic, publish.payload.clone(), self.client_id.clone())
+            .send(
+                topic.clone(),
+                publish.payload.clone(),
+                self.client_id.clone(),
+            )
             // Ends the connection before the router sees the publish, so it is never acked.
             .map_err(|_| protocol::Error::InvalidProtocol)?;
         if let Some(position) = position {
             self.last_logged.store(position, Ordering::Release);
         }
+        publish.topic = topic;
         Ok(())
     }
 }
@@ -265,17 +288,11 @@ impl TappedProtocol {
         Ok(())
     }
 
-    /// Holds a PUBLISH back until the connection's rate allows it. Waiting happens only when
-    /// rumqttd is not in the middle of a run of packets (it holds a lock the router needs
-    /// then); in a run, the run is ended and the wait happens at the start of the next read.
+    /// Holds a PUBLISH back until the connection's rate allows it.
     fn pace(&mut self, stream: &BytesMut) -> Result<(), protocol::Error> {
         let is_publish = stream.first().is_some_and(|b| b >> 4 == 3);
         if !self.connected || !is_publish || self.bucket.time_to_token(Instant::now()).is_zero() {
             return Ok(());
-        }
-        if self.in_run {
-            self.in_run = false;
-            return Err(protocol::Error::InsufficientBytes(1));
         }
         let paused = &self.guard.paused;
         if paused.fetch_add(1, Ordering::AcqRel) >= MAX_PAUSED {
@@ -326,8 +343,10 @@ fn connect_level(stream: &[u8]) -> Result<u8, usize> {
         .ok_or_else(|| level_at + 1 - stream.len())
 }
 
-impl Protocol for TappedProtocol {
-    fn read_mut(
+impl TappedProtocol {
+    /// Parses the next packet from `stream`, applying the guard's rules and handing a publish
+    /// to the tap. `InsufficientBytes(n)` asks for at least `n` more bytes.
+    pub(crate) fn read(
         &mut self,
         stream: &mut BytesMut,
         max_size: usize,
@@ -355,7 +374,6 @@ impl Protocol for TappedProtocol {
         let mut packet = match packet {
             Ok(packet) => packet,
             Err(protocol::Error::InsufficientBytes(n)) => {
-                self.in_run = false;
                 return Err(protocol::Error::InsufficientBytes(n));
             }
             Err(e) => {
@@ -364,9 +382,8 @@ impl Protocol for TappedProtocol {
                 return Err(e);
             }
         };
-        self.in_run = true;
         self.last_packet = Instant::now();
-        match &packet {
+        match &mut packet {
             // MQTT: a second CONNECT is a protocol violation that closes the connection; it
             // must not rename the device this connection speaks for.
             Packet::Connect(..) if self.connected => {
@@ -374,6 +391,7 @@ impl Protocol for TappedProtocol {
                 return Err(protocol::Error::InvalidProtocol);
             }
             Packet::Connect(connect, _, will, _, login) => {
+                let (connect, will, login) = (&*connect, &*will, &*login);
                 self.client_id = Arc::from(connect.client_id.as_str());
                 self.connected = true;
                 self.session = Some(Session {
@@ -393,7 +411,7 @@ impl Protocol for TappedProtocol {
             Packet::Publish(publish, properties) => {
                 // The clock was read for this packet just above.
                 self.bucket.take(self.last_packet);
-                let alias = properties.as_ref().and_then(|p| p.topic_alias);
+                let alias = properties.as_mut().and_then(|p| p.topic_alias.take());
                 self.tap_publish(publish, alias)?;
             }
             Packet::Subscribe(subscribe, _) => {
@@ -417,7 +435,13 @@ impl Protocol for TappedProtocol {
         Ok(packet)
     }
 
-    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, protocol::Error> {
+    /// Encodes `packet` onto `write`. A PUBACK or PUBREC first waits until every publish this
+    /// connection handed over is as durable as the log promises.
+    pub(crate) fn write(
+        &self,
+        packet: Packet,
+        write: &mut BytesMut,
+    ) -> Result<usize, protocol::Error> {
         if let (Packet::ConnAck(ack, _), Some(session)) = (&packet, &self.session) {
             if ack.code == ConnectReturnCode::Success && !self.online.swap(true, Ordering::Relaxed)
             {
@@ -458,7 +482,7 @@ impl Drop for TappedProtocol {
             return;
         };
         session.connection = self.connection.load(Ordering::Relaxed);
-        let reason = self.end_reason(session.keep_alive);
+        let reason = self.end_reason();
         let will = if self.clean_end {
             None
         } else {

@@ -1,21 +1,29 @@
-//! Starting the broker: the rumqttd router thread and the MQTT listeners on our runtime.
+//! Starting the broker: the rumqttd router thread and our MQTT listeners.
 //!
 //! rumqttd's `Broker::start()` blocks forever, runs each listener on a private runtime and
-//! only logs a failed bind. Its lower-level `Router` and `Server` are used instead, so a busy
-//! port is a start-up error and accepting can be stopped at shutdown. Plain MQTT goes straight
-//! to a rumqttd listener; TLS and WebSocket clients come through the [`crate::tunnel`] front
-//! ends, each in front of a rumqttd listener of its own on a private loopback port.
+//! only logs a failed bind; its connection loop refuses keep-alive 0 and costs about 50 KB per
+//! connection. So only its router is used: listeners and connections are ours
+//! ([`crate::connection`]), a busy port is a start-up error and accepting can be stopped at
+//! shutdown. Plain MQTT is served straight from the socket; TLS and WebSocket clients come
+//! through the [`crate::tunnel`] front ends, each in front of a listener of its own on a
+//! private loopback port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rumqttd::{AuthHandler, LinkType, Router, Server, ServerSettings};
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
 
+use crate::connection::{self, Limits, Shared};
 use crate::guard::Guard;
-use crate::protocol::{Listener, TappedProtocol};
+use crate::interest::Interest;
+use crate::protocol::Listener;
+use crate::router::{Ingress, Router};
+use crate::sessions::Sessions;
 use crate::settings::BrokerSettings;
 use crate::tap::Tap;
 use crate::tunnel::{self, FrontEnd, TlsError};
@@ -32,6 +40,8 @@ pub enum BrokerError {
     Runtime,
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("the MQTT router did not start: {0}")]
+    Router(String),
 }
 
 /// The listeners of a started broker.
@@ -78,18 +88,33 @@ pub async fn start(
         Some(mqtts) => Some((mqtts.listen, tunnel::tls_acceptor(&mqtts.cert, &mqtts.key)?)),
         None => None,
     };
-    let router_tx = Router::new(0, settings.router_config()).spawn();
-    let listeners = Listeners {
-        settings,
-        server: move |config, protocol| Server::new(config, router_tx.clone(), protocol),
+    let router = Arc::new(Router::spawn(settings.router_config()));
+    let ingress = Ingress::open(&router).map_err(|e| BrokerError::Router(e.to_string()))?;
+    let interest = Arc::new(Interest::default());
+    let shared = Arc::new(Shared {
         tap,
         guard,
-    };
+        sessions: Sessions::new(router.clone(), interest.clone(), settings.max_kept_sessions),
+        router,
+        ingress,
+        interest,
+        limits: Limits {
+            max_connections: settings.max_connections,
+            max_packet_size: settings.max_packet_size,
+            connect_timeout: settings.connect_timeout,
+            receive_maximum: u16::try_from(settings.max_inflight)
+                .unwrap_or(u16::MAX)
+                .max(1),
+            max_session_expiry: settings.max_session_expiry,
+        },
+        open: AtomicUsize::new(0),
+    });
+    let listeners = Listeners { settings, shared };
     let mut accept_loops = Vec::new();
     let mqtt_addr = settings.mqtt_listen;
     accept_loops.push(
         listeners
-            .rumqttd("mqtt", mqtt_addr, mqtt_addr.ip().is_loopback())
+            .listen("mqtt", mqtt_addr, mqtt_addr.ip().is_loopback())
             .await
             .map_err(|reason| BrokerError::Bind {
                 what: "MQTT",
@@ -127,54 +152,50 @@ pub async fn start(
     })
 }
 
-/// What every listener is built from. `server` makes a rumqttd listener attached to the
-/// router (the router's inbox has a type rumqttd does not export, so a closure holds it).
-struct Listeners<'a, S> {
-    settings: &'a BrokerSettings,
-    server: S,
-    tap: Tap,
-    guard: Arc<Guard>,
+/// Binds with a listen backlog of 1,024 (tokio's default is 128): in a connect storm, a full
+/// backlog drops SYNs and each costs its device a second before it retries.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
-impl<S> Listeners<'_, S>
-where
-    S: Fn(ServerSettings, TappedProtocol) -> Server<TappedProtocol>,
-{
-    /// A rumqttd listener on `addr` whose connections follow the rules of a public listener
-    /// that is (or is not) on loopback.
-    async fn rumqttd(
+/// What every listener is built from.
+struct Listeners<'a> {
+    settings: &'a BrokerSettings,
+    shared: Arc<Shared>,
+}
+
+impl Listeners<'_> {
+    /// A listener on `addr` whose connections follow the rules of a public listener that is
+    /// (or is not) on loopback.
+    async fn listen(
         &self,
         name: &'static str,
         addr: SocketAddr,
         loopback: bool,
     ) -> Result<JoinHandle<()>, String> {
-        let guard = self.guard.clone();
-        let auth: AuthHandler = Arc::new(move |_client_id, username, password| {
-            let guard = guard.clone();
-            Box::pin(async move { guard.authenticate(&username, &password).await })
-        });
+        let socket = bind(addr).map_err(|e| e.to_string())?;
         let listener = Arc::new(Listener { name, loopback });
-        let mut server = (self.server)(
-            self.settings.server_settings(name, addr, auth),
-            TappedProtocol::new(self.tap.clone(), self.guard.clone(), listener),
-        );
-        let mut accept_loop = Box::pin(async move { server.start(LinkType::Remote).await });
-
-        // `Server::start` binds on its first poll and only then waits for connections, so one
-        // poll tells whether the address was free.
-        tokio::select! {
-            biased;
-            result = &mut accept_loop => {
-                return Err(match result {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "listener stopped at once".to_string(),
-                });
-            }
-            () = std::future::ready(()) => {}
-        }
+        let shared = self.shared.clone();
         Ok(tokio::spawn(async move {
-            if let Err(e) = accept_loop.await {
-                tracing::error!(%addr, error = %e, "MQTT listener failed");
+            loop {
+                match socket.accept().await {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(connection::serve(stream, shared.clone(), listener.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!(listener = name, error = %e, "cannot accept an MQTT connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
         }))
     }
@@ -194,7 +215,7 @@ where
                 reason: e.to_string(),
             })?;
         let name = front.name();
-        let (private_addr, private) = self.private_rumqttd(name, addr.ip().is_loopback()).await?;
+        let (private_addr, private) = self.private_listener(name, addr.ip().is_loopback()).await?;
         let front_loop = tokio::spawn(tunnel::serve(
             public,
             front,
@@ -204,9 +225,8 @@ where
         Ok([front_loop, private])
     }
 
-    /// rumqttd binds by address only, so a free loopback port is found first; another process
-    /// can take it in between, hence a few tries.
-    async fn private_rumqttd(
+    /// A listener on a free loopback port for a front end to relay to.
+    async fn private_listener(
         &self,
         name: &'static str,
         loopback: bool,
@@ -220,7 +240,7 @@ where
                     addr: SocketAddr::from(([127, 0, 0, 1], 0)),
                     reason: e.to_string(),
                 })?;
-            match self.rumqttd(name, free, loopback).await {
+            match self.listen(name, free, loopback).await {
                 Ok(handle) => return Ok((free, handle)),
                 Err(e) => last_error = e,
             }

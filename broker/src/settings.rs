@@ -1,11 +1,10 @@
 //! Broker settings, and the rumqttd router configuration derived from them.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rumqttd::{AuthHandler, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::RouterConfig;
 
 /// Everything an operator can tune about the embedded broker.
 #[derive(Debug, Clone)]
@@ -30,6 +29,11 @@ pub struct BrokerSettings {
     /// Bytes of publishes that may wait between the broker and the pipeline. When it is
     /// used up the broker stops reading from sockets (TCP backpressure) rather than drop.
     pub handover_budget_bytes: usize,
+    /// Longest a session outlives its connection (MQTT 5 Session Expiry Interval is capped
+    /// to it; an MQTT 3.1.1 session with clean session 0 is kept this long).
+    pub max_session_expiry: Duration,
+    /// Sessions kept for clients that are gone; past it, the one closest to expiry is dropped.
+    pub max_kept_sessions: usize,
 }
 
 impl Default for BrokerSettings {
@@ -44,6 +48,8 @@ impl Default for BrokerSettings {
             connect_timeout: Duration::from_secs(10),
             max_inflight: 100,
             handover_budget_bytes: 64 * 1024 * 1024,
+            max_session_expiry: Duration::from_secs(7 * 24 * 3600),
+            max_kept_sessions: 100_000,
         }
     }
 }
@@ -72,31 +78,6 @@ impl BrokerSettings {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
-        }
-    }
-
-    /// One rumqttd listener; every one asks `auth` about every CONNECT.
-    pub(crate) fn server_settings(
-        &self,
-        name: &str,
-        listen: SocketAddr,
-        auth: AuthHandler,
-    ) -> ServerSettings {
-        let connect_timeout_ms =
-            u16::try_from(self.connect_timeout.as_millis()).unwrap_or(u16::MAX);
-        ServerSettings {
-            name: name.to_string(),
-            listen,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: ConnectionSettings {
-                connection_timeout_ms: connect_timeout_ms,
-                max_payload_size: self.max_packet_size,
-                max_inflight_count: self.max_inflight,
-                auth: None::<HashMap<String, String>>,
-                external_auth: Some(auth),
-                dynamic_filters: true,
-            },
         }
     }
 }

@@ -171,7 +171,7 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
 impl Tap {
     /// Hands one publish to the pipeline, waiting for budget if the pipeline is behind.
     ///
-    /// Called from rumqttd's synchronous packet parser, so waiting uses
+    /// Called from the connection's synchronous packet parser, so waiting uses
     /// `block_in_place`: it parks this connection's task and lets the runtime move other
     /// work to another thread. The broker therefore runs on a multi-threaded runtime.
     ///

@@ -1,14 +1,14 @@
 //! Front ends for MQTT over TLS and over WebSocket.
 //!
-//! rumqttd runs TLS and WebSocket handshakes inside its accept loop with no timeout, so one
-//! idle socket stalls every later connection on that listener. Here each accepted socket gets
+//! A handshake must never run in an accept loop (rumqttd's own listeners do that with no
+//! timeout, so one idle socket stalls every later connection). Here each accepted socket gets
 //! its own task: the handshake runs there under a deadline, and only then is the connection
-//! passed, as plain MQTT bytes, to a rumqttd listener on a private loopback port that carries
+//! passed, as plain MQTT bytes, to a listener of ours on a private loopback port that carries
 //! the public listener's rules. A stalled handshake costs one task and one socket until its
 //! deadline, and never delays anyone else.
 //!
 //! Over WebSocket, each binary message carries MQTT bytes (any framing: a packet may span
-//! messages); both MQTT 3.1.1 and 5 work, which rumqttd's own WebSocket listener lacks.
+//! messages); both MQTT 3.1.1 and 5 work.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -5,6 +5,7 @@ mod backfill;
 mod connection;
 mod fleet;
 mod geofences;
+mod idle;
 mod latency;
 mod load;
 mod payload;
@@ -63,6 +64,19 @@ enum Command {
     /// Exits non-zero on an HTTP error (with its status and body) or a stream that ends
     /// without `end`.
     ReplayWatch(replay_watch::Args),
+    /// Idle connections: a connect storm, then every connection held open, for the memory a
+    /// connection costs the broker and how fast it accepts them.
+    ///
+    /// Example: `fieldline-sim idle --connections 18000 --hold-seconds 15 --port 1883`. Each
+    /// connection is raw TCP with a hand-encoded CONNECT (MQTT 3.1.1, or 5 with `--protocol
+    /// 5`; clean session, client id `PREFIX-i`, no username), at most `--concurrency`
+    /// handshakes in flight, its source address one of 127.0.0.2 … 127.0.0.(1+K) on
+    /// loopback. When every CONNECT is answered, one JSON line goes to stdout: connected,
+    /// failed by reason, seconds from the first connect to the last CONNACK, connects/s and
+    /// the handshake latency (p50, p99, max); then `ready` on stderr, and the connections
+    /// are held (a PINGREQ every half keep-alive) for `--hold-seconds`, or with 0 until stdin
+    /// closes or Ctrl-C. Exits non-zero when no connection was accepted.
+    Idle(idle::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Command::Geofences(args) => geofences::scenario(args).await,
             Command::Backfill(args) => backfill::run(args).await,
             Command::ReplayWatch(args) => replay_watch::run(args).await,
+            Command::Idle(args) => idle::run(args).await,
         }
     })
 }

@@ -1,0 +1,820 @@
+//! One MQTT connection, from its CONNECT to its end: our own task in place of rumqttd's.
+//!
+//! rumqttd's connection loop refuses keep-alive 0, gives every connection about 50 KB of
+//! buffers and router queues, and passes the router's forwards to the client unchanged. This
+//! task reads and writes the socket itself, answers what only concerns this connection (acks,
+//! pings, SUBACK, UNSUBACK) itself, and involves the router only for what it is for: routing
+//! publishes to subscribers and keeping sessions. An idle connection holds a small read buffer,
+//! its codec and this task, nothing in the router.
+//!
+//! A publish is handed to the pipeline by the codec (and so to the write-ahead log) before its
+//! PUBACK or PUBREC is written; the acknowledgements of everything read from one socket read go
+//! out together after one wait for durability.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    self, ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, Packet, PingResp, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::delivery::{ClientLimits, Outbound, Step, Subscriptions};
+use crate::guard::Guard;
+use crate::interest::Interest;
+use crate::protocol::{Listener, TappedProtocol, TOPIC_ALIAS_MAX};
+use crate::router::{tagged, Ingress, Link, Origin, Router};
+use crate::sessions::{Holder, Kept, Sessions};
+use crate::tap::Tap;
+
+/// Numbers connections (for No Local and session ownership).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A read buffer shrinks back to this once a burst is over, so idle connections stay small.
+const IDLE_READ_BUFFER: usize = 256;
+const BUSY_READ_BUFFER: usize = 8 * 1024;
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) tap: Tap,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) ingress: Ingress,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) interest: Arc<Interest>,
+    pub(crate) limits: Limits,
+    /// Connections past their CONNECT.
+    pub(crate) open: AtomicUsize,
+}
+
+/// The broker's own limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_packet_size: usize,
+    pub(crate) connect_timeout: Duration,
+    /// Unacknowledged QoS 1/2 publishes a client may send (advertised as Receive Maximum).
+    pub(crate) receive_maximum: u16,
+    /// Longest a session is kept after its connection ends.
+    pub(crate) max_session_expiry: Duration,
+}
+
+/// Why the loop ended.
+enum End {
+    /// The socket closed or failed, or a packet broke the protocol or the access rules.
+    Closed,
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// A newer connection took the session over.
+    TakenOver,
+}
+
+/// Serves one accepted socket until the connection ends.
+pub(crate) async fn serve<S>(mut stream: S, shared: Arc<Shared>, listener: Arc<Listener>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut codec = TappedProtocol::new(shared.tap.clone(), shared.guard.clone(), listener);
+    let mut read = BytesMut::with_capacity(IDLE_READ_BUFFER);
+    let limits = shared.limits;
+    let connect = tokio::time::timeout(
+        limits.connect_timeout,
+        next_packet(&mut stream, &mut codec, &mut read, limits.max_packet_size),
+    )
+    .await;
+    let Ok(Some(Packet::Connect(connect, properties, will, will_properties, login))) = connect
+    else {
+        return;
+    };
+    // The codec put the guard's decision into the login: the anonymous marker or a device.
+    let Some(login) = login else {
+        return;
+    };
+    if !shared
+        .guard
+        .authenticate(&login.username, &login.password)
+        .await
+    {
+        return;
+    }
+    let v5 = codec.is_v5();
+    let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
+    let _open = OpenGuard(&shared.open);
+    if open > limits.max_connections {
+        metrics::counter!("fieldline_broker_refused_connections_total", "reason" => "too_many")
+            .increment(1);
+        tracing::warn!(
+            limit = limits.max_connections,
+            "MQTT connection refused: the broker has as many connections as it accepts"
+        );
+        let code = if v5 {
+            ConnectReturnCode::ServerUnavailable
+        } else {
+            ConnectReturnCode::ServiceUnavailable
+        };
+        refuse(&mut stream, &codec, code).await;
+        return;
+    }
+    let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if !connect.clean_session && !v5 {
+            // MQTT 3.1.1 §3.1.3.1: a session cannot be kept for a client without an id.
+            refuse(
+                &mut stream,
+                &codec,
+                ConnectReturnCode::ClientIdentifierNotValid,
+            )
+            .await;
+            return;
+        }
+        // The colon keeps it out of the device-id namespace (no presence, no device topics).
+        let id = format!(":auto-{number}");
+        assigned = Some(id.clone());
+        Arc::from(id)
+    } else {
+        Arc::from(connect.client_id.as_str())
+    };
+
+    let requested_expiry = match &properties {
+        _ if !v5 && connect.clean_session => 0,
+        _ if !v5 => u32::MAX,
+        Some(p) => p.session_expiry_interval.unwrap_or(0),
+        None => 0,
+    };
+    let max_expiry = u32::try_from(limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
+    let mut expiry = requested_expiry.min(max_expiry);
+    let client_limits = ClientLimits {
+        receive_maximum: properties
+            .as_ref()
+            .and_then(|p| p.receive_maximum)
+            .map_or(usize::from(u16::MAX), usize::from)
+            .max(1),
+        maximum_packet_size: properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX))
+            .max(16),
+    };
+
+    let claim = shared
+        .sessions
+        .claim(&client_id, number, limits.connect_timeout)
+        .await;
+    let holder = claim.holder;
+    let mut kept = claim.kept;
+    if connect.clean_session {
+        if let Some(old) = kept.take() {
+            shared.sessions.discard(&client_id, &old);
+        }
+    }
+    let session_present = kept.is_some();
+    let mut session = Session {
+        client_id: client_id.clone(),
+        number,
+        keep_in_router: expiry > 0,
+        link: None,
+        subscriptions: Subscriptions::default(),
+        outbound: Outbound::new(client_limits, number),
+        awaiting_release: Vec::new(),
+    };
+    if let Some(kept) = kept {
+        session.subscriptions = kept.subscriptions;
+        if kept.in_router {
+            // The router holds the session's queue: attach to resume it, keeping it again
+            // when this connection ends (dropped afterwards if this one asked for no expiry).
+            match Link::attach(&shared.router, &client_id, true) {
+                Ok((link, _)) => session.link = Some((link, true)),
+                Err(e) => {
+                    tracing::warn!(client_id = %client_id, error = %e, "cannot resume the session in the router");
+                }
+            }
+        }
+    }
+
+    let ack = ConnAck {
+        session_present,
+        code: ConnectReturnCode::Success,
+    };
+    let ack_properties = v5.then(|| ConnAckProperties {
+        session_expiry_interval: (expiry != requested_expiry).then_some(expiry),
+        receive_max: Some(limits.receive_maximum),
+        retain_available: Some(1),
+        max_packet_size: Some(u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX)),
+        assigned_client_identifier: assigned,
+        topic_alias_max: Some(TOPIC_ALIAS_MAX),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        shared_subscription_available: Some(0),
+        ..Default::default()
+    });
+    let mut write = BytesMut::new();
+    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
+    let end = match codec.write(Packet::ConnAck(ack, ack_properties), &mut write) {
+        Ok(_) => {
+            run(
+                &mut stream,
+                &mut codec,
+                &shared,
+                &holder,
+                &mut session,
+                Buffers { read, write },
+                keep_alive,
+                &mut expiry,
+            )
+            .await
+        }
+        Err(_) => End::Closed,
+    };
+
+    if !matches!(end, End::Disconnect) {
+        if let Some(will) = will {
+            publish_will(&shared, will, will_properties, number);
+        }
+    }
+    // The session outlives the connection when it has an expiry; the router's part of it is
+    // kept only if the router holds any (the link asked it to).
+    let in_router = match session.link.take() {
+        Some((link, keeps)) => {
+            link.detach();
+            if keeps && expiry == 0 {
+                crate::router::purge(&shared.router, &client_id);
+            }
+            keeps && expiry > 0
+        }
+        None => false,
+    };
+    let keep = (expiry > 0).then(|| {
+        (
+            Duration::from_secs(u64::from(expiry)),
+            Kept {
+                expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
+                in_router,
+                subscriptions: std::mem::take(&mut session.subscriptions),
+            },
+        )
+    });
+    if keep.is_none() {
+        for filter in session.subscriptions.filters() {
+            shared.interest.remove(filter);
+        }
+    }
+    shared.sessions.release(&client_id, &holder, keep);
+    if matches!(end, End::TakenOver) {
+        tracing::debug!(client_id = %client_id, "session taken over by a newer connection");
+    }
+    let _ = stream.shutdown().await;
+}
+
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// This connection's part of its session.
+struct Session {
+    client_id: Arc<str>,
+    number: u64,
+    /// A router link attached now asks the router to keep the session when it ends.
+    keep_in_router: bool,
+    /// The router link, and whether it asked the router to keep the session.
+    link: Option<(Link, bool)>,
+    subscriptions: Subscriptions,
+    outbound: Outbound,
+    /// QoS 2 publishes received and acknowledged with PUBREC, waiting for their PUBREL.
+    awaiting_release: Vec<u16>,
+}
+
+struct Buffers {
+    read: BytesMut,
+    write: BytesMut,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run<S>(
+    stream: &mut S,
+    codec: &mut TappedProtocol,
+    shared: &Shared,
+    holder: &Holder,
+    session: &mut Session,
+    mut buffers: Buffers,
+    keep_alive: Duration,
+    expiry: &mut u32,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let max_packet = shared.limits.max_packet_size;
+    let mut need = 0usize;
+    let mut steps = Vec::new();
+    loop {
+        if !buffers.write.is_empty() {
+            if stream.write_all(&buffers.write).await.is_err() {
+                return End::Closed;
+            }
+            buffers.write.clear();
+            if buffers.write.capacity() > BUSY_READ_BUFFER {
+                buffers.write = BytesMut::new();
+            }
+        }
+        // MQTT §3.1.2.10: 1.5 × keep-alive of silence ends the connection; 0 turns it off.
+        let silence = (!keep_alive.is_zero())
+            .then(|| (keep_alive + keep_alive / 2).saturating_sub(codec.silent_for()));
+        if buffers.read.capacity() - buffers.read.len() < need.max(64) {
+            buffers.read.reserve(need.max(BUSY_READ_BUFFER));
+        }
+        let link = session.link.as_mut().map(|(link, _)| link);
+        let has_link = link.as_ref().is_some_and(|l| !l.gone);
+        tokio::select! {
+            biased;
+            () = holder.kicked() => return End::TakenOver,
+            () = sleep_or_never(silence) => {
+                codec.timed_out();
+                tracing::debug!(client_id = %session.client_id, "keep-alive ran out");
+                return End::Closed;
+            }
+            n = stream.read_buf(&mut buffers.read) => {
+                match n {
+                    Ok(0) | Err(_) => return End::Closed,
+                    Ok(_) => {}
+                }
+                loop {
+                    let head = publish_head(&buffers.read);
+                    match codec.read(&mut buffers.read, max_packet) {
+                        Ok(packet) => {
+                            if let Some(end) =
+                                inbound(packet, head, codec, shared, session, &mut buffers.write, &mut steps, expiry)
+                            {
+                                return end;
+                            }
+                        }
+                        Err(protocol::Error::InsufficientBytes(n)) => {
+                            need = n;
+                            break;
+                        }
+                        Err(_) => return End::Closed,
+                    }
+                }
+                if buffers.read.is_empty() && buffers.read.capacity() > BUSY_READ_BUFFER {
+                    buffers.read = BytesMut::with_capacity(IDLE_READ_BUFFER);
+                }
+            }
+            batch = next_notifications(link), if has_link => {
+                let Ok(batch) = batch else {
+                    if let Some((link, _)) = session.link.as_mut() {
+                        link.gone = true;
+                    }
+                    tracing::debug!(client_id = %session.client_id, "the router closed this connection's link");
+                    return End::Closed;
+                };
+                let mut wake = false;
+                for notification in batch {
+                    match notification {
+                        Notification::Forward(forward) => {
+                            session.outbound.forward(forward, &session.subscriptions, &mut steps);
+                        }
+                        Notification::Unschedule => wake = true,
+                        other => match Option::<Packet>::from(other) {
+                            Some(Packet::PubRel(rel, _)) => session.outbound.router_pubrel(rel.pkid, &mut steps),
+                            Some(Packet::Disconnect(..)) => return End::TakenOver,
+                            // SUBACK, UNSUBACK and the like: the client had ours.
+                            _ => {}
+                        },
+                    }
+                }
+                if apply(&mut steps, codec, session, &mut buffers.write).is_err() {
+                    return End::Closed;
+                }
+                if wake {
+                    if let Some((link, _)) = session.link.as_mut() {
+                        if link.rx.wake().await.is_err() {
+                            link.gone = true;
+                            return End::Closed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_notifications(
+    link: Option<&mut Link>,
+) -> Result<Vec<Notification>, rumqttd::local::LinkError> {
+    match link {
+        Some(link) => link.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads until one whole packet is parsed: the CONNECT. `None` when the socket ends first or
+/// the codec refuses it.
+async fn next_packet<S>(
+    stream: &mut S,
+    codec: &mut TappedProtocol,
+    read: &mut BytesMut,
+    max_packet: usize,
+) -> Option<Packet>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match codec.read(read, max_packet) {
+            Ok(packet) => return Some(packet),
+            Err(protocol::Error::InsufficientBytes(n)) => {
+                read.reserve(n.max(64));
+                match stream.read_buf(read).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "connection refused at CONNECT");
+                return None;
+            }
+        }
+    }
+}
+
+async fn refuse<S>(stream: &mut S, codec: &TappedProtocol, code: ConnectReturnCode)
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut write = BytesMut::new();
+    let ack = ConnAck {
+        session_present: false,
+        code,
+    };
+    if codec.write(Packet::ConnAck(ack, None), &mut write).is_ok() {
+        let _ = stream.write_all(&write).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// QoS and packet id of the PUBLISH at the front of `buf`, read from its bytes (rumqttd's
+/// parsed publish keeps them private).
+fn publish_head(buf: &[u8]) -> Option<(u8, u16)> {
+    let first = *buf.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let qos = (first >> 1) & 3;
+    let mut at = 1;
+    while buf.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    at += 1;
+    let topic_len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+    if qos == 0 {
+        return Some((0, 0));
+    }
+    let pkid_at = at + 2 + topic_len;
+    let pkid = u16::from_be_bytes([*buf.get(pkid_at)?, *buf.get(pkid_at + 1)?]);
+    Some((qos, pkid))
+}
+
+/// One packet from the client. Returns how the connection ends, if it does.
+#[allow(clippy::too_many_arguments)]
+fn inbound(
+    packet: Packet,
+    head: Option<(u8, u16)>,
+    codec: &mut TappedProtocol,
+    shared: &Shared,
+    session: &mut Session,
+    write: &mut BytesMut,
+    steps: &mut Vec<Step>,
+    expiry: &mut u32,
+) -> Option<End> {
+    let v5 = codec.is_v5();
+    let reply = match packet {
+        Packet::Publish(publish, properties) => {
+            let (qos, pkid) = head.unwrap_or((0, 0));
+            if publish.retain || shared.interest.wanted(&publish.topic) {
+                let origin = Origin {
+                    qos,
+                    retain: publish.retain,
+                    connection: session.number,
+                };
+                shared.ingress.publish(tagged(
+                    publish.topic.clone(),
+                    publish.payload.clone(),
+                    properties,
+                    &origin,
+                ));
+            }
+            match qos {
+                1 => Some(Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::Success,
+                    },
+                    None,
+                )),
+                2 => {
+                    if !session.awaiting_release.contains(&pkid) {
+                        session.awaiting_release.push(pkid);
+                    }
+                    Some(Packet::PubRec(
+                        PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        },
+                        None,
+                    ))
+                }
+                _ => None,
+            }
+        }
+        Packet::PubRel(release, _) => {
+            let known = session
+                .awaiting_release
+                .iter()
+                .position(|p| *p == release.pkid);
+            if let Some(at) = known {
+                session.awaiting_release.swap_remove(at);
+            }
+            Some(Packet::PubComp(
+                PubComp {
+                    pkid: release.pkid,
+                    reason: if known.is_some() || !v5 {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    },
+                },
+                None,
+            ))
+        }
+        ack @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
+            session.outbound.client_ack(&ack, steps);
+            None
+        }
+        Packet::Subscribe(subscribe, properties) => {
+            Some(subscribe_to(subscribe, properties, v5, shared, session))
+        }
+        Packet::Unsubscribe(unsubscribe, _) => Some(unsubscribe_from(unsubscribe, shared, session)),
+        Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
+        Packet::Disconnect(_, properties) => {
+            if let Some(update) = properties.and_then(|p| p.session_expiry_interval) {
+                // MQTT 5 §3.14.2.2.2: a session that was to end with the connection cannot be
+                // given an expiry at DISCONNECT.
+                if *expiry == 0 && update != 0 {
+                    metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+                    return Some(End::Closed);
+                }
+                let max =
+                    u32::try_from(shared.limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
+                *expiry = update.min(max);
+            }
+            return Some(End::Disconnect);
+        }
+        // Packets only a server sends, and a second CONNECT (the codec refuses that itself).
+        _ => {
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+            return Some(End::Closed);
+        }
+    };
+    if let Some(reply) = reply {
+        if codec.write(reply, write).is_err() {
+            return Some(End::Closed);
+        }
+    }
+    if apply(steps, codec, session, write).is_err() {
+        return Some(End::Closed);
+    }
+    None
+}
+
+/// Answers a SUBSCRIBE ourselves and hands the accepted filters to the router, each with an
+/// identifier of ours so its forwards can be told apart (options the router does not keep).
+fn subscribe_to(
+    subscribe: Subscribe,
+    properties: Option<SubscribeProperties>,
+    v5: bool,
+    shared: &Shared,
+    session: &mut Session,
+) -> Packet {
+    let client_sub = properties.and_then(|p| p.id);
+    let mut codes = Vec::with_capacity(subscribe.filters.len());
+    let mut to_router = Vec::new();
+    for filter in subscribe.filters {
+        let code = if !protocol::valid_filter(&filter.path) {
+            if v5 {
+                SubscribeReasonCode::TopicFilterInvalid
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        } else if filter.path.starts_with("$share/") {
+            if v5 {
+                SubscribeReasonCode::SharedSubscriptionsNotSupported
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        } else {
+            let (id, replaced) = session.subscriptions.subscribe(&filter, client_sub);
+            if !replaced {
+                shared.interest.add(&filter.path);
+            }
+            let code = match filter.qos as u8 {
+                0 => SubscribeReasonCode::QoS0,
+                1 => SubscribeReasonCode::QoS1,
+                _ => SubscribeReasonCode::QoS2,
+            };
+            to_router.push(Packet::Subscribe(
+                Subscribe {
+                    pkid: subscribe.pkid,
+                    filters: vec![filter],
+                },
+                Some(SubscribeProperties {
+                    id: Some(id),
+                    user_properties: Vec::new(),
+                }),
+            ));
+            code
+        };
+        codes.push(code);
+    }
+    if !to_router.is_empty() {
+        if session.link.is_none() {
+            match Link::attach(&shared.router, &session.client_id, session.keep_in_router) {
+                Ok((link, _)) => session.link = Some((link, session.keep_in_router)),
+                Err(e) => {
+                    tracing::warn!(client_id = %session.client_id, error = %e, "cannot attach to the router; subscription refused");
+                    metrics::counter!("fieldline_broker_router_errors_total").increment(1);
+                }
+            }
+        }
+        let sent = match session.link.as_mut() {
+            Some((link, _)) => link.send(to_router).is_ok(),
+            None => false,
+        };
+        if !sent {
+            {
+                for code in &mut codes {
+                    if !matches!(code, SubscribeReasonCode::Failure)
+                        && !matches!(code, SubscribeReasonCode::TopicFilterInvalid)
+                        && !matches!(code, SubscribeReasonCode::SharedSubscriptionsNotSupported)
+                    {
+                        *code = if v5 {
+                            SubscribeReasonCode::Unspecified
+                        } else {
+                            SubscribeReasonCode::Failure
+                        };
+                    }
+                }
+            }
+        }
+    }
+    Packet::SubAck(
+        SubAck {
+            pkid: subscribe.pkid,
+            return_codes: codes,
+        },
+        None,
+    )
+}
+
+/// Answers an UNSUBSCRIBE ourselves (the router stays silent about filters it does not have)
+/// and hands the filters that were subscribed to the router.
+fn unsubscribe_from(unsubscribe: Unsubscribe, shared: &Shared, session: &mut Session) -> Packet {
+    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+    let mut removed = Vec::new();
+    for filter in &unsubscribe.filters {
+        if session.subscriptions.unsubscribe(filter) {
+            shared.interest.remove(filter);
+            removed.push(filter.clone());
+            reasons.push(UnsubAckReason::Success);
+        } else {
+            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+        }
+    }
+    if !removed.is_empty() {
+        if let Some((link, _)) = session.link.as_mut() {
+            let to_router = Packet::Unsubscribe(
+                Unsubscribe {
+                    pkid: unsubscribe.pkid,
+                    filters: removed,
+                },
+                None,
+            );
+            if let Err(e) = link.send([to_router]) {
+                tracing::debug!(error = %e, "router link gone at unsubscribe");
+            }
+        }
+    }
+    Packet::UnsubAck(
+        UnsubAck {
+            pkid: unsubscribe.pkid,
+            reasons,
+        },
+        None,
+    )
+}
+
+/// Carries out delivery steps: packets for the client are encoded (one too large for the
+/// client is dropped and counted), acknowledgements for the router sent in one batch.
+fn apply(
+    steps: &mut Vec<Step>,
+    codec: &TappedProtocol,
+    session: &mut Session,
+    write: &mut BytesMut,
+) -> Result<(), protocol::Error> {
+    let mut to_router = VecDeque::new();
+    while !steps.is_empty() {
+        for step in std::mem::take(steps) {
+            match step {
+                Step::Router(packet) => to_router.push_back(packet),
+                Step::Client(packet) => {
+                    let before = write.len();
+                    let dropped = match &packet {
+                        Packet::Publish(publish, _) => {
+                            Some(crate::delivery::qos_and_pkid_of(publish))
+                        }
+                        _ => None,
+                    };
+                    let written = codec.write(packet, write)?;
+                    if written > session.outbound.limits().maximum_packet_size {
+                        write.truncate(before);
+                        metrics::counter!("fieldline_broker_oversize_dropped_total").increment(1);
+                        if let Some((qos, pkid)) = dropped {
+                            session.outbound.undeliverable(pkid, qos, steps);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !to_router.is_empty() {
+        if let Some((link, _)) = session.link.as_mut() {
+            if !link.gone && link.send(to_router).is_err() {
+                link.gone = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a Last Will to subscribers (the codec already handed it to the pipeline).
+fn publish_will(
+    shared: &Shared,
+    will: LastWill,
+    properties: Option<rumqttd::protocol::LastWillProperties>,
+    number: u64,
+) {
+    if !will.retain && !shared.interest.wanted(&will.topic) {
+        return;
+    }
+    let properties = properties.map(|p| rumqttd::protocol::PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        topic_alias: None,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+        subscription_identifiers: Vec::new(),
+        content_type: p.content_type,
+    });
+    let origin = Origin {
+        qos: will.qos as u8,
+        retain: will.retain,
+        connection: number,
+    };
+    shared
+        .ingress
+        .publish(tagged(will.topic, will.message, properties, &origin));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_head;
+
+    #[test]
+    fn reads_qos_and_packet_id_from_publish_bytes() {
+        // QoS 1, remaining length 9, topic "a/b", pkid 0x0102, payload "xy"
+        let qos1 = [0x32, 9, 0, 3, b'a', b'/', b'b', 1, 2, b'x', b'y'];
+        assert_eq!(publish_head(&qos1), Some((1, 0x0102)));
+        let qos0 = [0x30, 7, 0, 3, b'a', b'/', b'b', b'x', b'y'];
+        assert_eq!(publish_head(&qos0), Some((0, 0)));
+        assert_eq!(publish_head(&[0x32, 9, 0]), None);
+        assert_eq!(publish_head(&[0xC0, 0]), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! Our side of rumqttd's router: the links connections use to reach subscribers.
+//!
+//! The router (one thread) keeps subscriptions, retained messages and kept sessions, and hands
+//! each link the messages for its filters. Connections are served by our own tasks
+//! ([`crate::connection`]), which attach a router link only when they need one: when they
+//! subscribe, or resume a session the router keeps. An idle device, or one that only publishes,
+//! costs the router nothing (a router link pre-allocates queues of a few hundred packets).
+//! Publishes reach the router through one shared ingress link, and only when a subscription
+//! wants them (see [`crate::interest`]).
+//!
+//! Every publish handed to the router is QoS 0 and carries, in user properties the outbound side
+//! strips again, what delivery needs but the router drops: the publish's own QoS (delivery is
+//! at most that), its retain flag (Retain As Published) and the connection it came from (No
+//! Local).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
+use rumqttd::Notification;
+
+/// The router thread, reachable only through links. rumqttd does not export the type of the
+/// router's inbox, so the closure that attaches links holds it.
+pub(crate) struct Router {
+    attach:
+        Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>,
+}
+
+impl Router {
+    /// Starts rumqttd's router thread.
+    pub(crate) fn spawn(config: rumqttd::RouterConfig) -> Router {
+        let inbox = rumqttd::Router::new(0, config).spawn();
+        Router {
+            attach: Box::new(move |client_id, keep| {
+                LinkBuilder::new(client_id, inbox.clone())
+                    .clean_session(!keep)
+                    // Server-to-client topic aliases are not offered: rumqttd keys them by
+                    // subscription filter, so a wildcard subscriber would get one topic's
+                    // messages under another's alias.
+                    .topic_alias_max(0)
+                    .dynamic_filters(true)
+                    .build()
+            }),
+        }
+    }
+}
+
+/// User property keys the broker adds to publishes inside the router and strips on delivery.
+/// A client's own properties under these keys are dropped when it publishes.
+pub(crate) const TAG_QOS: &str = "fieldline:qos";
+pub(crate) const TAG_RETAIN: &str = "fieldline:retain";
+pub(crate) const TAG_FROM: &str = "fieldline:from";
+
+/// What the router needs to know of a publish besides topic and payload.
+pub(crate) struct Origin {
+    pub(crate) qos: u8,
+    pub(crate) retain: bool,
+    /// Our number of the connection that published it.
+    pub(crate) connection: u64,
+}
+
+/// Builds the QoS 0 publish the router stores and forwards, with the origin as tags.
+pub(crate) fn tagged(
+    topic: Bytes,
+    payload: Bytes,
+    properties: Option<PublishProperties>,
+    origin: &Origin,
+) -> Packet {
+    let mut properties = properties.unwrap_or(PublishProperties {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        topic_alias: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+        subscription_identifiers: Vec::new(),
+        content_type: None,
+    });
+    properties.topic_alias = None;
+    properties.subscription_identifiers.clear();
+    properties
+        .user_properties
+        .retain(|(key, _)| !key.starts_with("fieldline:"));
+    properties
+        .user_properties
+        .push((TAG_QOS.to_string(), origin.qos.to_string()));
+    if origin.retain {
+        properties
+            .user_properties
+            .push((TAG_RETAIN.to_string(), "1".to_string()));
+    }
+    properties
+        .user_properties
+        .push((TAG_FROM.to_string(), origin.connection.to_string()));
+    Packet::Publish(
+        Publish::new(topic, payload, origin.retain),
+        Some(properties),
+    )
+}
+
+/// One attached link: how a connection talks to the router.
+pub(crate) struct Link {
+    pub(crate) tx: LinkTx,
+    pub(crate) rx: LinkRx,
+    /// The router ended this link itself (it dropped our channel); nothing more may be sent
+    /// under its id, which the router may already have given to another link.
+    pub(crate) gone: bool,
+}
+
+impl Link {
+    /// Attaches `client_id` to the router. `keep` asks the router to keep the session's
+    /// subscriptions and unacknowledged messages when the link ends (and to resume one it
+    /// kept). Returns the link and whether the router resumed a session.
+    ///
+    /// The router answers synchronously through a channel, so this blocks its thread briefly.
+    pub(crate) fn attach(
+        router: &Router,
+        client_id: &str,
+        keep: bool,
+    ) -> Result<(Link, bool), LinkError> {
+        let (tx, rx, ack) = tokio::task::block_in_place(|| (router.attach)(client_id, keep))?;
+        let resumed = match Option::<Packet>::from(ack) {
+            Some(Packet::ConnAck(ack, _)) => ack.session_present,
+            _ => false,
+        };
+        Ok((
+            Link {
+                tx,
+                rx,
+                gone: false,
+            },
+            resumed,
+        ))
+    }
+
+    /// Hands packets to the router, waking it once for all of them.
+    pub(crate) fn send(
+        &mut self,
+        packets: impl IntoIterator<Item = Packet>,
+    ) -> Result<(), LinkError> {
+        let mut packets = packets.into_iter();
+        let Some(last) = packets.next() else {
+            return Ok(());
+        };
+        let mut pending: VecDeque<Packet> = packets.collect();
+        pending.push_front(last);
+        let last = pending.pop_back();
+        self.tx.buffer().extend(pending);
+        if let Some(last) = last {
+            // `send` pushes the packet and wakes the router for everything in the buffer. It is
+            // `async` but never awaits (a plain channel send into an inbox of 1,000 wake-ups),
+            // so one poll completes it.
+            if let Some(sent) = futures_util::FutureExt::now_or_never(self.tx.send(last)) {
+                sent?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the link as a clean disconnect: the router keeps the session if the link asked
+    /// it to, and publishes no will (the broker publishes wills itself).
+    pub(crate) fn detach(mut self) {
+        if self.gone {
+            return;
+        }
+        let disconnect = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        if let Err(e) = self.send([disconnect]) {
+            tracing::debug!(error = %e, "router link already gone at detach");
+        }
+    }
+
+    /// Waits for the router's next batch of notifications.
+    pub(crate) async fn next(&mut self) -> Result<Vec<Notification>, LinkError> {
+        let first = self.rx.next().await?;
+        let mut batch: Vec<Notification> = first.into_iter().collect();
+        // The router wakes a link once for a batch; the rest is already in the link's cache.
+        while let Ok(Some(more)) = self.rx.recv_deadline(std::time::Instant::now()) {
+            batch.push(more);
+        }
+        Ok(batch)
+    }
+}
+
+/// Drops a session the router keeps for `client_id`: attaching with a clean session makes
+/// the router discard what it kept, and a clean disconnect then ends that link.
+pub(crate) fn purge(router: &Router, client_id: &str) {
+    match Link::attach(router, client_id, false) {
+        Ok((link, _)) => link.detach(),
+        Err(e) => {
+            tracing::warn!(client_id, error = %e, "cannot reach the router to drop a session")
+        }
+    }
+}
+
+/// The one link every connection's publishes reach the router through. The router sends it
+/// nothing it needs (its publishes are QoS 0), but a link must be read or it stalls, so a task
+/// drains it.
+pub(crate) struct Ingress {
+    tx: std::sync::Mutex<LinkTx>,
+}
+
+impl Ingress {
+    pub(crate) fn open(router: &Router) -> Result<Ingress, LinkError> {
+        let (link, _) = Link::attach(router, "fieldline:ingress", false)?;
+        let Link { tx, mut rx, .. } = link;
+        tokio::spawn(async move {
+            loop {
+                match rx.next().await {
+                    Ok(Some(Notification::Unschedule)) => {
+                        if rx.wake().await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            tracing::error!("the router closed the ingress link; subscribers get no more messages");
+        });
+        Ok(Ingress {
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+
+    /// Hands one publish (built by [`tagged`]) to the router.
+    pub(crate) fn publish(&self, packet: Packet) {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        // `send` is `async` but never awaits (see [`Link::send`]).
+        if let Some(Err(e)) = futures_util::FutureExt::now_or_never(tx.send(packet)) {
+            metrics::counter!("fieldline_broker_router_errors_total").increment(1);
+            tracing::warn!(error = %e, "cannot hand a publish to the router");
+        }
+    }
+}
