@@ -416,7 +416,7 @@ async fn sleep_or_never(duration: Option<Duration>) {
 
 async fn next_notifications(
     link: Option<&mut Link>,
-) -> Result<Vec<Notification>, rumqttd::local::LinkError> {
+) -> Result<Vec<Notification>, crate::router::RouterError> {
     match link {
         Some(link) => link.next().await,
         None => std::future::pending().await,
@@ -631,7 +631,18 @@ fn subscribe_to(
             }
         } else {
             let (id, replaced) = session.subscriptions.subscribe(&filter, client_sub);
-            if !replaced {
+            if replaced {
+                // The router keeps an existing subscription as it was (its QoS, and no
+                // retained messages again): replace it there by ending it first, in the same
+                // batch, so no message is published in between.
+                to_router.push(Packet::Unsubscribe(
+                    Unsubscribe {
+                        pkid: subscribe.pkid,
+                        filters: vec![filter.path.clone()],
+                    },
+                    None,
+                ));
+            } else {
                 shared.interest.add(&filter.path);
             }
             let code = match filter.qos as u8 {

@@ -20,11 +20,25 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::Notification;
 
+/// The router refused or is gone. rumqttd's own error carries whole packets (over 800
+/// bytes), so only its message is kept.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT router: {0}")]
+pub(crate) struct RouterError(String);
+
+impl From<LinkError> for RouterError {
+    fn from(e: LinkError) -> Self {
+        RouterError(e.to_string())
+    }
+}
+
+type Attach =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), RouterError> + Send + Sync;
+
 /// The router thread, reachable only through links. rumqttd does not export the type of the
 /// router's inbox, so the closure that attaches links holds it.
 pub(crate) struct Router {
-    attach:
-        Box<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync>,
+    attach: Box<Attach>,
 }
 
 impl Router {
@@ -41,6 +55,7 @@ impl Router {
                     .topic_alias_max(0)
                     .dynamic_filters(true)
                     .build()
+                    .map_err(RouterError::from)
             }),
         }
     }
@@ -118,7 +133,7 @@ impl Link {
         router: &Router,
         client_id: &str,
         keep: bool,
-    ) -> Result<(Link, bool), LinkError> {
+    ) -> Result<(Link, bool), RouterError> {
         let (tx, rx, ack) = tokio::task::block_in_place(|| (router.attach)(client_id, keep))?;
         let resumed = match Option::<Packet>::from(ack) {
             Some(Packet::ConnAck(ack, _)) => ack.session_present,
@@ -138,22 +153,17 @@ impl Link {
     pub(crate) fn send(
         &mut self,
         packets: impl IntoIterator<Item = Packet>,
-    ) -> Result<(), LinkError> {
-        let mut packets = packets.into_iter();
-        let Some(last) = packets.next() else {
+    ) -> Result<(), RouterError> {
+        let mut pending: VecDeque<Packet> = packets.into_iter().collect();
+        let Some(last) = pending.pop_back() else {
             return Ok(());
         };
-        let mut pending: VecDeque<Packet> = packets.collect();
-        pending.push_front(last);
-        let last = pending.pop_back();
         self.tx.buffer().extend(pending);
-        if let Some(last) = last {
-            // `send` pushes the packet and wakes the router for everything in the buffer. It is
-            // `async` but never awaits (a plain channel send into an inbox of 1,000 wake-ups),
-            // so one poll completes it.
-            if let Some(sent) = futures_util::FutureExt::now_or_never(self.tx.send(last)) {
-                sent?;
-            }
+        // `send` pushes the packet and wakes the router for everything in the buffer. It is
+        // `async` but never awaits (a plain channel send into an inbox of 1,000 wake-ups),
+        // so one poll completes it.
+        if let Some(sent) = futures_util::FutureExt::now_or_never(self.tx.send(last)) {
+            sent?;
         }
         Ok(())
     }
@@ -176,7 +186,7 @@ impl Link {
     }
 
     /// Waits for the router's next batch of notifications.
-    pub(crate) async fn next(&mut self) -> Result<Vec<Notification>, LinkError> {
+    pub(crate) async fn next(&mut self) -> Result<Vec<Notification>, RouterError> {
         let first = self.rx.next().await?;
         let mut batch: Vec<Notification> = first.into_iter().collect();
         // The router wakes a link once for a batch; the rest is already in the link's cache.
@@ -206,7 +216,7 @@ pub(crate) struct Ingress {
 }
 
 impl Ingress {
-    pub(crate) fn open(router: &Router) -> Result<Ingress, LinkError> {
+    pub(crate) fn open(router: &Router) -> Result<Ingress, RouterError> {
         let (link, _) = Link::attach(router, "fieldline:ingress", false)?;
         let Link { tx, mut rx, .. } = link;
         tokio::spawn(async move {
