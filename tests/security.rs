@@ -12,7 +12,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use support::live::{Sse, Ws};
 use support::raw_mqtt::{
-    connect_packet, publish_packet, publish_qos0_packet, subscribe_packet, Endpoint, RawMqtt,
+    connect_packet, publish_packet, publish_qos0_packet, subscribe_packet, with_keep_alive,
+    Endpoint, RawMqtt,
 };
 use support::{
     cli, create_token, database, free_port, mosquitto_pub, mosquitto_pub_status, register_device,
@@ -144,6 +145,27 @@ async fn check_listener(endpoint: &Endpoint, secret: &str, seq: u64) {
             "{user:?}/{pass:?} must not connect"
         );
     }
+    // Keep-alive 0 (no keep-alive at all) is accepted on every listener, and the connection
+    // stays through a silence that would end a short keep-alive.
+    let mut quiet = RawMqtt::open(endpoint).await.expect("socket");
+    quiet
+        .send(&with_keep_alive(
+            connect_packet("d1-quiet", Some(("d1", secret)), None),
+            0,
+        ))
+        .await
+        .expect("CONNECT sent");
+    assert!(
+        matches!(quiet.next(Duration::from_secs(10)).await, Ok(Some((0x20, ref body))) if body.get(1) == Some(&0)),
+        "keep-alive 0 gets a successful CONNACK"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    quiet.send(&[0xC0, 0]).await.expect("PINGREQ sent");
+    assert_eq!(
+        quiet.next(Duration::from_secs(5)).await,
+        Ok(Some((0xD0, Vec::new()))),
+        "still connected: PINGRESP"
+    );
     // d1's first connection never saw anything of the refused attempts.
     assert_eq!(d1.next(Duration::from_millis(300)).await, Ok(None));
 }

@@ -281,6 +281,15 @@ pub fn connect_packet(
     framed(0x10, body)
 }
 
+/// The same CONNECT with another keep-alive (seconds; 0 turns it off).
+pub fn with_keep_alive(mut connect: Vec<u8>, keep_alive: u16) -> Vec<u8> {
+    // Fixed header, remaining length, then "MQTT" as a string, the level and the flags.
+    if let Some(name) = connect.windows(4).position(|w| w == b"MQTT") {
+        connect[name + 6..name + 8].copy_from_slice(&keep_alive.to_be_bytes());
+    }
+    connect
+}
+
 pub fn publish_packet(topic: &str, payload: &[u8], pkid: u16) -> Vec<u8> {
     let mut body = Vec::new();
     string(topic.as_bytes(), &mut body);
