@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    self, ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, Packet, PingResp, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe,
-    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    self, ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Packet,
+    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck,
+    Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,12 +37,12 @@ use crate::tap::Tap;
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
 /// A read buffer shrinks back to this once a burst is over, so idle connections stay small.
-const IDLE_READ_BUFFER: usize = 256;
+const IDLE_READ_BUFFER: usize = 64;
 const BUSY_READ_BUFFER: usize = 8 * 1024;
 
 /// What every connection shares.
 pub(crate) struct Shared {
-    pub(crate) tap: Tap,
+    pub(crate) tap: Arc<Tap>,
     pub(crate) guard: Arc<Guard>,
     pub(crate) router: Arc<Router>,
     pub(crate) ingress: Ingress,
@@ -76,37 +76,77 @@ enum End {
 }
 
 /// Serves one accepted socket until the connection ends.
-pub(crate) async fn serve<S>(mut stream: S, shared: Arc<Shared>, listener: Arc<Listener>)
+///
+/// A task is as large as the largest state of its future, and an idle connection spends its
+/// life in one state: waiting in [`run`]. So connecting and ending run boxed (their state is
+/// freed once they are done), and what the connection keeps is one allocation of its own.
+pub(crate) async fn serve<S>(stream: S, shared: Arc<Shared>, listener: Arc<Listener>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Some(mut live) = Box::pin(accept(stream, shared, listener)).await else {
+        return;
+    };
+    let live_ref = &mut *live;
+    let end = run(
+        &mut live_ref.stream,
+        &mut live_ref.codec,
+        &live_ref.shared,
+        &live_ref.holder,
+        &mut live_ref.session,
+        &mut live_ref.buffers,
+        live_ref.keep_alive,
+        &mut live_ref.expiry,
+    )
+    .await;
+    Box::pin(live.finish(end)).await;
+}
+
+/// A connection past its CONNACK: everything it keeps while it lives.
+struct Live<S> {
+    _counted: Counted,
+    stream: S,
+    codec: TappedProtocol,
+    shared: Arc<Shared>,
+    holder: Arc<Holder>,
+    session: Session,
+    buffers: Buffers,
+    keep_alive: Duration,
+    /// Session Expiry Interval in seconds (a DISCONNECT may change it).
+    expiry: u32,
+    will: Option<Box<(LastWill, Option<LastWillProperties>)>>,
+}
+
+/// Reads the CONNECT, admits the client, takes over its session and writes the CONNACK.
+async fn accept<S>(
+    mut stream: S,
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+) -> Option<Box<Live<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut codec = TappedProtocol::new(shared.tap.clone(), shared.guard.clone(), listener);
     let mut read = BytesMut::with_capacity(IDLE_READ_BUFFER);
     let limits = shared.limits;
-    let connect = tokio::time::timeout(
+    let connect = Box::pin(tokio::time::timeout(
         limits.connect_timeout,
         next_packet(&mut stream, &mut codec, &mut read, limits.max_packet_size),
-    )
+    ))
     .await;
     let Ok(Some(Packet::Connect(connect, properties, will, will_properties, login))) = connect
     else {
-        return;
+        return None;
     };
     // The codec put the guard's decision into the login: the anonymous marker or a device.
-    let Some(login) = login else {
-        return;
-    };
-    if !shared
-        .guard
-        .authenticate(&login.username, &login.password)
-        .await
-    {
-        return;
+    let login = login?;
+    if !Box::pin(shared.guard.authenticate(&login.username, &login.password)).await {
+        return None;
     }
     let v5 = codec.is_v5();
     let open = shared.open.fetch_add(1, Ordering::AcqRel) + 1;
-    let _open = OpenGuard(&shared.open);
     if open > limits.max_connections {
+        shared.open.fetch_sub(1, Ordering::AcqRel);
         metrics::counter!("fieldline_broker_refused_connections_total", "reason" => "too_many")
             .increment(1);
         tracing::warn!(
@@ -118,21 +158,18 @@ where
         } else {
             ConnectReturnCode::ServiceUnavailable
         };
-        refuse(&mut stream, &codec, code).await;
-        return;
+        Box::pin(refuse(&mut stream, &codec, code)).await;
+        return None;
     }
+    let open = Counted(shared.clone());
     let number = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if !connect.clean_session && !v5 {
             // MQTT 3.1.1 §3.1.3.1: a session cannot be kept for a client without an id.
-            refuse(
-                &mut stream,
-                &codec,
-                ConnectReturnCode::ClientIdentifierNotValid,
-            )
-            .await;
-            return;
+            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            Box::pin(refuse(&mut stream, &codec, code)).await;
+            return None;
         }
         // The colon keeps it out of the device-id namespace (no presence, no device topics).
         let id = format!(":auto-{number}");
@@ -149,7 +186,7 @@ where
         None => 0,
     };
     let max_expiry = u32::try_from(limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
-    let mut expiry = requested_expiry.min(max_expiry);
+    let expiry = requested_expiry.min(max_expiry);
     let client_limits = ClientLimits {
         receive_maximum: properties
             .as_ref()
@@ -163,10 +200,12 @@ where
             .max(16),
     };
 
-    let claim = shared
-        .sessions
-        .claim(&client_id, number, limits.connect_timeout)
-        .await;
+    let claim = Box::pin(
+        shared
+            .sessions
+            .claim(&client_id, number, limits.connect_timeout),
+    )
+    .await;
     let holder = claim.holder;
     let mut kept = claim.kept;
     if connect.clean_session {
@@ -179,18 +218,19 @@ where
         client_id: client_id.clone(),
         number,
         keep_in_router: expiry > 0,
-        link: None,
-        subscriptions: Subscriptions::default(),
-        outbound: Outbound::new(client_limits, number),
+        limits: client_limits,
+        routed: None,
         awaiting_release: Vec::new(),
     };
-    if let Some(kept) = kept {
-        session.subscriptions = kept.subscriptions;
-        if kept.in_router {
+    if let Some(kept) = kept.filter(|k| k.in_router || !k.subscriptions.is_empty()) {
+        let in_router = kept.in_router;
+        let routed = session.routed();
+        routed.subscriptions = kept.subscriptions;
+        if in_router {
             // The router holds the session's queue: attach to resume it, keeping it again
             // when this connection ends (dropped afterwards if this one asked for no expiry).
             match Link::attach(&shared.router, &client_id, true) {
-                Ok((link, _)) => session.link = Some((link, true)),
+                Ok((link, _)) => routed.link = Some((link, true)),
                 Err(e) => {
                     tracing::warn!(client_id = %client_id, error = %e, "cannot resume the session in the router");
                 }
@@ -215,68 +255,85 @@ where
         ..Default::default()
     });
     let mut write = BytesMut::new();
-    let keep_alive = Duration::from_secs(u64::from(connect.keep_alive));
-    let end = match codec.write(Packet::ConnAck(ack, ack_properties), &mut write) {
-        Ok(_) => {
-            run(
-                &mut stream,
-                &mut codec,
-                &shared,
-                &holder,
-                &mut session,
-                Buffers { read, write },
-                keep_alive,
-                &mut expiry,
-            )
-            .await
-        }
-        Err(_) => End::Closed,
-    };
-
-    if !matches!(end, End::Disconnect) {
-        if let Some(will) = will {
-            publish_will(&shared, will, will_properties, number);
-        }
+    codec
+        .write(Packet::ConnAck(ack, ack_properties), &mut write)
+        .ok()?;
+    if read.is_empty() && read.capacity() > IDLE_READ_BUFFER {
+        // A CONNECT with a long login grew it; an idle connection keeps the smallest.
+        read = BytesMut::with_capacity(IDLE_READ_BUFFER);
     }
-    // The session outlives the connection when it has an expiry; the router's part of it is
-    // kept only if the router holds any (the link asked it to).
-    let in_router = match session.link.take() {
-        Some((link, keeps)) => {
-            link.detach();
-            if keeps && expiry == 0 {
-                crate::router::purge(&shared.router, &client_id);
-            }
-            keeps && expiry > 0
-        }
-        None => false,
-    };
-    let keep = (expiry > 0).then(|| {
-        (
-            Duration::from_secs(u64::from(expiry)),
-            Kept {
-                expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
-                in_router,
-                subscriptions: std::mem::take(&mut session.subscriptions),
-            },
-        )
-    });
-    if keep.is_none() {
-        for filter in session.subscriptions.filters() {
-            shared.interest.remove(filter);
-        }
-    }
-    shared.sessions.release(&client_id, &holder, keep);
-    if matches!(end, End::TakenOver) {
-        tracing::debug!(client_id = %client_id, "session taken over by a newer connection");
-    }
-    let _ = stream.shutdown().await;
+    Some(Box::new(Live {
+        _counted: open,
+        stream,
+        codec,
+        shared: shared.clone(),
+        holder,
+        session,
+        buffers: Buffers { read, write },
+        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+        expiry,
+        will: will.map(|will| Box::new((will, will_properties))),
+    }))
 }
 
-struct OpenGuard<'a>(&'a AtomicUsize);
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
+    /// Publishes the will unless the client said goodbye, and keeps or drops the session.
+    async fn finish(mut self: Box<Self>, end: End) {
+        let shared = self.shared.clone();
+        let client_id = self.session.client_id.clone();
+        if !matches!(end, End::Disconnect) {
+            if let Some(will) = self.will.take() {
+                let (will, properties) = *will;
+                publish_will(&shared, will, properties, self.session.number);
+            }
+        }
+        let expiry = self.expiry;
+        // The session outlives the connection when it has an expiry; the router's part of
+        // it is kept only if the router holds any (the link asked it to).
+        let routed = self.session.routed.take();
+        let (link, subscriptions) = match routed {
+            Some(routed) => (routed.link, routed.subscriptions),
+            None => (None, Subscriptions::default()),
+        };
+        let in_router = match link {
+            Some((link, keeps)) => {
+                link.detach();
+                if keeps && expiry == 0 {
+                    crate::router::purge(&shared.router, &client_id);
+                }
+                keeps && expiry > 0
+            }
+            None => false,
+        };
+        let keep = if expiry > 0 {
+            Some((
+                Duration::from_secs(u64::from(expiry)),
+                Kept {
+                    expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
+                    in_router,
+                    subscriptions,
+                },
+            ))
+        } else {
+            for filter in subscriptions.filters() {
+                shared.interest.remove(filter);
+            }
+            None
+        };
+        shared.sessions.release(&client_id, &self.holder, keep);
+        if matches!(end, End::TakenOver) {
+            tracing::debug!(client_id = %client_id, "session taken over by a newer connection");
+        }
+        let _ = self.stream.shutdown().await;
+    }
+}
 
-impl Drop for OpenGuard<'_> {
+/// One of the broker's open connections, counted against `--max-connections` until dropped.
+struct Counted(Arc<Shared>);
+
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -286,12 +343,41 @@ struct Session {
     number: u64,
     /// A router link attached now asks the router to keep the session when it ends.
     keep_in_router: bool,
+    /// The client's limits on what it is sent.
+    limits: ClientLimits,
+    /// What a connection has once it subscribes or resumes a session: most never do, so it is
+    /// allocated then.
+    routed: Option<Box<Routed>>,
+    /// QoS 2 publishes received and acknowledged with PUBREC, waiting for their PUBREL.
+    awaiting_release: Vec<u16>,
+}
+
+/// A connection's subscriptions, its router link and the delivery of what the router sends.
+struct Routed {
     /// The router link, and whether it asked the router to keep the session.
     link: Option<(Link, bool)>,
     subscriptions: Subscriptions,
     outbound: Outbound,
-    /// QoS 2 publishes received and acknowledged with PUBREC, waiting for their PUBREL.
-    awaiting_release: Vec<u16>,
+}
+
+impl Session {
+    fn routed(&mut self) -> &mut Routed {
+        let (limits, number) = (self.limits, self.number);
+        self.routed.get_or_insert_with(|| {
+            Box::new(Routed {
+                link: None,
+                subscriptions: Subscriptions::default(),
+                outbound: Outbound::new(limits, number),
+            })
+        })
+    }
+
+    fn link(&mut self) -> Option<&mut Link> {
+        self.routed
+            .as_mut()
+            .and_then(|r| r.link.as_mut())
+            .map(|(link, _)| link)
+    }
 }
 
 struct Buffers {
@@ -306,7 +392,7 @@ async fn run<S>(
     shared: &Shared,
     holder: &Holder,
     session: &mut Session,
-    mut buffers: Buffers,
+    buffers: &mut Buffers,
     keep_alive: Duration,
     expiry: &mut u32,
 ) -> End
@@ -315,6 +401,8 @@ where
 {
     let max_packet = shared.limits.max_packet_size;
     let mut need = 0usize;
+    // The last read filled the buffer: more is coming, so read in large pieces.
+    let mut busy = false;
     let mut steps = Vec::new();
     loop {
         if !buffers.write.is_empty() {
@@ -329,11 +417,16 @@ where
         // MQTT §3.1.2.10: 1.5 × keep-alive of silence ends the connection; 0 turns it off.
         let silence = (!keep_alive.is_zero())
             .then(|| (keep_alive + keep_alive / 2).saturating_sub(codec.silent_for()));
-        if buffers.read.capacity() - buffers.read.len() < need.max(64) {
-            buffers.read.reserve(need.max(BUSY_READ_BUFFER));
+        let want = if busy {
+            BUSY_READ_BUFFER
+        } else {
+            IDLE_READ_BUFFER
+        };
+        if buffers.read.capacity() - buffers.read.len() < need.max(want / 2) {
+            buffers.read.reserve(need.max(want));
         }
-        let link = session.link.as_mut().map(|(link, _)| link);
-        let has_link = link.as_ref().is_some_and(|l| !l.gone);
+        let spare = buffers.read.capacity() - buffers.read.len();
+        let link = session.link();
         tokio::select! {
             biased;
             () = holder.kicked() => return End::TakenOver,
@@ -345,7 +438,7 @@ where
             n = stream.read_buf(&mut buffers.read) => {
                 match n {
                     Ok(0) | Err(_) => return End::Closed,
-                    Ok(_) => {}
+                    Ok(n) => busy = n >= spare,
                 }
                 loop {
                     let head = publish_head(&buffers.read);
@@ -364,27 +457,28 @@ where
                         Err(_) => return End::Closed,
                     }
                 }
-                if buffers.read.is_empty() && buffers.read.capacity() > BUSY_READ_BUFFER {
+                if buffers.read.is_empty() && !busy && buffers.read.capacity() > 4 * IDLE_READ_BUFFER {
                     buffers.read = BytesMut::with_capacity(IDLE_READ_BUFFER);
                 }
             }
-            batch = next_notifications(link), if has_link => {
+            batch = next_notifications(link) => {
                 let Ok(batch) = batch else {
-                    if let Some((link, _)) = session.link.as_mut() {
+                    if let Some(link) = session.link() {
                         link.gone = true;
                     }
                     tracing::debug!(client_id = %session.client_id, "the router closed this connection's link");
                     return End::Closed;
                 };
                 let mut wake = false;
+                let routed = session.routed();
                 for notification in batch {
                     match notification {
                         Notification::Forward(forward) => {
-                            session.outbound.forward(forward, &session.subscriptions, &mut steps);
+                            routed.outbound.forward(forward, &routed.subscriptions, &mut steps);
                         }
                         Notification::Unschedule => wake = true,
                         other => match Option::<Packet>::from(other) {
-                            Some(Packet::PubRel(rel, _)) => session.outbound.router_pubrel(rel.pkid, &mut steps),
+                            Some(Packet::PubRel(rel, _)) => routed.outbound.router_pubrel(rel.pkid, &mut steps),
                             Some(Packet::Disconnect(..)) => return End::TakenOver,
                             // SUBACK, UNSUBACK and the like: the client had ours.
                             _ => {}
@@ -395,8 +489,8 @@ where
                     return End::Closed;
                 }
                 if wake {
-                    if let Some((link, _)) = session.link.as_mut() {
-                        if link.rx.wake().await.is_err() {
+                    if let Some(link) = session.link() {
+                        if Box::pin(link.rx.wake()).await.is_err() {
                             link.gone = true;
                             return End::Closed;
                         }
@@ -414,12 +508,14 @@ async fn sleep_or_never(duration: Option<Duration>) {
     }
 }
 
+/// The router's next notifications for a connection with a live link; never, without one.
+/// Boxed: most connections never have a link, and the task should not carry its size.
 async fn next_notifications(
     link: Option<&mut Link>,
 ) -> Result<Vec<Notification>, crate::router::RouterError> {
     match link {
-        Some(link) => link.next().await,
-        None => std::future::pending().await,
+        Some(link) if !link.gone => Box::pin(link.next()).await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -565,7 +661,9 @@ fn inbound(
             ))
         }
         ack @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
-            session.outbound.client_ack(&ack, steps);
+            if let Some(routed) = session.routed.as_deref_mut() {
+                routed.outbound.client_ack(&ack, steps);
+            }
             None
         }
         Packet::Subscribe(subscribe, properties) => {
@@ -630,7 +728,10 @@ fn subscribe_to(
                 SubscribeReasonCode::Failure
             }
         } else {
-            let (id, replaced) = session.subscriptions.subscribe(&filter, client_sub);
+            let (id, replaced) = session
+                .routed()
+                .subscriptions
+                .subscribe(&filter, client_sub);
             if replaced {
                 // The router keeps an existing subscription as it was (its QoS, and no
                 // retained messages again): replace it there by ending it first, in the same
@@ -665,17 +766,20 @@ fn subscribe_to(
         codes.push(code);
     }
     if !to_router.is_empty() {
-        if session.link.is_none() {
-            match Link::attach(&shared.router, &session.client_id, session.keep_in_router) {
-                Ok((link, _)) => session.link = Some((link, session.keep_in_router)),
+        let keep = session.keep_in_router;
+        let client_id = session.client_id.clone();
+        let routed = session.routed();
+        if routed.link.is_none() {
+            match Link::attach(&shared.router, &client_id, keep) {
+                Ok((link, _)) => routed.link = Some((link, keep)),
                 Err(e) => {
                     tracing::warn!(client_id = %session.client_id, error = %e, "cannot attach to the router; subscription refused");
                     metrics::counter!("fieldline_broker_router_errors_total").increment(1);
                 }
             }
         }
-        let sent = match session.link.as_mut() {
-            Some((link, _)) => link.send(to_router).is_ok(),
+        let sent = match session.link() {
+            Some(link) => link.send(to_router).is_ok(),
             None => false,
         };
         if !sent {
@@ -710,7 +814,11 @@ fn unsubscribe_from(unsubscribe: Unsubscribe, shared: &Shared, session: &mut Ses
     let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
     let mut removed = Vec::new();
     for filter in &unsubscribe.filters {
-        if session.subscriptions.unsubscribe(filter) {
+        let removed_here = session
+            .routed
+            .as_deref_mut()
+            .is_some_and(|r| r.subscriptions.unsubscribe(filter));
+        if removed_here {
             shared.interest.remove(filter);
             removed.push(filter.clone());
             reasons.push(UnsubAckReason::Success);
@@ -719,7 +827,7 @@ fn unsubscribe_from(unsubscribe: Unsubscribe, shared: &Shared, session: &mut Ses
         }
     }
     if !removed.is_empty() {
-        if let Some((link, _)) = session.link.as_mut() {
+        if let Some(link) = session.link() {
             let to_router = Packet::Unsubscribe(
                 Unsubscribe {
                     pkid: unsubscribe.pkid,
@@ -756,18 +864,17 @@ fn apply(
                 Step::Router(packet) => to_router.push_back(packet),
                 Step::Client(packet) => {
                     let before = write.len();
-                    let dropped = match &packet {
-                        Packet::Publish(publish, _) => {
-                            Some(crate::delivery::qos_and_pkid_of(publish))
-                        }
-                        _ => None,
-                    };
                     let written = codec.write(packet, write)?;
-                    if written > session.outbound.limits().maximum_packet_size {
+                    let Some(routed) = session.routed.as_deref_mut() else {
+                        continue;
+                    };
+                    if written > routed.outbound.limits().maximum_packet_size {
+                        // Only publishes grow large; read what it was from its own bytes.
+                        let head = publish_head(&write[before..]);
                         write.truncate(before);
                         metrics::counter!("fieldline_broker_oversize_dropped_total").increment(1);
-                        if let Some((qos, pkid)) = dropped {
-                            session.outbound.undeliverable(pkid, qos, steps);
+                        if let Some((qos, pkid)) = head {
+                            routed.outbound.undeliverable(pkid, qos, steps);
                         }
                     }
                 }
@@ -775,7 +882,7 @@ fn apply(
         }
     }
     if !to_router.is_empty() {
-        if let Some((link, _)) = session.link.as_mut() {
+        if let Some(link) = session.link() {
             if !link.gone && link.send(to_router).is_err() {
                 link.gone = true;
             }
@@ -788,7 +895,7 @@ fn apply(
 fn publish_will(
     shared: &Shared,
     will: LastWill,
-    properties: Option<rumqttd::protocol::LastWillProperties>,
+    properties: Option<LastWillProperties>,
     number: u64,
 ) {
     if !will.retain && !shared.interest.wanted(&will.topic) {

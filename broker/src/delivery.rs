@@ -85,6 +85,10 @@ impl Subscriptions {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     pub(crate) fn filters(&self) -> impl Iterator<Item = &str> {
         self.by_filter.keys().map(String::as_str)
     }
@@ -448,7 +452,8 @@ pub(crate) fn publish_with(
 }
 
 /// QoS and packet id of a publish (private fields in rumqttd).
-pub(crate) fn qos_and_pkid_of(publish: &Publish) -> (u8, u16) {
+#[cfg(test)]
+fn qos_and_pkid_of(publish: &Publish) -> (u8, u16) {
     let head = publish.serialize();
     let qos = head.first().map_or(0, |h| (h >> 1) & 3);
     let pkid = head

@@ -49,7 +49,7 @@ pub(crate) struct Listener {
 }
 
 pub(crate) struct TappedProtocol {
-    tap: Tap,
+    tap: Arc<Tap>,
     guard: Arc<Guard>,
     listener: Arc<Listener>,
     admission: Admission,
@@ -65,9 +65,12 @@ pub(crate) struct TappedProtocol {
     connected: bool,
     client_id: Arc<str>,
     /// MQTT 5 topic aliases this connection has set up, so aliased publishes carry their topic.
-    topic_aliases: HashMap<u16, Bytes>,
+    /// Boxed when first used: most connections never set up an alias, and the box is one
+    /// word where an empty map is six.
+    #[allow(clippy::box_collection)]
+    topic_aliases: Option<Box<HashMap<u16, Bytes>>>,
     session: Option<Session>,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     /// Set when the broker writes a successful CONNACK (`write` only gets `&self`).
     online: AtomicBool,
     /// Numbered at the CONNACK, so the order of ids is the order in which the broker
@@ -84,7 +87,7 @@ pub(crate) struct TappedProtocol {
 }
 
 impl TappedProtocol {
-    pub(crate) fn new(tap: Tap, guard: Arc<Guard>, listener: Arc<Listener>) -> Self {
+    pub(crate) fn new(tap: Arc<Tap>, guard: Arc<Guard>, listener: Arc<Listener>) -> Self {
         let bucket = TokenBucket::new(
             guard.settings().publish_rate,
             guard.settings().publish_burst,
@@ -101,7 +104,7 @@ impl TappedProtocol {
             version: Version::Unknown,
             connected: false,
             client_id: Arc::from(""),
-            topic_aliases: HashMap::new(),
+            topic_aliases: None,
             session: None,
             will: None,
             online: AtomicBool::new(false),
@@ -153,7 +156,11 @@ impl TappedProtocol {
             return Err(protocol::Error::InvalidProtocol);
         }
         let topic = match alias {
-            Some(alias) if publish.topic.is_empty() => match self.topic_aliases.get(&alias) {
+            Some(alias) if publish.topic.is_empty() => match self
+                .topic_aliases
+                .as_ref()
+                .and_then(|aliases| aliases.get(&alias))
+            {
                 Some(topic) => topic.clone(),
                 // An alias never set up is a protocol error (MQTT 5 §3.3.2.3.4).
                 None => {
@@ -162,7 +169,9 @@ impl TappedProtocol {
                 }
             },
             Some(alias) => {
-                self.topic_aliases.insert(alias, publish.topic.clone());
+                self.topic_aliases
+                    .get_or_insert_with(Box::default)
+                    .insert(alias, publish.topic.clone());
                 publish.topic.clone()
             }
             None => publish.topic.clone(),
@@ -399,9 +408,11 @@ impl TappedProtocol {
                     username: login.as_ref().map(|l| Arc::from(l.username.as_str())),
                     keep_alive: connect.keep_alive,
                 });
-                self.will = will.as_ref().map(|w| Will {
-                    topic: w.topic.clone(),
-                    payload: w.message.clone(),
+                self.will = will.as_ref().map(|w| {
+                    Box::new(Will {
+                        topic: w.topic.clone(),
+                        payload: w.message.clone(),
+                    })
                 });
                 metrics::counter!("fieldline_broker_connects_total").increment(1);
             }
@@ -486,7 +497,7 @@ impl Drop for TappedProtocol {
         let will = if self.clean_end {
             None
         } else {
-            self.will.take()
+            self.will.take().map(|will| *will)
         };
         self.tap
             .ended(self.client_id.clone(), &session, reason, will);

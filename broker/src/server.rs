@@ -92,7 +92,7 @@ pub async fn start(
     let ingress = Ingress::open(&router).map_err(|e| BrokerError::Router(e.to_string()))?;
     let interest = Arc::new(Interest::default());
     let shared = Arc::new(Shared {
-        tap,
+        tap: Arc::new(tap),
         guard,
         sessions: Sessions::new(router.clone(), interest.clone(), settings.max_kept_sessions),
         router,

@@ -43,9 +43,10 @@ pub(crate) struct Kept {
     pub(crate) subscriptions: Subscriptions,
 }
 
+/// A table slot is as large as its largest variant, so a kept session is boxed.
 enum Entry {
     Live(Arc<Holder>),
-    Kept(Kept),
+    Kept(Box<Kept>),
 }
 
 pub(crate) struct Sessions {
@@ -116,7 +117,7 @@ impl Sessions {
                         let kept = match other {
                             Some(Entry::Kept(kept)) => {
                                 self.count_kept(-1);
-                                Some(kept)
+                                Some(*kept)
                             }
                             Some(Entry::Live(stuck)) => {
                                 tracing::warn!(client_id = %client_id, connection = stuck.connection, "previous connection did not let go of its session in time; taking it over");
@@ -159,7 +160,7 @@ impl Sessions {
             if ours {
                 table.remove(client_id);
                 if let Some((_, kept)) = keep {
-                    table.insert(client_id.clone(), Entry::Kept(kept));
+                    table.insert(client_id.clone(), Entry::Kept(Box::new(kept)));
                     self.count_kept(1);
                 }
                 let over = self
