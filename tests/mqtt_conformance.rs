@@ -1983,3 +1983,178 @@ async fn paho_mqtt_client_checks() {
         out.status
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// k. What a client sends before its CONNACK, and topics and ids the router cannot take as is.
+
+/// MQTT 3.1.1 §3.1.4: a client may send packets right after CONNECT without waiting for the
+/// CONNACK. CONNECT, SUBSCRIBE and a QoS 1 PUBLISH in one write are all answered, with no
+/// further traffic (keep-alive 0: nothing else would ever wake the connection).
+#[tokio::test(flavor = "multi_thread")]
+async fn packets_sent_with_the_connect_are_answered() {
+    let broker = Broker::start("pipelined").await;
+    for level in [4u8, 5] {
+        let mut conn = RawMqtt::open(&Endpoint::Tcp(broker.port()))
+            .await
+            .expect("TCP connection");
+        let mut bytes = raw_connect(level, &format!("pipelined-{level}"), 0);
+        bytes.extend(raw_subscribe(level, 7, "piped/#", 1));
+        bytes.extend(raw_publish(level, "piped/x", 1, 8, b"first"));
+        conn.send(&bytes).await.expect("all sent in one write");
+        let mut kinds = Vec::new();
+        while kinds.len() < 4 {
+            let (kind, _) = next_raw(&mut conn, "the answers").await;
+            kinds.push(kind & 0xF0);
+        }
+        // CONNACK, SUBACK, then the PUBACK and the message itself (as the subscriber), in
+        // either order.
+        assert_eq!(&kinds[..2], &[0x20, 0x90], "level {level}: {kinds:?}");
+        let mut rest = kinds[2..].to_vec();
+        rest.sort_unstable();
+        assert_eq!(
+            rest,
+            [0x30, 0x40],
+            "level {level}: PUBLISH and PUBACK: {kinds:?}"
+        );
+    }
+}
+
+/// Topics the router cannot take (a first character beyond ASCII makes rumqttd's matcher
+/// panic its thread) still reach the pipeline; they are not forwarded, and everyone else goes
+/// on being served. A topic that is not UTF-8 closes its connection (MQTT §1.5.4).
+#[tokio::test(flavor = "multi_thread")]
+async fn unroutable_topics_harm_no_one() {
+    let broker = Broker::start("unroutable").await;
+    let port = broker.port();
+    let mut watcher = Client5::connect(port, "watcher", |_| {}).await;
+    watcher.subscribe1("ok/#", QoS5::AtLeastOnce).await;
+    let publisher = Client5::connect(port, "accents", |_| {}).await;
+    publisher
+        .publish("é/x", QoS5::AtLeastOnce, true, "retained, unroutable")
+        .await;
+    // A subscription to such a filter is refused rather than handed to the router.
+    let (mut raw, _) = raw_session(port, 5, "accent-sub", 30).await;
+    raw.send(&raw_subscribe(5, 3, "é/#", 1))
+        .await
+        .expect("SUBSCRIBE sent");
+    let (kind, body) = next_raw(&mut raw, "SUBACK").await;
+    assert_eq!(kind, 0x90);
+    assert!(suback_code(5, &body) >= 0x80, "refused: {body:?}");
+
+    // A topic that is not UTF-8: the connection is closed, nothing acknowledged.
+    let (mut bad, _) = raw_session(port, 4, "not-utf8", 30).await;
+    let mut topic = b"ok/".to_vec();
+    topic.push(0xC3); // a lead byte with nothing after it
+    let mut body = Vec::new();
+    mqtt_string(&topic, &mut body);
+    body.extend_from_slice(&9u16.to_be_bytes());
+    body.extend_from_slice(b"x");
+    bad.send(&frame(0x32, body)).await.expect("PUBLISH sent");
+    let seen = bad
+        .closed_within(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|seen| panic!("left open after a non-UTF-8 topic; saw {seen:?}"));
+    assert!(
+        seen.iter().all(|(h, _)| h & 0xF0 != 0x40),
+        "no PUBACK: {seen:?}"
+    );
+
+    // The router and everyone else are fine.
+    let mut fresh = Client5::connect(port, "fresh", |_| {}).await;
+    fresh.subscribe1("ok/#", QoS5::AtLeastOnce).await;
+    publisher
+        .publish("ok/1", QoS5::AtLeastOnce, false, "still routed")
+        .await;
+    assert_eq!(
+        text(&watcher.expect_publish("ok/1").await.payload),
+        "still routed"
+    );
+    assert_eq!(
+        text(&fresh.expect_publish("ok/1").await.payload),
+        "still routed"
+    );
+}
+
+/// Client ids the router would refuse (`/ + # $`) or that look like the broker's own links
+/// subscribe and receive like any other; `$` filters are refused in SUBACK (there is no
+/// `$SYS`), and the connection goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_client_id_may_subscribe_and_dollar_filters_are_refused() {
+    let broker = Broker::start("odd-ids").await;
+    let port = broker.port();
+    let mut publisher = Client4::connect(port, "odd-pub", |_| {}).await;
+    for id in [
+        "plant/7",
+        "a+b",
+        "fieldline-ingress",
+        "fieldline:ingress",
+        ":auto-1",
+    ] {
+        let mut client = Client4::connect(port, id, |_| {}).await;
+        client.subscribe1("odd/#", QoS::AtLeastOnce).await;
+        publisher
+            .publish("odd/x", QoS::AtLeastOnce, false, id)
+            .await;
+        let p = client.expect_publish(id).await;
+        assert_eq!(text(&p.payload), id);
+        client.disconnect().await;
+    }
+    publisher.wait_acked(5).await;
+
+    let (mut raw, _) = raw_session(port, 4, "dollar", 30).await;
+    raw.send(&raw_subscribe(4, 5, "$SYS/#", 0))
+        .await
+        .expect("SUBSCRIBE sent");
+    let (kind, body) = next_raw(&mut raw, "SUBACK").await;
+    assert_eq!((kind, suback_code(4, &body)), (0x90, 0x80), "{body:?}");
+    raw.send(&PINGREQ).await.expect("PINGREQ sent");
+    assert_eq!(next_raw(&mut raw, "PINGRESP").await.0, 0xD0);
+}
+
+/// A resumed session's subscriptions behave like new ones: an UNSUBSCRIBE after the resume
+/// stops delivery, and a publish to the filter then reaches nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_session_can_unsubscribe() {
+    let broker = Broker::start("resume-unsub").await;
+    let (server, port) = (&broker.server, broker.port());
+    let mut first = Client5::connect(port, "resumer", |o| {
+        o.set_clean_start(true);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    first.subscribe1("resume/x", QoS5::AtLeastOnce).await;
+    wait_online(server, "resumer").await;
+    first.disconnect().await;
+    wait_offline(server, "resumer").await;
+
+    let mut again = Client5::connect(port, "resumer", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(again.connack.session_present, "{:?}", again.connack);
+    let mut publisher = Client5::connect(port, "resume-pub", |_| {}).await;
+    publisher
+        .publish("resume/x", QoS5::AtLeastOnce, false, "before")
+        .await;
+    assert_eq!(
+        text(&again.expect_publish("before").await.payload),
+        "before"
+    );
+    again
+        .client
+        .unsubscribe("resume/x")
+        .await
+        .expect("UNSUBSCRIBE queued");
+    match again.reply("UNSUBACK").await {
+        Packet5::UnsubAck(ack) => assert_eq!(ack.reasons, [UnsubAckReason::Success], "{ack:?}"),
+        other => panic!("expected an UNSUBACK, got {other:?}"),
+    }
+    publisher
+        .publish("resume/x", QoS5::AtLeastOnce, false, "after")
+        .await;
+    publisher.wait_acked(2).await;
+    again
+        .assert_quiet(QUIET, "nothing after the UNSUBSCRIBE")
+        .await;
+}

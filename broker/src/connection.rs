@@ -7,9 +7,9 @@
 //! publishes to subscribers and keeping sessions. An idle connection holds a small read buffer,
 //! its codec and this task, nothing in the router.
 //!
-//! A publish is handed to the pipeline by the codec (and so to the write-ahead log) before its
-//! PUBACK or PUBREC is written; the acknowledgements of everything read from one socket read go
-//! out together after one wait for durability.
+//! The publishes of one socket read are handed to the write-ahead log and the pipeline
+//! together (one log write, one queue entry) before any of their PUBACKs or PUBRECs is written;
+//! those acknowledgements go out together after one wait for durability.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    self, ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Packet,
-    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck,
-    Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+    self, ConnAck, ConnAckProperties, ConnectReturnCode, Filter, LastWill, LastWillProperties,
+    Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
+    RetainForwardRule, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck,
+    UnsubAckReason, Unsubscribe,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,6 +40,10 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// A read buffer shrinks back to this once a burst is over, so idle connections stay small.
 const IDLE_READ_BUFFER: usize = 64;
 const BUSY_READ_BUFFER: usize = 8 * 1024;
+/// Subscriptions one session may hold (each filter costs the router a commit log).
+const MAX_SUBSCRIPTIONS: usize = 1_000;
+/// A client that takes nothing for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -230,7 +235,33 @@ where
             // The router holds the session's queue: attach to resume it, keeping it again
             // when this connection ends (dropped afterwards if this one asked for no expiry).
             match Link::attach(&shared.router, &client_id, true) {
-                Ok((link, _)) => routed.link = Some((link, true)),
+                Ok((mut link, _)) => {
+                    // The router restores a resumed session's filters but not their
+                    // identifiers (nor, for unsubscribing, its own index of them):
+                    // subscribing again restores both, and sends no retained messages.
+                    let again = routed.subscriptions.all().map(|(id, sub)| {
+                        Packet::Subscribe(
+                            Subscribe {
+                                pkid: 0,
+                                filters: vec![Filter {
+                                    path: sub.filter.clone(),
+                                    qos: crate::delivery::qos_of(sub.qos),
+                                    nolocal: sub.no_local,
+                                    preserve_retain: sub.retain_as_published,
+                                    retain_forward_rule: RetainForwardRule::Never,
+                                }],
+                            },
+                            Some(SubscribeProperties {
+                                id: Some(id),
+                                user_properties: Vec::new(),
+                            }),
+                        )
+                    });
+                    if let Err(e) = link.send(again.collect::<Vec<_>>()) {
+                        tracing::warn!(client_id = %client_id, error = %e, "cannot restore the session's subscriptions in the router");
+                    }
+                    routed.link = Some((link, true));
+                }
                 Err(e) => {
                     tracing::warn!(client_id = %client_id, error = %e, "cannot resume the session in the router");
                 }
@@ -295,16 +326,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             Some(routed) => (routed.link, routed.subscriptions),
             None => (None, Subscriptions::default()),
         };
-        let in_router = match link {
+        let router_kept = match link {
             Some((link, keeps)) => {
                 link.detach();
-                if keeps && expiry == 0 {
-                    crate::router::purge(&shared.router, &client_id);
-                }
-                keeps && expiry > 0
+                keeps
             }
             None => false,
         };
+        let in_router = router_kept && expiry > 0;
         let keep = if expiry > 0 {
             Some((
                 Duration::from_secs(u64::from(expiry)),
@@ -320,7 +349,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
             }
             None
         };
-        shared.sessions.release(&client_id, &self.holder, keep);
+        // A link that asked the router to keep the session, of a session that ends now (its
+        // expiry is 0), leaves state in the router to drop.
+        let purge = router_kept && expiry == 0;
+        shared
+            .sessions
+            .release(&client_id, &self.holder, keep, purge);
         if matches!(end, End::TakenOver) {
             tracing::debug!(client_id = %client_id, "session taken over by a newer connection");
         }
@@ -404,9 +438,56 @@ where
     // The last read filled the buffer: more is coming, so read in large pieces.
     let mut busy = false;
     let mut steps = Vec::new();
+    // Bytes that came with the CONNECT are packets too (a client need not wait for CONNACK).
+    let mut unparsed = !buffers.read.is_empty();
     loop {
+        if unparsed {
+            unparsed = false;
+            let ended = loop {
+                let head = publish_head(&buffers.read);
+                match codec.read(&mut buffers.read, max_packet) {
+                    Ok(packet) => {
+                        let write = &mut buffers.write;
+                        if let Some(end) = inbound(
+                            packet, head, codec, shared, session, write, &mut steps, expiry,
+                        ) {
+                            break Some(end);
+                        }
+                    }
+                    Err(protocol::Error::InsufficientBytes(n)) => {
+                        need = n;
+                        break None;
+                    }
+                    Err(_) => break Some(End::Closed),
+                }
+            };
+            // Everything this read brought goes to the log and the pipeline at once, before
+            // any of its acknowledgements leave (even when the connection ends here, what
+            // came before the end is the device's data).
+            if codec.hand_over().is_err() {
+                return End::Closed;
+            }
+            if let Some(end) = ended {
+                if matches!(end, End::Disconnect) && !buffers.write.is_empty() {
+                    codec.wait_durable();
+                    let _ = write_or_give_up(stream, &buffers.write).await;
+                }
+                return end;
+            }
+            let idle = buffers.read.is_empty() && !busy;
+            if idle && buffers.read.capacity() > 4 * IDLE_READ_BUFFER {
+                buffers.read = BytesMut::with_capacity(IDLE_READ_BUFFER);
+            }
+        }
         if !buffers.write.is_empty() {
-            if stream.write_all(&buffers.write).await.is_err() {
+            // Acknowledgements promise that the log has their publishes.
+            codec.wait_durable();
+            let written = tokio::select! {
+                biased;
+                () = holder.kicked() => return End::TakenOver,
+                written = write_or_give_up(stream, &buffers.write) => written,
+            };
+            if !written {
                 return End::Closed;
             }
             buffers.write.clear();
@@ -440,26 +521,7 @@ where
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(n) => busy = n >= spare,
                 }
-                loop {
-                    let head = publish_head(&buffers.read);
-                    match codec.read(&mut buffers.read, max_packet) {
-                        Ok(packet) => {
-                            if let Some(end) =
-                                inbound(packet, head, codec, shared, session, &mut buffers.write, &mut steps, expiry)
-                            {
-                                return end;
-                            }
-                        }
-                        Err(protocol::Error::InsufficientBytes(n)) => {
-                            need = n;
-                            break;
-                        }
-                        Err(_) => return End::Closed,
-                    }
-                }
-                if buffers.read.is_empty() && !busy && buffers.read.capacity() > 4 * IDLE_READ_BUFFER {
-                    buffers.read = BytesMut::with_capacity(IDLE_READ_BUFFER);
-                }
+                unparsed = true;
             }
             batch = next_notifications(link) => {
                 let Ok(batch) = batch else {
@@ -499,6 +561,15 @@ where
             }
         }
     }
+}
+
+/// Writes everything, or gives up on a client that has not taken it within
+/// [`WRITE_TIMEOUT`] (it stopped reading: its session must not stay blocked behind it).
+async fn write_or_give_up<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn sleep_or_never(duration: Option<Duration>) {
@@ -604,7 +675,19 @@ fn inbound(
     let reply = match packet {
         Packet::Publish(publish, properties) => {
             let (qos, pkid) = head.unwrap_or((0, 0));
-            if publish.retain || shared.interest.wanted(&publish.topic) {
+            // A QoS 2 publish resent before its PUBREL was forwarded already.
+            let resent = qos == 2 && session.awaiting_release.contains(&pkid);
+            if !resent
+                && qos == 2
+                && session.awaiting_release.len() >= usize::from(shared.limits.receive_maximum)
+            {
+                // MQTT 5 §3.3.4: more unreleased QoS 2 publishes than the Receive Maximum
+                // we advertised.
+                metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+                return Some(End::Closed);
+            }
+            let wanted = publish.retain || shared.interest.wanted(&publish.topic);
+            if !resent && wanted && crate::router::routable(&publish.topic) {
                 let origin = Origin {
                     qos,
                     retain: publish.retain,
@@ -626,7 +709,7 @@ fn inbound(
                     None,
                 )),
                 2 => {
-                    if !session.awaiting_release.contains(&pkid) {
+                    if !resent {
                         session.awaiting_release.push(pkid);
                     }
                     Some(Packet::PubRec(
@@ -724,6 +807,22 @@ fn subscribe_to(
         } else if filter.path.starts_with("$share/") {
             if v5 {
                 SubscribeReasonCode::SharedSubscriptionsNotSupported
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        } else if filter.path.starts_with('$') || !filter.path.as_bytes()[0].is_ascii() {
+            // The router ends the link of a `$` subscription (no `$SYS` here), and cannot
+            // route topics that start with a character beyond ASCII (see `routable`).
+            if v5 {
+                SubscribeReasonCode::TopicFilterInvalid
+            } else {
+                SubscribeReasonCode::Failure
+            }
+        } else if session.routed.as_ref().is_some_and(|r| {
+            r.subscriptions.len() >= MAX_SUBSCRIPTIONS && !r.subscriptions.has(&filter.path)
+        }) {
+            if v5 {
+                SubscribeReasonCode::QuotaExceeded
             } else {
                 SubscribeReasonCode::Failure
             }
@@ -898,7 +997,9 @@ fn publish_will(
     properties: Option<LastWillProperties>,
     number: u64,
 ) {
-    if !will.retain && !shared.interest.wanted(&will.topic) {
+    if !crate::router::routable(&will.topic)
+        || (!will.retain && !shared.interest.wanted(&will.topic))
+    {
         return;
     }
     let properties = properties.map(|p| rumqttd::protocol::PublishProperties {

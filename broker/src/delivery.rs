@@ -89,23 +89,40 @@ impl Subscriptions {
         self.by_id.is_empty()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub(crate) fn has(&self, filter: &str) -> bool {
+        self.by_filter.contains_key(filter)
+    }
+
+    /// Every subscription, with the router identifier it carries.
+    pub(crate) fn all(&self) -> impl Iterator<Item = (usize, &Subscription)> {
+        self.by_id.iter().map(|(id, s)| (*id, s))
+    }
+
     pub(crate) fn filters(&self) -> impl Iterator<Item = &str> {
         self.by_filter.keys().map(String::as_str)
     }
 
     /// The subscription a forward came through: by the identifier the router attached, or,
-    /// for a session the router resumed (it forgets identifiers), by matching the topic.
-    /// `Err` means the subscription is gone and the message must not be delivered.
-    fn of(&self, ids: &[usize], topic: &[u8]) -> Result<Option<&Subscription>, ()> {
+    /// for one without (a message queued before a resumed session re-subscribed), by matching
+    /// the topic. `Err` means no subscription of ours wants it: it must not be delivered.
+    fn of(&self, ids: &[usize], topic: &[u8]) -> Result<&Subscription, ()> {
         if let Some(id) = ids.first() {
-            return self.by_id.get(id).map(Some).ok_or(());
+            return self.by_id.get(id).ok_or(());
         }
-        let topic = std::str::from_utf8(topic).unwrap_or("");
-        Ok(self
-            .by_id
+        let topic = std::str::from_utf8(topic).map_err(|_| ())?;
+        if !topic.starts_with(|c: char| c.is_ascii()) {
+            // rumqttd's matcher panics on these (and the broker never routes them).
+            return Err(());
+        }
+        self.by_id
             .values()
             .filter(|s| rumqttd::protocol::matches(topic, &s.filter))
-            .max_by_key(|s| s.qos))
+            .max_by_key(|s| s.qos)
+            .ok_or(())
     }
 }
 
@@ -209,15 +226,12 @@ impl Outbound {
             }
         };
         let retained_at_subscribe = cursor.is_none();
-        let (no_local, rap, wanted, client_sub) =
-            subscription.map_or((false, false, true, None), |s| {
-                (
-                    s.no_local,
-                    s.retain_as_published,
-                    s.retained_wanted,
-                    s.client_id,
-                )
-            });
+        let (no_local, rap, wanted, client_sub) = (
+            subscription.no_local,
+            subscription.retain_as_published,
+            subscription.retained_wanted,
+            subscription.client_id,
+        );
         if (no_local && tags.from == Some(self.me)) || (retained_at_subscribe && !wanted) {
             self.settled(pkid, steps);
             return;
@@ -295,12 +309,27 @@ impl Outbound {
                 }
             }
             Packet::PubComp(comp, _) => {
-                self.client_inflight = self.client_inflight.saturating_sub(1);
-                if let Some(slot) = self.slot(comp.pkid) {
+                // Only a message the client already PUBREC'd: the router may have given its
+                // packet id to a newer message since.
+                let matched = if let Some(slot) = self
+                    .slots
+                    .iter_mut()
+                    .find(|s| s.pkid == comp.pkid && s.first_done && !s.comp_done)
+                {
                     slot.comp_done = true;
-                } else if let Some(owed) = self.owed_comps.iter_mut().find(|(p, _)| *p == comp.pkid)
+                    true
+                } else if let Some(owed) = self
+                    .owed_comps
+                    .iter_mut()
+                    .find(|(p, done)| *p == comp.pkid && !*done)
                 {
                     owed.1 = true;
+                    true
+                } else {
+                    false
+                };
+                if matched {
+                    self.client_inflight = self.client_inflight.saturating_sub(1);
                 }
             }
             _ => return,
@@ -431,6 +460,11 @@ fn is_empty(p: &PublishProperties) -> bool {
         && p.user_properties.is_empty()
         && p.subscription_identifiers.is_empty()
         && p.content_type.is_none()
+}
+
+/// The QoS of a number (0, 1, 2; anything higher is 2).
+pub(crate) fn qos_of(number: u8) -> rumqttd::protocol::QoS {
+    rumqttd::protocol::qos(number.min(2)).unwrap_or(rumqttd::protocol::QoS::ExactlyOnce)
 }
 
 /// A publish with the QoS and packet id we choose (rumqttd keeps those fields private and

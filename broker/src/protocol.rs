@@ -84,6 +84,9 @@ pub(crate) struct TappedProtocol {
     /// Log position of the newest publish this connection handed over: its PUBACKs wait
     /// until that is durable (`write` only gets `&self`).
     last_logged: AtomicU64,
+    /// Publishes read but not yet handed to the tap: a socket read's worth goes to the log
+    /// and the pipeline together ([`TappedProtocol::hand_over`]).
+    pending: Vec<(Bytes, Bytes)>,
 }
 
 impl TappedProtocol {
@@ -113,6 +116,7 @@ impl TappedProtocol {
             timed_out: false,
             last_packet: Instant::now(),
             last_logged: AtomicU64::new(0),
+            pending: Vec::new(),
         }
     }
 
@@ -127,6 +131,28 @@ impl TappedProtocol {
         } else {
             DisconnectReason::Dropped
         }
+    }
+
+    /// Hands the publishes read so far to the tap (the log and the pipeline), before any of
+    /// their acknowledgements leave. An error means they were not taken: the connection must
+    /// end without acknowledging them.
+    pub(crate) fn hand_over(&mut self) -> Result<(), crate::tap::TapClosed> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let publishes = std::mem::take(&mut self.pending);
+        if let Some(position) = self.tap.send_batch(publishes, self.client_id.clone())? {
+            self.last_logged.store(position, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every publish this connection handed over is as durable as the log
+    /// promises: its acknowledgements may be written then. One wait (and one sync, shared
+    /// with every other connection) covers them all.
+    pub(crate) fn wait_durable(&self) {
+        self.tap
+            .wait_durable(self.last_logged.load(Ordering::Acquire));
     }
 
     /// The connection's keep-alive ran out.
@@ -187,18 +213,13 @@ impl TappedProtocol {
                 return Err(self.deny("publish", &String::from_utf8_lossy(&topic)));
             }
         }
-        let position = self
-            .tap
-            .send(
-                topic.clone(),
-                publish.payload.clone(),
-                self.client_id.clone(),
-            )
-            // Ends the connection before the router sees the publish, so it is never acked.
-            .map_err(|_| protocol::Error::InvalidProtocol)?;
-        if let Some(position) = position {
-            self.last_logged.store(position, Ordering::Release);
+        // MQTT §1.5.4: a topic is UTF-8, or the connection is closed. (The log also marks its
+        // own records with a first byte no UTF-8 string has.)
+        if std::str::from_utf8(&topic).is_err() {
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+            return Err(protocol::Error::InvalidProtocol);
         }
+        self.pending.push((topic.clone(), publish.payload.clone()));
         publish.topic = topic;
         Ok(())
     }
@@ -446,8 +467,8 @@ impl TappedProtocol {
         Ok(packet)
     }
 
-    /// Encodes `packet` onto `write`. A PUBACK or PUBREC first waits until every publish this
-    /// connection handed over is as durable as the log promises.
+    /// Encodes `packet` onto `write`. Acknowledgements leave only after
+    /// [`TappedProtocol::hand_over`] and [`TappedProtocol::wait_durable`].
     pub(crate) fn write(
         &self,
         packet: Packet,
@@ -464,13 +485,6 @@ impl TappedProtocol {
                 };
                 self.tap.connected(self.client_id.clone(), &session);
             }
-        }
-        if matches!(packet, Packet::PubAck(..) | Packet::PubRec(..)) {
-            // The acknowledgement promises the publish is in the log as durably as the mode
-            // says; every publish of this connection so far is covered by one wait, which
-            // one sync (shared with every other connection) ends.
-            self.tap
-                .wait_durable(self.last_logged.load(Ordering::Acquire));
         }
         match self.version {
             Version::V5 => V5.write(packet, write),

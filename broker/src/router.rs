@@ -39,15 +39,38 @@ type Attach =
 /// router's inbox, so the closure that attaches links holds it.
 pub(crate) struct Router {
     attach: Box<Attach>,
+    ingress: Box<Attach>,
+}
+
+/// A client's link name in the router. The router keys sessions by it and refuses names with
+/// `+ $ # /` (which client ids may hold), so those are escaped, and every client name starts
+/// with `c:` so that none can collide with the broker's own links.
+fn router_name(client_id: &str) -> String {
+    let mut name = String::with_capacity(client_id.len() + 2);
+    name.push_str("c:");
+    for c in client_id.chars() {
+        match c {
+            '+' | '$' | '#' | '/' | '%' => name.push_str(&format!("%{:02X}", c as u32)),
+            c => name.push(c),
+        }
+    }
+    name
 }
 
 impl Router {
     /// Starts rumqttd's router thread.
     pub(crate) fn spawn(config: rumqttd::RouterConfig) -> Router {
         let inbox = rumqttd::Router::new(0, config).spawn();
+        let ingress_inbox = inbox.clone();
         Router {
+            ingress: Box::new(move |name, _| {
+                LinkBuilder::new(name, ingress_inbox.clone())
+                    .dynamic_filters(true)
+                    .build()
+                    .map_err(RouterError::from)
+            }),
             attach: Box::new(move |client_id, keep| {
-                LinkBuilder::new(client_id, inbox.clone())
+                LinkBuilder::new(&router_name(client_id), inbox.clone())
                     .clean_session(!keep)
                     // Server-to-client topic aliases are not offered: rumqttd keys them by
                     // subscription filter, so a wildcard subscriber would get one topic's
@@ -66,6 +89,14 @@ impl Router {
 pub(crate) const TAG_QOS: &str = "fieldline:qos";
 pub(crate) const TAG_RETAIN: &str = "fieldline:retain";
 pub(crate) const TAG_FROM: &str = "fieldline:from";
+
+/// Can the router take a publish to `topic`? rumqttd slices a topic's first byte as a string
+/// (`topic[..1]`), which panics its thread when the first character is not ASCII, and drops
+/// the link that sent a topic that is not UTF-8. Such publishes still reach the pipeline;
+/// they are not forwarded to MQTT subscribers.
+pub(crate) fn routable(topic: &[u8]) -> bool {
+    topic.first().is_some_and(u8::is_ascii) && std::str::from_utf8(topic).is_ok()
+}
 
 /// What the router needs to know of a publish besides topic and payload.
 pub(crate) struct Origin {
@@ -217,8 +248,9 @@ pub(crate) struct Ingress {
 
 impl Ingress {
     pub(crate) fn open(router: &Router) -> Result<Ingress, RouterError> {
-        let (link, _) = Link::attach(router, "fieldline:ingress", false)?;
-        let Link { tx, mut rx, .. } = link;
+        // Client links are named `c:…` (see [`router_name`]), so no client id can take this one.
+        let (tx, mut rx, _) =
+            tokio::task::block_in_place(|| (router.ingress)("fieldline-ingress", false))?;
         tokio::spawn(async move {
             loop {
                 match rx.next().await {
@@ -246,5 +278,18 @@ impl Ingress {
             metrics::counter!("fieldline_broker_router_errors_total").increment(1);
             tracing::warn!(error = %e, "cannot hand a publish to the router");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::router_name;
+
+    #[test]
+    fn router_names_escape_what_the_router_refuses_and_never_collide() {
+        assert_eq!(router_name("truck-7"), "c:truck-7");
+        assert_eq!(router_name("a/b+c#d$e%f"), "c:a%2Fb%2Bc%23d%24e%25f");
+        // The escape character is escaped too, so distinct ids stay distinct.
+        assert_ne!(router_name("a%2F"), router_name("a/"));
     }
 }

@@ -147,21 +147,28 @@ impl Sessions {
     }
 
     /// The connection holding `client_id` has ended (and let go of its router link): keep its
-    /// session until `expiry` passes, or drop it now when `expiry` is `None`.
+    /// session until `keep`'s expiry, or drop it now. `purge` asks for the router's part of a
+    /// session that ends now to be dropped. A connection that was taken over in the meantime
+    /// (it was too slow to let go) leaves the session to its successor and drops what it kept.
     pub(crate) fn release(
         &self,
         client_id: &Arc<str>,
         holder: &Holder,
         keep: Option<(Duration, Kept)>,
+        purge_router: bool,
     ) {
         {
             let mut table = self.lock();
             let ours = matches!(table.get(client_id), Some(Entry::Live(h)) if h.connection == holder.connection);
             if ours {
                 table.remove(client_id);
-                if let Some((_, kept)) = keep {
-                    table.insert(client_id.clone(), Entry::Kept(Box::new(kept)));
-                    self.count_kept(1);
+                match keep {
+                    Some((_, kept)) => {
+                        table.insert(client_id.clone(), Entry::Kept(Box::new(kept)));
+                        self.count_kept(1);
+                    }
+                    None if purge_router => purge(&self.router, client_id),
+                    None => {}
                 }
                 let over = self
                     .kept_count
@@ -169,6 +176,10 @@ impl Sessions {
                     .saturating_sub(self.max_kept);
                 if over > 0 {
                     self.evict(&mut table, over);
+                }
+            } else if let Some((_, kept)) = keep {
+                for filter in kept.subscriptions.filters() {
+                    self.interest.remove(filter);
                 }
             }
         }

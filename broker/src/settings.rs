@@ -67,7 +67,8 @@ impl BrokerSettings {
     /// publish (zero connections, zero segment size), so every field is set here.
     pub(crate) fn router_config(&self) -> RouterConfig {
         RouterConfig {
-            max_connections: self.max_connections,
+            // Room for the broker's own links (the ingress, and one while a session is dropped).
+            max_connections: self.max_connections + 16,
             // Outgoing packets queued per connection before the router stops sending to it.
             max_outgoing_packet_count: 200,
             // Commit logs exist only for filters someone subscribed to (commands, debugging

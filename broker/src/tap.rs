@@ -104,7 +104,9 @@ pub struct Will {
 /// The broker-side end: cloned into every connection.
 #[derive(Clone)]
 pub struct Tap {
-    tx: mpsc::UnboundedSender<Inbound>,
+    /// Publishes go in batches (one per connection read), so the pipeline is woken once a
+    /// batch, not once a publish.
+    tx: mpsc::UnboundedSender<Vec<Inbound>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     /// `true` once closed. Senders hold the read lock while they send, so that when
@@ -132,7 +134,9 @@ const MAX_PARKED: usize = 256;
 
 /// The pipeline-side end.
 pub struct TapReceiver {
-    rx: mpsc::UnboundedReceiver<Inbound>,
+    rx: mpsc::UnboundedReceiver<Vec<Inbound>>,
+    /// The rest of the batch being read.
+    pending: std::vec::IntoIter<Inbound>,
     closed: Arc<RwLock<bool>>,
 }
 
@@ -164,26 +168,47 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
             presence: Arc::new(Mutex::new(Presence::default())),
             online: metrics::gauge!("fieldline_devices_online"),
         },
-        TapReceiver { rx, closed },
+        TapReceiver {
+            rx,
+            pending: Vec::new().into_iter(),
+            closed,
+        },
     )
 }
 
 impl Tap {
-    /// Hands one publish to the pipeline, waiting for budget if the pipeline is behind.
-    ///
-    /// Called from the connection's synchronous packet parser, so waiting uses
-    /// `block_in_place`: it parks this connection's task and lets the runtime move other
-    /// work to another thread. The broker therefore runs on a multi-threaded runtime.
-    ///
-    /// Returns the publish's log position, which its PUBACK must wait for
-    /// ([`Tap::wait_durable`]).
+    /// Hands one publish to the pipeline (see [`Tap::send_batch`]).
     pub fn send(
         &self,
         topic: Bytes,
         payload: Bytes,
         client_id: Arc<str>,
     ) -> Result<Option<u64>, TapClosed> {
-        if topic.first() == Some(&LOG_TOPIC[0]) {
+        self.send_batch(vec![(topic, payload)], client_id)
+    }
+
+    /// Hands publishes one connection read together (`(topic, payload)`, in order) to the
+    /// pipeline: one log append and one queue entry for all of them. Waits for budget if the
+    /// pipeline is behind.
+    ///
+    /// Called from the connection's synchronous packet handling, so waiting uses
+    /// `block_in_place`: it parks this connection's task and lets the runtime move other
+    /// work to another thread. The broker therefore runs on a multi-threaded runtime.
+    ///
+    /// Returns the log position of the last one, which their acknowledgements must wait for
+    /// ([`Tap::wait_durable`]).
+    pub fn send_batch(
+        &self,
+        publishes: Vec<(Bytes, Bytes)>,
+        client_id: Arc<str>,
+    ) -> Result<Option<u64>, TapClosed> {
+        let Some(last) = publishes.len().checked_sub(1) else {
+            return Ok(None);
+        };
+        if publishes
+            .iter()
+            .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
+        {
             // Not UTF-8, so not an MQTT topic (the protocol says to close the connection);
             // and the log keeps such topics for records of its own.
             tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
@@ -191,40 +216,69 @@ impl Tap {
             return Err(TapClosed);
         }
         // Budget first, with no lock held: a sender parked here must never keep the closer
-        // (and, behind a waiting writer, every other sender) off the lock.
-        // A single message larger than the whole budget takes the whole budget.
-        let cost = (topic.len() + payload.len()).clamp(1, self.budget_bytes);
-        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
-        let permit = match self.budget.clone().try_acquire_many_owned(cost) {
+        // (and, behind a waiting writer, every other sender) off the lock. Taken for the
+        // whole batch at once, then shared out, so that each publish gives its share back
+        // when the pipeline is done with it. A batch larger than the whole budget takes the
+        // whole budget.
+        let costs: Vec<usize> = publishes
+            .iter()
+            .map(|(topic, payload)| (topic.len() + payload.len()).clamp(1, self.budget_bytes))
+            .collect();
+        let total = costs.iter().sum::<usize>().clamp(1, self.budget_bytes);
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        let mut permit = match self.budget.clone().try_acquire_many_owned(total) {
             Ok(permit) => permit,
             Err(_) => {
                 metrics::counter!("fieldline_broker_backpressure_waits_total").increment(1);
                 let budget = self.budget.clone();
                 let acquired = tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(budget.acquire_many_owned(cost))
+                    tokio::runtime::Handle::current().block_on(budget.acquire_many_owned(total))
                 });
                 acquired.map_err(|_| TapClosed)?
             }
         };
         let received_at = SystemTime::now();
-        let mut inbound = Some(Inbound {
-            client_id,
-            received_at,
-            position: None,
-            message: Message::Publish {
-                topic: topic.clone(),
-                payload: payload.clone(),
-            },
-            _budget: Some(permit),
-        });
+        let mut shares = costs.iter().map(|cost| permit.split(*cost));
+        let mut batch: Vec<Inbound> = Vec::with_capacity(publishes.len());
+        for (index, (topic, payload)) in publishes.iter().enumerate() {
+            let share = shares.next().flatten();
+            batch.push(Inbound {
+                client_id: client_id.clone(),
+                received_at,
+                position: None,
+                message: Message::Publish {
+                    topic: topic.clone(),
+                    payload: payload.clone(),
+                },
+                _budget: share,
+            });
+            if index == last {
+                // Whatever is left of the permit (a batch over the budget) goes with the last.
+                drop(shares);
+                if let Some(inbound) = batch.last_mut() {
+                    if permit.num_permits() > 0 {
+                        match inbound._budget.as_mut() {
+                            Some(share) => share.merge(permit),
+                            None => inbound._budget = Some(permit),
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        let mut batch = Some(batch);
         let Some(log) = &self.log else {
             let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
             if *closed {
                 return Err(TapClosed);
             }
-            return self.hand_over(inbound.take()).map(|()| None);
+            return self.hand_over(batch.take()).map(|()| None);
         };
         let received_ms = crate::wal::now_ms_of(received_at);
+        let records: Vec<(&[u8], &[u8])> = publishes
+            .iter()
+            .map(|(topic, payload)| (topic.as_ref(), payload.as_ref()))
+            .collect();
         let mut waited = false;
         loop {
             self.wait_for_spool(log)?;
@@ -238,12 +292,12 @@ impl Tap {
                 }
                 // Appended and queued under the log's lock: the pipeline sees publishes in
                 // log order, so "stored up to N" means every record up to N.
-                let appended = log.wal.append(received_ms, &topic, &payload, |position| {
-                    let mut message = inbound.take();
-                    if let Some(m) = message.as_mut() {
-                        m.position = Some(position);
+                let appended = log.wal.append_batch(received_ms, &records, |first| {
+                    let mut handed = batch.take();
+                    for (position, inbound) in (first..).zip(handed.iter_mut().flatten()) {
+                        inbound.position = Some(position);
                     }
-                    (position, self.hand_over(message))
+                    (first + last as u64, self.hand_over(handed))
                 });
                 match appended {
                     Ok((position, handed)) => return handed.map(|()| Some(position)),
@@ -260,16 +314,17 @@ impl Tap {
         }
     }
 
-    /// Queues one inbound message for the pipeline.
-    fn hand_over(&self, inbound: Option<Inbound>) -> Result<(), TapClosed> {
-        let sent = inbound.is_some_and(|inbound| self.tx.send(inbound).is_ok());
+    /// Queues inbound messages for the pipeline, as one entry.
+    fn hand_over(&self, batch: Option<Vec<Inbound>>) -> Result<(), TapClosed> {
+        let count = batch.as_ref().map_or(0, Vec::len) as u64;
+        let sent = batch.is_some_and(|batch| self.tx.send(batch).is_ok());
         if !sent {
             // The pipeline is gone; refusing here keeps the publish unacknowledged, so the
             // device keeps it. Counted because it means the service is failing.
-            metrics::counter!("fieldline_broker_lost_messages_total").increment(1);
+            metrics::counter!("fieldline_broker_lost_messages_total").increment(count.max(1));
             return Err(TapClosed);
         }
-        self.publishes.increment(1);
+        self.publishes.increment(count);
         Ok(())
     }
 
@@ -377,7 +432,7 @@ impl Tap {
             let appended = log.wal.append(received_ms, LOG_TOPIC, &record, |position| {
                 if let Some(mut m) = inbound.take() {
                     m.position = Some(position);
-                    let _ = self.tx.send(m);
+                    let _ = self.tx.send(vec![m]);
                 }
             });
             if let Err(e) = appended {
@@ -388,7 +443,7 @@ impl Tap {
             }
         }
         if let Some(inbound) = inbound {
-            let _ = self.tx.send(inbound);
+            let _ = self.tx.send(vec![inbound]);
         }
     }
 
@@ -401,12 +456,22 @@ impl Tap {
 impl TapReceiver {
     /// The next publish, or `None` once the tap is closed and drained.
     pub async fn recv(&mut self) -> Option<Inbound> {
-        self.rx.recv().await
+        loop {
+            if let Some(inbound) = self.pending.next() {
+                return Some(inbound);
+            }
+            self.pending = self.rx.recv().await?.into_iter();
+        }
     }
 
     /// Everything already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Inbound> {
-        self.rx.try_recv().ok()
+        loop {
+            if let Some(inbound) = self.pending.next() {
+                return Some(inbound);
+            }
+            self.pending = self.rx.try_recv().ok()?.into_iter();
+        }
     }
 
     /// Stops the hand-over: from the moment this returns, no connection can add a publish,

@@ -111,6 +111,43 @@ fn records_come_back_in_order_across_segments_and_reopenings() {
     }
 }
 
+/// A socket read's publishes go in as one write: positions follow one another, batches
+/// rotate segments whole, and everything reads back in order.
+#[test]
+fn batches_come_back_record_by_record_in_order() {
+    for durability in [Durability::Process, Durability::Fsync] {
+        let dir = Dir::new("batches");
+        let (wal, _) = open_log(settings(&dir.0, durability, 4096), 0).expect("log opens");
+        let payloads: Vec<String> = (1..=120).map(payload).collect();
+        let records: Vec<(&[u8], &[u8])> =
+            payloads.iter().map(|p| (&b"t"[..], p.as_bytes())).collect();
+        let mut first_positions = Vec::new();
+        for chunk in records.chunks(40) {
+            let first = wal.append_batch(5, chunk, |p| p).expect("append");
+            first_positions.push(first);
+            wal.wait_durable(first + chunk.len() as u64 - 1);
+        }
+        assert_eq!(first_positions, [1, 41, 81]);
+        assert!(
+            segments(&dir.0).len() > 1,
+            "a batch that does not fit starts a segment"
+        );
+        drop(wal);
+        let (wal, opened) = open_log(settings(&dir.0, durability, 4096), 0).expect("reopens");
+        assert_eq!(opened.last, 120);
+        let back: Vec<(u64, Vec<u8>)> = wal
+            .replay(0)
+            .map(|r| {
+                r.map(|r| (r.position, r.payload.to_vec()))
+                    .expect("valid record")
+            })
+            .collect();
+        let expected: Vec<(u64, Vec<u8>)> =
+            (1..=120).map(|i| (i, payload(i).into_bytes())).collect();
+        assert_eq!(back, expected);
+    }
+}
+
 #[test]
 fn a_record_cut_in_the_middle_is_cut_off_and_the_prefix_kept() {
     let dir = Dir::new("torn");
