@@ -22,7 +22,7 @@ use rumqttc::v5::{AsyncClient as AsyncClient5, Event as Event5, MqttOptions as M
 use rumqttc::{
     AsyncClient, ConnAck, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
 };
-use support::raw_mqtt::{Endpoint, RawMqtt, RawPacket};
+use support::raw_mqtt::{framed, string, Endpoint, RawMqtt, RawPacket};
 use support::{database, Backend, Server, TempDir};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -527,20 +527,6 @@ async fn qos_by_payload5(client: &mut Client5, n: usize) -> BTreeMap<String, u8>
 // ---------------------------------------------------------------------------------------------
 // Raw packets, for what client libraries will not send.
 
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
 /// A variable byte integer at `pos`: its value and the position after it.
 fn read_varint(buf: &[u8], mut pos: usize) -> (usize, usize) {
     let mut value = 0usize;
@@ -558,30 +544,18 @@ fn read_varint(buf: &[u8], mut pos: usize) -> (usize, usize) {
     }
 }
 
-fn mqtt_string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn frame(header: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![header];
-    varint(body.len(), &mut out);
-    out.extend(body);
-    out
-}
-
 /// CONNECT with the given protocol name and level, clean session/start, no will or login;
 /// an empty property list when the level is 5.
 fn raw_connect_named(name: &[u8], level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
     let mut body = Vec::new();
-    mqtt_string(name, &mut body);
+    string(name, &mut body);
     body.extend_from_slice(&[level, 0x02]);
     body.extend_from_slice(&keep_alive.to_be_bytes());
     if level == 5 {
         body.push(0);
     }
-    mqtt_string(client_id.as_bytes(), &mut body);
-    frame(0x10, body)
+    string(client_id.as_bytes(), &mut body);
+    framed(0x10, body)
 }
 
 /// CONNECT at `level` (4: MQTT 3.1.1, 5: MQTT 5).
@@ -591,7 +565,7 @@ fn raw_connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
 
 fn raw_publish(level: u8, topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
-    mqtt_string(topic.as_bytes(), &mut body);
+    string(topic.as_bytes(), &mut body);
     if qos > 0 {
         body.extend_from_slice(&pkid.to_be_bytes());
     }
@@ -599,7 +573,7 @@ fn raw_publish(level: u8, topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Ve
         body.push(0);
     }
     body.extend_from_slice(payload);
-    frame(0x30 | (qos << 1), body)
+    framed(0x30 | (qos << 1), body)
 }
 
 fn raw_subscribe(level: u8, pkid: u16, filter: &str, options: u8) -> Vec<u8> {
@@ -607,9 +581,9 @@ fn raw_subscribe(level: u8, pkid: u16, filter: &str, options: u8) -> Vec<u8> {
     if level == 5 {
         body.push(0);
     }
-    mqtt_string(filter.as_bytes(), &mut body);
+    string(filter.as_bytes(), &mut body);
     body.push(options);
-    frame(0x82, body)
+    framed(0x82, body)
 }
 
 const PINGREQ: [u8; 2] = [0xC0, 0];
@@ -2046,10 +2020,10 @@ async fn unroutable_topics_harm_no_one() {
     let mut topic = b"ok/".to_vec();
     topic.push(0xC3); // a lead byte with nothing after it
     let mut body = Vec::new();
-    mqtt_string(&topic, &mut body);
+    string(&topic, &mut body);
     body.extend_from_slice(&9u16.to_be_bytes());
     body.extend_from_slice(b"x");
-    bad.send(&frame(0x32, body)).await.expect("PUBLISH sent");
+    bad.send(&framed(0x32, body)).await.expect("PUBLISH sent");
     let seen = bad
         .closed_within(Duration::from_secs(5))
         .await

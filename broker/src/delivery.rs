@@ -706,9 +706,8 @@ mod tests {
         let mut retained = forward(
             "r",
             Origin {
-                qos: 0,
                 retain: true,
-                connection: 9,
+                ..origin(0, 9)
             },
             0,
             0,
@@ -733,9 +732,8 @@ mod tests {
         let live = forward(
             "r",
             Origin {
-                qos: 0,
                 retain: true,
-                connection: 9,
+                ..origin(0, 9)
             },
             0,
             0,

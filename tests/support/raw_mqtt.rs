@@ -227,7 +227,8 @@ fn take_packet(buf: &mut Vec<u8>) -> Option<RawPacket> {
     Some((header, body))
 }
 
-fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
+/// An MQTT variable byte integer (a remaining length).
+pub fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;
@@ -241,12 +242,14 @@ fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
     }
 }
 
-fn string(s: &[u8], out: &mut Vec<u8>) {
+/// An MQTT string: two length bytes, then the bytes.
+pub fn string(s: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
 }
 
-fn framed(header: u8, body: Vec<u8>) -> Vec<u8> {
+/// A whole packet: the fixed header byte, the remaining length, the body.
+pub fn framed(header: u8, body: Vec<u8>) -> Vec<u8> {
     let mut out = vec![header];
     remaining_length(body.len(), &mut out);
     out.extend(body);
