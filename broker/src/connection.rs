@@ -92,6 +92,10 @@ where
     let Some(mut live) = Box::pin(accept(stream, shared, listener)).await else {
         return;
     };
+    if !live.acknowledged {
+        Box::pin(live.finish(End::Closed)).await;
+        return;
+    }
     let live_ref = &mut *live;
     let end = run(
         &mut live_ref.stream,
@@ -120,6 +124,8 @@ struct Live<S> {
     /// Session Expiry Interval in seconds (a DISCONNECT may change it).
     expiry: u32,
     will: Option<Box<(LastWill, Option<LastWillProperties>)>>,
+    /// The CONNACK could be encoded; otherwise the connection ends at once.
+    acknowledged: bool,
 }
 
 /// Reads the CONNECT, admits the client, takes over its session and writes the CONNACK.
@@ -286,9 +292,10 @@ where
         ..Default::default()
     });
     let mut write = BytesMut::new();
-    codec
+    // Past the claim, a failure still goes through `finish`, which gives the session back.
+    let acknowledged = codec
         .write(Packet::ConnAck(ack, ack_properties), &mut write)
-        .ok()?;
+        .is_ok();
     if read.is_empty() && read.capacity() > IDLE_READ_BUFFER {
         // A CONNECT with a long login grew it; an idle connection keeps the smallest.
         read = BytesMut::with_capacity(IDLE_READ_BUFFER);
@@ -303,7 +310,10 @@ where
         buffers: Buffers { read, write },
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
         expiry,
-        will: will.map(|will| Box::new((will, will_properties))),
+        will: will
+            .filter(|_| acknowledged)
+            .map(|will| Box::new((will, will_properties))),
+        acknowledged,
     }))
 }
 
