@@ -900,18 +900,8 @@ async fn keep_alive_zero(level: u8, id: &str) {
     assert_eq!(device["online"], true, "{device}");
     drop(conn);
     wait_offline(server, id).await;
-    let history = server
-        .wait_for(&format!("/api/devices/{id}/status"), |h| {
-            h.as_array().is_some_and(|a| a.len() >= 2)
-        })
-        .await;
-    let reasons: Vec<&str> = history
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|h| h["reason"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(reasons, ["connect", "dropped"], "{history}");
+    let reasons = server.status_reasons(id, 2).await;
+    assert_eq!(reasons, ["connect", "dropped"]);
 }
 
 /// MQTT 3.1.1 §3.1.2.10: a CONNECT with keep-alive 0 is accepted and never timed out.

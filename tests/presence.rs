@@ -144,17 +144,7 @@ async fn every_way_a_connection_ends_makes_its_device_offline(backend: Backend) 
             .await;
         assert!(device["last_seen"].is_string(), "{device}");
     }
-    let history = server
-        .wait_for("/api/devices/clean-1/status", |h| {
-            h.as_array().is_some_and(|a| a.len() == 2)
-        })
-        .await;
-    let reasons: Vec<&str> = history
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|h| h["reason"].as_str().unwrap_or(""))
-        .collect();
+    let reasons = server.status_reasons("clean-1", 2).await;
     assert_eq!(reasons, ["connect", "disconnect"]);
 
     // A device still connected when the server stops is offline once it is back.

@@ -345,14 +345,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
         };
         let in_router = router_kept && expiry > 0;
         let keep = if expiry > 0 {
-            Some((
-                Duration::from_secs(u64::from(expiry)),
-                Kept {
-                    expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
-                    in_router,
-                    subscriptions,
-                },
-            ))
+            Some(Kept {
+                expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
+                in_router,
+                subscriptions,
+            })
         } else {
             for filter in subscriptions.filters() {
                 shared.interest.remove(filter);
@@ -1015,12 +1012,11 @@ fn publish_will(
     let properties = properties.map(|p| rumqttd::protocol::PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
-        topic_alias: None,
         response_topic: p.response_topic,
         correlation_data: p.correlation_data,
         user_properties: p.user_properties,
-        subscription_identifiers: Vec::new(),
         content_type: p.content_type,
+        ..Default::default()
     });
     let origin = Origin {
         qos: will.qos as u8,

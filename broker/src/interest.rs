@@ -69,15 +69,18 @@ impl Node {
         }
     }
 
-    fn matches(&self, levels: &[&str]) -> bool {
+    /// Walks the topic's levels as they come (no allocation: this runs for every publish).
+    fn matches(&self, mut levels: std::str::Split<'_, char>) -> bool {
         if self.rest > 0 {
             return true;
         }
-        match levels.split_first() {
+        match levels.next() {
             None => self.here > 0,
-            Some((level, tail)) => {
-                self.any.as_ref().is_some_and(|any| any.matches(tail))
-                    || self.children.get(*level).is_some_and(|c| c.matches(tail))
+            Some(level) => {
+                self.any
+                    .as_ref()
+                    .is_some_and(|any| any.matches(levels.clone()))
+                    || self.children.get(level).is_some_and(|c| c.matches(levels))
             }
         }
     }
@@ -117,14 +120,14 @@ impl Interest {
         if root.is_empty() {
             return false;
         }
-        let levels: Vec<&str> = topic.split('/').collect();
+        let mut levels = topic.split('/');
         if topic.starts_with('$') {
-            let Some((first, tail)) = levels.split_first() else {
+            let Some(first) = levels.next() else {
                 return false;
             };
-            return root.children.get(*first).is_some_and(|c| c.matches(tail));
+            return root.children.get(first).is_some_and(|c| c.matches(levels));
         }
-        root.matches(&levels)
+        root.matches(levels)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Node> {

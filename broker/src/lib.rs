@@ -32,9 +32,8 @@ mod tunnel;
 pub mod wal;
 
 pub use guard::{DeviceAccess, Guard, GuardSettings};
+pub use presence::{DisconnectReason, Will};
 pub use server::{start, BrokerError, RunningBroker};
 pub use settings::{BrokerSettings, TlsListener};
-pub use tap::{
-    tap, DisconnectReason, Inbound, Message, Session, Tap, TapClosed, TapReceiver, Will,
-};
+pub use tap::{tap, Inbound, Message, Session, Tap, TapClosed, TapReceiver};
 pub use tunnel::TlsError;

@@ -14,8 +14,58 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::tap::{DisconnectReason, Will};
 use crate::wal::{Wal, WalError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Disconnect,
+    /// The client said nothing for 1.5 × its keep-alive.
+    KeepAlive,
+    /// The socket closed or failed, or the broker closed the connection for a protocol error.
+    Dropped,
+    /// The broker cut the connection off: it broke the access rules or its publish rate, or
+    /// its device was disabled or given a new secret.
+    Kicked,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Disconnect => "disconnect",
+            DisconnectReason::KeepAlive => "keepalive",
+            DisconnectReason::Dropped => "dropped",
+            DisconnectReason::Kicked => "kicked",
+        }
+    }
+
+    /// Its byte in a presence record of the log.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DisconnectReason::Disconnect => 1,
+            DisconnectReason::KeepAlive => 2,
+            DisconnectReason::Dropped => 3,
+            DisconnectReason::Kicked => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        [
+            DisconnectReason::Disconnect,
+            DisconnectReason::KeepAlive,
+            DisconnectReason::Dropped,
+            DisconnectReason::Kicked,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Will {
+    pub topic: Bytes,
+    pub payload: Bytes,
+}
 
 /// The log topic of presence records. No device can publish it: `0xFF` never occurs in
 /// UTF-8, and the tap refuses device topics that start with it.

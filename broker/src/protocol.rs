@@ -1,7 +1,7 @@
 //! The MQTT codec each connection uses: rumqttd's V4 or V5 chosen from the CONNECT packet, with
 //! every parsed publish handed to the [`Tap`].
 //!
-//! Each connection task ([`crate::connection`]) owns one, so it lives exactly as long as one
+//! Each connection task owns one, so it lives exactly as long as one
 //! connection and sees every packet it reads before anything acts on it (and so before any
 //! PUBACK is written). That lifetime also makes it the source of presence: a connection is
 //! online from the moment its successful CONNACK is written until the codec is dropped,
@@ -25,8 +25,9 @@ pub(crate) const TOPIC_ALIAS_MAX: u16 = 64;
 
 use crate::acl;
 use crate::guard::{Admission, Guard, MAX_PAUSED};
+use crate::presence::{DisconnectReason, Will};
 use crate::rate_limit::TokenBucket;
-use crate::tap::{DisconnectReason, Session, Tap, Will};
+use crate::tap::{Session, Tap};
 
 /// Numbers connections for the life of the process.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);

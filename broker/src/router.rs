@@ -2,11 +2,11 @@
 //!
 //! The router (one thread) keeps subscriptions, retained messages and kept sessions, and hands
 //! each link the messages for its filters. Connections are served by our own tasks
-//! ([`crate::connection`]), which attach a router link only when they need one: when they
+//! (the `connection` module), which attach a router link only when they need one: when they
 //! subscribe, or resume a session the router keeps. An idle device, or one that only publishes,
 //! costs the router nothing (a router link pre-allocates queues of a few hundred packets).
 //! Publishes reach the router through one shared ingress link, and only when a subscription
-//! wants them (see [`crate::interest`]).
+//! wants them (see the `interest` module).
 //!
 //! Every publish handed to the router is QoS 0 and carries, in user properties the outbound side
 //! strips again, what delivery needs but the router drops: the publish's own QoS (delivery is
@@ -38,8 +38,8 @@ type Attach =
 /// The router thread, reachable only through links. rumqttd does not export the type of the
 /// router's inbox, so the closure that attaches links holds it.
 pub(crate) struct Router {
+    /// Attaches a link by its router name, asking the router to keep its session or not.
     attach: Box<Attach>,
-    ingress: Box<Attach>,
 }
 
 /// A client's link name in the router. The router keys sessions by it and refuses names with
@@ -61,16 +61,9 @@ impl Router {
     /// Starts rumqttd's router thread.
     pub(crate) fn spawn(config: rumqttd::RouterConfig) -> Router {
         let inbox = rumqttd::Router::new(0, config).spawn();
-        let ingress_inbox = inbox.clone();
         Router {
-            ingress: Box::new(move |name, _| {
-                LinkBuilder::new(name, ingress_inbox.clone())
-                    .dynamic_filters(true)
-                    .build()
-                    .map_err(RouterError::from)
-            }),
-            attach: Box::new(move |client_id, keep| {
-                LinkBuilder::new(&router_name(client_id), inbox.clone())
+            attach: Box::new(move |name, keep| {
+                LinkBuilder::new(name, inbox.clone())
                     .clean_session(!keep)
                     // Server-to-client topic aliases are not offered: rumqttd keys them by
                     // subscription filter, so a wildcard subscriber would get one topic's
@@ -113,16 +106,7 @@ pub(crate) fn tagged(
     properties: Option<PublishProperties>,
     origin: &Origin,
 ) -> Packet {
-    let mut properties = properties.unwrap_or(PublishProperties {
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        topic_alias: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-        subscription_identifiers: Vec::new(),
-        content_type: None,
-    });
+    let mut properties = properties.unwrap_or_default();
     properties.topic_alias = None;
     properties.subscription_identifiers.clear();
     properties
@@ -165,7 +149,8 @@ impl Link {
         client_id: &str,
         keep: bool,
     ) -> Result<(Link, bool), RouterError> {
-        let (tx, rx, ack) = tokio::task::block_in_place(|| (router.attach)(client_id, keep))?;
+        let name = router_name(client_id);
+        let (tx, rx, ack) = tokio::task::block_in_place(|| (router.attach)(&name, keep))?;
         let resumed = match Option::<Packet>::from(ack) {
             Some(Packet::ConnAck(ack, _)) => ack.session_present,
             _ => false,
@@ -250,7 +235,7 @@ impl Ingress {
     pub(crate) fn open(router: &Router) -> Result<Ingress, RouterError> {
         // Client links are named `c:…` (see [`router_name`]), so no client id can take this one.
         let (tx, mut rx, _) =
-            tokio::task::block_in_place(|| (router.ingress)("fieldline-ingress", false))?;
+            tokio::task::block_in_place(|| (router.attach)("fieldline-ingress", false))?;
         tokio::spawn(async move {
             loop {
                 match rx.next().await {

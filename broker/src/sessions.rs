@@ -154,7 +154,7 @@ impl Sessions {
         &self,
         client_id: &Arc<str>,
         holder: &Holder,
-        keep: Option<(Duration, Kept)>,
+        keep: Option<Kept>,
         purge_router: bool,
     ) {
         {
@@ -163,7 +163,7 @@ impl Sessions {
             if ours {
                 table.remove(client_id);
                 match keep {
-                    Some((_, kept)) => {
+                    Some(kept) => {
                         table.insert(client_id.clone(), Entry::Kept(Box::new(kept)));
                         self.count_kept(1);
                     }
@@ -177,7 +177,7 @@ impl Sessions {
                 if over > 0 {
                     self.evict(&mut table, over);
                 }
-            } else if let Some((_, kept)) = keep {
+            } else if let Some(kept) = keep {
                 for filter in kept.subscriptions.filters() {
                     self.interest.remove(filter);
                 }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::presence::{device_of, Change, Presence, LOG_TOPIC};
+use crate::presence::{device_of, Change, DisconnectReason, Presence, Will, LOG_TOPIC};
 use crate::wal::Wal;
 
 /// One thing read from a device connection, in the order the connection produced it.
@@ -48,57 +48,6 @@ pub struct Session {
     pub username: Option<Arc<str>>,
     /// Seconds, as the client asked in CONNECT.
     pub keep_alive: u16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The client sent DISCONNECT.
-    Disconnect,
-    /// The client said nothing for 1.5 × its keep-alive.
-    KeepAlive,
-    /// The socket closed or failed, or the broker closed the connection for a protocol error.
-    Dropped,
-    /// The broker cut the connection off: it broke the access rules or its publish rate, or
-    /// its device was disabled or given a new secret.
-    Kicked,
-}
-
-impl DisconnectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DisconnectReason::Disconnect => "disconnect",
-            DisconnectReason::KeepAlive => "keepalive",
-            DisconnectReason::Dropped => "dropped",
-            DisconnectReason::Kicked => "kicked",
-        }
-    }
-
-    /// Its byte in a presence record of the log.
-    pub(crate) fn code(self) -> u8 {
-        match self {
-            DisconnectReason::Disconnect => 1,
-            DisconnectReason::KeepAlive => 2,
-            DisconnectReason::Dropped => 3,
-            DisconnectReason::Kicked => 4,
-        }
-    }
-
-    pub(crate) fn from_code(code: u8) -> Option<Self> {
-        [
-            DisconnectReason::Disconnect,
-            DisconnectReason::KeepAlive,
-            DisconnectReason::Dropped,
-            DisconnectReason::Kicked,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Will {
-    pub topic: Bytes,
-    pub payload: Bytes,
 }
 
 /// The broker-side end: cloned into every connection.
@@ -238,11 +187,10 @@ impl Tap {
             }
         };
         let received_at = SystemTime::now();
-        let mut shares = costs.iter().map(|cost| permit.split(*cost));
-        let mut batch: Vec<Inbound> = Vec::with_capacity(publishes.len());
-        for (index, (topic, payload)) in publishes.iter().enumerate() {
-            let share = shares.next().flatten();
-            batch.push(Inbound {
+        let mut batch: Vec<Inbound> = publishes
+            .iter()
+            .zip(&costs)
+            .map(|((topic, payload), cost)| Inbound {
                 client_id: client_id.clone(),
                 received_at,
                 position: None,
@@ -250,20 +198,16 @@ impl Tap {
                     topic: topic.clone(),
                     payload: payload.clone(),
                 },
-                _budget: share,
-            });
-            if index == last {
-                // Whatever is left of the permit (a batch over the budget) goes with the last.
-                drop(shares);
-                if let Some(inbound) = batch.last_mut() {
-                    if permit.num_permits() > 0 {
-                        match inbound._budget.as_mut() {
-                            Some(share) => share.merge(permit),
-                            None => inbound._budget = Some(permit),
-                        }
-                    }
+                _budget: permit.split(*cost),
+            })
+            .collect();
+        // What is left of the permit (a batch over the budget) goes with the last publish.
+        if permit.num_permits() > 0 {
+            if let Some(inbound) = batch.last_mut() {
+                match inbound._budget.as_mut() {
+                    Some(share) => share.merge(permit),
+                    None => inbound._budget = Some(permit),
                 }
-                break;
             }
         }
         let mut batch = Some(batch);

@@ -256,6 +256,21 @@ impl Server {
     }
 
     /// Waits until the metrics text satisfies `done`; returns it.
+    /// The reasons of a device's status history, once it has at least `count` entries.
+    pub async fn status_reasons(&self, id: &str, count: usize) -> Vec<String> {
+        let history = self
+            .wait_for(&format!("/api/devices/{id}/status"), |h| {
+                h.as_array().is_some_and(|a| a.len() >= count)
+            })
+            .await;
+        history
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|h| h["reason"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
     pub async fn wait_for_metrics(&self, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
