@@ -263,16 +263,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let live_metrics = tokio::spawn(report_live_queues(hub.clone()));
 
-    let stop_accepting = async {
-        shutdown_signal().await;
-        // New connections stop first; then the tap closes and what it took is stored.
-        listeners_up.store(false, Ordering::Release);
-        broker.stop_accepting();
-    };
-    let pipeline = run_pipeline(pipeline, tap_rx, stop_accepting, move || {
-        metrics::gauge!("fieldline_broker_queued_bytes").set(queued.queued_bytes() as f64);
-    })
-    .await;
+    // The pipeline runs on the runtime's worker threads, beside the connections that feed
+    // it: each hand-over then wakes a task, not a parked thread (the start-up thread).
+    let (stop_pipeline, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pipeline = tokio::spawn(run_pipeline(
+        pipeline,
+        tap_rx,
+        async {
+            // A dropped sender also stops it: nothing would ever stop it otherwise.
+            let _ = stopped.await;
+        },
+        move || {
+            metrics::gauge!("fieldline_broker_queued_bytes").set(queued.queued_bytes() as f64);
+        },
+    ));
+    shutdown_signal().await;
+    // New connections stop first; then the tap closes and what it took is stored.
+    listeners_up.store(false, Ordering::Release);
+    broker.stop_accepting();
+    let _ = stop_pipeline.send(());
+    let pipeline = pipeline.await.context("the ingest pipeline failed")?;
 
     // The tap is closed and drained: everything acknowledged is in the writer's hands.
     drop(pipeline);

@@ -12,8 +12,10 @@
 //! those acknowledgements go out together after one wait for durability.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -447,6 +449,15 @@ where
     let mut steps = Vec::new();
     // Bytes that came with the CONNECT are packets too (a client need not wait for CONNACK).
     let mut unparsed = !buffers.read.is_empty();
+    // Both live across the loop: re-registering a waiter and a timer on every pass costs
+    // two locks per socket read. The keep-alive timer is set for the longest the client may
+    // still be silent and only moved when it fires early (MQTT §3.1.2.10: 1.5 × keep-alive
+    // of silence ends the connection; 0 turns it off).
+    let kicked = holder.kicked();
+    tokio::pin!(kicked);
+    let silence_limit = (!keep_alive.is_zero()).then(|| keep_alive + keep_alive / 2);
+    let keep_alive_timer = tokio::time::sleep(silence_limit.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(keep_alive_timer);
     loop {
         if unparsed {
             unparsed = false;
@@ -491,7 +502,7 @@ where
             codec.wait_durable();
             let written = tokio::select! {
                 biased;
-                () = holder.kicked() => return End::TakenOver,
+                () = &mut kicked => return End::TakenOver,
                 written = write_or_give_up(stream, &buffers.write) => written,
             };
             if !written {
@@ -502,9 +513,6 @@ where
                 buffers.write = BytesMut::new();
             }
         }
-        // MQTT §3.1.2.10: 1.5 × keep-alive of silence ends the connection; 0 turns it off.
-        let silence = (!keep_alive.is_zero())
-            .then(|| (keep_alive + keep_alive / 2).saturating_sub(codec.silent_for()));
         let want = if busy {
             BUSY_READ_BUFFER
         } else {
@@ -517,17 +525,23 @@ where
         let link = session.link();
         tokio::select! {
             biased;
-            () = holder.kicked() => return End::TakenOver,
-            () = sleep_or_never(silence) => {
-                codec.timed_out();
-                tracing::debug!(client_id = %session.client_id, "keep-alive ran out");
-                return End::Closed;
+            () = &mut kicked => return End::TakenOver,
+            () = &mut keep_alive_timer, if silence_limit.is_some() => {
+                let limit = silence_limit.unwrap_or_default();
+                let silent = codec.silent_for();
+                if silent >= limit {
+                    codec.timed_out();
+                    tracing::debug!(client_id = %session.client_id, "keep-alive ran out");
+                    return End::Closed;
+                }
+                keep_alive_timer.as_mut().reset(tokio::time::Instant::now() + (limit - silent));
             }
             n = stream.read_buf(&mut buffers.read) => {
                 match n {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(n) => busy = n >= spare,
                 }
+                codec.bytes_arrived();
                 unparsed = true;
             }
             batch = next_notifications(link) => {
@@ -573,17 +587,14 @@ where
 /// Writes everything, or gives up on a client that has not taken it within
 /// [`WRITE_TIMEOUT`] (it stopped reading: its session must not stay blocked behind it).
 async fn write_or_give_up<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
-}
-
-async fn sleep_or_never(duration: Option<Duration>) {
-    match duration {
-        Some(duration) => tokio::time::sleep(duration).await,
-        None => std::future::pending().await,
+    let mut write = std::pin::pin!(stream.write_all(bytes));
+    // Nearly every write fits the socket's buffer at once: only one that has to wait needs
+    // a timer (arming one per write costs a lock on the timer wheel).
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = first {
+        return done.is_ok();
     }
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 /// The router's next notifications for a connection with a live link; never, without one.
@@ -615,7 +626,7 @@ where
                 read.reserve(n.max(64));
                 match stream.read_buf(read).await {
                     Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
+                    Ok(_) => codec.bytes_arrived(),
                 }
             }
             Err(e) => {

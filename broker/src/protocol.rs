@@ -81,6 +81,9 @@ pub(crate) struct TappedProtocol {
     clean_end: bool,
     /// The client was silent for 1.5 × its keep-alive.
     timed_out: bool,
+    /// When the bytes being parsed arrived: one clock reading per socket read, not per
+    /// packet (a read brings dozens of publishes at high rates).
+    read_at: Instant,
     last_packet: Instant,
     /// Log position of the newest publish this connection handed over: its PUBACKs wait
     /// until that is durable (`write` only gets `&self`).
@@ -115,6 +118,7 @@ impl TappedProtocol {
             connection: AtomicU64::new(0),
             clean_end: false,
             timed_out: false,
+            read_at: Instant::now(),
             last_packet: Instant::now(),
             last_logged: AtomicU64::new(0),
             pending: Vec::new(),
@@ -159,6 +163,11 @@ impl TappedProtocol {
     /// The connection's keep-alive ran out.
     pub(crate) fn timed_out(&mut self) {
         self.timed_out = true;
+    }
+
+    /// New bytes arrived from the socket now.
+    pub(crate) fn bytes_arrived(&mut self) {
+        self.read_at = Instant::now();
     }
 
     /// Time since the last packet was read.
@@ -322,7 +331,7 @@ impl TappedProtocol {
     /// Holds a PUBLISH back until the connection's rate allows it.
     fn pace(&mut self, stream: &BytesMut) -> Result<(), protocol::Error> {
         let is_publish = stream.first().is_some_and(|b| b >> 4 == 3);
-        if !self.connected || !is_publish || self.bucket.time_to_token(Instant::now()).is_zero() {
+        if !self.connected || !is_publish || self.bucket.time_to_token(self.read_at).is_zero() {
             return Ok(());
         }
         let paused = &self.guard.paused;
@@ -341,6 +350,8 @@ impl TappedProtocol {
             }
             std::thread::sleep(wait);
         });
+        // The packet is taken now, after the wait.
+        self.read_at = Instant::now();
         paused.fetch_sub(1, Ordering::AcqRel);
         Ok(())
     }
@@ -413,7 +424,7 @@ impl TappedProtocol {
                 return Err(e);
             }
         };
-        self.last_packet = Instant::now();
+        self.last_packet = self.read_at;
         match &mut packet {
             // MQTT: a second CONNECT is a protocol violation that closes the connection; it
             // must not rename the device this connection speaks for.
@@ -442,7 +453,6 @@ impl TappedProtocol {
             // Before CONNECT, rumqttd refuses the connection; nothing of it is data.
             Packet::Publish(..) if !self.connected => {}
             Packet::Publish(publish, properties) => {
-                // The clock was read for this packet just above.
                 self.bucket.take(self.last_packet);
                 let alias = properties.as_mut().and_then(|p| p.topic_alias.take());
                 self.tap_publish(publish, alias)?;

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,9 @@ pub struct Wal {
     appended: Condvar,
     /// The last append failed (disk full, I/O error); cleared by the next that succeeds.
     failing: AtomicBool,
+    /// `appended_bytes - stored_bytes`, kept beside the lock: every publishing connection
+    /// reads it before each hand-over, and must not queue behind an append's write.
+    unstored: AtomicU64,
     _lock: File,
     metrics: Metrics,
 }
@@ -337,6 +340,7 @@ impl Wal {
             synced_changed: Condvar::new(),
             synced_bytes: Mutex::new(backlog_bytes),
             failing: AtomicBool::new(false),
+            unstored: AtomicU64::new(backlog_bytes.saturating_sub(stored_bytes)),
             appended: Condvar::new(),
             _lock: lock,
             metrics: Metrics::new(),
@@ -432,6 +436,7 @@ impl Wal {
         active.len += size;
         active.next += count;
         active.appended_bytes += size;
+        self.note_unstored(active);
         if let Some(last) = active.segments.back_mut() {
             last.2 = active.len;
         }
@@ -561,6 +566,7 @@ impl Wal {
                 active.stored_bytes = bytes;
                 active.backlog.pop_front();
             }
+            self.note_unstored(&active);
         }
         let stored = active.stored;
         // The history is a convenience: a full disk gives it up before devices wait.
@@ -634,8 +640,14 @@ impl Wal {
 
     /// Bytes appended that storage has not confirmed yet (to within a checkpoint step).
     pub fn unstored_bytes(&self) -> u64 {
-        let active = self.lock();
-        active.appended_bytes.saturating_sub(active.stored_bytes)
+        self.unstored.load(Ordering::Acquire)
+    }
+
+    fn note_unstored(&self, active: &Active) {
+        self.unstored.store(
+            active.appended_bytes.saturating_sub(active.stored_bytes),
+            Ordering::Release,
+        );
     }
 
     fn report(&self, active: &Active) {

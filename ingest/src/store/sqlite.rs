@@ -26,8 +26,19 @@ use super::{
 use crate::batch::Batch;
 use crate::events::judges::Derived;
 
-/// Rows per INSERT statement: well under SQLite's 32,766 bound parameters at 9 columns.
-const ROWS_PER_STATEMENT: usize = 1_000;
+/// Rows per multi-row statement. SQLite compiles every row of a VALUES list into its
+/// program, so a statement's memory grows with its rows (about 1.2 MB at 1,000 device rows)
+/// while the saving per row stops growing long before: a burst of 1,000 connecting devices
+/// left megabytes of such programs behind in the allocator. At 100 rows a full chunk is
+/// small, common, and stays prepared.
+const ROWS_PER_STATEMENT: usize = 100;
+
+/// Whether a multi-row statement of `rows` rows is worth keeping prepared. Every row count
+/// is different SQL and sqlx keeps up to 100 prepared statements per connection: caching
+/// every batch's remainder would pin one program per size. Only full chunks repeat.
+fn keep_prepared(rows: usize) -> bool {
+    rows == ROWS_PER_STATEMENT
+}
 
 pub struct SqliteStore {
     pub(in crate::store) pool: SqlitePool,
@@ -217,7 +228,10 @@ async fn write_derived(
         });
         q.push(") INSERT INTO judge_state (device_id, subject, subject_id, active, since, state) SELECT d, s, i, a, t, st FROM u WHERE ");
         q.push(STATE_STILL_APPLIES).push(STATE_UPSERT_TAIL);
-        q.build().execute(&mut **tx).await?;
+        q.build()
+            .persistent(keep_prepared(chunk.len()))
+            .execute(&mut **tx)
+            .await?;
     }
     for chunk in (0..deletes.ids.len())
         .collect::<Vec<_>>()
@@ -232,7 +246,10 @@ async fn write_derived(
                 .push_bind(deletes.ids[k]);
         });
         q.push(")");
-        q.build().execute(&mut **tx).await?;
+        q.build()
+            .persistent(keep_prepared(chunk.len()))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(u64::try_from(first_seq).unwrap_or(0))
 }
@@ -248,6 +265,7 @@ pub(in crate::store) async fn insert_all<T>(
         QueryBuilder::<Sqlite>::new(head)
             .push_values(chunk, |mut b, row| bind(&mut b, row))
             .build()
+            .persistent(keep_prepared(chunk.len()))
             .execute(&mut **tx)
             .await?;
     }
@@ -302,7 +320,10 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
                                       THEN excluded.last_seq_status ELSE last_seq_status END,
                last_seq_ts_status = coalesce(max(last_seq_ts_status, excluded.last_seq_ts_status), last_seq_ts_status, excluded.last_seq_ts_status)",
         );
-        q.build().execute(&mut **tx).await?;
+        q.build()
+            .persistent(keep_prepared(chunk.len()))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
