@@ -78,6 +78,10 @@ pub struct Args {
     /// MQTT connections accepted at once [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Bytes the broker holds for MQTT subscribers (kept sessions' queues, retained
+    /// messages); past it, publishes are stored but not routed to subscribers [default: 268435456]
+    #[arg(long, env = "FIELDLINE_MQTT_MAX_SUBSCRIBER_BYTES")]
+    pub mqtt_max_subscriber_bytes: Option<u64>,
     /// Publishes per second one MQTT connection may keep up; faster ones wait [default: 10000]
     #[arg(long, env = "FIELDLINE_DEVICE_PUBLISH_RATE")]
     pub device_publish_rate: Option<f64>,
@@ -170,6 +174,7 @@ struct FileConfig {
     database_url: Option<String>,
     max_payload_bytes: Option<usize>,
     max_connections: Option<usize>,
+    mqtt_max_subscriber_bytes: Option<u64>,
     batch_rows: Option<usize>,
     batch_age_ms: Option<u64>,
     live_history_events: Option<usize>,
@@ -204,6 +209,7 @@ pub struct Config {
     pub database_url: String,
     pub max_payload_bytes: usize,
     pub max_connections: usize,
+    pub mqtt_max_subscriber_bytes: u64,
     pub batch_rows: usize,
     pub batch_age: Duration,
     pub live: HubSettings,
@@ -291,6 +297,10 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(10_000),
+            mqtt_max_subscriber_bytes: args
+                .mqtt_max_subscriber_bytes
+                .or(file.mqtt_max_subscriber_bytes)
+                .unwrap_or(256 * 1024 * 1024),
             batch_rows: args.batch_rows.or(file.batch_rows).unwrap_or(5_000),
             batch_age: Duration::from_millis(
                 args.batch_age_ms.or(file.batch_age_ms).unwrap_or(200),
@@ -366,6 +376,9 @@ impl Config {
         }
         if config.max_payload_bytes == 0 || config.max_payload_bytes > 16 * 1024 * 1024 {
             anyhow::bail!("max_payload_bytes must be between 1 and 16 MiB");
+        }
+        if config.mqtt_max_subscriber_bytes == 0 {
+            anyhow::bail!("mqtt_max_subscriber_bytes must be at least 1 (it bounds what MQTT subscribers are held; 0 would route them nothing)");
         }
         if config.spool_max_bytes < 1024 * 1024 {
             anyhow::bail!("spool_max_bytes must be at least 1 MiB (1048576)");

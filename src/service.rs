@@ -188,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mqtts: config.mqtts.clone(),
         mqtt_ws_listen: config.mqtt_ws_listen,
         max_connections: config.max_connections,
+        max_subscriber_bytes: config.mqtt_max_subscriber_bytes,
         // Read payloads up to 4x the storage limit so they can be rejected with a reason.
         max_packet_size: config.max_payload_bytes.saturating_mul(4).max(64 * 1024),
         ..BrokerSettings::default()

@@ -40,9 +40,13 @@ struct Broker {
 
 impl Broker {
     async fn start(name: &str) -> Broker {
+        Broker::start_with(name, &[]).await
+    }
+
+    async fn start_with(name: &str, args: &[&str]) -> Broker {
         let dir = TempDir::new(name);
         let url = database(Backend::Sqlite, &dir, name).await;
-        let server = Server::start(&dir, &url).await;
+        let server = Server::start_with(&dir, &url, args).await;
         Broker { server, _dir: dir }
     }
 
@@ -1333,6 +1337,63 @@ async fn session_with_expiry_is_resumed_with_its_queued_messages() {
         .expect_publish("a live message on the kept subscription")
         .await;
     assert_eq!(text(&p.payload), "live-1");
+}
+
+/// What the broker holds for subscribers has one bound for the whole broker: a kept session's
+/// queue fills up to it and no further (the device's publishes are still acknowledged), a
+/// retained message that does not fit is not kept, and both are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_subscribers_are_held_is_bounded_for_the_whole_broker() {
+    // Each message below holds its topic (10 bytes) and payload (1,000): 19 fit in 20,000.
+    let broker = Broker::start_with("held-bytes", &["--mqtt-max-subscriber-bytes", "20000"]).await;
+    let (server, port) = (&broker.server, broker.port());
+    let mut away = Client5::connect(port, "held-1", |o| {
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    away.subscribe1("cmd/held-1", QoS5::AtLeastOnce).await;
+    wait_online(server, "held-1").await;
+    away.disconnect().await;
+    wait_offline(server, "held-1").await;
+
+    let mut publisher = Client5::connect(port, "held-pub", |_| {}).await;
+    for n in 0..40 {
+        let payload = format!("{n:04}").repeat(250);
+        publisher
+            .publish("cmd/held-1", QoS5::AtLeastOnce, false, payload)
+            .await;
+    }
+    publisher.wait_acked(40).await;
+    // Retained messages count too: this one no longer fits.
+    publisher
+        .publish("state/held", QoS5::AtLeastOnce, true, vec![b'r'; 1000])
+        .await;
+    publisher.wait_acked(41).await;
+
+    let metrics = server.metrics_text().await;
+    let held = metric_sum(&metrics, "fieldline_broker_subscriber_held_bytes");
+    assert_eq!(held, 19.0 * 1010.0, "{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "fieldline_broker_subscriber_refused_total"),
+        22.0,
+        "21 queued messages and the retained one were refused"
+    );
+
+    let mut back = Client5::connect(port, "held-1", |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+    })
+    .await;
+    assert!(back.connack.session_present);
+    for n in 0..19 {
+        let p = back.expect_publish("a message that fit").await;
+        assert_eq!(&p.payload[..4], format!("{n:04}").as_bytes(), "in order");
+    }
+    back.assert_quiet(QUIET, "nothing past the bound").await;
+    let mut late = Client5::connect(port, "held-late", |_| {}).await;
+    late.subscribe1("state/#", QoS5::AtLeastOnce).await;
+    late.assert_quiet(QUIET, "the retained message was not kept")
+        .await;
 }
 
 /// MQTT 5 §3.1.2.11.2: with Session Expiry Interval 0 (stated, or absent) the session ends with

@@ -94,6 +94,28 @@ fn bad_storage_settings_are_clear_errors() {
 }
 
 #[test]
+fn bad_broker_settings_are_clear_errors() {
+    let dir = TempDir::new("bad-broker");
+    let mqtt = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let base = ["--mqtt-listen", &mqtt, "--http-listen", &http];
+    for (flags, says) in [
+        (
+            &["--mqtt-max-subscriber-bytes", "0"][..],
+            "mqtt_max_subscriber_bytes must be at least 1",
+        ),
+        (
+            &["--mqtt-max-subscriber-bytes", "lots"][..],
+            "invalid value 'lots' for '--mqtt-max-subscriber-bytes",
+        ),
+    ] {
+        let (code, stderr) = run(&dir, &[&base[..], flags].concat());
+        assert_ne!(code, 0, "{flags:?}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}
+
+#[test]
 fn bad_durability_settings_are_clear_errors() {
     let dir = TempDir::new("bad-wal");
     let mqtt = format!("127.0.0.1:{}", free_port());

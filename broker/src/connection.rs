@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{
     self, ConnAck, ConnAckProperties, ConnectReturnCode, Filter, LastWill, LastWillProperties,
     Packet, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::delivery::{ClientLimits, Outbound, Step, Subscriptions};
 use crate::guard::Guard;
+use crate::held::Held;
 use crate::interest::Interest;
 use crate::protocol::{Listener, TappedProtocol, TOPIC_ALIAS_MAX};
 use crate::router::{tagged, Ingress, Link, Origin, Router};
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) ingress: Ingress,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) interest: Arc<Interest>,
+    pub(crate) held: Held,
     pub(crate) limits: Limits,
     /// Connections past their CONNECT.
     pub(crate) open: AtomicUsize,
@@ -704,19 +706,19 @@ fn inbound(
                 metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
                 return Some(End::Closed);
             }
-            let wanted = publish.retain || shared.interest.wanted(&publish.topic);
-            if !resent && wanted && crate::router::routable(&publish.topic) {
+            if !resent {
                 let origin = Origin {
                     qos,
                     retain: publish.retain,
                     connection: session.number,
                 };
-                shared.ingress.publish(tagged(
-                    publish.topic.clone(),
-                    publish.payload.clone(),
+                route(
+                    shared,
+                    &publish.topic,
+                    &publish.payload,
                     properties,
                     &origin,
-                ));
+                );
             }
             match qos {
                 1 => Some(Packet::PubAck(
@@ -1015,11 +1017,6 @@ fn publish_will(
     properties: Option<LastWillProperties>,
     number: u64,
 ) {
-    if !crate::router::routable(&will.topic)
-        || (!will.retain && !shared.interest.wanted(&will.topic))
-    {
-        return;
-    }
     let properties = properties.map(|p| rumqttd::protocol::PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
@@ -1034,9 +1031,31 @@ fn publish_will(
         retain: will.retain,
         connection: number,
     };
-    shared
-        .ingress
-        .publish(tagged(will.topic, will.message, properties, &origin));
+    route(shared, &will.topic, &will.message, properties, &origin);
+}
+
+/// Hands a publish to the router when a subscriber wants it (or it is retained) and what
+/// the router holds for subscribers stays within its bound ([`Held`]). Most publishes are
+/// telemetry nobody subscribes to: one allocation-free look at the subscriptions, and done.
+fn route(
+    shared: &Shared,
+    topic: &Bytes,
+    payload: &Bytes,
+    properties: Option<rumqttd::protocol::PublishProperties>,
+    origin: &Origin,
+) {
+    if !(origin.retain || shared.interest.wanted(topic)) || !crate::router::routable(topic) {
+        return;
+    }
+    let filters = shared.interest.matching(topic);
+    if shared
+        .held
+        .admit(&filters, topic, payload.len(), origin.retain)
+    {
+        shared
+            .ingress
+            .publish(tagged(topic.clone(), payload.clone(), properties, origin));
+    }
 }
 
 #[cfg(test)]

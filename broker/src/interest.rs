@@ -84,6 +84,37 @@ impl Node {
             }
         }
     }
+
+    /// Adds to `out` every filter below this node that matches the rest of the topic;
+    /// `path` holds the filter's levels down to here.
+    fn collect<'t>(
+        &self,
+        mut levels: std::str::Split<'t, char>,
+        path: &mut Vec<&'t str>,
+        out: &mut Vec<String>,
+    ) {
+        if self.rest > 0 {
+            path.push("#");
+            out.push(path.join("/"));
+            path.pop();
+        }
+        match levels.next() {
+            None if self.here > 0 => out.push(path.join("/")),
+            None => {}
+            Some(level) => {
+                if let Some(any) = &self.any {
+                    path.push("+");
+                    any.collect(levels.clone(), path, out);
+                    path.pop();
+                }
+                if let Some(child) = self.children.get(level) {
+                    path.push(level);
+                    child.collect(levels, path, out);
+                    path.pop();
+                }
+            }
+        }
+    }
 }
 
 fn take_one(count: &mut usize) -> bool {
@@ -128,6 +159,31 @@ impl Interest {
             return root.children.get(first).is_some_and(|c| c.matches(levels));
         }
         root.matches(levels)
+    }
+
+    /// The filters that match `topic`, as subscribed (for what the router will hold).
+    pub(crate) fn matching(&self, topic: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return out;
+        };
+        let root = self
+            .root
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut levels = topic.split('/');
+        let mut path = Vec::new();
+        if topic.starts_with('$') {
+            if let Some(child) = levels.next().and_then(|first| {
+                path.push(first);
+                root.children.get(first)
+            }) {
+                child.collect(levels, &mut path, &mut out);
+            }
+            return out;
+        }
+        root.collect(levels, &mut path, &mut out);
+        out
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Node> {
@@ -176,6 +232,24 @@ mod tests {
         interest.remove("x/y");
         interest.remove("q/+");
         assert!(!interest.wanted(b"x/y"));
+    }
+
+    #[test]
+    fn lists_the_filters_a_topic_matches() {
+        let interest = Interest::default();
+        for filter in ["a/+/c", "a/#", "a/b/c", "#", "+/+", "$SYS/#", "e"] {
+            interest.add(filter);
+        }
+        let mut found = interest.matching(b"a/b/c");
+        found.sort();
+        assert_eq!(found, ["#", "a/#", "a/+/c", "a/b/c"]);
+        let mut found = interest.matching(b"a/x");
+        found.sort();
+        assert_eq!(found, ["#", "+/+", "a/#"]);
+        assert_eq!(interest.matching(b"$SYS/x"), ["$SYS/#"]);
+        let mut found = interest.matching(b"a");
+        found.sort();
+        assert_eq!(found, ["#", "a/#"], "a/# matches its parent level");
     }
 
     #[test]

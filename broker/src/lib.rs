@@ -19,6 +19,7 @@ mod connection;
 pub mod credentials;
 mod delivery;
 mod guard;
+mod held;
 mod interest;
 pub mod presence;
 mod protocol;

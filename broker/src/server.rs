@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::connection::{self, Limits, Shared};
 use crate::guard::Guard;
+use crate::held::Held;
 use crate::interest::Interest;
 use crate::protocol::Listener;
 use crate::router::{Ingress, Router};
@@ -98,6 +99,7 @@ pub async fn start(
         router,
         ingress,
         interest,
+        held: Held::new(settings.max_subscriber_bytes, settings.router_log_bytes()),
         limits: Limits {
             max_connections: settings.max_connections,
             max_packet_size: settings.max_packet_size,

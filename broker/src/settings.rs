@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use rumqttd::RouterConfig;
 
+/// Commit logs exist only for filters someone subscribed to (commands, debugging
+/// subscribers); telemetry does not go through them on its way to storage, so they can stay
+/// small: 1 MiB segments, 10 per filter.
+const LOG_SEGMENT_BYTES: usize = 1024 * 1024;
+const LOG_SEGMENTS: usize = 10;
+
 /// Everything an operator can tune about the embedded broker.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
@@ -34,6 +40,10 @@ pub struct BrokerSettings {
     pub max_session_expiry: Duration,
     /// Sessions kept for clients that are gone; past it, the one closest to expiry is dropped.
     pub max_kept_sessions: usize,
+    /// Bytes the router may hold for subscribers: the queues kept sessions read when they
+    /// come back (one log per subscribed filter) and retained messages. Past it, publishes
+    /// that would add to it are not routed to subscribers (devices' data is still stored).
+    pub max_subscriber_bytes: u64,
 }
 
 impl Default for BrokerSettings {
@@ -50,6 +60,7 @@ impl Default for BrokerSettings {
             handover_budget_bytes: 64 * 1024 * 1024,
             max_session_expiry: Duration::from_secs(7 * 24 * 3600),
             max_kept_sessions: 100_000,
+            max_subscriber_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +74,11 @@ pub struct TlsListener {
 }
 
 impl BrokerSettings {
+    /// Bytes one filter's commit log holds before it drops its oldest segment.
+    pub(crate) fn router_log_bytes(&self) -> u64 {
+        (LOG_SEGMENT_BYTES * LOG_SEGMENTS) as u64
+    }
+
     /// rumqttd's `RouterConfig::default()` refuses every connection and panics on the first
     /// publish (zero connections, zero segment size), so every field is set here.
     pub(crate) fn router_config(&self) -> RouterConfig {
@@ -71,11 +87,8 @@ impl BrokerSettings {
             max_connections: self.max_connections + 16,
             // Outgoing packets queued per connection before the router stops sending to it.
             max_outgoing_packet_count: 200,
-            // Commit logs exist only for filters someone subscribed to (commands, debugging
-            // subscribers); telemetry does not go through them on its way to storage, so they
-            // can stay small: 1 MiB segments, 10 per filter.
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: LOG_SEGMENT_BYTES,
+            max_segment_count: LOG_SEGMENTS,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
