@@ -433,10 +433,20 @@ impl Device {
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.try_publish(topic, payload)
+            .await
+            .expect("publish queued");
+    }
+
+    /// Queues a publish; fails once the connection's event loop has ended (the server died).
+    pub async fn try_publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), rumqttc::ClientError> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
-            .expect("publish queued");
     }
 
     /// Waits until `n` publishes are acknowledged in total.
