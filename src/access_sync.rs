@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use fieldline_broker::{DeviceAccess, Guard};
 use fieldline_dashboard::auth::ApiAccess;
-use fieldline_ingest::store::AccessChanges;
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::AccessChanges;
+use fieldline_store::{Store, StoreError};
 
 /// How often the registry's revision is read.
 const POLL: Duration = Duration::from_secs(2);

@@ -10,7 +10,8 @@ use fieldline_broker::wal::{Record, Wal};
 use fieldline_broker::{DisconnectReason, Inbound, Message};
 use fieldline_ingest::presence::PresenceChange;
 use fieldline_ingest::spill::{Entry, Logged};
-use fieldline_ingest::{Pipeline, Store};
+use fieldline_ingest::Pipeline;
+use fieldline_store::Store;
 
 /// Takes one thing the tap handed over.
 pub async fn feed(pipeline: &mut Pipeline, msg: Inbound) {
@@ -51,7 +52,7 @@ pub async fn end_presence_left_by_restart(
         let now = SystemTime::now();
         let position = wal.and_then(|wal| {
             change
-                .append_to(wal, fieldline_ingest::time_format::epoch_ms(now))
+                .append_to(wal, fieldline_store::time_format::epoch_ms(now))
                 // A full disk must not stop the start: stored without a log position.
                 .map_err(|e| tracing::warn!(error = %e, device = %device, "cannot log the offline status a restart causes"))
                 .ok()

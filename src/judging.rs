@@ -9,8 +9,8 @@ use fieldline_ingest::alerts::AlertRules;
 use fieldline_ingest::events::catalog::{load_fences, load_rules, Catalog};
 use fieldline_ingest::events::judges::Judges;
 use fieldline_ingest::geofence::Fences;
-use fieldline_ingest::store::EventQuery;
-use fieldline_ingest::Store;
+use fieldline_store::EventQuery;
+use fieldline_store::Store;
 
 pub struct Loaded {
     pub fences: Arc<Catalog<Fences>>,

@@ -32,7 +32,11 @@ fn main() -> ExitCode {
             .enable_all()
             .build()?;
         match command {
-            Some(command) => runtime.block_on(registry_cli::run(command, &config)),
+            Some(command) => runtime.block_on(registry_cli::run(
+                command,
+                &config.database_url,
+                &config.database_url_redacted(),
+            )),
             None => runtime.block_on(service::run(config)),
         }
     });

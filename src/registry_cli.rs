@@ -11,10 +11,8 @@ use clap::Subcommand;
 use fieldline_broker::credentials::{hash_secret, new_secret};
 use fieldline_dashboard::auth::token::{new_token, Role};
 use fieldline_ingest::document::is_valid_name;
-use fieldline_ingest::time_format::{format_ms, now_ms};
-use fieldline_ingest::{open_store, Store};
-
-use crate::config::Config;
+use fieldline_store::time_format::{format_ms, now_ms};
+use fieldline_store::{open_store, Store};
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -56,10 +54,12 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-pub async fn run(command: Command, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(&config.database_url)
+/// Runs `command` against the database at `database_url` (`shown` is how errors name it:
+/// without its password).
+pub async fn run(command: Command, database_url: &str, shown: &str) -> anyhow::Result<()> {
+    let store = open_store(database_url)
         .await
-        .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
+        .with_context(|| format!("cannot open storage {shown}"))?;
     match command {
         Command::Device(command) => device(command, store.as_ref()).await,
         Command::Token(command) => token(command, store.as_ref()).await,

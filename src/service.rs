@@ -19,10 +19,11 @@ use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::events::EventFeeds;
 use fieldline_ingest::spill::SpillState;
-use fieldline_ingest::store::LogState;
 use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
 use fieldline_ingest::writer::spawn_writer;
-use fieldline_ingest::{open_store_with, Pipeline, PipelineSettings, Store};
+use fieldline_ingest::{Pipeline, PipelineSettings};
+use fieldline_store::LogState;
+use fieldline_store::{open_store_with, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 

@@ -40,7 +40,7 @@ fn key(event: &Value) -> (String, String, String, String) {
 /// An RFC 3339 time as epoch ms (texts with and without fractions do not sort as times).
 fn ms(ts: &Value) -> i64 {
     ts.as_str()
-        .and_then(fieldline_ingest::time_format::parse_api_time)
+        .and_then(fieldline_store::time_format::parse_api_time)
         .unwrap_or_else(|| panic!("not a time: {ts}"))
 }
 

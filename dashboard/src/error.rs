@@ -47,8 +47,8 @@ impl ApiError {
     }
 }
 
-impl From<fieldline_ingest::StoreError> for ApiError {
-    fn from(e: fieldline_ingest::StoreError) -> Self {
+impl From<fieldline_store::StoreError> for ApiError {
+    fn from(e: fieldline_store::StoreError) -> Self {
         tracing::error!(error = %e, "store query failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -8,7 +8,7 @@ use fieldline_ingest::alerts::AlertRules;
 use fieldline_ingest::events::catalog::{load_fences, load_rules, Catalog};
 use fieldline_ingest::geofence::Fences;
 use fieldline_ingest::webhook::Webhooks;
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::{Store, StoreError};
 
 /// What a change touches, and so what is loaded back after it.
 #[derive(Clone, Copy, PartialEq, Eq)]

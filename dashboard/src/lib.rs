@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use axum::routing::{get, patch, post};
 use axum::Router;
-use fieldline_ingest::Store;
+use fieldline_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::ApiError;

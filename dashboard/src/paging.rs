@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use fieldline_ingest::store::{Range, StatusPoint, StoreFuture, TelemetryPoint, TrackPoint};
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::{Range, StatusPoint, StoreFuture, TelemetryPoint, TrackPoint};
+use fieldline_store::{Store, StoreError};
 use tokio::task::JoinHandle;
 
 /// Rows per read by default: big enough to keep round trips rare, small enough to stay a few MB.

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::document::{is_valid_name, Body, Document, Kind, Location, Metric, Status, Telemetry};
 use crate::rejection::{Reason, Rejection};
-use crate::time_format::parse_rfc3339_ms;
+use fieldline_store::time_format::parse_rfc3339_ms;
 
 pub const MAX_BATCH: usize = 1_000;
 pub const MAX_METRICS: usize = 256;

@@ -1,37 +1,8 @@
 //! The documents devices send, once decoded and validated.
 
-use std::fmt;
 use std::sync::Arc;
 
-/// What a topic carries; one topic, one kind of document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Telemetry,
-    Location,
-    Status,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Telemetry, Kind::Location, Kind::Status];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Telemetry => "telemetry",
-            Kind::Location => "location",
-            Kind::Status => "status",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use fieldline_store::Kind;
 
 /// Device ids and metric names share the same rule: 1 to 64 of `[A-Za-z0-9_.-]`.
 pub fn is_valid_name(name: &str) -> bool {

@@ -2,8 +2,8 @@
 //!
 //! The stages follow the data: [`topic`] says who sent what kind of document, [`decode`] turns
 //! a payload into validated [`document`]s (or [`rejection`]s with reasons), [`dedupe`] drops
-//! redelivered sequence numbers, [`batch`] gathers rows, and the [`writer`] hands batches to a
-//! [`store`]. [`pipeline`] runs those stages over the messages the broker hands over, turns the
+//! redelivered sequence numbers, [`batch`] gathers rows, and the [`writer`] hands batches to
+//! storage (`fieldline-store`). [`pipeline`] runs those stages over the messages the broker hands over, turns the
 //! broker's device [`presence`] changes into status documents, and gives every accepted document to
 //! the [`live`] feed as it is accepted. When storage falls behind, new rows wait in the
 //! write-ahead log and the pipeline reads them back as the writer catches up ([`spill`]).
@@ -23,12 +23,9 @@ pub mod rejection;
 pub mod retention;
 pub mod rollup;
 pub mod spill;
-pub mod store;
-pub mod time_format;
 pub mod topic;
 pub mod webhook;
 pub mod writer;
 
 pub use live::{LiveFeed, NoLiveFeed, Origin};
 pub use pipeline::{Pipeline, PipelineSettings};
-pub use store::{open_store, open_store_with, Store, StoreError};

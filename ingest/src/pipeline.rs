@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batch::{Batch, Interner};
+use crate::batch::{self, Interner};
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
 use crate::document::{Body, Document, Kind, Status};
@@ -19,10 +19,11 @@ use crate::live::{LiveFeed, Origin};
 use crate::presence::PresenceChange;
 use crate::rejection::{Reason, Rejection};
 use crate::spill::{Backlog, Entry, Logged, Spill, SpillState};
-use crate::store::StreamSeq;
-use crate::time_format::{epoch_ms, now_ms};
 use crate::topic::{route, Route};
 use crate::writer::WriterHandle;
+use fieldline_store::batch::Batch;
+use fieldline_store::time_format::{epoch_ms, now_ms};
+use fieldline_store::StreamSeq;
 
 #[derive(Clone, Debug)]
 pub struct PipelineSettings {
@@ -324,8 +325,12 @@ impl Pipeline {
     fn accept(&mut self, doc: Document, origin: Origin, path: Path) {
         let doc = Arc::new(doc);
         if path.stores() {
-            self.batch
-                .push_document(&doc, origin.received_ms, &mut self.metric_names);
+            batch::add_document(
+                &mut self.batch,
+                &doc,
+                origin.received_ms,
+                &mut self.metric_names,
+            );
             if let Some(judges) = &mut self.judges {
                 let before = self.batch.derived.events.len();
                 judges.document(&doc, origin.position, &mut self.batch.derived);
@@ -438,8 +443,14 @@ impl Pipeline {
             tracing::debug!(topic, reason = reason.as_str(), detail = %rejection.detail, "rejected");
         }
         if path.stores() {
-            self.batch
-                .push_rejection(rejection, topic, device, payload, received_ms);
+            batch::add_rejection(
+                &mut self.batch,
+                rejection,
+                topic,
+                device,
+                payload,
+                received_ms,
+            );
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::batch::Batch;
 use crate::events::EventFeed;
-use crate::store::Store;
+use fieldline_store::batch::Batch;
+use fieldline_store::Store;
 
 /// The pipeline's end of the writer queue.
 pub struct WriterHandle {
@@ -113,7 +113,7 @@ fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
         .zip(first_seq..)
         .map(|(mut event, seq)| {
             event.seq = seq;
-            event.stored_ms = crate::time_format::now_ms();
+            event.stored_ms = fieldline_store::time_format::now_ms();
             metrics::counter!("fieldline_events_total", "kind" => event.kind.as_str()).increment(1);
             Arc::new(event)
         })

@@ -118,5 +118,5 @@ pub async fn wait_stored_fixes(server: &Server, device: &str, n: usize) {
 }
 
 pub fn rfc3339(ms: i64) -> String {
-    fieldline_ingest::time_format::format_ms(ms)
+    fieldline_store::time_format::format_ms(ms)
 }

@@ -13,9 +13,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use fieldline_broker::credentials::{hash_secret, new_secret};
-use fieldline_ingest::store::{ApiTokenRecord, DeviceCredential};
-use fieldline_ingest::time_format::{format_ms, now_ms};
-use fieldline_ingest::StoreError;
+use fieldline_store::time_format::{format_ms, now_ms};
+use fieldline_store::StoreError;
+use fieldline_store::{ApiTokenRecord, DeviceCredential};
 use serde::Deserialize;
 use serde_json::{json, Value};
 

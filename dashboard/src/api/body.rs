@@ -36,9 +36,9 @@ pub fn checked_id(text: &str, what: &str) -> Result<i64, ApiError> {
 }
 
 /// Store errors of configuration calls: a missing id is a 404.
-pub fn store_error(e: fieldline_ingest::StoreError) -> ApiError {
+pub fn store_error(e: fieldline_store::StoreError) -> ApiError {
     match e {
-        fieldline_ingest::StoreError::NotFound(what) => {
+        fieldline_store::StoreError::NotFound(what) => {
             ApiError::not_found(format!("no such {what}"))
         }
         e => e.into(),

@@ -1,8 +1,8 @@
 //! Bucket sizes for charts: `bucket=` as given, or `points=` picking the smallest standard
 //! size that fits, and the rows they produce.
 
-use fieldline_ingest::store::{BucketRow, Range};
-use fieldline_ingest::time_format::format_ms;
+use fieldline_store::time_format::format_ms;
+use fieldline_store::{BucketRow, Range};
 use serde::Serialize;
 
 use crate::ApiError;

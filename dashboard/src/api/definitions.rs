@@ -3,8 +3,8 @@
 
 use axum::http::StatusCode;
 use axum::Json;
-use fieldline_ingest::store::Definitions;
-use fieldline_ingest::time_format::now_ms;
+use fieldline_store::time_format::now_ms;
+use fieldline_store::Definitions;
 use serde_json::Value;
 
 use super::body::{checked_id, store_error, with_id};

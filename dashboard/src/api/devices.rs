@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use fieldline_ingest::store::DeviceSummary;
+use fieldline_store::DeviceSummary;
 
 use super::checked_device_id;
 use crate::{ApiError, AppState};

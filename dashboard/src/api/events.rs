@@ -5,15 +5,15 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::events::{Event, EventKind};
-use fieldline_ingest::store::EventQuery;
-use fieldline_ingest::time_format::{format_ms, parse_api_time};
+use fieldline_store::time_format::{format_ms, parse_api_time};
+use fieldline_store::EventQuery;
 use serde::Deserialize;
 use serde_json::Value;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::{Store, StoreError};
 
 use super::{checked_device_id, export};
 use crate::{ApiError, AppState};

@@ -8,9 +8,9 @@ use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use fieldline_ingest::store::{Range, TelemetryPoint, TrackPoint};
-use fieldline_ingest::time_format::format_ms;
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::time_format::format_ms;
+use fieldline_store::{Range, TelemetryPoint, TrackPoint};
+use fieldline_store::{Store, StoreError};
 
 use crate::paging::TimePager;
 

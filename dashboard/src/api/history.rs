@@ -6,8 +6,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::store::{BucketQuery, Range, TrackPoint};
-use fieldline_ingest::time_format::{now_ms, parse_api_time};
+use fieldline_store::time_format::{now_ms, parse_api_time};
+use fieldline_store::{BucketQuery, Range, TrackPoint};
 use serde::Deserialize;
 
 use super::buckets;

@@ -3,7 +3,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use fieldline_ingest::store::RejectedMessage;
+use fieldline_store::RejectedMessage;
 use serde::Deserialize;
 
 use crate::{ApiError, AppState};

@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
-use fieldline_ingest::time_format::format_ms;
+use fieldline_store::time_format::format_ms;
 use serde::Deserialize;
 
 use crate::live_clients::LiveClient;

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::alerts::AlertRule;
-use fieldline_ingest::store::Definitions;
-use fieldline_ingest::time_format::now_ms;
+use fieldline_store::time_format::now_ms;
+use fieldline_store::Definitions;
 use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error, with_id, without_id};

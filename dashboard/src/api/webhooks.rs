@@ -7,9 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::store::{EventQuery, WebhookRecord};
-use fieldline_ingest::time_format::{format_ms, now_ms};
 use fieldline_ingest::webhook;
+use fieldline_store::time_format::{format_ms, now_ms};
+use fieldline_store::{EventQuery, WebhookRecord};
 use serde_json::{json, Value};
 
 use super::body::{checked_id, json_body, store_error};

@@ -24,7 +24,7 @@ use crate::live::{Filter, Outgoing, Position, Subscription};
 use crate::live_clients::LiveClient;
 use crate::replay::{Output, Place, Player, RequestError, Speed};
 use crate::{ApiError, AppState};
-use fieldline_ingest::time_format::{format_ms, parse_api_time};
+use fieldline_store::time_format::{format_ms, parse_api_time};
 
 /// A client that cannot take a frame for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

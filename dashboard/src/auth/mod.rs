@@ -23,7 +23,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::store::ApiTokenRecord;
+use fieldline_store::ApiTokenRecord;
 use subtle::ConstantTimeEq;
 use tokio::sync::{watch, Notify};
 

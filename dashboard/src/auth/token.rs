@@ -6,7 +6,7 @@
 //! passwords, and no one guesses 256 bits).
 
 use fieldline_broker::credentials::new_secret;
-use fieldline_ingest::store::ApiTokenRecord;
+use fieldline_store::ApiTokenRecord;
 use sha2::{Digest, Sha256};
 
 /// Who a token speaks for.

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldline_ingest::document::{Body, Document};
 use fieldline_ingest::events::{Event, EventFeed};
-use fieldline_ingest::time_format::now_ms;
 use fieldline_ingest::{LiveFeed, Origin};
+use fieldline_store::time_format::now_ms;
 use tokio::sync::Notify;
 
 use super::event::{LiveEvent, Payload};

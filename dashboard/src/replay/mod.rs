@@ -8,7 +8,7 @@ mod source;
 use std::fmt;
 
 use fieldline_ingest::document::is_valid_name;
-use fieldline_ingest::time_format::format_ms;
+use fieldline_store::time_format::format_ms;
 
 pub use player::{Output, Player};
 
@@ -150,7 +150,7 @@ impl Request {
             return Err(RequestError::DeviceCount);
         }
         let time = |t: Option<&str>| {
-            t.and_then(fieldline_ingest::time_format::parse_api_time)
+            t.and_then(fieldline_store::time_format::parse_api_time)
                 .ok_or(RequestError::Time)
         };
         let (from_ms, to_ms) = (time(from)?, time(to)?);

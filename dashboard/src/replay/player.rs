@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::{Store, StoreError};
 use tokio::time::Instant;
 
 use super::source::{Item, Source};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use fieldline_ingest::document::{Body, Document, Location, Metric, Status, Telemetry};
 use fieldline_ingest::events::{Event, EventKind};
-use fieldline_ingest::store::{EventQuery, StatusPoint, TelemetryPoint, TrackPoint};
-use fieldline_ingest::{Store, StoreError};
+use fieldline_store::{EventQuery, StatusPoint, TelemetryPoint, TrackPoint};
+use fieldline_store::{Store, StoreError};
 
 use super::ReplayKind;
 use crate::live::Payload;

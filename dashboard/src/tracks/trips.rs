@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use super::metres_between;
-use fieldline_ingest::time_format::format_ms;
+use fieldline_store::time_format::format_ms;
 
 /// Fixes without a speed count as stopped while they stay this close to where the stop began.
 pub const STILL_RADIUS_M: f64 = 50.0;

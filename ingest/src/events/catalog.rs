@@ -36,7 +36,7 @@ impl<T> Catalog<T> {
 
 use crate::alerts::{AlertRule, AlertRules};
 use crate::geofence::{Fence, Fences};
-use crate::store::{Definitions, EventStore, StoreError};
+use fieldline_store::{Definitions, EventStore, StoreError};
 
 /// The stored geofences, indexed. One that no longer reads (stored by an older version with
 /// other rules) is left out and logged, rather than stopping the service. Reading and
@@ -52,7 +52,7 @@ pub async fn load_fences(store: &dyn EventStore) -> Result<Fences, StoreError> {
     }
 }
 
-fn index_fences(stored: Vec<crate::store::Definition>) -> Fences {
+fn index_fences(stored: Vec<fieldline_store::Definition>) -> Fences {
     let mut fences = Vec::new();
     for d in stored {
         let parsed = serde_json::from_str(&d.body)

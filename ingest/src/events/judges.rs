@@ -16,68 +16,7 @@ use crate::document::{Body, Document};
 use crate::geofence::judge::{FenceState, Fix, Seen};
 use crate::geofence::Fences;
 
-/// What a state is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Subject {
-    Geofence(i64),
-    Rule(i64),
-}
-
-impl Subject {
-    pub fn kind(self) -> &'static str {
-        match self {
-            Subject::Geofence(_) => "geofence",
-            Subject::Rule(_) => "rule",
-        }
-    }
-
-    pub fn id(self) -> i64 {
-        match self {
-            Subject::Geofence(id) | Subject::Rule(id) => id,
-        }
-    }
-
-    pub fn from_parts(kind: &str, id: i64) -> Option<Subject> {
-        match kind {
-            "geofence" => Some(Subject::Geofence(id)),
-            "rule" => Some(Subject::Rule(id)),
-            _ => None,
-        }
-    }
-}
-
-/// One device's state with one fence or rule, as stored: `active` is inside (a fence) or
-/// raised (a rule), `since_ms` when that began, `state` the whole state as JSON.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredState {
-    pub device: Arc<str>,
-    pub subject: Subject,
-    pub active: bool,
-    pub since_ms: i64,
-    pub state: String,
-}
-
-/// What the judges decided for one batch.
-#[derive(Debug, Default)]
-pub struct Derived {
-    pub events: Vec<Event>,
-    /// The newest state of each (device, subject) changed; `None`: back to idle, delete it.
-    pub states: HashMap<(Arc<str>, Subject), Option<StoredState>>,
-}
-
-impl Derived {
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.states.is_empty()
-    }
-}
-
-/// What storage holds for the judges at start-up.
-#[derive(Debug, Default)]
-pub struct JudgeSeed {
-    pub states: Vec<StoredState>,
-    /// Each device's newest stored fix time: an older fix is late.
-    pub newest_fix_ms: Vec<(String, i64)>,
-}
+pub use fieldline_store::derived::{Derived, JudgeSeed, StoredState, Subject};
 
 #[derive(Default)]
 struct DeviceStates {

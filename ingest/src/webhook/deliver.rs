@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::{sign, wants, DeliverySettings};
 use crate::events::Event;
-use crate::store::{EventQuery, Store, WebhookRecord};
-use crate::time_format::now_ms;
+use fieldline_store::time_format::now_ms;
+use fieldline_store::{EventQuery, Store, WebhookRecord};
 
 /// Events read from storage per round.
 const READ_CHUNK: u32 = 256;

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::events::devices::Devices;
 use crate::events::{Event, EventFeed, EventKind};
-use crate::store::{Store, StoreError, WebhookRecord};
+use fieldline_store::{Store, StoreError, WebhookRecord};
 
 const MAX_URL: usize = 2_048;
 const MAX_SECRET: usize = 256;

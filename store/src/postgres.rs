@@ -24,7 +24,7 @@ use super::{
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::{Batch, PositionRow};
-use crate::events::judges::Derived;
+use crate::derived::Derived;
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
@@ -35,16 +35,16 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct PgStore {
-    pub(in crate::store) pool: PgPool,
+    pub(crate) pool: PgPool,
     options: PgConnectOptions,
     /// The writer's dedicated connection; re-opened after an error.
     writer: Mutex<Option<PgConnection>>,
     /// The roll-ups are TimescaleDB continuous aggregates (refreshed), not tables (written).
-    pub(in crate::store) continuous_aggregates: bool,
+    pub(crate) continuous_aggregates: bool,
     /// Positions and telemetry are natively partitioned by day (else TimescaleDB hypertables).
-    pub(in crate::store) native_partitions: bool,
+    pub(crate) native_partitions: bool,
     /// Batches mark their minutes for the roll-up task, and bucket queries use roll-ups.
-    pub(in crate::store) rollups: bool,
+    pub(crate) rollups: bool,
     /// Days (since 1970, UTC) known to have their partitions, so a batch of back-filled
     /// history gets its own instead of landing in the default partition.
     partition_days: std::sync::Mutex<HashSet<i64>>,
@@ -100,7 +100,7 @@ impl PgStore {
     }
 
     /// After partitions were dropped: the days must be checked (and made) again.
-    pub(in crate::store) fn forget_partition_days(&self) {
+    pub(crate) fn forget_partition_days(&self) {
         if let Ok(mut days) = self.partition_days.lock() {
             days.clear();
         }

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 /// calls on both.
 macro_rules! impl_rollup_store {
     ($store:ty) => {
-        impl $crate::store::rollups::RollupStore for $store {
+        impl $crate::rollups::RollupStore for $store {
             fn pending_minutes(
                 &self,
                 closed_before_ms: i64,
                 limit: u32,
-            ) -> $crate::store::StoreFuture<'_, Vec<i64>> {
+            ) -> $crate::StoreFuture<'_, Vec<i64>> {
                 Box::pin(async move {
                     Ok(sqlx::query_scalar(
                         "SELECT minute FROM rollup_pending WHERE minute <= $1 - 60000 ORDER BY minute LIMIT $2",
@@ -30,7 +30,7 @@ macro_rules! impl_rollup_store {
                 })
             }
 
-            fn pending_count(&self) -> $crate::store::StoreFuture<'_, i64> {
+            fn pending_count(&self) -> $crate::StoreFuture<'_, i64> {
                 Box::pin(async move {
                     Ok(sqlx::query_scalar("SELECT count(*) FROM rollup_pending")
                         .fetch_one(&self.pool)
@@ -42,14 +42,14 @@ macro_rules! impl_rollup_store {
                 &'a self,
                 hour_ms: i64,
                 minutes: &'a [i64],
-            ) -> $crate::store::StoreFuture<'a, usize> {
+            ) -> $crate::StoreFuture<'a, usize> {
                 Box::pin(self.roll_up_hour(hour_ms, minutes))
             }
 
             fn telemetry_buckets<'a>(
                 &'a self,
-                query: $crate::store::rollups::BucketQuery<'a>,
-            ) -> $crate::store::StoreFuture<'a, Vec<$crate::store::rollups::BucketRow>> {
+                query: $crate::rollups::BucketQuery<'a>,
+            ) -> $crate::StoreFuture<'a, Vec<$crate::rollups::BucketRow>> {
                 Box::pin(self.buckets(query))
             }
         }

@@ -160,11 +160,11 @@ impl AccessChange<'_> {
 /// Implements [`AccessStore`] for a back end whose struct has a `pool` field.
 macro_rules! impl_access_store {
     ($store:ty) => {
-        impl $crate::store::access::AccessStore for $store {
-            fn access_revision(&self) -> $crate::store::StoreFuture<'_, i64> {
+        impl $crate::access::AccessStore for $store {
+            fn access_revision(&self) -> $crate::StoreFuture<'_, i64> {
                 Box::pin(async move {
                     let revision: i64 =
-                        sqlx::query_scalar($crate::store::access::CURRENT_REVISION)
+                        sqlx::query_scalar($crate::access::CURRENT_REVISION)
                             .fetch_one(&self.pool)
                             .await?;
                     Ok(revision)
@@ -174,13 +174,13 @@ macro_rules! impl_access_store {
             fn access_changes(
                 &self,
                 since: i64,
-            ) -> $crate::store::StoreFuture<'_, $crate::store::access::AccessChanges> {
-                use $crate::store::access as access;
+            ) -> $crate::StoreFuture<'_, $crate::access::AccessChanges> {
+                use $crate::access as access;
                 Box::pin(async move {
                     // One transaction, so the revision matches the rows read with it.
                     let mut tx = self.pool.begin().await?;
                     let revision: i64 =
-                        sqlx::query_scalar($crate::store::access::CURRENT_REVISION)
+                        sqlx::query_scalar($crate::access::CURRENT_REVISION)
                             .fetch_one(&mut *tx)
                             .await?;
                     let devices = sqlx::query_as(access::SELECT_DEVICES)
@@ -205,8 +205,8 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 secret_hash: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, i64> {
-                use $crate::store::access::AccessChange;
+            ) -> $crate::StoreFuture<'a, i64> {
+                use $crate::access::AccessChange;
                 Box::pin(self.access_change(AccessChange::AddDevice { device, secret_hash, now_ms }))
             }
 
@@ -215,8 +215,8 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 secret_hash: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, i64> {
-                use $crate::store::access::AccessChange;
+            ) -> $crate::StoreFuture<'a, i64> {
+                use $crate::access::AccessChange;
                 Box::pin(self.access_change(AccessChange::SetSecret { device, secret_hash, now_ms }))
             }
 
@@ -225,16 +225,16 @@ macro_rules! impl_access_store {
                 device: &'a str,
                 enabled: bool,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, i64> {
-                use $crate::store::access::AccessChange;
+            ) -> $crate::StoreFuture<'a, i64> {
+                use $crate::access::AccessChange;
                 Box::pin(self.access_change(AccessChange::SetEnabled { device, enabled, now_ms }))
             }
 
             fn add_token<'a>(
                 &'a self,
-                token: &'a $crate::store::access::ApiTokenRecord,
-            ) -> $crate::store::StoreFuture<'a, i64> {
-                use $crate::store::access::AccessChange;
+                token: &'a $crate::access::ApiTokenRecord,
+            ) -> $crate::StoreFuture<'a, i64> {
+                use $crate::access::AccessChange;
                 Box::pin(self.access_change(AccessChange::AddToken(token)))
             }
 
@@ -242,8 +242,8 @@ macro_rules! impl_access_store {
                 &'a self,
                 id: &'a str,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, i64> {
-                use $crate::store::access::AccessChange;
+            ) -> $crate::StoreFuture<'a, i64> {
+                use $crate::access::AccessChange;
                 Box::pin(self.access_change(AccessChange::RevokeToken { id, now_ms }))
             }
         }
@@ -252,12 +252,12 @@ macro_rules! impl_access_store {
             /// One change in its own transaction, under the next access revision.
             async fn access_change(
                 &self,
-                change: $crate::store::access::AccessChange<'_>,
-            ) -> Result<i64, $crate::store::StoreError> {
-                use $crate::store::access::AccessChange;
-                use $crate::store::StoreError;
+                change: $crate::access::AccessChange<'_>,
+            ) -> Result<i64, $crate::StoreError> {
+                use $crate::access::AccessChange;
+                use $crate::StoreError;
                 let mut tx = self.pool.begin().await?;
-                let revision: i64 = sqlx::query_scalar($crate::store::access::NEXT_REVISION)
+                let revision: i64 = sqlx::query_scalar($crate::access::NEXT_REVISION)
                     .fetch_one(&mut *tx)
                     .await?;
                 // The revision is always $1.

@@ -4,7 +4,7 @@
 //! their keys name the rows.
 
 use super::{Cutoffs, Removed, RetentionStore, STEP_ROWS};
-use crate::store::{SqliteStore, StoreFuture};
+use crate::{SqliteStore, StoreFuture};
 
 impl RetentionStore for SqliteStore {
     fn expire_step(&self, cutoffs: Cutoffs) -> StoreFuture<'_, Removed> {

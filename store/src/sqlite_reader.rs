@@ -19,13 +19,13 @@ use super::{Range, StatusPoint, StoreError, TelemetryPoint, TrackPoint};
 /// Connections kept open between reads: one per reader that runs at once, as a rule.
 const IDLE_CONNECTIONS: usize = 4;
 
-pub(in crate::store) struct HistoryReader {
+pub(crate) struct HistoryReader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl HistoryReader {
-    pub(in crate::store) fn new(path: PathBuf) -> Arc<Self> {
+    pub(crate) fn new(path: PathBuf) -> Arc<Self> {
         Arc::new(Self {
             path,
             idle: Mutex::new(Vec::new()),
@@ -82,7 +82,7 @@ impl HistoryReader {
         }
     }
 
-    pub(in crate::store) async fn track(
+    pub(crate) async fn track(
         self: &Arc<Self>,
         device: &str,
         range: Range,
@@ -111,7 +111,7 @@ impl HistoryReader {
         .await
     }
 
-    pub(in crate::store) async fn telemetry(
+    pub(crate) async fn telemetry(
         self: &Arc<Self>,
         device: &str,
         metric: Option<&str>,
@@ -150,7 +150,7 @@ impl HistoryReader {
         .await
     }
 
-    pub(in crate::store) async fn statuses(
+    pub(crate) async fn statuses(
         self: &Arc<Self>,
         device: &str,
         range: Range,

@@ -1,11 +1,17 @@
-//! Storage: the [`Store`] trait and its two back ends.
+//! Storage, beneath the write path (ingest) and the read path (dashboard): the [`Store`]
+//! trait and its two back ends, the rows it writes ([`batch`]) and the events and states
+//! the judges derive ([`derived`]), the records history reads return, roll-ups, retention
+//! and migrations.
 //!
 //! SQLite is the zero-setup default; PostgreSQL (with TimescaleDB when the server has it) is
 //! for production. Both are reached through sqlx with runtime-checked queries, so building
 //! needs no database.
 
 pub mod access;
+pub mod batch;
+pub mod derived;
 pub mod events;
+mod kind;
 mod log_state;
 mod pg_copy;
 mod postgres;
@@ -14,6 +20,7 @@ pub mod retention;
 pub mod rollups;
 mod sqlite;
 mod sqlite_reader;
+pub mod time_format;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::batch::Batch;
-use crate::document::Kind;
+pub use kind::Kind;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};

@@ -9,10 +9,10 @@ use super::{
     floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
     Source, HOUR_MS, MINUTE_MS,
 };
-use crate::store::{PgStore, StoreError};
+use crate::{PgStore, StoreError};
 
 /// Marks a batch's minutes (`$1`, ascending), in the batch's transaction.
-pub(in crate::store) const MARK_MINUTES: &str =
+pub(crate) const MARK_MINUTES: &str =
     "INSERT INTO rollup_pending AS p (minute) SELECT * FROM UNNEST($1::int8[])
      ON CONFLICT (minute) DO UPDATE SET version = p.version + 1";
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::StoreFuture;
-use crate::events::judges::{Derived, JudgeSeed, StoredState, Subject};
-use crate::events::{Event, EventKind};
+use crate::derived::{Derived, JudgeSeed, StoredState, Subject};
+use crate::derived::{Event, EventKind};
 
 /// Geofences and alert rules are stored the same way: an id, a name and their JSON form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,28 +234,28 @@ pub(super) const STATE_UPSERT_TAIL: &str = " ON CONFLICT (device_id, subject, su
 /// Implements [`EventStore`] for a back end `$store` (with a `pool` field) over database `$db`.
 macro_rules! impl_event_store {
     ($store:ty, $db:ty) => {
-        impl $crate::store::events::EventStore for $store {
+        impl $crate::events::EventStore for $store {
             fn definitions(
                 &self,
-                what: $crate::store::events::Definitions,
-            ) -> $crate::store::StoreFuture<'_, Vec<$crate::store::events::Definition>> {
+                what: $crate::events::Definitions,
+            ) -> $crate::StoreFuture<'_, Vec<$crate::events::Definition>> {
                 Box::pin(async move {
                     let sql = format!("SELECT id, name, {} FROM {} ORDER BY id", what.column(), what.table());
                     let rows: Vec<(i64, String, String)> =
                         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
                     Ok(rows
                         .into_iter()
-                        .map(|(id, name, body)| $crate::store::events::Definition { id, name, body })
+                        .map(|(id, name, body)| $crate::events::Definition { id, name, body })
                         .collect())
                 })
             }
 
             fn add_definitions<'a>(
                 &'a self,
-                what: $crate::store::events::Definitions,
+                what: $crate::events::Definitions,
                 items: &'a [(String, serde_json::Value)],
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, Vec<i64>> {
+            ) -> $crate::StoreFuture<'a, Vec<i64>> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let sql = format!(
@@ -280,12 +280,12 @@ macro_rules! impl_event_store {
 
             fn replace_definition<'a>(
                 &'a self,
-                what: $crate::store::events::Definitions,
+                what: $crate::events::Definitions,
                 id: i64,
                 name: &'a str,
                 body: &'a serde_json::Value,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::StoreFuture<'a, ()> {
                 Box::pin(async move {
                     let sql = format!(
                         "UPDATE {} SET name = $2, {} = $3, updated_at = $4 WHERE id = $1",
@@ -301,7 +301,7 @@ macro_rules! impl_event_store {
                         .await?
                         .rows_affected();
                     if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.subject())));
+                        return Err($crate::StoreError::NotFound(format!("{} {id}", what.subject())));
                     }
                     Ok(())
                 })
@@ -309,15 +309,15 @@ macro_rules! impl_event_store {
 
             fn delete_definition(
                 &self,
-                what: $crate::store::events::Definitions,
+                what: $crate::events::Definitions,
                 id: i64,
-            ) -> $crate::store::StoreFuture<'_, ()> {
+            ) -> $crate::StoreFuture<'_, ()> {
                 Box::pin(async move {
                     let mut tx = self.pool.begin().await?;
                     let sql = format!("DELETE FROM {} WHERE id = $1", what.table());
                     let changed = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(&mut *tx).await?.rows_affected();
                     if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("{} {id}", what.subject())));
+                        return Err($crate::StoreError::NotFound(format!("{} {id}", what.subject())));
                     }
                     sqlx::query("DELETE FROM judge_state WHERE subject = $1 AND subject_id = $2")
                         .bind(what.subject())
@@ -329,18 +329,18 @@ macro_rules! impl_event_store {
                 })
             }
 
-            fn judge_seed(&self) -> $crate::store::StoreFuture<'_, $crate::events::judges::JudgeSeed> {
+            fn judge_seed(&self) -> $crate::StoreFuture<'_, $crate::derived::JudgeSeed> {
                 Box::pin(async move {
-                    let sql = format!("SELECT {} FROM judge_state", $crate::store::events::STATE_COLUMNS);
-                    let rows: Vec<$crate::store::events::StateRow> =
+                    let sql = format!("SELECT {} FROM judge_state", $crate::events::STATE_COLUMNS);
+                    let rows: Vec<$crate::events::StateRow> =
                         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
                     let newest_fix_ms: Vec<(String, i64)> = sqlx::query_as(
                         "SELECT device_id, last_fix_ms FROM devices WHERE last_fix_ms IS NOT NULL",
                     )
                     .fetch_all(&self.pool)
                     .await?;
-                    Ok($crate::events::judges::JudgeSeed {
-                        states: rows.into_iter().filter_map($crate::store::events::state_from_row).collect(),
+                    Ok($crate::derived::JudgeSeed {
+                        states: rows.into_iter().filter_map($crate::events::state_from_row).collect(),
                         newest_fix_ms,
                     })
                 })
@@ -349,31 +349,31 @@ macro_rules! impl_event_store {
             fn device_states<'a>(
                 &'a self,
                 device: &'a str,
-                what: $crate::store::events::Definitions,
-            ) -> $crate::store::StoreFuture<'a, Vec<$crate::events::judges::StoredState>> {
+                what: $crate::events::Definitions,
+            ) -> $crate::StoreFuture<'a, Vec<$crate::derived::StoredState>> {
                 Box::pin(async move {
                     let sql = format!(
                         "SELECT {} FROM judge_state WHERE device_id = $1 AND subject = $2 ORDER BY subject_id",
-                        $crate::store::events::STATE_COLUMNS
+                        $crate::events::STATE_COLUMNS
                     );
-                    let rows: Vec<$crate::store::events::StateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    let rows: Vec<$crate::events::StateRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(device)
                         .bind(what.subject())
                         .fetch_all(&self.pool)
                         .await?;
-                    Ok(rows.into_iter().filter_map($crate::store::events::state_from_row).collect())
+                    Ok(rows.into_iter().filter_map($crate::events::state_from_row).collect())
                 })
             }
 
             fn events<'a>(
                 &'a self,
-                query: &'a $crate::store::events::EventQuery,
-            ) -> $crate::store::StoreFuture<'a, Vec<$crate::events::Event>> {
+                query: &'a $crate::events::EventQuery,
+            ) -> $crate::StoreFuture<'a, Vec<$crate::derived::Event>> {
                 Box::pin(async move {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "SELECT seq, kind, device_id, ts, log_position, fields, stored_at FROM events WHERE seq > ",
                     );
-                    q.push_bind($crate::store::events::to_db(query.after_seq));
+                    q.push_bind($crate::events::to_db(query.after_seq));
                     q.push(" AND ts >= ").push_bind(query.from_ms);
                     q.push(" AND ts < ").push_bind(query.to_ms);
                     if !query.devices.is_empty() {
@@ -393,13 +393,13 @@ macro_rules! impl_event_store {
                         q.push(")");
                     }
                     q.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
-                    let rows: Vec<$crate::store::events::EventRow> =
+                    let rows: Vec<$crate::events::EventRow> =
                         q.build_query_as().fetch_all(&self.pool).await?;
-                    Ok(rows.into_iter().filter_map($crate::store::events::event_from_row).collect())
+                    Ok(rows.into_iter().filter_map($crate::events::event_from_row).collect())
                 })
             }
 
-            fn last_event_seq(&self) -> $crate::store::StoreFuture<'_, u64> {
+            fn last_event_seq(&self) -> $crate::StoreFuture<'_, u64> {
                 Box::pin(async move {
                     let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
                         .fetch_one(&self.pool)
@@ -408,27 +408,27 @@ macro_rules! impl_event_store {
                 })
             }
 
-            fn webhooks(&self) -> $crate::store::StoreFuture<'_, Vec<$crate::store::events::WebhookRecord>> {
+            fn webhooks(&self) -> $crate::StoreFuture<'_, Vec<$crate::events::WebhookRecord>> {
                 Box::pin(async move {
-                    let sql = format!("SELECT {} FROM webhooks ORDER BY id", $crate::store::events::WEBHOOK_COLUMNS);
-                    let rows: Vec<$crate::store::events::WebhookRow> =
+                    let sql = format!("SELECT {} FROM webhooks ORDER BY id", $crate::events::WEBHOOK_COLUMNS);
+                    let rows: Vec<$crate::events::WebhookRow> =
                         sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-                    Ok(rows.into_iter().map($crate::store::events::webhook_from_row).collect())
+                    Ok(rows.into_iter().map($crate::events::webhook_from_row).collect())
                 })
             }
 
             fn add_webhook<'a>(
                 &'a self,
-                hook: &'a $crate::store::events::WebhookRecord,
-            ) -> $crate::store::StoreFuture<'a, $crate::store::events::WebhookRecord> {
+                hook: &'a $crate::events::WebhookRecord,
+            ) -> $crate::StoreFuture<'a, $crate::events::WebhookRecord> {
                 Box::pin(async move {
                     let sql = format!(
                         "INSERT INTO webhooks (url, kinds, devices, secret, delivered_seq, created_at)
                          VALUES ($1, $2, $3, $4, (SELECT COALESCE(MAX(seq), 0) FROM events), $5)
                          RETURNING {}",
-                        $crate::store::events::WEBHOOK_COLUMNS
+                        $crate::events::WEBHOOK_COLUMNS
                     );
-                    let row: $crate::store::events::WebhookRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    let row: $crate::events::WebhookRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(&hook.url)
                         .bind(serde_json::to_string(&hook.kinds).unwrap_or_default())
                         .bind(serde_json::to_string(&hook.devices).unwrap_or_default())
@@ -436,11 +436,11 @@ macro_rules! impl_event_store {
                         .bind(hook.created_at_ms)
                         .fetch_one(&self.pool)
                         .await?;
-                    Ok($crate::store::events::webhook_from_row(row))
+                    Ok($crate::events::webhook_from_row(row))
                 })
             }
 
-            fn delete_webhook(&self, id: i64) -> $crate::store::StoreFuture<'_, ()> {
+            fn delete_webhook(&self, id: i64) -> $crate::StoreFuture<'_, ()> {
                 Box::pin(async move {
                     let changed = sqlx::query("DELETE FROM webhooks WHERE id = $1")
                         .bind(id)
@@ -448,7 +448,7 @@ macro_rules! impl_event_store {
                         .await?
                         .rows_affected();
                     if changed == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("webhook {id}")));
+                        return Err($crate::StoreError::NotFound(format!("webhook {id}")));
                     }
                     Ok(())
                 })
@@ -460,7 +460,7 @@ macro_rules! impl_event_store {
                 delivered_seq: u64,
                 error: Option<&'a str>,
                 now_ms: i64,
-            ) -> $crate::store::StoreFuture<'a, ()> {
+            ) -> $crate::StoreFuture<'a, ()> {
                 Box::pin(async move {
                     sqlx::query(
                         "UPDATE webhooks SET delivered_seq = $2, last_error = COALESCE($3, last_error),
@@ -468,7 +468,7 @@ macro_rules! impl_event_store {
                          WHERE id = $1",
                     )
                     .bind(id)
-                    .bind($crate::store::events::to_db(delivered_seq))
+                    .bind($crate::events::to_db(delivered_seq))
                     .bind(error)
                     .bind(now_ms)
                     .execute(&self.pool)

@@ -9,11 +9,11 @@ use super::{
     floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
     Source, HOUR_MS, MINUTE_MS,
 };
-use crate::store::sqlite::insert_all;
-use crate::store::{SqliteStore, StoreError};
+use crate::sqlite::insert_all;
+use crate::{SqliteStore, StoreError};
 
 /// Marks a batch's minutes (`$1`, a JSON array, ascending), in the batch's transaction.
-pub(in crate::store) const MARK_MINUTES: &str =
+pub(crate) const MARK_MINUTES: &str =
     "INSERT INTO rollup_pending (minute) SELECT value FROM json_each($1) WHERE true
      ON CONFLICT (minute) DO UPDATE SET version = version + 1";
 

@@ -3,7 +3,7 @@
 //! `drop_chunks` on the hypertables, and on the continuous aggregates when there are some.
 
 use super::{Cutoffs, Removed, RetentionStore, STEP_ROWS};
-use crate::store::{PgStore, StoreError, StoreFuture};
+use crate::{PgStore, StoreError, StoreFuture};
 
 /// Rows of `table` whose `column` is before `$1` (epoch ms), one step's worth, found by a
 /// LIMIT subquery (PostgreSQL has no DELETE ... LIMIT); ctid stays valid within the statement.

@@ -3,8 +3,8 @@
 
 use super::{DeviceSummary, RejectedMessage, StatusPoint, StreamSeq, TelemetryPoint, TrackPoint};
 use crate::batch::{DeviceUpdate, PositionRow};
-use crate::document::Kind;
 use crate::time_format::format_ms;
+use crate::Kind;
 
 /// device_id, first_seen ms, last_seen ms, last_location JSON, last_metrics JSON, online.
 pub(crate) type DeviceRecord = (String, i64, i64, Option<String>, Option<String>, bool);

@@ -8,7 +8,7 @@
 //! a 32-bit length (-1 for NULL) and the value in network byte order; then a -1 trailer.
 
 use crate::batch::{PositionRow, TelemetryRow};
-use crate::store::records::TrackRecord;
+use crate::records::TrackRecord;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).

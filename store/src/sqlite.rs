@@ -24,7 +24,7 @@ use super::{
     TelemetryPoint, TrackPoint,
 };
 use crate::batch::Batch;
-use crate::events::judges::Derived;
+use crate::derived::Derived;
 
 /// Rows per multi-row statement. SQLite compiles every row of a VALUES list into its
 /// program, so a statement's memory grows with its rows (about 1.2 MB at 1,000 device rows)
@@ -41,9 +41,9 @@ fn keep_prepared(rows: usize) -> bool {
 }
 
 pub struct SqliteStore {
-    pub(in crate::store) pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     /// Batches mark their minutes for the roll-up task, and bucket queries use roll-ups.
-    pub(in crate::store) rollups: bool,
+    pub(crate) rollups: bool,
     /// Tracks, telemetry and statuses by range: see [`HistoryReader`].
     reader: Arc<HistoryReader>,
 }
@@ -255,7 +255,7 @@ async fn write_derived(
 }
 
 /// Inserts `rows` with multi-row VALUES, [`ROWS_PER_STATEMENT`] at a time.
-pub(in crate::store) async fn insert_all<T>(
+pub(crate) async fn insert_all<T>(
     tx: &mut Transaction<'_, Sqlite>,
     head: &'static str,
     rows: &[T],
