@@ -2,10 +2,8 @@
 
 mod access_sync;
 mod config;
-mod handover;
 mod judging;
 mod live_epoch;
-mod log_to_storage;
 mod registry_cli;
 mod service;
 

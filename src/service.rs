@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fieldline_broker::wal::{Durability, Opened, Wal, WalSettings};
-use fieldline_broker::{BrokerSettings, Guard, GuardSettings, TapReceiver};
+use fieldline_broker::{BrokerSettings, Guard, GuardSettings};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::events::EventFeeds;
+use fieldline_ingest::source;
 use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
 use fieldline_ingest::writer::spawn_writer;
@@ -148,17 +149,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         seeds,
     );
     pipeline.judge_with(judging.judges);
-    // Before any device is accepted: the log rebuilds the live history, and what it holds
-    // beyond storage is stored.
+    // Before any device is accepted: the log rebuilds the live history, what it holds beyond
+    // storage is stored, and devices left online by the last run go offline.
     let wal = wal.map(|(wal, _)| wal);
-    if let Some(wal) = &wal {
-        crate::log_to_storage::replay(&mut pipeline, wal.clone(), stored_position, stored.clone())
-            .await?;
-    }
-    hub.end_rebuild();
-    let ended =
-        crate::handover::end_presence_left_by_restart(&mut pipeline, store.as_ref(), wal.as_ref())
-            .await?;
+    let ended = source::recover(
+        &mut pipeline,
+        store.as_ref(),
+        hub.as_ref(),
+        wal.as_ref(),
+        stored_position,
+        stored.clone(),
+    )
+    .await
+    .context("cannot recover from the last run")?;
     if ended > 0 {
         tracing::info!(
             devices = ended,
@@ -170,12 +173,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let spill_state = Arc::new(SpillState::default());
     if let Some(wal) = &wal {
         pipeline.spill_to(
-            Box::new(crate::log_to_storage::LogBacklog::new(wal.clone())),
+            Box::new(source::LogBacklog::new(wal.clone())),
             spill_state.clone(),
         );
     }
     let log_follower = wal.clone().map(|wal| {
-        tokio::spawn(crate::log_to_storage::follow_storage(
+        tokio::spawn(source::follow_storage(
             wal,
             stored,
             hub.clone(),
@@ -268,7 +271,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The pipeline runs on the runtime's worker threads, beside the connections that feed
     // it: each hand-over then wakes a task, not a parked thread (the start-up thread).
     let (stop_pipeline, stopped) = tokio::sync::oneshot::channel::<()>();
-    let pipeline = tokio::spawn(run_pipeline(
+    let pipeline = tokio::spawn(source::tap::run(
         pipeline,
         tap_rx,
         async {
@@ -342,45 +345,6 @@ fn open_wal(config: &Config, log: &LogState) -> anyhow::Result<Option<(Arc<Wal>,
         "write-ahead log open"
     );
     Ok(Some((wal, opened)))
-}
-
-/// Feeds the pipeline until `shutdown` completes, then closes the tap and drains it; returns
-/// the pipeline with its last batch handed to the writer.
-async fn run_pipeline(
-    mut pipeline: Pipeline,
-    mut tap_rx: TapReceiver,
-    shutdown: impl std::future::Future<Output = ()>,
-    on_tick: impl Fn(),
-) -> Pipeline {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            Some(msg) = tap_rx.recv() => crate::handover::feed(&mut pipeline, msg).await,
-            _ = tick.tick() => {
-                pipeline.flush_if_due().await;
-                on_tick();
-            }
-        }
-    }
-    tracing::info!("shutting down: refusing new publishes, storing everything accepted");
-    // Closing waits for connections that are mid-hand-over, which may need the pipeline to
-    // make room; so keep draining while it runs.
-    let mut closed = tokio::task::spawn_blocking(tap_rx.closer());
-    loop {
-        tokio::select! {
-            _ = &mut closed => break,
-            Some(msg) = tap_rx.recv() => crate::handover::feed(&mut pipeline, msg).await,
-        }
-    }
-    while let Some(msg) = tap_rx.try_recv() {
-        crate::handover::feed(&mut pipeline, msg).await;
-    }
-    pipeline.flush().await;
-    pipeline
 }
 
 /// Live clients' queue depths, for the operator: how many wait and how deep the worst is.

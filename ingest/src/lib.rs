@@ -1,13 +1,16 @@
 //! The ingest pipeline: what devices publish, turned into stored rows.
 //!
-//! The stages follow the data: [`topic`] says who sent what kind of document, [`decode`] turns
-//! a payload into validated [`document`]s (or [`rejection`]s with reasons), [`dedupe`] drops
-//! redelivered sequence numbers, [`batch`] gathers rows, and the [`writer`] hands batches to
-//! storage (`fieldline-store`). [`pipeline`] runs those stages over the messages the broker hands over, turns the
-//! broker's device [`presence`] changes into status documents, and gives every accepted document to
-//! the [`live`] feed as it is accepted. When storage falls behind, new rows wait in the
-//! write-ahead log and the pipeline reads them back as the writer catches up ([`spill`]).
-//! Beside the flow, [`rollup`] keeps the telemetry roll-ups that long charts read.
+//! The stages follow the data: [`source`] takes what the broker hands over (connections as
+//! they read, and the write-ahead log at start and when storage falls behind), [`topic`] says
+//! who sent what kind of document, [`decode`] turns a payload into validated [`document`]s (or
+//! [`rejection`]s with reasons), [`dedupe`] drops redelivered sequence numbers, the judges
+//! ([`events`], with [`geofence`] and [`alerts`]) derive events, [`batch`] gathers rows, and
+//! the [`writer`] hands batches to storage (`fieldline-store`). [`pipeline`] runs those stages,
+//! turns the broker's device [`presence`] changes into status documents, and gives every
+//! accepted document to the [`live`] feed as it is accepted. When storage falls behind, new
+//! rows wait in the write-ahead log and the pipeline reads them back as the writer catches up
+//! ([`spill`]). Beside the flow, [`rollup`] keeps the telemetry roll-ups that long charts read
+//! and [`webhook`] delivers stored events.
 
 pub mod alerts;
 pub mod batch;
@@ -22,6 +25,7 @@ pub mod presence;
 pub mod rejection;
 pub mod retention;
 pub mod rollup;
+pub mod source;
 pub mod spill;
 pub mod topic;
 pub mod webhook;

@@ -37,6 +37,16 @@ impl Origin {
 /// same origins, so a feed can number them by origin and rebuild its history after a restart.
 pub trait LiveFeed: Send + Sync {
     fn publish(&self, document: Arc<Document>, origin: Origin);
+
+    /// The log's replay at start-up is over: what comes next is new.
+    fn replayed(&self) {}
+
+    /// The oldest write-ahead log record the feed still holds documents of (for clients
+    /// that resume): the log keeps it, and what follows, to rebuild them after a restart.
+    /// `None`: it holds none.
+    fn oldest_held_record(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// For a pipeline nobody watches live (tools, tests of storage alone).

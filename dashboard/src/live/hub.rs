@@ -407,6 +407,14 @@ impl Hub {
 }
 
 impl LiveFeed for Hub {
+    fn replayed(&self) {
+        self.end_rebuild();
+    }
+
+    fn oldest_held_record(&self) -> Option<u64> {
+        Hub::oldest_held_record(self)
+    }
+
     fn publish(&self, document: Arc<Document>, origin: Origin) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;

@@ -7,12 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use fieldline_broker::wal::{Reader, Record, Wal};
-use fieldline_dashboard::live::Hub;
-use fieldline_ingest::spill::{Backlog, BacklogError, Logged, SpillState};
-use fieldline_ingest::Pipeline;
 use tokio::sync::{mpsc, watch};
+
+use super::handover::logged;
+use super::SourceError;
+use crate::live::LiveFeed;
+use crate::spill::{Backlog, BacklogError, Logged, SpillState};
+use crate::Pipeline;
 
 /// Records read from disk per hand-over to the pipeline.
 const CHUNK: usize = 1024;
@@ -21,12 +23,12 @@ const CHUNK: usize = 1024;
 /// (storage holds them) rebuild the live history, and the rest are stored; returns once
 /// storage holds all of them. The log is read on a blocking thread, a chunk at a time, so
 /// memory holds one segment and a few chunks whatever the log's size.
-pub async fn replay(
+pub(super) async fn replay(
     pipeline: &mut Pipeline,
     wal: Arc<Wal>,
     stored_position: u64,
     mut stored: watch::Receiver<u64>,
-) -> anyhow::Result<()> {
+) -> Result<(), SourceError> {
     let started = Instant::now();
     // A log that starts past what storage holds lost records: the replay refuses it.
     let after = wal.first_position().min(stored_position + 1) - 1;
@@ -54,17 +56,14 @@ pub async fn replay(
     while let Some(chunk) = rx.recv().await {
         for record in chunk {
             let position = record.position;
-            pipeline.replayed(&crate::handover::logged(record)).await;
+            pipeline.replayed(&logged(record)).await;
             if position > stored_position {
                 records += 1;
                 last = position;
             }
         }
     }
-    reader
-        .await
-        .context("the write-ahead log reader failed")?
-        .context("cannot replay the write-ahead log")?;
+    reader.await??;
     pipeline.flush().await;
     if records == 0 {
         return Ok(());
@@ -72,7 +71,7 @@ pub async fn replay(
     stored
         .wait_for(|&position| position >= last)
         .await
-        .context("the store writer stopped during recovery")?;
+        .map_err(|_| SourceError::WriterStopped)?;
     tracing::info!(
         records,
         to = last,
@@ -87,14 +86,14 @@ pub async fn replay(
 pub async fn follow_storage(
     wal: Arc<Wal>,
     mut stored: watch::Receiver<u64>,
-    hub: Arc<Hub>,
+    live: Arc<dyn LiveFeed>,
     state: Arc<SpillState>,
     spool_max_bytes: u64,
 ) {
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     let release = |position: u64| {
         let wal = wal.clone();
-        let keep_from = hub.oldest_held_record().unwrap_or(u64::MAX);
+        let keep_from = live.oldest_held_record().unwrap_or(u64::MAX);
         // Deleting a segment is a file system call; keep it off the async threads.
         tokio::task::spawn_blocking(move || wal.release(position, keep_from))
     };
@@ -161,6 +160,6 @@ impl Backlog for LogBacklog {
         if let (Some(last), Some((next, _))) = (records.last(), self.cursor.as_mut()) {
             *next = last.position + 1;
         }
-        Ok(records.into_iter().map(crate::handover::logged).collect())
+        Ok(records.into_iter().map(logged).collect())
     }
 }
