@@ -13,10 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fieldline_broker::wal::{Durability, Opened, Wal, WalSettings};
-use fieldline_broker::{BrokerSettings, Guard, GuardSettings};
+use fieldline_broker::{BrokerSettings, Guard, GuardSettings, RunningBroker, Tap, TapReceiver};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
+use fieldline_ingest::events::judges::Judges;
 use fieldline_ingest::events::EventFeeds;
 use fieldline_ingest::source;
 use fieldline_ingest::spill::SpillState;
@@ -27,6 +28,7 @@ use fieldline_store::LogState;
 use fieldline_store::{open_store_with, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
@@ -37,6 +39,58 @@ const REJECTED_KEPT: u32 = 10_000;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
+    let store = open_storage(&config).await?;
+    let access = load_access(&config, store.as_ref()).await?;
+    let log = open_log(&config, store.as_ref()).await?;
+    let hub = start_live_views(&config, store.as_ref(), &log).await?;
+    let judging = crate::judging::load(store.as_ref()).await?;
+    let webhooks = start_webhooks(&config, &store).await?;
+    let ingest = start_ingest(&config, &store, &hub, &webhooks, judging.judges, log).await?;
+    let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
+    let broker = start_broker(&config, &access, ingest.wal.clone()).await?;
+    let tasks = Tasks {
+        access_sync: tokio::spawn(crate::access_sync::follow(
+            store.clone(),
+            access.guard.clone(),
+            access.api.clone(),
+            access.revision,
+        )),
+        housekeeping: tokio::spawn(housekeeping(store.clone())),
+        rollups: config
+            .rollups
+            .then(|| tokio::spawn(fieldline_ingest::rollup::run(store.clone()))),
+        retention: tokio::spawn(fieldline_ingest::retention::run(
+            store.clone(),
+            config.retention,
+        )),
+        live_metrics: tokio::spawn(report_live_queues(hub.clone())),
+    };
+    let state = fieldline_dashboard::AppState {
+        store: store.clone(),
+        hub: hub.clone(),
+        metrics,
+        listeners_up: broker.listeners_up.clone(),
+        access: access.api.clone(),
+        live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
+        spill: ingest.spill_state.clone(),
+        judging: fieldline_dashboard::judging::Judging::new(
+            judging.fences,
+            judging.rules,
+            webhooks.clone(),
+        ),
+        web: fieldline_dashboard::web::WebSettings {
+            map_style: config.map_style.clone(),
+            mqtt: Some(config.mqtt_listen.to_string()),
+        },
+    };
+    let http = serve_http(&config, http_listener, state);
+    run_until_signal(ingest, broker).await?;
+    stop(tasks, &webhooks, &hub, http).await;
+    tracing::info!("stopped cleanly; everything accepted is stored");
+    Ok(())
+}
+
+async fn open_storage(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = open_store_with(
         &config.database_url,
         config.durability == Durability::Fsync,
@@ -45,22 +99,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot open storage {}", config.database_url_redacted()))?;
     tracing::info!(backend = store.backend(), url = %config.database_url_redacted(), "storage ready");
+    Ok(store)
+}
 
-    let seeds = store
-        .stream_seqs()
-        .await
-        .context("cannot read the last sequence numbers")?;
+/// Who may connect and call: the broker's guard over devices, the API's tokens, and the
+/// access registry's revision they reflect.
+struct Access {
+    guard: Arc<Guard>,
+    api: Arc<ApiAccess>,
+    revision: i64,
+}
+
+async fn load_access(config: &Config, store: &dyn Store) -> anyhow::Result<Access> {
     let guard = Guard::new(GuardSettings {
         allow_anonymous: config.allow_anonymous,
         publish_rate: config.device_publish_rate,
         publish_burst: config.device_publish_burst,
         ..GuardSettings::default()
     });
-    let api_access = Arc::new(ApiAccess::default());
-    let access_revision = crate::access_sync::load(store.as_ref(), &guard, &api_access)
+    let api = Arc::new(ApiAccess::default());
+    let revision = crate::access_sync::load(store, &guard, &api)
         .await
         .context("cannot read the access registry (devices and API tokens)")?;
-    config.check_exposure(guard.auth_configured(), api_access.configured())?;
+    config.check_exposure(guard.auth_configured(), api.configured())?;
     if config.allow_anonymous && guard.auth_configured() {
         tracing::warn!("--allow-anonymous: MQTT clients without a username are admitted and may publish and subscribe anywhere, although devices are registered");
     }
@@ -70,19 +131,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         } else {
             "anonymous on loopback"
         },
-        api = if api_access.configured() {
+        api = if api.configured() {
             "token required"
         } else {
             "open on loopback"
         },
         "authentication"
     );
+    Ok(Access {
+        guard,
+        api,
+        revision,
+    })
+}
+
+/// The write-ahead log (none in `memory` mode) and how far storage holds it.
+struct Log {
+    wal: Option<(Arc<Wal>, Opened)>,
+    stored_position: u64,
+}
+
+async fn open_log(config: &Config, store: &dyn Store) -> anyhow::Result<Log> {
     let log_state = store
         .log_state()
         .await
         .context("cannot read the stored write-ahead log position")?;
-    let stored_position = log_state.stored_position;
-    let wal = open_wal(&config, &log_state)?;
+    let wal = open_wal(config, &log_state)?;
     if let Some((_, opened)) = &wal {
         // Before any record is appended: from now on this database follows this log.
         if log_state.log_id.as_deref() != Some(opened.id.as_str()) {
@@ -92,7 +166,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .context("cannot record the write-ahead log's identity in storage")?;
         }
     }
-    let hub = match &wal {
+    Ok(Log {
+        wal,
+        stored_position: log_state.stored_position,
+    })
+}
+
+/// The live hub, numbered by the log when there is one, with the devices' newest stored
+/// positions and the stored events its history starts from.
+async fn start_live_views(
+    config: &Config,
+    store: &dyn Store,
+    log: &Log,
+) -> anyhow::Result<Arc<Hub>> {
+    let hub = match &log.wal {
         Some((wal, opened)) => Hub::following_log(
             config.live.clone(),
             crate::live_epoch::live_epoch(&config.wal_dir, opened),
@@ -100,7 +187,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => Hub::new(config.live.clone()),
     };
-    if wal.is_some() {
+    if log.wal.is_some() {
         let devices = store
             .devices()
             .await
@@ -111,13 +198,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }));
     }
     crate::judging::start_live_outbox(
-        store.as_ref(),
+        store,
         &hub,
-        wal.as_ref().map(|(wal, _)| wal.first_position()),
+        log.wal.as_ref().map(|(wal, _)| wal.first_position()),
         config.live.history_events,
     )
     .await?;
-    let judging = crate::judging::load(store.as_ref()).await?;
+    Ok(hub)
+}
+
+async fn start_webhooks(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Webhooks>> {
     let webhooks = Webhooks::new(
         store.clone(),
         DeliverySettings {
@@ -127,12 +217,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("cannot set up the HTTP client for webhooks")?;
     webhooks.sync().await.context("cannot read the webhooks")?;
+    Ok(webhooks)
+}
+
+/// The write path, recovered from the last run and ready for devices.
+struct Ingest {
+    pipeline: Pipeline,
+    writer_task: JoinHandle<()>,
+    wal: Option<Arc<Wal>>,
+    spill_state: Arc<SpillState>,
+    /// Releases from the log what storage holds (with a log).
+    log_follower: Option<JoinHandle<()>>,
+}
+
+async fn start_ingest(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    hub: &Arc<Hub>,
+    webhooks: &Arc<Webhooks>,
+    judges: Judges,
+    log: Log,
+) -> anyhow::Result<Ingest> {
+    let seeds = store
+        .stream_seqs()
+        .await
+        .context("cannot read the last sequence numbers")?;
     // Events go live and to webhooks once stored.
     let event_feed = Arc::new(EventFeeds(vec![hub.clone(), webhooks.clone()]));
     let (writer, writer_task, stored) = spawn_writer(
         store.clone(),
         WRITER_QUEUE_BATCHES,
-        stored_position,
+        log.stored_position,
         event_feed,
     );
     let mut pipeline = Pipeline::new(
@@ -148,16 +263,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hub.clone(),
         seeds,
     );
-    pipeline.judge_with(judging.judges);
+    pipeline.judge_with(judges);
     // Before any device is accepted: the log rebuilds the live history, what it holds beyond
     // storage is stored, and devices left online by the last run go offline.
-    let wal = wal.map(|(wal, _)| wal);
+    let wal = log.wal.map(|(wal, _)| wal);
     let ended = source::recover(
         &mut pipeline,
         store.as_ref(),
         hub.as_ref(),
         wal.as_ref(),
-        stored_position,
+        log.stored_position,
         stored.clone(),
     )
     .await
@@ -186,8 +301,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.spool_max_bytes,
         ))
     });
+    Ok(Ingest {
+        pipeline,
+        writer_task,
+        wal,
+        spill_state,
+        log_follower,
+    })
+}
 
-    let broker_settings = BrokerSettings {
+/// The broker, listening, and what it hands the pipeline.
+struct Broker {
+    running: RunningBroker,
+    tap_rx: TapReceiver,
+    tap: Tap,
+    /// Off once the service stops accepting (readiness says so).
+    listeners_up: Arc<AtomicBool>,
+}
+
+async fn start_broker(
+    config: &Config,
+    access: &Access,
+    wal: Option<Arc<Wal>>,
+) -> anyhow::Result<Broker> {
+    let settings = BrokerSettings {
         mqtt_listen: config.mqtt_listen,
         mqtts: config.mqtts.clone(),
         mqtt_ws_listen: config.mqtt_ws_listen,
@@ -198,82 +335,79 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..BrokerSettings::default()
     };
     let (tap, tap_rx) = fieldline_broker::tap(
-        broker_settings.handover_budget_bytes,
+        settings.handover_budget_bytes,
         wal.map(|wal| (wal, config.spool_max_bytes)),
     );
-    let queued = tap.clone();
-
-    let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
-    let broker = fieldline_broker::start(&broker_settings, tap, guard.clone()).await?;
-    let listeners_up = Arc::new(AtomicBool::new(true));
+    let running = fieldline_broker::start(&settings, tap.clone(), access.guard.clone()).await?;
     tracing::info!(
         http = %config.http_listen,
-        mqtt = %broker.mqtt_addr(),
-        mqtts = ?broker.mqtts_addr(),
-        mqtt_ws = ?broker.mqtt_ws_addr(),
+        mqtt = %running.mqtt_addr(),
+        mqtts = ?running.mqtts_addr(),
+        mqtt_ws = ?running.mqtt_ws_addr(),
         "fieldline is ready"
     );
-    let access_sync = tokio::spawn(crate::access_sync::follow(
-        store.clone(),
-        guard,
-        api_access.clone(),
-        access_revision,
-    ));
+    Ok(Broker {
+        running,
+        tap_rx,
+        tap,
+        listeners_up: Arc::new(AtomicBool::new(true)),
+    })
+}
 
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let app = fieldline_dashboard::router(fieldline_dashboard::AppState {
-        store: store.clone(),
-        hub: hub.clone(),
-        metrics,
-        listeners_up: listeners_up.clone(),
-        access: api_access,
-        live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
-        spill: spill_state.clone(),
-        judging: fieldline_dashboard::judging::Judging::new(
-            judging.fences,
-            judging.rules,
-            webhooks.clone(),
-        ),
-        web: fieldline_dashboard::web::WebSettings {
-            map_style: config.map_style.clone(),
-            mqtt: Some(config.mqtt_listen.to_string()),
-        },
-    });
-    let http_listener = fieldline_dashboard::http_listener::GuardedListener::new(
-        http_listener,
+/// The HTTP API and dashboard until `stop` is sent.
+struct Http {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+fn serve_http(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    state: fieldline_dashboard::AppState,
+) -> Http {
+    let app = fieldline_dashboard::router(state);
+    let listener = fieldline_dashboard::http_listener::GuardedListener::new(
+        listener,
         config.max_http_connections,
         config.http_header_timeout,
     )
     // A tap that does nothing: axum gives connection info (the admin API's local-caller
     // rule needs the peer address) for tapped listeners of any kind.
     .tap_io(|_| {});
-    let http = tokio::spawn(async move {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         // The peer address lets the admin API tell local callers apart.
         axum::serve(
-            http_listener,
+            listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(async {
-            let _ = http_stopped.await;
+            let _ = stopped.await;
         })
         .await
     });
-    let housekeeping = tokio::spawn(housekeeping(store.clone()));
-    let rollups = config
-        .rollups
-        .then(|| tokio::spawn(fieldline_ingest::rollup::run(store.clone())));
-    let retention = tokio::spawn(fieldline_ingest::retention::run(
-        store.clone(),
-        config.retention,
-    ));
-    let live_metrics = tokio::spawn(report_live_queues(hub.clone()));
+    Http { stop, task }
+}
 
+/// Work beside the flow, stopped at shutdown.
+struct Tasks {
+    access_sync: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+    rollups: Option<JoinHandle<()>>,
+    retention: JoinHandle<()>,
+    live_metrics: JoinHandle<()>,
+}
+
+/// Feeds the pipeline from the broker until SIGINT or SIGTERM; then stops accepting, runs
+/// what was handed over through the pipeline and waits until the writer stored it.
+async fn run_until_signal(ingest: Ingest, broker: Broker) -> anyhow::Result<()> {
+    let queued = broker.tap;
     // The pipeline runs on the runtime's worker threads, beside the connections that feed
     // it: each hand-over then wakes a task, not a parked thread (the start-up thread).
-    let (stop_pipeline, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_pipeline, stopped) = oneshot::channel::<()>();
     let pipeline = tokio::spawn(source::tap::run(
-        pipeline,
-        tap_rx,
+        ingest.pipeline,
+        broker.tap_rx,
         async {
             // A dropped sender also stops it: nothing would ever stop it otherwise.
             let _ = stopped.await;
@@ -284,36 +418,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     shutdown_signal().await;
     // New connections stop first; then the tap closes and what it took is stored.
-    listeners_up.store(false, Ordering::Release);
-    broker.stop_accepting();
+    broker.listeners_up.store(false, Ordering::Release);
+    broker.running.stop_accepting();
     let _ = stop_pipeline.send(());
     let pipeline = pipeline.await.context("the ingest pipeline failed")?;
-
     // The tap is closed and drained: everything acknowledged is in the writer's hands.
     drop(pipeline);
-    writer_task.await.context("store writer failed")?;
-    if let Some(follower) = log_follower {
+    ingest.writer_task.await.context("store writer failed")?;
+    if let Some(follower) = ingest.log_follower {
         // Lets it release what the last batches stored.
         tokio::time::sleep(Duration::from_millis(10)).await;
         follower.abort();
     }
-    housekeeping.abort();
-    if let Some(rollups) = rollups {
+    Ok(())
+}
+
+/// Ends the work beside the flow, live clients, and then HTTP.
+async fn stop(tasks: Tasks, webhooks: &Webhooks, hub: &Hub, http: Http) {
+    tasks.housekeeping.abort();
+    if let Some(rollups) = tasks.rollups {
         rollups.abort();
     }
-    retention.abort();
-    access_sync.abort();
+    tasks.retention.abort();
+    tasks.access_sync.abort();
     webhooks.stop();
-    live_metrics.abort();
+    tasks.live_metrics.abort();
     hub.close_all("the server is shutting down");
-    let _ = stop_http.send(());
-    match tokio::time::timeout(Duration::from_secs(5), http).await {
+    let _ = http.stop.send(());
+    match tokio::time::timeout(Duration::from_secs(5), http.task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
         Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
         _ => {}
     }
-    tracing::info!("stopped cleanly; everything accepted is stored");
-    Ok(())
 }
 
 /// Opens the write-ahead log the durability mode asks for (none for `memory`).
