@@ -10,7 +10,7 @@ use clap::Parser;
 use fieldline_broker::wal::Durability;
 use fieldline_broker::TlsListener;
 use fieldline_dashboard::live::HubSettings;
-use fieldline_ingest::retention::Retention;
+use fieldline_store::retention::sweep::Retention;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";

@@ -58,8 +58,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         housekeeping: tokio::spawn(housekeeping(store.clone())),
         rollups: config
             .rollups
-            .then(|| tokio::spawn(fieldline_ingest::rollup::run(store.clone()))),
-        retention: tokio::spawn(fieldline_ingest::retention::run(
+            .then(|| tokio::spawn(fieldline_store::rollups::refresh::run(store.clone()))),
+        retention: tokio::spawn(fieldline_store::retention::sweep::run(
             store.clone(),
             config.retention,
         )),

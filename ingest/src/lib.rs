@@ -9,8 +9,7 @@
 //! turns the broker's device [`presence`] changes into status documents, and gives every
 //! accepted document to the [`live`] feed as it is accepted. When storage falls behind, new
 //! rows wait in the write-ahead log and the pipeline reads them back as the writer catches up
-//! ([`spill`]). Beside the flow, [`rollup`] keeps the telemetry roll-ups that long charts read
-//! and [`webhook`] delivers stored events.
+//! ([`spill`]). Beside the flow, [`webhook`] delivers stored events.
 
 pub mod alerts;
 pub mod batch;
@@ -23,8 +22,6 @@ pub mod live;
 pub mod pipeline;
 pub mod presence;
 pub mod rejection;
-pub mod retention;
-pub mod rollup;
 pub mod source;
 pub mod spill;
 pub mod topic;

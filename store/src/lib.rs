@@ -18,6 +18,7 @@ mod postgres;
 mod records;
 pub mod retention;
 pub mod rollups;
+mod shared_reads;
 mod sqlite;
 mod sqlite_reader;
 pub mod time_format;

@@ -19,10 +19,8 @@ use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
 use super::pg_copy;
 use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
 use super::rollups;
-use super::{
-    DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
-    TelemetryPoint, TrackPoint,
-};
+use super::shared_reads::shared_reads;
+use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::{Batch, PositionRow};
 use crate::derived::Derived;
 
@@ -431,31 +429,6 @@ impl Store for PgStore {
         Box::pin(self.write(batch))
     }
 
-    fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
-        Box::pin(async move {
-            let rows: Vec<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text, online
-                 FROM devices ORDER BY device_id",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::device_summary).collect())
-        })
-    }
-
-    fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
-        Box::pin(async move {
-            let row: Option<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location::text, last_metrics::text, online
-                 FROM devices WHERE device_id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(records::device_summary))
-        })
-    }
-
     fn telemetry<'a>(
         &'a self,
         device: &'a str,
@@ -528,63 +501,11 @@ impl Store for PgStore {
         })
     }
 
-    fn online_devices(&self) -> StoreFuture<'_, Vec<String>> {
-        Box::pin(async move {
-            let ids: Vec<(String,)> =
-                sqlx::query_as("SELECT device_id FROM devices WHERE online ORDER BY device_id")
-                    .fetch_all(&self.pool)
-                    .await?;
-            Ok(ids.into_iter().map(|(id,)| id).collect())
-        })
-    }
-
-    fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>> {
-        Box::pin(async move {
-            let rows: Vec<records::RejectedRecord> = sqlx::query_as(
-                "SELECT id, (date_part('epoch', received_at) * 1000)::int8, topic, device_id, reason, detail,
-                        payload_size, payload_preview
-                 FROM rejected ORDER BY id DESC LIMIT $1",
-            )
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::rejected_message).collect())
-        })
-    }
-
     log_state_methods!();
-
-    fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
-        Box::pin(async move {
-            let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
-                "SELECT device_id, kind, seq, ts FROM devices,
-                   LATERAL (VALUES ('telemetry', last_seq_telemetry, last_seq_ts_telemetry),
-                                   ('location', last_seq_location, last_seq_ts_location),
-                                   ('status', last_seq_status, last_seq_ts_status)) AS s(kind, seq, ts)
-                 WHERE seq IS NOT NULL AND ts IS NOT NULL",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().filter_map(records::stream_seq).collect())
-        })
-    }
-
-    fn prune_rejected(&self, keep: u32) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let done =
-                sqlx::query("DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - $1")
-                    .bind(i64::from(keep))
-                    .execute(&self.pool)
-                    .await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
+    // PostgreSQL keeps JSON as jsonb and time as timestamptz: both are converted here.
+    shared_reads! {
+        device_columns: "device_id, first_seen, last_seen, last_location::text, last_metrics::text, online",
+        rejected_received_ms: "(date_part('epoch', received_at) * 1000)::int8",
     }
 
     fn maintain(&self) -> StoreFuture<'_, ()> {

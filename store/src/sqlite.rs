@@ -16,13 +16,11 @@ use super::events::{
     impl_event_store, state_columns, LAST_EVENT_SEQ, STATE_STILL_APPLIES, STATE_UPSERT_TAIL,
 };
 use super::log_state::{log_state_methods, RAISE_STORED_POSITION};
-use super::records::{self, location_json, metrics_json, position_to_db, seq_to_db};
+use super::records::{location_json, metrics_json, position_to_db, seq_to_db};
 use super::rollups;
+use super::shared_reads::shared_reads;
 use super::sqlite_reader::HistoryReader;
-use super::{
-    DeviceSummary, Range, RejectedMessage, StatusPoint, Store, StoreError, StoreFuture, StreamSeq,
-    TelemetryPoint, TrackPoint,
-};
+use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::Batch;
 use crate::derived::Derived;
 
@@ -333,29 +331,6 @@ impl Store for SqliteStore {
         Box::pin(self.write(batch))
     }
 
-    fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>> {
-        Box::pin(async move {
-            let rows: Vec<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location, last_metrics, online FROM devices ORDER BY device_id",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::device_summary).collect())
-        })
-    }
-
-    fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>> {
-        Box::pin(async move {
-            let row: Option<records::DeviceRecord> = sqlx::query_as(
-                "SELECT device_id, first_seen, last_seen, last_location, last_metrics, online FROM devices WHERE device_id = ?",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(records::device_summary))
-        })
-    }
-
     fn telemetry<'a>(
         &'a self,
         device: &'a str,
@@ -373,63 +348,11 @@ impl Store for SqliteStore {
         Box::pin(self.reader.statuses(device, range))
     }
 
-    fn online_devices(&self) -> StoreFuture<'_, Vec<String>> {
-        Box::pin(async move {
-            let ids: Vec<(String,)> =
-                sqlx::query_as("SELECT device_id FROM devices WHERE online ORDER BY device_id")
-                    .fetch_all(&self.pool)
-                    .await?;
-            Ok(ids.into_iter().map(|(id,)| id).collect())
-        })
-    }
-
-    fn rejected(&self, limit: u32) -> StoreFuture<'_, Vec<RejectedMessage>> {
-        Box::pin(async move {
-            let rows: Vec<records::RejectedRecord> = sqlx::query_as(
-                "SELECT id, received_at, topic, device_id, reason, detail, payload_size, payload_preview
-                 FROM rejected ORDER BY id DESC LIMIT ?",
-            )
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().map(records::rejected_message).collect())
-        })
-    }
-
     log_state_methods!();
-
-    fn stream_seqs(&self) -> StoreFuture<'_, Vec<StreamSeq>> {
-        Box::pin(async move {
-            let rows: Vec<records::StreamSeqRecord> = sqlx::query_as(
-                "SELECT device_id, 'telemetry', last_seq_telemetry, last_seq_ts_telemetry FROM devices
-                   WHERE last_seq_telemetry IS NOT NULL AND last_seq_ts_telemetry IS NOT NULL
-                 UNION ALL SELECT device_id, 'location', last_seq_location, last_seq_ts_location FROM devices
-                   WHERE last_seq_location IS NOT NULL AND last_seq_ts_location IS NOT NULL
-                 UNION ALL SELECT device_id, 'status', last_seq_status, last_seq_ts_status FROM devices
-                   WHERE last_seq_status IS NOT NULL AND last_seq_ts_status IS NOT NULL",
-            )
-            .fetch_all(&self.pool)
-            .await?;
-            Ok(rows.into_iter().filter_map(records::stream_seq).collect())
-        })
-    }
-
-    fn prune_rejected(&self, keep: u32) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            let done =
-                sqlx::query("DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?")
-                    .bind(i64::from(keep))
-                    .execute(&self.pool)
-                    .await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
+    // SQLite keeps JSON as text and time as epoch milliseconds.
+    shared_reads! {
+        device_columns: "device_id, first_seen, last_seen, last_location, last_metrics, online",
+        rejected_received_ms: "received_at",
     }
 
     fn maintain(&self) -> StoreFuture<'_, ()> {

@@ -3,6 +3,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod sweep;
 
 use super::StoreFuture;
 

@@ -57,6 +57,7 @@ macro_rules! impl_rollup_store {
 }
 
 pub(super) mod postgres;
+pub mod refresh;
 pub(super) mod sqlite;
 
 use super::StoreFuture;

@@ -2,15 +2,15 @@
 //! minute has closed (late data marks it again, and it is recomputed again).
 //!
 //! Queries never wait for this task: they read a marked minute from raw rows (see
-//! [`fieldline_store::rollups`]). Its pace only decides how much of a long range is answered
+//! [`super`]). Its pace only decides how much of a long range is answered
 //! from roll-ups, so it runs beside ingest with small steps and no hurry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldline_store::rollups::by_hour;
-use fieldline_store::time_format::now_ms;
-use fieldline_store::Store;
+use super::by_hour;
+use crate::time_format::now_ms;
+use crate::Store;
 
 /// How long after a minute ends before it is rolled up: batches of that minute are still on
 /// their way for about the batch age.
@@ -51,7 +51,7 @@ pub async fn run(store: Arc<dyn Store>) {
 }
 
 /// Rolls up the closed marked minutes, an hour at a time; returns how many it cleared.
-pub async fn step(store: &dyn Store) -> Result<usize, fieldline_store::StoreError> {
+pub async fn step(store: &dyn Store) -> Result<usize, crate::StoreError> {
     let minutes = store
         .pending_minutes(now_ms() - CLOSE_GRACE_MS, MINUTES_PER_STEP)
         .await?;

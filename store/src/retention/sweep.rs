@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldline_store::time_format::now_ms;
-use fieldline_store::{Cutoffs, Store};
+use crate::time_format::now_ms;
+use crate::{Cutoffs, Store};
 
 const DAY_MS: i64 = 86_400_000;
 /// Between passes: retention is by the day, so a few minutes late is nothing.
