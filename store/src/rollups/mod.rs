@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 
-/// [`RollupStore`] over a back end's `pool`, `roll_up_hour` and `buckets`: the same SQL and
-/// calls on both.
+/// [`RollupStore`] over a back end's `pool` and `roll_up_hour`, its `snapshot` (a read
+/// transaction that sees one snapshot across statements) and its `buckets_sql` (a source's
+/// buckets in its dialect): the rest is the same SQL and calls on both.
 macro_rules! impl_rollup_store {
-    ($store:ty) => {
+    ($store:ty, snapshot: $snapshot:path, buckets_sql: $buckets_sql:path $(,)?) => {
         impl $crate::rollups::RollupStore for $store {
             fn pending_minutes(
                 &self,
@@ -48,9 +49,42 @@ macro_rules! impl_rollup_store {
 
             fn telemetry_buckets<'a>(
                 &'a self,
-                query: $crate::rollups::BucketQuery<'a>,
+                q: $crate::rollups::BucketQuery<'a>,
             ) -> $crate::StoreFuture<'a, Vec<$crate::rollups::BucketRow>> {
-                Box::pin(self.buckets(query))
+                Box::pin(async move {
+                    // Which minutes are marked, and each segment's rows, from one snapshot:
+                    // a roll-up finishing in between cannot count a minute twice or never.
+                    let mut tx = $snapshot(&self.pool).await?;
+                    let pending: Vec<i64> = sqlx::query_scalar(
+                        "SELECT minute FROM rollup_pending WHERE minute >= $1 AND minute < $2 ORDER BY minute",
+                    )
+                    .bind($crate::rollups::floor_to(q.from_ms, $crate::rollups::MINUTE_MS))
+                    .bind(q.to_ms)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut answer = std::collections::BTreeMap::new();
+                    let plan = $crate::rollups::segments(
+                        self.rollups,
+                        q.from_ms,
+                        q.to_ms,
+                        q.bucket_ms,
+                        &pending,
+                    );
+                    for segment in plan {
+                        let sql = sqlx::AssertSqlSafe($buckets_sql(segment.source));
+                        let rows: $crate::rollups::AggregateRows = sqlx::query_as(sql)
+                            .bind(q.device)
+                            .bind(q.metric)
+                            .bind(segment.from_ms)
+                            .bind(segment.to_ms)
+                            .bind(q.bucket_ms)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        $crate::rollups::merge_rows(&mut answer, rows);
+                    }
+                    tx.commit().await?;
+                    Ok($crate::rollups::into_rows(answer))
+                })
             }
         }
     };

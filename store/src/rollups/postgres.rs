@@ -1,14 +1,9 @@
 //! Roll-ups on PostgreSQL: tables Fieldline keeps, or TimescaleDB continuous aggregates it
 //! refreshes; the queries read both the same way.
 
-use std::collections::BTreeMap;
-
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
-use super::{
-    floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
-    Source, HOUR_MS, MINUTE_MS,
-};
+use super::{MinuteRows, Source, HOUR_MS, MINUTE_MS};
 use crate::{PgStore, StoreError};
 
 /// Marks a batch's minutes (`$1`, ascending), in the batch's transaction.
@@ -22,6 +17,15 @@ const RAW_BUCKETS: &str = "SELECT b - b % $5, sum(value), min(value), max(value)
              AND time >= timestamptz 'epoch' + $3 * interval '1 millisecond'
              AND time <  timestamptz 'epoch' + $4 * interval '1 millisecond') r
      GROUP BY 1";
+
+/// A source's buckets: `$1` device, `$2` metric, `$3`..`$4` the range, `$5` the bucket.
+fn buckets_sql(source: Source) -> String {
+    match source {
+        Source::Raw => RAW_BUCKETS.to_owned(),
+        Source::Minutes => rollup_buckets("telemetry_1m"),
+        Source::Hours => rollup_buckets("telemetry_1h"),
+    }
+}
 
 fn rollup_buckets(table: &str) -> String {
     format!(
@@ -121,36 +125,6 @@ impl PgStore {
         tx.commit().await?;
         Ok(cleared)
     }
-
-    async fn buckets(&self, q: BucketQuery<'_>) -> Result<Vec<BucketRow>, StoreError> {
-        let mut tx = snapshot(&self.pool).await?;
-        let pending: Vec<i64> = sqlx::query_scalar(
-            "SELECT minute FROM rollup_pending WHERE minute >= $1 AND minute < $2 ORDER BY minute",
-        )
-        .bind(floor_to(q.from_ms, MINUTE_MS))
-        .bind(q.to_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut answer = BTreeMap::new();
-        for segment in segments(self.rollups, q.from_ms, q.to_ms, q.bucket_ms, &pending) {
-            let sql = match segment.source {
-                Source::Raw => RAW_BUCKETS.to_owned(),
-                Source::Minutes => rollup_buckets("telemetry_1m"),
-                Source::Hours => rollup_buckets("telemetry_1h"),
-            };
-            let rows: AggregateRows = sqlx::query_as(AssertSqlSafe(sql))
-                .bind(q.device)
-                .bind(q.metric)
-                .bind(segment.from_ms)
-                .bind(segment.to_ms)
-                .bind(q.bucket_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-            merge_rows(&mut answer, rows);
-        }
-        tx.commit().await?;
-        Ok(into_rows(answer))
-    }
 }
 
 /// Replaces the minutes' roll-up rows and recomputes their hour from the minutes.
@@ -203,4 +177,4 @@ async fn replace_minutes(
     Ok(())
 }
 
-impl_rollup_store!(PgStore);
+impl_rollup_store!(PgStore, snapshot: snapshot, buckets_sql: buckets_sql);

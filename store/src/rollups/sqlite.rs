@@ -1,14 +1,9 @@
 //! Roll-ups on SQLite: tables Fieldline keeps, written in short transactions so ingest never
 //! waits long for the database's single writer.
 
-use std::collections::BTreeMap;
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use sqlx::AssertSqlSafe;
-
-use super::{
-    floor_to, into_rows, merge_rows, segments, AggregateRows, BucketQuery, BucketRow, MinuteRows,
-    Source, HOUR_MS, MINUTE_MS,
-};
+use super::{MinuteRows, Source, HOUR_MS, MINUTE_MS};
 use crate::sqlite::insert_all;
 use crate::{SqliteStore, StoreError};
 
@@ -17,6 +12,12 @@ pub(crate) const MARK_MINUTES: &str =
     "INSERT INTO rollup_pending (minute) SELECT value FROM json_each($1) WHERE true
      ON CONFLICT (minute) DO UPDATE SET version = version + 1";
 
+/// A read transaction: SQLite's already sees one snapshot across its statements.
+async fn snapshot(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    Ok(pool.begin().await?)
+}
+
+/// A source's buckets: `$1` device, `$2` metric, `$3`..`$4` the range, `$5` the bucket.
 fn buckets_sql(source: Source) -> String {
     let (table, value) = match source {
         Source::Raw => {
@@ -120,31 +121,6 @@ impl SqliteStore {
         tx.commit().await?;
         Ok(cleared.len())
     }
-
-    async fn buckets(&self, q: BucketQuery<'_>) -> Result<Vec<BucketRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let pending: Vec<i64> = sqlx::query_scalar(
-            "SELECT minute FROM rollup_pending WHERE minute >= $1 AND minute < $2 ORDER BY minute",
-        )
-        .bind(floor_to(q.from_ms, MINUTE_MS))
-        .bind(q.to_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut answer = BTreeMap::new();
-        for segment in segments(self.rollups, q.from_ms, q.to_ms, q.bucket_ms, &pending) {
-            let rows: AggregateRows = sqlx::query_as(AssertSqlSafe(buckets_sql(segment.source)))
-                .bind(q.device)
-                .bind(q.metric)
-                .bind(segment.from_ms)
-                .bind(segment.to_ms)
-                .bind(q.bucket_ms)
-                .fetch_all(&mut *tx)
-                .await?;
-            merge_rows(&mut answer, rows);
-        }
-        tx.commit().await?;
-        Ok(into_rows(answer))
-    }
 }
 
-impl_rollup_store!(SqliteStore);
+impl_rollup_store!(SqliteStore, snapshot: snapshot, buckets_sql: buckets_sql);
