@@ -41,12 +41,7 @@ pub fn add_document(
                 device: doc.device.clone(),
                 ts_ms: doc.ts_ms,
                 seq: doc.seq,
-                lat: l.lat,
-                lon: l.lon,
-                speed: l.speed,
-                heading: l.heading,
-                alt: l.alt,
-                accuracy: l.accuracy,
+                location: *l,
             };
             if update
                 .location

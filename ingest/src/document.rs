@@ -24,15 +24,7 @@ pub struct Telemetry {
     pub metrics: Vec<Metric>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Location {
-    pub lat: f64,
-    pub lon: f64,
-    pub speed: Option<f64>,
-    pub heading: Option<f64>,
-    pub alt: Option<f64>,
-    pub accuracy: Option<f64>,
-}
+pub use fieldline_store::Location;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {

@@ -5,18 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::derived::Derived;
+use crate::Location;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PositionRow {
     pub device: Arc<str>,
     pub ts_ms: i64,
     pub seq: Option<u64>,
-    pub lat: f64,
-    pub lon: f64,
-    pub speed: Option<f64>,
-    pub heading: Option<f64>,
-    pub alt: Option<f64>,
-    pub accuracy: Option<f64>,
+    pub location: Location,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod derived;
 pub mod events;
 mod kind;
+mod location;
 mod log_state;
 mod pg_copy;
 mod postgres;
@@ -31,6 +32,7 @@ use serde::Serialize;
 
 use crate::batch::Batch;
 pub use kind::Kind;
+pub use location::Location;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
@@ -113,12 +115,8 @@ pub struct TrackPoint {
     pub ts_ms: i64,
     pub ts: String,
     pub seq: Option<u64>,
-    pub lat: f64,
-    pub lon: f64,
-    pub speed: Option<f64>,
-    pub heading: Option<f64>,
-    pub alt: Option<f64>,
-    pub accuracy: Option<f64>,
+    #[serde(flatten)]
+    pub location: Location,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

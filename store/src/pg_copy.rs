@@ -78,12 +78,13 @@ pub(crate) fn encode_positions(rows: &[PositionRow]) -> Vec<u8> {
         enc.timestamptz_ms(r.ts_ms);
         enc.text(&r.device);
         enc.int8(super::records::seq_to_db(r.seq));
-        enc.float8(Some(r.lat));
-        enc.float8(Some(r.lon));
-        enc.float8(r.speed);
-        enc.float8(r.heading);
-        enc.float8(r.alt);
-        enc.float8(r.accuracy);
+        let l = &r.location;
+        enc.float8(Some(l.lat));
+        enc.float8(Some(l.lon));
+        enc.float8(l.speed);
+        enc.float8(l.heading);
+        enc.float8(l.alt);
+        enc.float8(l.accuracy);
     }
     enc.finish()
 }
@@ -212,12 +213,14 @@ mod tests {
             device: Arc::from("d"),
             ts_ms: 946_684_800_001, // 2000-01-01T00:00:00.001Z
             seq: None,
-            lat: 1.0,
-            lon: 2.0,
-            speed: None,
-            heading: None,
-            alt: None,
-            accuracy: Some(3.0),
+            location: crate::Location {
+                lat: 1.0,
+                lon: 2.0,
+                speed: None,
+                heading: None,
+                alt: None,
+                accuracy: Some(3.0),
+            },
         };
         let bytes = encode_positions(&[row]);
         let mut expected = Vec::new();

@@ -92,12 +92,14 @@ pub(crate) fn track_point(
         ts_ms: ts,
         ts: format_ms(ts),
         seq: seq_from_db(seq),
-        lat,
-        lon,
-        speed,
-        heading,
-        alt,
-        accuracy,
+        location: crate::Location {
+            lat,
+            lon,
+            speed,
+            heading,
+            alt,
+            accuracy,
+        },
     }
 }
 
@@ -131,12 +133,12 @@ pub(crate) fn location_json(row: &PositionRow) -> String {
     serde_json::json!({
         "ts": format_ms(row.ts_ms),
         "seq": row.seq,
-        "lat": row.lat,
-        "lon": row.lon,
-        "speed": row.speed,
-        "heading": row.heading,
-        "alt": row.alt,
-        "accuracy": row.accuracy,
+        "lat": row.location.lat,
+        "lon": row.location.lon,
+        "speed": row.location.speed,
+        "heading": row.location.heading,
+        "alt": row.location.alt,
+        "accuracy": row.location.accuracy,
     })
     .to_string()
 }

@@ -99,12 +99,12 @@ impl SqliteStore {
                 b.push_bind(r.device.to_string())
                     .push_bind(r.ts_ms)
                     .push_bind(seq_to_db(r.seq))
-                    .push_bind(r.lat)
-                    .push_bind(r.lon)
-                    .push_bind(r.speed)
-                    .push_bind(r.heading)
-                    .push_bind(r.alt)
-                    .push_bind(r.accuracy);
+                    .push_bind(r.location.lat)
+                    .push_bind(r.location.lon)
+                    .push_bind(r.location.speed)
+                    .push_bind(r.location.heading)
+                    .push_bind(r.location.alt)
+                    .push_bind(r.location.accuracy);
             },
         )
         .await?;

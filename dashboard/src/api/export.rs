@@ -157,6 +157,7 @@ impl TrackFormat {
     pub fn row(self, out: &mut String, p: &TrackPoint, first: bool) {
         use std::fmt::Write;
         let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let l = &p.location;
         match self {
             TrackFormat::Csv => {
                 let seq = p.seq.map(|s| s.to_string()).unwrap_or_default();
@@ -164,23 +165,23 @@ impl TrackFormat {
                     out,
                     "{},{seq},{},{},{},{},{},{}",
                     p.ts,
-                    p.lat,
-                    p.lon,
-                    opt(p.speed),
-                    opt(p.heading),
-                    opt(p.alt),
-                    opt(p.accuracy)
+                    l.lat,
+                    l.lon,
+                    opt(l.speed),
+                    opt(l.heading),
+                    opt(l.alt),
+                    opt(l.accuracy)
                 );
             }
             TrackFormat::Gpx => {
-                let _ = write!(out, "<trkpt lat=\"{}\" lon=\"{}\">", p.lat, p.lon);
-                if let Some(alt) = p.alt {
+                let _ = write!(out, "<trkpt lat=\"{}\" lon=\"{}\">", l.lat, l.lon);
+                if let Some(alt) = l.alt {
                     let _ = write!(out, "<ele>{alt}</ele>");
                 }
                 let _ = writeln!(out, "<time>{}</time></trkpt>", p.ts);
             }
             TrackFormat::GeoJson => {
-                let _ = write!(out, "{}[{},{}]", if first { "" } else { "," }, p.lon, p.lat);
+                let _ = write!(out, "{}[{},{}]", if first { "" } else { "," }, l.lon, l.lat);
             }
         }
     }

@@ -203,7 +203,10 @@ pub async fn track(
         (format, simplify) => {
             let mut points = state.store.track(device, range).await?;
             if let Some(tolerance) = simplify {
-                let positions: Vec<_> = points.iter().map(|p| (p.lat, p.lon)).collect();
+                let positions: Vec<_> = points
+                    .iter()
+                    .map(|p| (p.location.lat, p.location.lon))
+                    .collect();
                 let keep = simplify::keep(&positions, tolerance);
                 points = keep.into_iter().map(|i| points[i].clone()).collect();
             }
@@ -263,9 +266,9 @@ pub async fn trips(
         for p in page {
             detector.push(Fix {
                 ts_ms: p.ts_ms,
-                lat: p.lat,
-                lon: p.lon,
-                speed: p.speed,
+                lat: p.location.lat,
+                lon: p.location.lon,
+                speed: p.location.speed,
             });
         }
     }

@@ -8,7 +8,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
-use fieldline_ingest::document::{Body, Document, Location, Metric, Status, Telemetry};
+use fieldline_ingest::document::{Body, Document, Metric, Status, Telemetry};
 use fieldline_ingest::events::{Event, EventKind};
 use fieldline_store::{EventQuery, StatusPoint, TelemetryPoint, TrackPoint};
 use fieldline_store::{Store, StoreError};
@@ -255,14 +255,7 @@ fn document(device: &Arc<str>, ts_ms: i64, seq: Option<u64>, body: Body) -> Payl
 }
 
 fn location(device: &Arc<str>, p: TrackPoint) -> Payload {
-    let body = Body::Location(Location {
-        lat: p.lat,
-        lon: p.lon,
-        speed: p.speed,
-        heading: p.heading,
-        alt: p.alt,
-        accuracy: p.accuracy,
-    });
+    let body = Body::Location(p.location);
     document(device, p.ts_ms, p.seq, body)
 }
 
