@@ -93,49 +93,56 @@ fn bad_storage_settings_are_clear_errors() {
     assert!(stderr.contains("invalid config file"), "{stderr}");
 }
 
-#[test]
-fn bad_broker_settings_are_clear_errors() {
-    let dir = TempDir::new("bad-broker");
+/// Starts the service once per case, on free ports, with the case's flags: each must fail
+/// and say what is wrong.
+fn refuses_each(dir: &TempDir, cases: &[(&[&str], &str)]) {
     let mqtt = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let base = ["--mqtt-listen", &mqtt, "--http-listen", &http];
-    for (flags, says) in [
-        (
-            &["--mqtt-max-subscriber-bytes", "0"][..],
-            "mqtt_max_subscriber_bytes must be at least 1",
-        ),
-        (
-            &["--mqtt-max-subscriber-bytes", "lots"][..],
-            "invalid value 'lots' for '--mqtt-max-subscriber-bytes",
-        ),
-    ] {
-        let (code, stderr) = run(&dir, &[&base[..], flags].concat());
+    for (flags, says) in cases {
+        let (code, stderr) = run(dir, &[&base[..], flags].concat());
         assert_ne!(code, 0, "{flags:?}");
         assert!(stderr.contains(says), "{flags:?}: {stderr}");
     }
 }
 
 #[test]
+fn bad_broker_settings_are_clear_errors() {
+    refuses_each(
+        &TempDir::new("bad-broker"),
+        &[
+            (
+                &["--mqtt-max-subscriber-bytes", "0"],
+                "mqtt_max_subscriber_bytes must be at least 1",
+            ),
+            (
+                &["--mqtt-max-subscriber-bytes", "lots"],
+                "invalid value 'lots' for '--mqtt-max-subscriber-bytes",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn bad_durability_settings_are_clear_errors() {
     let dir = TempDir::new("bad-wal");
+    refuses_each(
+        &dir,
+        &[
+            (&["--durability", "sometimes"], "unknown durability"),
+            (
+                &["--spool-max-bytes", "1000"],
+                "spool_max_bytes must be at least 1 MiB",
+            ),
+            (
+                &["--wal-segment-bytes", "100"],
+                "wal_segment_bytes must be between",
+            ),
+        ],
+    );
     let mqtt = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let base = ["--mqtt-listen", &mqtt, "--http-listen", &http];
-    for (flags, says) in [
-        (&["--durability", "sometimes"][..], "unknown durability"),
-        (
-            &["--spool-max-bytes", "1000"][..],
-            "spool_max_bytes must be at least 1 MiB",
-        ),
-        (
-            &["--wal-segment-bytes", "100"][..],
-            "wal_segment_bytes must be between",
-        ),
-    ] {
-        let (code, stderr) = run(&dir, &[&base[..], flags].concat());
-        assert_ne!(code, 0, "{flags:?}");
-        assert!(stderr.contains(says), "{flags:?}: {stderr}");
-    }
     let config = dir.0.join("wal.toml");
     std::fs::write(&config, "durability = \"power-safe\"\n").expect("write");
     let (code, stderr) = run(
