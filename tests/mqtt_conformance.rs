@@ -1473,6 +1473,53 @@ async fn session_is_gone_after_its_expiry_interval() {
         .await;
 }
 
+/// MQTT §4.3.3: a QoS 2 publish acknowledged with PUBREC is forwarded once, also when its
+/// sender reconnects to its kept session and sends it again (DUP) before the PUBREL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_publish_resent_to_a_resumed_session_is_forwarded_once() {
+    let broker = Broker::start("qos2-resumed").await;
+    let port = broker.port();
+    let mut watcher = Client4::connect(port, "q2-watch", |_| {}).await;
+    watcher.subscribe1("q2/#", QoS::ExactlyOnce).await;
+
+    // MQTT 3.1.1 with clean session 0: the session outlives the connection.
+    let connect = |client_id: &str| {
+        let mut body = Vec::new();
+        string(b"MQTT", &mut body);
+        body.extend_from_slice(&[4, 0x00, 0, 60]);
+        string(client_id.as_bytes(), &mut body);
+        framed(0x10, body)
+    };
+    let mut first = RawMqtt::open(&Endpoint::Tcp(port)).await.expect("TCP");
+    first.send(&connect("q2-sender")).await.expect("CONNECT");
+    assert_eq!(next_raw(&mut first, "CONNACK").await.0, 0x20);
+    first
+        .send(&raw_publish(4, "q2/a", 2, 7, b"once"))
+        .await
+        .expect("PUBLISH");
+    let (kind, body) = next_raw(&mut first, "PUBREC").await;
+    assert_eq!((kind, body), (0x50, vec![0, 7]));
+    let p = watcher.expect_publish("the publish, forwarded").await;
+    assert_eq!(&p.payload[..], b"once");
+    drop(first); // gone before its PUBREL
+
+    let mut again = RawMqtt::open(&Endpoint::Tcp(port)).await.expect("TCP");
+    again.send(&connect("q2-sender")).await.expect("CONNECT");
+    let (kind, connack) = next_raw(&mut again, "CONNACK").await;
+    assert_eq!((kind, connack), (0x20, vec![1, 0]), "session present");
+    let mut dup = raw_publish(4, "q2/a", 2, 7, b"once");
+    dup[0] |= 0x08;
+    again.send(&dup).await.expect("PUBLISH again");
+    let (kind, body) = next_raw(&mut again, "PUBREC").await;
+    assert_eq!((kind, body), (0x50, vec![0, 7]));
+    again.send(&framed(0x62, vec![0, 7])).await.expect("PUBREL");
+    let (kind, body) = next_raw(&mut again, "PUBCOMP").await;
+    assert_eq!((kind, body), (0x70, vec![0, 7]));
+    watcher
+        .assert_quiet(QUIET, "the resent publish is not forwarded again")
+        .await;
+}
+
 /// MQTT 3.1.1 §3.1.2.4 (Clean Session) and §3.2.2.2 (Session Present): with clean session 0 the
 /// session is kept across connections (session present 1, the queued QoS 1 message delivered);
 /// a clean session 1 connection discards it, and nothing of it is there afterwards.

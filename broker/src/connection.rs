@@ -235,7 +235,10 @@ where
         keep_in_router: expiry > 0,
         limits: client_limits,
         routed: None,
-        awaiting_release: Vec::new(),
+        awaiting_release: kept
+            .as_mut()
+            .map(|k| std::mem::take(&mut k.awaiting_release))
+            .unwrap_or_default(),
     };
     if let Some(kept) = kept.filter(|k| k.in_router || !k.subscriptions.is_empty()) {
         let in_router = kept.in_router;
@@ -353,6 +356,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 expires_at: Instant::now() + Duration::from_secs(u64::from(expiry)),
                 in_router,
                 subscriptions,
+                awaiting_release: std::mem::take(&mut self.session.awaiting_release),
             })
         } else {
             for filter in subscriptions.filters() {

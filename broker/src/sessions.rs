@@ -41,6 +41,9 @@ pub(crate) struct Kept {
     /// The router holds state for it (it subscribed, or resumed a session the router kept).
     pub(crate) in_router: bool,
     pub(crate) subscriptions: Subscriptions,
+    /// QoS 2 publishes it received and acknowledged with PUBREC whose PUBREL had not come:
+    /// a resent PUBLISH of one after reconnecting is not forwarded again (MQTT §4.3.3).
+    pub(crate) awaiting_release: Vec<u16>,
 }
 
 /// A table slot is as large as its largest variant, so a kept session is boxed.
