@@ -106,7 +106,7 @@ fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
     if batch.derived.events.is_empty() {
         return;
     }
-    let events: Vec<Arc<crate::events::Event>> = batch
+    let events: Vec<Arc<fieldline_store::derived::Event>> = batch
         .derived
         .events
         .into_iter()

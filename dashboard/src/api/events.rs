@@ -4,7 +4,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fieldline_ingest::events::{Event, EventKind};
+use fieldline_store::derived::{Event, EventKind};
 use fieldline_store::time_format::{format_ms, parse_api_time};
 use fieldline_store::EventQuery;
 use serde::Deserialize;

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use fieldline_ingest::document::{Body, Document, Kind};
-use fieldline_ingest::events::Event;
+use fieldline_store::derived::Event;
 use fieldline_store::time_format::format_ms;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use fieldline_ingest::document::{is_valid_name, Body, Kind};
-use fieldline_ingest::events::EventKind;
+use fieldline_store::derived::EventKind;
 
 use super::event::LiveEvent;
 

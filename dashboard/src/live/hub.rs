@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldline_ingest::document::{Body, Document};
-use fieldline_ingest::events::{Event, EventFeed};
+use fieldline_ingest::events::EventFeed;
 use fieldline_ingest::{LiveFeed, Origin};
+use fieldline_store::derived::Event;
 use fieldline_store::time_format::now_ms;
 use tokio::sync::Notify;
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use fieldline_ingest::document::{Body, Document, Metric, Status, Telemetry};
-use fieldline_ingest::events::{Event, EventKind};
+use fieldline_store::derived::{Event, EventKind};
 use fieldline_store::{EventQuery, StatusPoint, TelemetryPoint, TrackPoint};
 use fieldline_store::{Store, StoreError};
 

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::catalog::Catalog;
-use super::{Event, EventKind};
 use crate::alerts::judge::{Change, RuleState};
 use crate::alerts::{AlertRule, AlertRules, Condition};
 use crate::document::{Body, Document};
 use crate::geofence::judge::{FenceState, Fix, Seen};
 use crate::geofence::Fences;
 
-pub use fieldline_store::derived::{Derived, JudgeSeed, StoredState, Subject};
+use fieldline_store::derived::{Derived, Event, EventKind, JudgeSeed, StoredState, Subject};
 
 #[derive(Default)]
 struct DeviceStates {

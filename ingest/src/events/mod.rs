@@ -9,7 +9,7 @@ pub mod judges;
 
 use std::sync::Arc;
 
-pub use fieldline_store::derived::{Event, EventKind};
+use fieldline_store::derived::Event;
 
 /// Where committed events go: called by the store writer after the commit that stored them,
 /// in outbox order. Must return at once.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{sign, wants, DeliverySettings};
-use crate::events::Event;
+use fieldline_store::derived::Event;
 use fieldline_store::time_format::now_ms;
 use fieldline_store::{EventQuery, Store, WebhookRecord};
 

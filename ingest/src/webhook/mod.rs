@@ -15,7 +15,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::events::devices::Devices;
-use crate::events::{Event, EventFeed, EventKind};
+use crate::events::EventFeed;
+use fieldline_store::derived::{Event, EventKind};
 use fieldline_store::{Store, StoreError, WebhookRecord};
 
 const MAX_URL: usize = 2_048;
