@@ -171,25 +171,13 @@ impl Hub {
 
     /// Sets where derived events start: `floor` is the newest stored event the history does
     /// not hold, and `rebuild` the stored events after it, which go back into the history as
-    /// the log replay reaches the records that caused them ([`Hub::end_rebuild`] places the
+    /// the log replay reaches the records that caused them ([`LiveFeed::replayed`] places the
     /// rest). Call before the replay.
     pub fn start_outbox(&self, floor: u64, rebuild: Vec<Arc<Event>>) {
         let mut state = lock(&self.state);
         state.last_outbox = floor;
         state.evicted_through.outbox = floor;
         state.rebuilding = rebuild.into();
-    }
-
-    /// The log replay is over: the stored events not yet placed go into the history now.
-    pub fn end_rebuild(&self) {
-        let mut guard = lock(&self.state);
-        let pending: Vec<_> = guard.rebuilding.drain(..).collect();
-        let mut cut_off = Vec::new();
-        for event in pending {
-            self.place_derived(&mut guard, event, &mut cut_off);
-        }
-        drop(guard);
-        self.unsubscribe_all(cut_off);
     }
 
     /// Gives devices their newest stored position before the history is rebuilt, so that
@@ -201,20 +189,6 @@ impl Hub {
         for (device, lat, lon) in positions {
             state.positions.insert(Arc::from(device), (lat, lon));
         }
-    }
-
-    /// The oldest log position the history still holds events of: the log must keep it
-    /// (and what follows) for the history to be rebuilt after a restart. `None` without a
-    /// log, or with nothing held.
-    pub fn oldest_held_record(&self) -> Option<u64> {
-        if !self.follows_log {
-            return None;
-        }
-        let state = lock(&self.state);
-        state
-            .history
-            .front()
-            .map(|e| e.position.offset / EVENTS_PER_RECORD)
     }
 
     /// Registers a client. With `since`, the events after it that the history still holds are
@@ -408,12 +382,29 @@ impl Hub {
 }
 
 impl LiveFeed for Hub {
+    /// The stored events the replay did not reach go into the history now.
     fn replayed(&self) {
-        self.end_rebuild();
+        let mut guard = lock(&self.state);
+        let pending: Vec<_> = guard.rebuilding.drain(..).collect();
+        let mut cut_off = Vec::new();
+        for event in pending {
+            self.place_derived(&mut guard, event, &mut cut_off);
+        }
+        drop(guard);
+        self.unsubscribe_all(cut_off);
     }
 
+    /// The oldest log position the history still holds events of; `None` without a log,
+    /// or with nothing held.
     fn oldest_held_record(&self) -> Option<u64> {
-        Hub::oldest_held_record(self)
+        if !self.follows_log {
+            return None;
+        }
+        let state = lock(&self.state);
+        state
+            .history
+            .front()
+            .map(|e| e.position.offset / EVENTS_PER_RECORD)
     }
 
     fn publish(&self, document: Arc<Document>, origin: Origin) {
