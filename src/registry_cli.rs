@@ -44,7 +44,8 @@ pub enum TokenCommand {
     Add {
         /// What the token is for (shown in lists).
         name: String,
-        /// admin (devices, tokens, everything) or viewer (read and live streams).
+        /// admin (devices, tokens, everything), operator (commands to devices, and reading) or
+        /// viewer (read and live streams).
         #[arg(long, default_value = "viewer")]
         role: String,
     },
@@ -124,7 +125,7 @@ async fn token(command: TokenCommand, store: &dyn Store) -> anyhow::Result<()> {
     match command {
         TokenCommand::Add { name, role } => {
             let role = Role::parse(&role)
-                .with_context(|| format!("unknown role {role:?}: use admin or viewer"))?;
+                .with_context(|| format!("unknown role {role:?}: use admin, operator or viewer"))?;
             let made = new_token(&name, role, now_ms());
             store
                 .add_token(&made.record)

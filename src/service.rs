@@ -13,12 +13,16 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use fieldline_broker::wal::{Durability, Opened, Wal, WalSettings};
-use fieldline_broker::{BrokerSettings, Guard, GuardSettings, RunningBroker, Tap, TapReceiver};
+use fieldline_broker::{
+    BrokerSettings, Commands, Guard, GuardSettings, RunningBroker, Tap, TapReceiver,
+};
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::events::judges::Judges;
-use fieldline_ingest::events::EventFeeds;
+use fieldline_ingest::commands::CommandDesk;
+use fieldline_ingest::events::in_order::InOrder;
+use fieldline_ingest::events::{EventFeed, EventFeeds};
 use fieldline_ingest::source;
 use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
@@ -45,9 +49,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hub = start_live_views(&config, store.as_ref(), &log).await?;
     let judging = crate::judging::load(store.as_ref()).await?;
     let webhooks = start_webhooks(&config, &store).await?;
-    let ingest = start_ingest(&config, &store, &hub, &webhooks, judging.judges, log).await?;
+    let events = event_feed(store.as_ref(), &hub, &webhooks).await?;
+    let (mailboxes, reports) = Commands::new();
+    let (commands, dispatcher) = CommandDesk::start(
+        store.clone(),
+        mailboxes.clone(),
+        reports,
+        access.guard.clone(),
+        events.clone(),
+        config.max_payload_bytes,
+    );
+    let ingest = start_ingest(&config, &store, &hub, events, &commands, judging.judges, log).await?;
     let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
-    let broker = start_broker(&config, &access, ingest.wal.clone()).await?;
+    let broker = start_broker(&config, &access, ingest.wal.clone(), mailboxes).await?;
     let tasks = Tasks {
         access_sync: tokio::spawn(crate::access_sync::follow(
             store.clone(),
@@ -64,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.retention,
         )),
         live_metrics: tokio::spawn(report_live_queues(hub.clone())),
+        dispatcher,
     };
     let state = fieldline_dashboard::AppState {
         store: store.clone(),
@@ -82,6 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             map_style: config.map_style.clone(),
             mqtt: Some(config.mqtt_listen.to_string()),
         },
+        commands,
     };
     let http = serve_http(&config, http_listener, state);
     run_until_signal(ingest, broker).await?;
@@ -220,6 +236,21 @@ async fn start_webhooks(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resu
     Ok(webhooks)
 }
 
+/// Where stored events go: live views and webhooks, in outbox order (the store writer and the
+/// command ledger both commit events).
+async fn event_feed(
+    store: &dyn Store,
+    hub: &Arc<Hub>,
+    webhooks: &Arc<Webhooks>,
+) -> anyhow::Result<Arc<dyn EventFeed>> {
+    let last = store
+        .last_event_seq()
+        .await
+        .context("cannot read the newest stored event")?;
+    let feeds = Arc::new(EventFeeds(vec![hub.clone(), webhooks.clone()]));
+    Ok(Arc::new(InOrder::new(feeds, last)))
+}
+
 /// The write path, recovered from the last run and ready for devices.
 struct Ingest {
     pipeline: Pipeline,
@@ -234,7 +265,8 @@ async fn start_ingest(
     config: &Config,
     store: &Arc<dyn Store>,
     hub: &Arc<Hub>,
-    webhooks: &Arc<Webhooks>,
+    event_feed: Arc<dyn EventFeed>,
+    commands: &Arc<CommandDesk>,
     judges: Judges,
     log: Log,
 ) -> anyhow::Result<Ingest> {
@@ -243,7 +275,6 @@ async fn start_ingest(
         .await
         .context("cannot read the last sequence numbers")?;
     // Events go live and to webhooks once stored.
-    let event_feed = Arc::new(EventFeeds(vec![hub.clone(), webhooks.clone()]));
     let (writer, writer_task, stored) = spawn_writer(
         store.clone(),
         WRITER_QUEUE_BATCHES,
@@ -264,6 +295,7 @@ async fn start_ingest(
         seeds,
     );
     pipeline.judge_with(judges);
+    pipeline.answer_replies_with(commands.clone());
     // Before any device is accepted: the log rebuilds the live history, what it holds beyond
     // storage is stored, and devices left online by the last run go offline.
     let wal = log.wal.map(|(wal, _)| wal);
@@ -323,6 +355,7 @@ async fn start_broker(
     config: &Config,
     access: &Access,
     wal: Option<Arc<Wal>>,
+    commands: Arc<Commands>,
 ) -> anyhow::Result<Broker> {
     let settings = BrokerSettings {
         mqtt_listen: config.mqtt_listen,
@@ -338,7 +371,8 @@ async fn start_broker(
         settings.handover_budget_bytes,
         wal.map(|wal| (wal, config.spool_max_bytes)),
     );
-    let running = fieldline_broker::start(&settings, tap.clone(), access.guard.clone()).await?;
+    let running =
+        fieldline_broker::start(&settings, tap.clone(), access.guard.clone(), commands).await?;
     tracing::info!(
         http = %config.http_listen,
         mqtt = %running.mqtt_addr(),
@@ -396,6 +430,8 @@ struct Tasks {
     rollups: Option<JoinHandle<()>>,
     retention: JoinHandle<()>,
     live_metrics: JoinHandle<()>,
+    /// Hands commands to devices and records what becomes of them.
+    dispatcher: JoinHandle<()>,
 }
 
 /// Feeds the pipeline from the broker until SIGINT or SIGTERM; then stops accepting, runs
@@ -443,6 +479,7 @@ async fn stop(tasks: Tasks, webhooks: &Webhooks, hub: &Hub, http: Http) {
     tasks.access_sync.abort();
     webhooks.stop();
     tasks.live_metrics.abort();
+    tasks.dispatcher.abort();
     hub.close_all("the server is shutting down");
     let _ = http.stop.send(());
     match tokio::time::timeout(Duration::from_secs(5), http.task).await {

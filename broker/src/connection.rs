@@ -28,6 +28,7 @@ use rumqttd::protocol::{
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::commands::{is_command_filter, CommandToDevice, Commands, Inbox};
 use crate::delivery::{ClientLimits, Outbound, Step, Subscriptions};
 use crate::guard::Guard;
 use crate::held::Held;
@@ -52,6 +53,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Shared {
     pub(crate) tap: Arc<Tap>,
     pub(crate) guard: Arc<Guard>,
+    pub(crate) commands: Arc<Commands>,
     pub(crate) router: Arc<Router>,
     pub(crate) ingress: Ingress,
     pub(crate) sessions: Arc<Sessions>,
@@ -239,6 +241,12 @@ where
             .as_mut()
             .map(|k| std::mem::take(&mut k.awaiting_release))
             .unwrap_or_default(),
+        device: codec.device(),
+        advertised_max_packet: properties
+            .as_ref()
+            .and_then(|p| p.max_packet_size)
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        inbox: None,
     };
     if let Some(kept) = kept.filter(|k| k.in_router || !k.subscriptions.is_empty()) {
         let in_router = kept.in_router;
@@ -281,6 +289,9 @@ where
             }
         }
     }
+
+    // A resumed session that had subscribed to the device's commands takes them again.
+    open_inbox_if_subscribed(&shared.commands, &mut session);
 
     let ack = ConnAck {
         session_present,
@@ -334,6 +345,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Live<S> {
                 let (will, properties) = *will;
                 publish_will(&shared, will, properties, self.session.number);
             }
+        }
+        if let Some(inbox) = self.session.inbox.take() {
+            inbox.close(&shared.commands);
         }
         let expiry = self.expiry;
         // The session outlives the connection when it has an expiry; the router's part of
@@ -399,6 +413,12 @@ struct Session {
     routed: Option<Box<Routed>>,
     /// QoS 2 publishes received and acknowledged with PUBREC, waiting for their PUBREL.
     awaiting_release: Vec<u16>,
+    /// The device this connection speaks for, if any (see `TappedProtocol::device`).
+    device: Option<Arc<str>>,
+    /// The Maximum Packet Size the client advertised, if it did (MQTT 5).
+    advertised_max_packet: Option<usize>,
+    /// The device's commands, once it subscribes to them.
+    inbox: Option<Box<Inbox>>,
 }
 
 /// A connection's subscriptions, its router link and the delivery of what the router sends.
@@ -426,6 +446,88 @@ impl Session {
             .as_mut()
             .and_then(|r| r.link.as_mut())
             .map(|(link, _)| link)
+    }
+}
+
+/// Opens the device's command mailbox when the session subscribes to its commands, and
+/// closes it when the last such subscription goes.
+fn open_inbox_if_subscribed(commands: &Commands, session: &mut Session) {
+    let Some(device) = session.device.clone() else {
+        return;
+    };
+    let subscribed = session
+        .routed
+        .as_ref()
+        .is_some_and(|r| r.subscriptions.filters().any(|f| is_command_filter(&device, f)));
+    match (&session.inbox, subscribed) {
+        (None, true) => {
+            let inbox = Inbox::open(
+                commands,
+                device,
+                session.number,
+                session.advertised_max_packet,
+            );
+            session.inbox = Some(Box::new(inbox));
+        }
+        (Some(_), false) => {
+            if let Some(inbox) = session.inbox.take() {
+                inbox.close(commands);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Publishes the commands waiting in the inbox that the client has room for.
+fn pump_commands(
+    shared: &Shared,
+    codec: &TappedProtocol,
+    session: &mut Session,
+    write: &mut BytesMut,
+    steps: &mut Vec<Step>,
+) {
+    let (Some(inbox), Some(routed)) = (session.inbox.as_deref_mut(), session.routed.as_deref_mut())
+    else {
+        return;
+    };
+    let max_packet = routed.outbound.limits().maximum_packet_size;
+    let v5 = codec.is_v5();
+    inbox.pump(
+        &shared.commands,
+        &routed.subscriptions,
+        &mut routed.outbound,
+        steps,
+        |command, qos, pkid| publish_command(codec, write, command, qos, pkid, v5, max_packet),
+    );
+}
+
+/// Encodes one command onto `write`; `false` (and nothing written) when the client cannot
+/// take it.
+fn publish_command(
+    codec: &TappedProtocol,
+    write: &mut BytesMut,
+    command: &CommandToDevice,
+    qos: u8,
+    pkid: u16,
+    v5: bool,
+    max_packet: usize,
+) -> bool {
+    let topic = Bytes::copy_from_slice(command.topic.as_bytes());
+    let publish =
+        crate::delivery::publish_with(&topic, &command.payload, qos, pkid, false, command.again);
+    let properties = v5.then(|| rumqttd::protocol::PublishProperties {
+        response_topic: Some(command.response_topic.clone()),
+        correlation_data: Some(Bytes::copy_from_slice(command.id.as_bytes())),
+        ..Default::default()
+    });
+    let before = write.len();
+    match codec.write(Packet::Publish(publish, properties), write) {
+        Ok(written) if written <= max_packet => true,
+        _ => {
+            write.truncate(before);
+            metrics::counter!("fieldline_broker_oversize_dropped_total").increment(1);
+            false
+        }
     }
 }
 
@@ -528,7 +630,12 @@ where
             buffers.read.reserve(need.max(want));
         }
         let spare = buffers.read.capacity() - buffers.read.len();
-        let link = session.link();
+        let Session { inbox, routed, .. } = session;
+        let inbox = inbox.as_deref_mut();
+        let link = routed
+            .as_mut()
+            .and_then(|r| r.link.as_mut())
+            .map(|(link, _)| link);
         tokio::select! {
             biased;
             () = &mut kicked => return End::TakenOver,
@@ -549,6 +656,15 @@ where
                 }
                 codec.bytes_arrived();
                 unparsed = true;
+            }
+            taken = next_commands(inbox) => {
+                if let Some(inbox) = session.inbox.as_deref_mut() {
+                    inbox.take(taken);
+                }
+                pump_commands(shared, codec, session, &mut buffers.write, &mut steps);
+                if apply(&mut steps, codec, session, &mut buffers.write).is_err() {
+                    return End::Closed;
+                }
             }
             batch = next_notifications(link) => {
                 let Ok(batch) = batch else {
@@ -611,6 +727,15 @@ async fn next_notifications(
     match link {
         Some(link) if !link.gone => Box::pin(link.next()).await,
         _ => std::future::pending().await,
+    }
+}
+
+/// The next commands for a connection whose device takes them; never, otherwise. Boxed for
+/// the same reason as [`next_notifications`].
+async fn next_commands(inbox: Option<&mut Inbox>) -> Vec<CommandToDevice> {
+    match inbox {
+        Some(inbox) => Box::pin(inbox.next()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -767,16 +892,36 @@ fn inbound(
                 None,
             ))
         }
+        Packet::PubAck(ack, _)
+            if session
+                .inbox
+                .as_deref_mut()
+                .is_some_and(|inbox| inbox.acknowledged(&shared.commands, ack.pkid)) =>
+        {
+            // A command's PUBACK: its slot is free for the next message.
+            if let Some(routed) = session.routed.as_deref_mut() {
+                routed.outbound.unreserve(steps);
+            }
+            pump_commands(shared, codec, session, write, steps);
+            None
+        }
         ack @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)) => {
             if let Some(routed) = session.routed.as_deref_mut() {
                 routed.outbound.client_ack(&ack, steps);
             }
+            pump_commands(shared, codec, session, write, steps);
             None
         }
         Packet::Subscribe(subscribe, properties) => {
-            Some(subscribe_to(subscribe, properties, v5, shared, session))
+            let suback = subscribe_to(subscribe, properties, v5, shared, session);
+            open_inbox_if_subscribed(&shared.commands, session);
+            Some(suback)
         }
-        Packet::Unsubscribe(unsubscribe, _) => Some(unsubscribe_from(unsubscribe, shared, session)),
+        Packet::Unsubscribe(unsubscribe, _) => {
+            let unsuback = unsubscribe_from(unsubscribe, shared, session);
+            open_inbox_if_subscribed(&shared.commands, session);
+            Some(unsuback)
+        }
         Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),
         Packet::Disconnect(_, properties) => {
             if let Some(update) = properties.and_then(|p| p.session_expiry_interval) {

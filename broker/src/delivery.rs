@@ -186,6 +186,22 @@ impl Outbound {
         self.limits
     }
 
+    /// Takes one of the client's Receive Maximum slots for a message that does not come from
+    /// the router (a command); `false` when the client has as many as it allows.
+    pub(crate) fn reserve(&mut self) -> bool {
+        let free = self.client_inflight < self.limits.receive_maximum;
+        if free {
+            self.client_inflight += 1;
+        }
+        free
+    }
+
+    /// Gives back a slot [`Outbound::reserve`] took: the client acknowledged that message.
+    pub(crate) fn unreserve(&mut self, steps: &mut Vec<Step>) {
+        self.client_inflight = self.client_inflight.saturating_sub(1);
+        self.release_held(steps);
+    }
+
     /// One message from the router.
     pub(crate) fn forward(
         &mut self,
@@ -248,7 +264,7 @@ impl Outbound {
         }
         let properties = properties.filter(|p| !is_empty(p));
         let packet = Packet::Publish(
-            publish_with(&publish.topic, &publish.payload, qos, pkid, retain),
+            publish_with(&publish.topic, &publish.payload, qos, pkid, retain, false),
             properties,
         );
         if router_qos > 0 && qos == 0 {
@@ -475,9 +491,10 @@ pub(crate) fn publish_with(
     qos: u8,
     pkid: u16,
     retain: bool,
+    dup: bool,
 ) -> Publish {
     let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    raw.put_u8(0b0011_0000 | u8::from(retain) | (qos.min(2) << 1));
+    raw.put_u8(0b0011_0000 | u8::from(retain) | (qos.min(2) << 1) | (u8::from(dup && qos > 0) << 3));
     raw.put_u16(if qos == 0 { 0 } else { pkid });
     raw.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
     raw.extend_from_slice(topic);
@@ -526,7 +543,7 @@ mod tests {
         Forward {
             cursor: Some((0, 0)),
             size: 0,
-            publish: publish_with(&publish.topic, &publish.payload, router_qos, pkid, false),
+            publish: publish_with(&publish.topic, &publish.payload, router_qos, pkid, false, false),
             properties: Some(properties),
         }
     }

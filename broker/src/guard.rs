@@ -246,6 +246,12 @@ impl Guard {
         metrics::gauge!("fieldline_broker_registered_devices").set(devices.len() as f64);
     }
 
+    /// Whether the registry holds `device` (enabled or not).
+    pub fn is_registered(&self, device: &str) -> bool {
+        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+        devices.contains_key(device)
+    }
+
     /// Device authentication is on: the registry has held a device.
     pub fn auth_configured(&self) -> bool {
         self.configured.load(Ordering::Acquire)

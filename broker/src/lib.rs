@@ -15,6 +15,7 @@
 //! front ends that handshake off the accept path.
 
 pub mod acl;
+pub mod commands;
 mod connection;
 pub mod credentials;
 mod delivery;
@@ -32,6 +33,7 @@ mod tap;
 mod tunnel;
 pub mod wal;
 
+pub use commands::{CommandToDevice, Commands, Report};
 pub use guard::{DeviceAccess, Guard, GuardSettings};
 pub use presence::{DisconnectReason, Will};
 pub use server::{start, BrokerError, RunningBroker};

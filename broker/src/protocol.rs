@@ -236,6 +236,18 @@ impl TappedProtocol {
 }
 
 impl TappedProtocol {
+    /// The device this connection speaks for: the registered device it logged in as, or,
+    /// anonymously, its client id when that is a device id (then it is the device's session).
+    pub(crate) fn device(&self) -> Option<Arc<str>> {
+        match &self.admission {
+            Admission::Device { id, .. } => Some(id.clone()),
+            _ if !self.client_id.is_empty() && !self.client_id.contains(':') => {
+                Some(self.client_id.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// Ends the connection for breaking the access rules: counted, and logged with the device.
     fn deny(&mut self, action: &'static str, topic: &str) -> protocol::Error {
         metrics::counter!("fieldline_broker_acl_denied_total", "action" => action).increment(1);

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
 
+use crate::commands::Commands;
 use crate::connection::{self, Limits, Shared};
 use crate::guard::Guard;
 use crate::held::Held;
@@ -80,6 +81,7 @@ pub async fn start(
     settings: &BrokerSettings,
     tap: Tap,
     guard: Arc<Guard>,
+    commands: Arc<Commands>,
 ) -> Result<RunningBroker, BrokerError> {
     if Handle::current().runtime_flavor() != RuntimeFlavor::MultiThread {
         return Err(BrokerError::Runtime);
@@ -95,6 +97,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         tap: Arc::new(tap),
         guard,
+        commands,
         sessions: Sessions::new(router.clone(), interest.clone(), settings.max_kept_sessions),
         router,
         ingress,

@@ -44,6 +44,8 @@ pub struct AppState {
     pub judging: Arc<judging::Judging>,
     /// What the web dashboard is told before it signs in.
     pub web: web::WebSettings,
+    /// Commands to devices.
+    pub commands: Arc<fieldline_ingest::commands::CommandDesk>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -79,6 +81,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(api::rules::delete),
         )
         .route("/api/events", get(api::events::list_events))
+        .route(
+            "/api/devices/{id}/commands",
+            get(api::commands::list).post(api::commands::send),
+        )
+        .route(
+            "/api/commands/{id}",
+            get(api::commands::one).delete(api::commands::cancel),
+        )
         .route(
             "/api/webhooks",
             get(api::webhooks::list).post(api::webhooks::create),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{self, Interner};
+use crate::commands::Replies;
 use crate::decode::{decode, Limits};
 use crate::dedupe::Dedupe;
 use crate::document::{Body, Document, Kind, Status};
@@ -87,6 +88,8 @@ pub struct Pipeline {
     rebuild: Option<Rebuild>,
     /// Geofences and alert rules, judged on the storage path.
     judges: Option<Judges>,
+    /// Where devices' replies to commands go.
+    replies: Option<Arc<dyn Replies>>,
 }
 
 /// Replaying records storage already holds, to rebuild the live views' history.
@@ -165,6 +168,7 @@ impl Pipeline {
             last_position: 0,
             rebuild: None,
             judges: None,
+            replies: None,
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
@@ -187,6 +191,11 @@ impl Pipeline {
     /// the batch that stores the document.
     pub fn judge_with(&mut self, judges: Judges) {
         self.judges = Some(judges);
+    }
+
+    /// Hands devices' replies to commands to `replies`.
+    pub fn answer_replies_with(&mut self, replies: Arc<dyn Replies>) {
+        self.replies = Some(replies);
     }
 
     /// Makes the replay of the log at start-up (oldest retained record first) rebuild the
@@ -281,6 +290,23 @@ impl Pipeline {
         let (device, kind) = match route(&topic) {
             Ok(Route::Data { device, kind }) => (device, kind),
             Ok(Route::Command) => return,
+            Ok(Route::Reply { device, command }) => {
+                // Also when the start-up replay rebuilds: recording a reply is idempotent, and
+                // one acknowledged just before a crash is recorded then. A record read back
+                // for storage was taken when it arrived.
+                if path == Path::StoreOnly {
+                    return;
+                }
+                let taken = match &self.replies {
+                    Some(replies) => replies.reply(device, command, payload),
+                    None => Ok(()),
+                };
+                if let Err(rejection) = taken {
+                    let device = self.device_ids.intern(device);
+                    self.reject(&rejection, &topic, Some(&device), payload, received_ms, path);
+                }
+                return;
+            }
             Err(rejection) => {
                 self.reject(&rejection, &topic, None, payload, received_ms, path);
                 return;

@@ -20,12 +20,15 @@ pub enum Reason {
     InvalidTimestamp,
     FutureTimestamp,
     InvalidMetrics,
+    /// A reply to a command that is not JSON.
+    InvalidReply,
 }
 
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::UnknownTopic => "unknown_topic",
+            Reason::InvalidReply => "invalid_reply",
             Reason::InvalidDeviceId => "invalid_device_id",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::EmptyPayload => "empty_payload",

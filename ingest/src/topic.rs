@@ -11,9 +11,12 @@ pub enum Route<'a> {
     /// `devices/{id}/commands/...`: server-to-device traffic, forwarded by the broker and not
     /// ingested.
     Command,
+    /// `devices/{id}/replies/{command id}`: a device's answer to a command.
+    Reply { device: &'a str, command: &'a str },
 }
 
-/// Parses `devices/{device}/{telemetry|location|status}` (and recognises commands).
+/// Parses `devices/{device}/{telemetry|location|status}` and replies to commands (and
+/// recognises commands).
 pub fn route(topic: &str) -> Result<Route<'_>, Rejection> {
     let mut parts = topic.split('/');
     let (Some("devices"), Some(device), Some(leaf)) = (parts.next(), parts.next(), parts.next())
@@ -29,6 +32,9 @@ pub fn route(topic: &str) -> Result<Route<'_>, Rejection> {
     }
     let kind = match (leaf, rest) {
         ("commands", _) => return Ok(Route::Command),
+        ("replies", Some(command)) if is_valid_name(command) && parts.next().is_none() => {
+            return Ok(Route::Reply { device, command });
+        }
         ("telemetry", None) => Kind::Telemetry,
         ("location", None) => Kind::Location,
         ("status", None) => Kind::Status,
@@ -41,7 +47,7 @@ fn unknown(topic: &str) -> Rejection {
     let _ = topic;
     Rejection::new(
         Reason::UnknownTopic,
-        "expected devices/{device}/telemetry, /location or /status",
+        "expected devices/{device}/telemetry, /location, /status or /replies/{command}",
     )
 }
 
@@ -73,6 +79,13 @@ mod tests {
             })
         );
         assert_eq!(route("devices/x/commands/reboot"), Ok(Route::Command));
+        assert_eq!(
+            route("devices/x/replies/c1"),
+            Ok(Route::Reply {
+                device: "x",
+                command: "c1"
+            })
+        );
     }
 
     #[test]
@@ -83,6 +96,9 @@ mod tests {
             "devices/x",
             "devices/x/speed",
             "devices/x/location/extra",
+            "devices/x/replies",
+            "devices/x/replies/a/b",
+            "devices/x/replies/a b",
             "other/x/location",
             "/devices/x/location",
         ] {

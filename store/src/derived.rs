@@ -10,20 +10,23 @@ use serde_json::{Map, Value};
 
 use crate::time_format::format_ms;
 
-/// The two kinds of derived event, as live streams and the API name them.
+/// The kinds of stored event, as live streams and the API name them: what the judges derive
+/// (geofence, alert) and the command ledger's moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Geofence,
     Alert,
+    Command,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 2] = [EventKind::Geofence, EventKind::Alert];
+    pub const ALL: [EventKind; 3] = [EventKind::Geofence, EventKind::Alert, EventKind::Command];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Geofence => "geofence",
             EventKind::Alert => "alert",
+            EventKind::Command => "command",
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod batch;
+pub mod commands;
 pub mod derived;
 pub mod events;
 mod kind;
@@ -35,6 +36,7 @@ pub use kind::Kind;
 pub use location::Location;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
+pub use commands::CommandStore;
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
 pub use retention::{Cutoffs, Removed, RetentionStore};
@@ -161,7 +163,9 @@ pub struct LogState {
 
 /// What the pipeline writes to and the API reads from; it also keeps the access registry and
 /// the geofences, rules, events and webhooks, and the telemetry roll-ups.
-pub trait Store: AccessStore + EventStore + RollupStore + RetentionStore + Send + Sync {
+pub trait Store:
+    AccessStore + CommandStore + EventStore + RollupStore + RetentionStore + Send + Sync
+{
     /// Writes a whole batch atomically, its derived events and states included: all of it is
     /// stored, or none and an error. Returns the seq its first event was given (its events
     /// take that and the ones after it).

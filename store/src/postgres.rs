@@ -12,6 +12,7 @@ use sqlx::{Connection, Postgres, Transaction};
 use tokio::sync::Mutex;
 
 use super::access::impl_access_store;
+use super::commands::impl_command_store;
 use super::events::{
     impl_event_store, state_columns, LAST_EVENT_SEQ, STATE_STILL_APPLIES, STATE_UPSERT_TAIL,
 };
@@ -205,6 +206,10 @@ async fn warn_if_timescale_unused(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Taken before reading the newest event seq: the store writer and the command ledger both
+/// add events, and seqs must follow commit order (held to the end of the transaction).
+const EVENT_SEQ_LOCK: &str = "SELECT pg_advisory_xact_lock(4655012)";
+
 /// A batch's events and changed states, in its transaction, each kind in one statement;
 /// returns the seq its first event took.
 async fn write_derived(
@@ -213,6 +218,7 @@ async fn write_derived(
 ) -> Result<u64, StoreError> {
     let mut first_seq = 0i64;
     if !derived.events.is_empty() {
+        sqlx::query(EVENT_SEQ_LOCK).execute(&mut **tx).await?;
         let last: i64 = sqlx::query_scalar(LAST_EVENT_SEQ)
             .fetch_one(&mut **tx)
             .await?;
@@ -519,6 +525,7 @@ impl Store for PgStore {
 
 impl_access_store!(PgStore);
 impl_event_store!(PgStore, sqlx::Postgres);
+impl_command_store!(PgStore, sqlx::Postgres, "BEGIN", EVENT_SEQ_LOCK);
 
 /// `text` as a string literal that means the same whatever `standard_conforming_strings` is.
 fn text_literal(text: &str) -> String {

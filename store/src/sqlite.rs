@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
 use super::access::impl_access_store;
+use super::commands::impl_command_store;
 use super::events::{
     impl_event_store, state_columns, LAST_EVENT_SEQ, STATE_STILL_APPLIES, STATE_UPSERT_TAIL,
 };
@@ -366,6 +367,9 @@ impl Store for SqliteStore {
 
 impl_access_store!(SqliteStore);
 impl_event_store!(SqliteStore, sqlx::Sqlite);
+// An immediate transaction holds the write lock from its start, so no other writer's events
+// come between its seq read and its insert.
+impl_command_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");
 
 #[cfg(test)]
 mod tests {

@@ -82,7 +82,7 @@ pub async fn list_events(
         .into_iter()
         .map(|k| {
             EventKind::parse(k)
-                .ok_or_else(|| ApiError::bad_request("kinds must be geofence and/or alert"))
+                .ok_or_else(|| ApiError::bad_request("kinds must be among geofence, alert and command"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let query = EventQuery {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod body;
 mod buckets;
+pub mod commands;
 mod definitions;
 pub mod devices;
 pub mod events;

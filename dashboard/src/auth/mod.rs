@@ -31,6 +31,7 @@ pub use token::Role;
 
 struct Entry {
     digest: String,
+    name: String,
     role: Role,
     revoked: bool,
 }
@@ -39,6 +40,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub token_id: String,
+    /// The token's name: who did something, in ledgers.
+    pub name: String,
     pub role: Role,
 }
 
@@ -82,6 +85,7 @@ impl ApiAccess {
                 record.id,
                 Entry {
                     digest: record.secret_hash,
+                    name: record.name,
                     role,
                     revoked: record.revoked_at_ms.is_some(),
                 },
@@ -112,6 +116,7 @@ impl ApiAccess {
             .into();
         (matches && !entry.revoked).then(|| Principal {
             token_id: id.to_string(),
+            name: entry.name.clone(),
             role: entry.role,
         })
     }
@@ -185,8 +190,13 @@ pub async fn require_token(
         .iter()
         .any(|p| path.starts_with(p))
         && request.method() != axum::http::Method::GET;
+    // Sending and cancelling commands is an operator's work.
+    let commands = (path.starts_with("/api/commands") || path.ends_with("/commands"))
+        && request.method() != axum::http::Method::GET;
     let needed = if path.starts_with("/api/admin/") || path == "/api/admin" || configures {
         Role::Admin
+    } else if commands {
+        Role::Operator
     } else {
         Role::Viewer
     };

@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 /// Who a token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Everything: devices, tokens, and all a viewer may do.
+    /// Everything: devices, tokens, definitions, and all an operator may do.
     Admin,
+    /// Working the fleet: sending and cancelling commands, and all a viewer may do; not
+    /// managing devices, tokens, fences, rules or webhooks.
+    Operator,
     /// Reading: devices, history, live streams, metrics.
     Viewer,
 }
@@ -22,6 +25,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
+            Role::Operator => "operator",
             Role::Viewer => "viewer",
         }
     }
@@ -29,6 +33,7 @@ impl Role {
     pub fn parse(text: &str) -> Option<Role> {
         match text {
             "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
             "viewer" => Some(Role::Viewer),
             _ => None,
         }
@@ -36,7 +41,15 @@ impl Role {
 
     /// Whether this role may do what `needed` may.
     pub fn covers(self, needed: Role) -> bool {
-        self == Role::Admin || needed == Role::Viewer
+        self.rank() >= needed.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Role::Viewer => 0,
+            Role::Operator => 1,
+            Role::Admin => 2,
+        }
     }
 }
 

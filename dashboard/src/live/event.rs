@@ -48,7 +48,7 @@ impl LiveEvent {
         }
     }
 
-    /// `location`, `telemetry`, `status`, `geofence` or `alert`.
+    /// `location`, `telemetry`, `status`, `geofence`, `alert` or `command`.
     pub fn kind(&self) -> &'static str {
         self.payload.kind()
     }
@@ -131,7 +131,7 @@ impl LiveEvent {
 }
 
 impl Payload {
-    /// `location`, `telemetry`, `status`, `geofence` or `alert`.
+    /// `location`, `telemetry`, `status`, `geofence`, `alert` or `command`.
     pub fn kind(&self) -> &'static str {
         match self {
             Payload::Document(d) => d.kind().as_str(),

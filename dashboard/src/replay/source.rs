@@ -364,6 +364,8 @@ impl EventWindows {
                 let kind = match e.kind {
                     EventKind::Geofence => ReplayKind::Geofence,
                     EventKind::Alert => ReplayKind::Alert,
+                    // What was asked of a device is not part of what it did.
+                    EventKind::Command => return None,
                 };
                 let key = Key {
                     ts_ms: e.ts_ms,

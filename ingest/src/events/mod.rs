@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod devices;
+pub mod in_order;
 pub mod judges;
 
 use std::sync::Arc;
