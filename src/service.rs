@@ -18,10 +18,10 @@ use fieldline_broker::{
 };
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::live::Hub;
-use fieldline_ingest::decode::Limits;
-use fieldline_ingest::events::judges::Judges;
 use fieldline_ingest::commands::CommandDesk;
+use fieldline_ingest::decode::Limits;
 use fieldline_ingest::events::in_order::InOrder;
+use fieldline_ingest::events::judges::Judges;
 use fieldline_ingest::events::{EventFeed, EventFeeds};
 use fieldline_ingest::source;
 use fieldline_ingest::spill::SpillState;
@@ -59,7 +59,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events.clone(),
         config.max_payload_bytes,
     );
-    let ingest = start_ingest(&config, &store, &hub, events, &commands, judging.judges, log).await?;
+    let ingest = start_ingest(
+        &config,
+        &store,
+        &hub,
+        events,
+        &commands,
+        judging.judges,
+        log,
+    )
+    .await?;
     let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
     let broker = start_broker(&config, &access, ingest.wal.clone(), mailboxes).await?;
     let tasks = Tasks {

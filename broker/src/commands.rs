@@ -85,7 +85,10 @@ impl Commands {
 
     /// Hands `command` to the device's current connection.
     pub fn deliver(&self, device: &str, command: CommandToDevice) -> Result<(), NotConnected> {
-        let mailboxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mailboxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         match mailboxes.get(device) {
             Some(mailbox) => mailbox
                 .tx
@@ -97,13 +100,19 @@ impl Commands {
 
     /// Whether a connection of `device` takes commands now.
     pub fn connected(&self, device: &str) -> bool {
-        let mailboxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mailboxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         mailboxes.get(device).is_some_and(|m| !m.tx.is_closed())
     }
 
     /// The largest packet the device's current connection takes, when it said (MQTT 5).
     pub fn max_packet_size(&self, device: &str) -> Option<usize> {
-        let mailboxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mailboxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         mailboxes.get(device).and_then(|m| m.max_packet_size)
     }
 
@@ -120,7 +129,10 @@ impl Commands {
             tx,
             max_packet_size,
         };
-        let mut mailboxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut mailboxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         mailboxes.insert(device.clone(), mailbox);
         metrics::gauge!("fieldline_command_mailboxes").set(mailboxes.len() as f64);
         drop(mailboxes);
@@ -130,7 +142,10 @@ impl Commands {
 
     /// Closes the mailbox of `device` if `connection` still holds it.
     pub(crate) fn close(&self, device: &str, connection: u64) {
-        let mut mailboxes = self.mailboxes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut mailboxes = self
+            .mailboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if mailboxes
             .get(device)
             .is_some_and(|m| m.connection == connection)

@@ -455,10 +455,11 @@ fn open_inbox_if_subscribed(commands: &Commands, session: &mut Session) {
     let Some(device) = session.device.clone() else {
         return;
     };
-    let subscribed = session
-        .routed
-        .as_ref()
-        .is_some_and(|r| r.subscriptions.filters().any(|f| is_command_filter(&device, f)));
+    let subscribed = session.routed.as_ref().is_some_and(|r| {
+        r.subscriptions
+            .filters()
+            .any(|f| is_command_filter(&device, f))
+    });
     match (&session.inbox, subscribed) {
         (None, true) => {
             let inbox = Inbox::open(

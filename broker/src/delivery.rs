@@ -494,7 +494,9 @@ pub(crate) fn publish_with(
     dup: bool,
 ) -> Publish {
     let mut raw = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    raw.put_u8(0b0011_0000 | u8::from(retain) | (qos.min(2) << 1) | (u8::from(dup && qos > 0) << 3));
+    raw.put_u8(
+        0b0011_0000 | u8::from(retain) | (qos.min(2) << 1) | (u8::from(dup && qos > 0) << 3),
+    );
     raw.put_u16(if qos == 0 { 0 } else { pkid });
     raw.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
     raw.extend_from_slice(topic);
@@ -543,7 +545,14 @@ mod tests {
         Forward {
             cursor: Some((0, 0)),
             size: 0,
-            publish: publish_with(&publish.topic, &publish.payload, router_qos, pkid, false, false),
+            publish: publish_with(
+                &publish.topic,
+                &publish.payload,
+                router_qos,
+                pkid,
+                false,
+                false,
+            ),
             properties: Some(properties),
         }
     }

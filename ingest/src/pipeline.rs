@@ -303,7 +303,14 @@ impl Pipeline {
                 };
                 if let Err(rejection) = taken {
                     let device = self.device_ids.intern(device);
-                    self.reject(&rejection, &topic, Some(&device), payload, received_ms, path);
+                    self.reject(
+                        &rejection,
+                        &topic,
+                        Some(&device),
+                        payload,
+                        received_ms,
+                        path,
+                    );
                 }
                 return;
             }

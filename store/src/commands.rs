@@ -268,11 +268,7 @@ pub trait CommandStore: Send + Sync {
     fn devices_with_pending_commands(&self, now_ms: i64) -> StoreFuture<'_, Vec<String>>;
     /// Makes each move that still applies, in one transaction; the ones that did not apply
     /// (unknown, final, or another device's) are left out of the answer.
-    fn move_commands<'a>(
-        &'a self,
-        moves: &'a [Move],
-        now_ms: i64,
-    ) -> StoreFuture<'a, Vec<Moved>>;
+    fn move_commands<'a>(&'a self, moves: &'a [Move], now_ms: i64) -> StoreFuture<'a, Vec<Moved>>;
     /// Expires what was not delivered in time (a QoS 0 command once sent is done, not expired).
     fn expire_commands(&self, now_ms: i64) -> StoreFuture<'_, Vec<Moved>>;
     /// Commands per state, for metrics.
@@ -331,13 +327,10 @@ pub(crate) fn numbered(
     events: Vec<Event>,
     first_seq: u64,
 ) -> Vec<Moved> {
-    let mut events = events
-        .into_iter()
-        .zip(first_seq..)
-        .map(|(mut e, seq)| {
-            e.seq = seq;
-            Arc::new(e)
-        });
+    let mut events = events.into_iter().zip(first_seq..).map(|(mut e, seq)| {
+        e.seq = seq;
+        Arc::new(e)
+    });
     changed
         .into_iter()
         .map(|(command, visible)| Moved {

@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
 }
 
 pub mod browser;
+pub mod commanded;
 pub mod geo;
 pub mod live;
 pub mod raw_mqtt;

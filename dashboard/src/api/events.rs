@@ -81,8 +81,9 @@ pub async fn list_events(
     let kinds = list(&params.kinds)
         .into_iter()
         .map(|k| {
-            EventKind::parse(k)
-                .ok_or_else(|| ApiError::bad_request("kinds must be among geofence, alert and command"))
+            EventKind::parse(k).ok_or_else(|| {
+                ApiError::bad_request("kinds must be among geofence, alert and command")
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let query = EventQuery {

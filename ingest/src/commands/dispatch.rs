@@ -50,7 +50,11 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(store: Arc<dyn Store>, broker: Arc<Commands>, feed: Arc<dyn EventFeed>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        broker: Arc<Commands>,
+        feed: Arc<dyn EventFeed>,
+    ) -> Self {
         Dispatcher {
             store,
             broker,
@@ -177,7 +181,11 @@ impl Dispatcher {
         if handed.contains(&command.id) {
             return;
         }
-        if self.broker.deliver(&command.device, to_device(command)).is_ok() {
+        if self
+            .broker
+            .deliver(&command.device, to_device(command))
+            .is_ok()
+        {
             handed.insert(command.id.clone());
         }
     }
@@ -246,7 +254,9 @@ impl Dispatcher {
                 }
                 self.publish(&expired);
             }
-            Err(e) => tracing::warn!(error = %e, "cannot expire commands; trying again in a second"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot expire commands; trying again in a second")
+            }
         }
     }
 

@@ -26,7 +26,10 @@ pub(crate) fn envelope(
         let payload = serde_json::from_slice(payload).unwrap_or(Value::Null);
         body.insert("payload".into(), payload);
     } else {
-        body.insert("payload_b64".into(), Value::String(STANDARD.encode(payload)));
+        body.insert(
+            "payload_b64".into(),
+            Value::String(STANDARD.encode(payload)),
+        );
     }
     body.insert("expires".into(), Value::String(format_ms(expires_ms)));
     Value::Object(body).to_string().into_bytes()
@@ -79,7 +82,10 @@ mod tests {
         assert_eq!(value["id"], "c1");
         assert_eq!(value["name"], "set_interval");
         assert_eq!(value["payload"]["s"], 5);
-        assert!(value["expires"].as_str().unwrap().starts_with("1970-01-01T00:00:00"));
+        assert!(value["expires"]
+            .as_str()
+            .unwrap()
+            .starts_with("1970-01-01T00:00:00"));
         let raw = envelope("c2", "blob", &[0xff, 0x00], false, 0);
         let value: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(value["payload_b64"], "/wA=");

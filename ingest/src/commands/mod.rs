@@ -131,7 +131,9 @@ impl CommandDesk {
         };
         let ttl = match request.ttl_s {
             None => DEFAULT_TTL,
-            Some(s) if s.is_finite() && s >= MIN_TTL.as_secs_f64() && s <= MAX_TTL.as_secs_f64() => {
+            Some(s)
+                if s.is_finite() && s >= MIN_TTL.as_secs_f64() && s <= MAX_TTL.as_secs_f64() =>
+            {
                 Duration::from_secs_f64(s)
             }
             Some(_) => return invalid("ttl_s must be between 1 s and 30 days".into()),
@@ -146,7 +148,8 @@ impl CommandDesk {
         }
         let known = self.guard.is_registered(device)
             || self.broker.connected(device)
-            || self.store.device(device).await?.is_some();
+            || self.store.device(device).await?.is_some()
+            || self.has_commands(device).await?;
         if !known {
             return invalid(format!("unknown device {device:?}"));
         }
@@ -198,6 +201,18 @@ impl CommandDesk {
             });
         }
         Ok((command, created))
+    }
+
+    /// Whether the ledger has any command for `device` (it took commands before).
+    async fn has_commands(&self, device: &str) -> Result<bool, StoreError> {
+        let query = CommandQuery {
+            device: device.to_string(),
+            state: None,
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            limit: 1,
+        };
+        Ok(!self.store.commands(&query).await?.is_empty())
     }
 
     /// Cancels a command that has not been delivered.
