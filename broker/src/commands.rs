@@ -316,7 +316,7 @@ mod tests {
     fn command(id: &str) -> CommandToDevice {
         CommandToDevice {
             id: Arc::from(id),
-            topic: format!("devices/d1/commands/ping"),
+            topic: "devices/d1/commands/ping".to_string(),
             payload: Bytes::from_static(b"{}"),
             qos: 1,
             response_topic: format!("devices/d1/replies/{id}"),
