@@ -42,12 +42,13 @@ fn durability_from_file<'de, D: serde::Deserializer<'de>>(
 /// Fieldline: MQTT telemetry broker, ingest pipeline and live dashboards in one binary.
 ///
 /// Without a command it runs the service. `device` and `token` manage the access registry
-/// in the configured database (the running service picks changes up within seconds).
+/// in the configured database (the running service picks changes up within seconds);
+/// `command` sends commands to devices through a running service.
 #[derive(Parser, Debug, Default)]
 #[command(version, about)]
 pub struct Args {
     #[command(subcommand)]
-    pub command: Option<crate::registry_cli::Command>,
+    pub command: Option<crate::Tool>,
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "FIELDLINE_CONFIG", global = true)]
     pub config: Option<PathBuf>,

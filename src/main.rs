@@ -1,6 +1,7 @@
 //! The `fieldline` binary: reads configuration, starts the service, reports errors.
 
 mod access_sync;
+mod command_cli;
 mod config;
 mod judging;
 mod live_epoch;
@@ -11,6 +12,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+
+/// What the binary does besides running the service.
+#[derive(clap::Subcommand, Debug)]
+pub enum Tool {
+    #[command(flatten)]
+    Registry(registry_cli::Command),
+    /// Send, list and cancel commands to devices (through a running service's API).
+    Command(command_cli::CommandCli),
+}
 
 fn main() -> ExitCode {
     let mut args = config::Args::parse();
@@ -30,11 +40,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build()?;
         match command {
-            Some(command) => runtime.block_on(registry_cli::run(
+            Some(Tool::Registry(command)) => runtime.block_on(registry_cli::run(
                 command,
                 &config.database_url,
                 &config.database_url_redacted(),
             )),
+            Some(Tool::Command(cli)) => runtime.block_on(command_cli::run(cli, config.http_listen)),
             None => runtime.block_on(service::run(config)),
         }
     });

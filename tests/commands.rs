@@ -456,3 +456,95 @@ async fn bad_commands_are_refused_with_the_reason_and_roles_apply(backend: Backe
     }
     server.stop();
 }
+
+/// `fieldline command send --wait` prints the final state and the reply; `list` shows the
+/// ledger; a viewer token is refused with the API's reason. Through the API, so one back end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_sends_waits_for_the_reply_and_lists() {
+    let dir = TempDir::new("cmd-cli");
+    let url = database(Backend::Sqlite, &dir, "cmd_cli").await;
+    let operator = create_token(&url, "cli", "operator");
+    let viewer = create_token(&url, "wall", "viewer");
+    let server = Server::start(&dir, &url).await;
+    let mut device = Commanded::connect(server.mqtt_port, "tractor-1", 4, false, None).await;
+    let api = server.url("");
+    let run = |args: Vec<String>, token: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(support::binary())
+                .env("FIELDLINE_API_TOKEN", token)
+                .env("RUST_LOG", "warn")
+                .args(args)
+                .output()
+                .expect("fieldline runs")
+        })
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["command"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .chain(["--api-url".to_string(), api.clone()])
+            .collect()
+    };
+    let sending = run(
+        args(&[
+            "send",
+            "tractor-1",
+            "set_interval",
+            "--payload",
+            r#"{"seconds": 2}"#,
+            "--ttl",
+            "10m",
+            "--wait",
+        ]),
+        operator.clone(),
+    );
+    let got = device.next().await;
+    assert_eq!(got.body["payload"]["seconds"], 2);
+    let id = got.body["id"].as_str().expect("id").to_string();
+    device
+        .publish(
+            &format!("devices/tractor-1/replies/{id}"),
+            br#"{"ok": true, "seconds": 2}"#,
+        )
+        .await;
+    let out = sending.await.expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("replied"));
+    let reply: Value = serde_json::from_str(lines.next().expect("reply line")).expect("JSON");
+    assert_eq!(reply, json!({"ok": true, "seconds": 2}));
+
+    let out = run(args(&["list", "tractor-1"]), operator.clone())
+        .await
+        .expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains(&id) && stdout.contains("replied"),
+        "{stdout}"
+    );
+
+    let out = run(args(&["send", "tractor-1", "ping"]), viewer)
+        .await
+        .expect("joined");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("role"),
+        "{stderr}"
+    );
+    let out = run(
+        args(&["send", "tractor-1", "ping", "--ttl", "soon"]),
+        operator,
+    )
+    .await
+    .expect("joined");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration"));
+}
