@@ -63,7 +63,7 @@ for title, files in (("loaded before the first map", first), ("loaded by the scr
 PY
 
 MQ_PID=
-"$BIN/fieldline-sim" fleet --port "$MQTT_PORT" --vehicles "$VEHICLES" --interval-ms 1000 >"$WORK/fleet.log" 2>&1 &
+"$BIN/fieldline-sim" fleet --port "$MQTT_PORT" --vehicles "$VEHICLES" --interval-ms 1000 --no-commands >"$WORK/fleet.log" 2>&1 &
 MQ_PID=$!
 echo "-- waiting for $VEHICLES vehicles"
 for _ in $(seq 300); do

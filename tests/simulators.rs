@@ -298,3 +298,79 @@ async fn the_geofence_scenario_and_setup_load_fences_and_raise_events() {
         "{report}"
     );
 }
+
+/// Fleet vehicles take commands: `ping` is answered, `set_interval` changes the pace of the
+/// vehicle it was sent to (compared with a vehicle that was not told, over the same span),
+/// and an unknown command is answered `"ok": false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_vehicles_answer_commands_and_set_interval_changes_their_pace() {
+    let dir = TempDir::new("sim-commands");
+    let url = database(Backend::Sqlite, &dir, "sim_commands").await;
+    let server = Server::start(&dir, &url).await;
+    let mut fleet = Command::new(sim())
+        .args(["fleet", "--vehicles", "2", "--interval-ms", "1000"])
+        .args(["--port", &server.mqtt_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("fieldline-sim runs");
+    for v in 0..2 {
+        server
+            .wait_for(&format!("/api/devices/vehicle-{v}"), |d| {
+                d["online"] == true
+            })
+            .await;
+    }
+    let send = |name: &str, payload: Value| {
+        let server = &server;
+        let body = serde_json::json!({"name": name, "payload": payload});
+        async move {
+            let (status, command) = server
+                .request(
+                    reqwest::Method::POST,
+                    "/api/devices/vehicle-0/commands",
+                    None,
+                    Some(body),
+                )
+                .await;
+            assert_eq!(status, 201, "{command}");
+            let id = command["id"].as_str().expect("id").to_string();
+            server
+                .wait_for(&format!("/api/commands/{id}"), |c| {
+                    c["state"] == "replied" || c["state"] == "failed"
+                })
+                .await
+        }
+    };
+    let pong = send("ping", Value::Null).await;
+    assert_eq!(pong["state"], "replied");
+    assert_eq!(pong["reply"]["interval_ms"], 1000);
+    let unknown = send("fly", Value::Null).await;
+    assert_eq!(unknown["state"], "failed");
+
+    let fixes = |v: u32| {
+        let server = &server;
+        async move {
+            rows(server, &format!("/api/devices/vehicle-{v}/track?from=0"))
+                .await
+                .len()
+        }
+    };
+    let set = send("set_interval", serde_json::json!({"interval_ms": 50})).await;
+    assert_eq!(
+        set["reply"],
+        serde_json::json!({"ok": true, "interval_ms": 50})
+    );
+    let (fast_before, slow_before) = (fixes(0).await, fixes(1).await);
+    server
+        .wait_for("/api/devices/vehicle-0/track?from=0", |t| {
+            t.as_array().is_some_and(|a| a.len() >= fast_before + 60)
+        })
+        .await;
+    let slow_gained = fixes(1).await - slow_before;
+    assert!(
+        slow_gained * 4 < 60,
+        "vehicle-0 gained 60 fixes while vehicle-1, at 1 s, gained {slow_gained}"
+    );
+    let _ = fleet.kill();
+    let _ = fleet.wait();
+}

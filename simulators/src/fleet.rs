@@ -1,6 +1,7 @@
 //! A fleet of vehicles driving plausible routes: each keeps a heading, turns now and then like
 //! at a junction, changes speed smoothly, and reports a GPS fix with speed and heading at a
-//! set interval.
+//! set interval. Each takes commands (`set_interval`, `ping`) and replies, unless
+//! `--no-commands`.
 
 use std::time::Duration;
 
@@ -30,6 +31,9 @@ pub struct Args {
     prefix: String,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Vehicles do not subscribe to their commands (a publish-only load).
+    #[arg(long)]
+    no_commands: bool,
 }
 
 /// `lat,lon` from the command line.
@@ -46,7 +50,13 @@ pub(crate) const EARTH_RADIUS_M: f64 = 6_371_000.0;
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for v in 0..args.vehicles {
-        let client = args.broker.publisher(&format!("{}-{v}", args.prefix));
+        let device = format!("{}-{v}", args.prefix);
+        let (client, mut commands) = if args.no_commands {
+            (args.broker.publisher(&device), None)
+        } else {
+            let (client, commands) = crate::commands::commanded(&args.broker, &device);
+            (client, Some(commands))
+        };
         let mut rng = Rng::new(args.seed.wrapping_add(v as u64));
         let topic = format!("devices/{}-{v}/location", args.prefix);
         let qos = args.broker.qos();
@@ -64,9 +74,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             accuracy: None,
         };
         tasks.push(tokio::spawn(async move {
+            let mut interval = interval;
             let mut tick = tokio::time::interval(interval);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(command) = next_command(&mut commands) => {
+                        let (changed, reply) = crate::commands::answer(&command, interval);
+                        if let Some(changed) = changed {
+                            interval = changed;
+                            tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                        }
+                        crate::commands::reply(&client, &device, &command, &reply).await;
+                        continue;
+                    }
+                }
                 drive(&mut fix, &mut rng, interval.as_secs_f64());
                 fix.seq += 1;
                 fix.ts = now_ms();
@@ -82,6 +104,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     wait(args.duration).await;
     Ok(())
+}
+
+/// The vehicle's next command; never, for a vehicle that takes none.
+async fn next_command(
+    commands: &mut Option<tokio::sync::mpsc::UnboundedReceiver<crate::commands::Received>>,
+) -> Option<crate::commands::Received> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Advances a vehicle by `secs` of driving.

@@ -2,6 +2,7 @@
 //! testing and every performance figure in BENCHMARKS.md.
 
 mod backfill;
+mod commands;
 mod connection;
 mod fleet;
 mod geofences;
