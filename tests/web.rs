@@ -1076,3 +1076,108 @@ async fn replay_of_a_stored_track_plays_pauses_and_seeks() {
         .await;
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }
+
+/// A command sent from the device detail reaches a real MQTT client, and the page shows it go
+/// `sent → delivered → replied` with the reply; a bad payload is refused in the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_from_the_detail_is_followed_to_its_reply() {
+    let dir = TempDir::new("web-commands");
+    let db = database(Backend::Sqlite, &dir, "web_commands").await;
+    let server = Server::start(&dir, &db).await;
+    let browser = Browser::start(&shots("commands")).await;
+    let mut device =
+        support::commanded::Commanded::connect(server.mqtt_port, "van-9", 4, true, None).await;
+    device
+        .publish(
+            "devices/van-9/location",
+            json!({"lat": 52.52, "lon": 13.40}).to_string().as_bytes(),
+        )
+        .await;
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    browser
+        .wait_for(
+            "van-9 listed",
+            "return !!document.querySelector(\"#list .row[data-id='van-9']\");",
+            json!([]),
+        )
+        .await;
+    browser.click("#list .row[data-id='van-9']").await;
+    browser
+        .wait_for(
+            "the commands box",
+            "return !document.getElementById('detail').hidden && document.getElementById('command-list').textContent.includes('No commands');",
+            json!([]),
+        )
+        .await;
+
+    // Not JSON: the page says so and sends nothing.
+    browser.type_into("#command-name", "set_interval").await;
+    browser.type_into("#command-payload", "{seconds: 5").await;
+    browser.click("#command-send").await;
+    browser
+        .wait_for(
+            "the payload refused",
+            "return document.getElementById('command-error').textContent.includes('JSON');",
+            json!([]),
+        )
+        .await;
+
+    browser
+        .type_into("#command-payload", r#"{"seconds": 5}"#)
+        .await;
+    browser.click("#command-send").await;
+    let got = device.next().await;
+    assert_eq!(got.topic, "devices/van-9/commands/set_interval");
+    assert_eq!(got.body["payload"], json!({"seconds": 5}));
+    let id = got.body["id"].as_str().expect("id").to_string();
+    let state_is = |state: &'static str| {
+        let id = id.clone();
+        let browser = &browser;
+        async move {
+            browser
+                .wait_for(
+                    state,
+                    "const el = document.querySelector(`[data-command='${arguments[0]}'] .state`); return el && el.dataset.state === arguments[1];",
+                    json!([id, state]),
+                )
+                .await;
+        }
+    };
+    state_is("sent").await;
+    device.ack_next().await;
+    state_is("delivered").await;
+    device
+        .publish(
+            &format!("devices/van-9/replies/{id}"),
+            br#"{"ok": true, "interval_ms": 5000}"#,
+        )
+        .await;
+    state_is("replied").await;
+    let shown = browser
+        .eval(
+            "return window.fieldlineCommands.shown.get(arguments[0]);",
+            json!([id]),
+        )
+        .await;
+    // `queued` may or may not be seen: the device can have it before the POST's answer.
+    let shown: Vec<String> = serde_json::from_value(shown).expect("states");
+    assert!(
+        shown.ends_with(&["sent".into(), "delivered".into(), "replied".into()]),
+        "{shown:?}"
+    );
+    let item = browser
+        .eval(
+            "return document.querySelector(`[data-command='${arguments[0]}']`).textContent;",
+            json!([id]),
+        )
+        .await;
+    assert!(item.to_string().contains("interval_ms"), "{item}");
+    // The quick button sends it again.
+    browser.click("#command-quick button[data-index='0']").await;
+    let again = device.next().await;
+    assert_eq!(again.body["name"], "set_interval");
+    assert_ne!(again.body["id"], id.as_str());
+    browser.screenshot("1-commands").await;
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+}

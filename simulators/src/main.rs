@@ -2,6 +2,7 @@
 //! testing and every performance figure in BENCHMARKS.md.
 
 mod backfill;
+mod command_bench;
 mod commands;
 mod connection;
 mod fleet;
@@ -78,6 +79,21 @@ enum Command {
     /// are held (a PINGREQ every half keep-alive) for `--hold-seconds`, or with 0 until stdin
     /// closes or Ctrl-C. Exits non-zero when no connection was accepted.
     Idle(idle::Args),
+    /// A backlog of queued commands drained to reconnecting devices.
+    ///
+    /// Example: `fieldline-sim commands-drain --devices 1000 --commands 10000 --port 1883
+    /// --api http://127.0.0.1:8080`. Each device publishes one fix (so Fieldline knows it) and
+    /// leaves; the commands are queued over the API (`--concurrency` calls at a time); then
+    /// every device connects and subscribes to its commands. One JSON line: the time to queue
+    /// (and API commands/s), to connect, to drain (first connect to the last command
+    /// received, and commands/s), and until the ledger shows every command delivered.
+    CommandsDrain(command_bench::DrainArgs),
+    /// API-to-device latency of commands at a steady rate to connected devices.
+    ///
+    /// Example: `fieldline-sim commands-latency --devices 100 --rate 100 --seconds 30`. Each
+    /// command's time from the start of its `POST` to its arrival at the device: p50, p99 and
+    /// max as one JSON line. Run a `fleet --no-commands` beside it for load.
+    CommandsLatency(command_bench::LatencyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +111,8 @@ fn main() -> anyhow::Result<()> {
             Command::Backfill(args) => backfill::run(args).await,
             Command::ReplayWatch(args) => replay_watch::run(args).await,
             Command::Idle(args) => idle::run(args).await,
+            Command::CommandsDrain(args) => command_bench::drain(args).await,
+            Command::CommandsLatency(args) => command_bench::latency(args).await,
         }
     })
 }

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fieldline_ingest::commands::{CommandError, CommandRequest};
 use fieldline_store::commands::{CommandQuery, CommandState};
-use fieldline_store::time_format::parse_api_time;
 use serde::Deserialize;
 
 use super::body::json_body;
@@ -82,14 +81,6 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     let device = checked_device_id(&device)?;
-    let time = |name: &str, v: &Option<String>, default: i64| -> Result<i64, ApiError> {
-        match v.as_deref() {
-            None => Ok(default),
-            Some(t) => parse_api_time(t).ok_or_else(|| {
-                ApiError::bad_request(format!("{name} must be RFC 3339 or epoch milliseconds"))
-            }),
-        }
-    };
     let command_state = match params.state.as_deref() {
         None => None,
         Some(s) => Some(CommandState::parse(s).ok_or_else(|| {
@@ -101,8 +92,8 @@ pub async fn list(
     let query = CommandQuery {
         device: device.to_string(),
         state: command_state,
-        from_ms: time("from", &params.from, i64::MIN)?,
-        to_ms: time("to", &params.to, i64::MAX)?,
+        from_ms: super::time_param("from", params.from.as_deref(), i64::MIN)?,
+        to_ms: super::time_param("to", params.to.as_deref(), i64::MAX)?,
         limit: super::checked_limit(params.limit, DEFAULT_LIMIT, MAX_LIMIT)?,
     };
     Ok(Json(state.commands.list(&query).await?).into_response())

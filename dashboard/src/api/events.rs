@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_store::derived::{Event, EventKind};
-use fieldline_store::time_format::{format_ms, parse_api_time};
+use fieldline_store::time_format::format_ms;
 use fieldline_store::EventQuery;
 use serde::Deserialize;
 use serde_json::Value;
@@ -49,16 +49,8 @@ pub async fn list_events(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
-    let time = |name: &str, v: &Option<String>, default: i64| -> Result<i64, ApiError> {
-        match v.as_deref() {
-            None => Ok(default),
-            Some(t) => parse_api_time(t).ok_or_else(|| {
-                ApiError::bad_request(format!("{name} must be RFC 3339 or epoch milliseconds"))
-            }),
-        }
-    };
-    let from_ms = time("from", &params.from, i64::MIN)?;
-    let to_ms = time("to", &params.to, i64::MAX)?;
+    let from_ms = super::time_param("from", params.from.as_deref(), i64::MIN)?;
+    let to_ms = super::time_param("to", params.to.as_deref(), i64::MAX)?;
     if from_ms > to_ms {
         return Err(ApiError::bad_request("from must not be after to"));
     }

@@ -34,6 +34,16 @@ fn checked_device_id(id: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// A time query parameter (`from`, `to`): RFC 3339 or epoch ms, `default` when absent.
+fn time_param(name: &str, value: Option<&str>, default: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(t) => fieldline_store::time_format::parse_api_time(t).ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be RFC 3339 or epoch milliseconds"))
+        }),
+    }
+}
+
 /// A list's `limit`: `default` when absent, else 1 to `max`.
 fn checked_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(default);

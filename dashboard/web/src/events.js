@@ -1,5 +1,6 @@
-// Geofence and alert events: the live ones as a list (newest first) and a brief notice each,
-// and stored ones read back with filters (devices, kinds, range) from `/api/events`.
+// Geofence, alert and command events: the live ones as a list (newest first) and a brief
+// notice for each geofence and alert event, and stored ones read back with filters (devices,
+// kinds, range) from `/api/events`.
 
 import { api, describe, idList } from './api.js';
 import { escapeHtml } from './devicelist.js';
@@ -29,11 +30,14 @@ export class EventList {
     this.showLive();
   }
 
-  /** One live event of kind `geofence` or `alert`. */
+  /** One live event of kind `geofence`, `alert` or `command`. */
   event(ev) {
     this.live.unshift(ev);
     if (this.live.length > MAX_LIVE) this.live.length = MAX_LIVE;
-    notify(`${ev.device}: ${summary(ev)}`, ev.kind === 'alert' && ev.state === 'raised' ? 'alert' : 'info', 5000);
+    // A command moves through several states: the device's detail says how it went.
+    if (ev.kind !== 'command') {
+      notify(`${ev.device}: ${summary(ev)}`, ev.kind === 'alert' && ev.state === 'raised' ? 'alert' : 'info', 5000);
+    }
     if (this.mode === 'live') this.render(this.live);
     if (!this.isOpen()) {
       this.unseen++;
@@ -90,12 +94,13 @@ export class EventList {
               `<span class="when">${escapeHtml(clock(ev.ts))}</span> <b>${escapeHtml(ev.device)}</b> ${escapeHtml(summary(ev))}</button></li>`;
           })
           .join('')
-      : `<li class="note">${this.mode === 'live' ? 'No geofence or alert events since this page opened.' : 'No stored events match.'}</li>`;
+      : `<li class="note">${this.mode === 'live' ? 'No geofence, alert or command events since this page opened.' : 'No stored events match.'}</li>`;
   }
 }
 
-/** "entered Depot", "alert Cold chain raised: temp_c 9.1". */
+/** "entered Depot", "alert Cold chain raised: temp_c 9.1", "command reboot delivered". */
 export function summary(ev) {
+  if (ev.kind === 'command') return `command ${ev.name} ${ev.state}`;
   if (ev.kind === 'geofence') {
     const verb = { enter: 'entered', exit: 'left', dwell: 'dwelling in', overspeed: 'over the speed limit in' }[ev.event] || ev.event;
     return `${verb} ${ev.name || `geofence ${ev.geofence}`}`;

@@ -9,6 +9,7 @@ import { Map as MapLibre, NavigationControl, setWorkerUrl } from 'maplibre-gl';
 // builds the worker (with what it imports) as an asset of its own and names it here.
 import workerUrl from 'maplibre-gl/dist/maplibre-gl-worker.mjs?worker&url';
 import { api, ApiError, describe, setToken } from './api.js';
+import { CommandPanel } from './commands.js';
 import { addLand, emptyStyle } from './basemap.js';
 import { DeviceDetail } from './detail.js';
 import { DeviceList } from './devicelist.js';
@@ -101,6 +102,8 @@ async function boot() {
     onFollow: (on) => live.select(detail.id, on),
     track: new TrackView(map),
   });
+  const commands = new CommandPanel();
+  window.fieldlineCommands = commands;
   const fences = new GeofenceEditor(map);
   fences.load();
   const rules = new RuleEditor();
@@ -129,11 +132,16 @@ async function boot() {
     detailStream = null;
     if (!id) return detail.hide();
     detail.show(id);
-    // The shown device's telemetry, on a stream of its own: the map's stream carries fixes.
+    commands.show(id);
+    // The shown device's telemetry and commands, on a stream of their own: the map's stream
+    // carries fixes.
     detailStream = new LiveStream({
-      kinds: ['telemetry'],
-      onEvent: (kind, ev) => detail.event(kind, ev),
-      onReset: () => detail.show(id),
+      kinds: ['telemetry', 'command'],
+      onEvent: (kind, ev) => (kind === 'command' ? commands.event(ev) : detail.event(kind, ev)),
+      onReset: () => {
+        detail.show(id);
+        commands.show(id);
+      },
       onState: () => {},
     });
     detailStream.devices = [id];
@@ -190,9 +198,10 @@ async function boot() {
   stream.open();
   setInterval(counts, 1000);
 
-  // Geofence and alert events of every device, wherever the map looks: a stream of their own.
+  // Geofence, alert and command events of every device, wherever the map looks: a stream of
+  // their own.
   const eventStream = new LiveStream({
-    kinds: ['geofence', 'alert'],
+    kinds: ['geofence', 'alert', 'command'],
     onEvent: (kind, ev) => events.event(ev),
     onReset: () => {},
     onState: () => {},
