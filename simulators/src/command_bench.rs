@@ -173,12 +173,29 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
             result?;
         }
     }
+    let http = reqwest::Client::new();
+    // Known once their fixes are stored.
+    let known_by = Instant::now() + Duration::from_secs(60);
+    for device in &devices {
+        loop {
+            let response = http
+                .get(format!("{}/api/devices/{device}", args.api))
+                .send()
+                .await?;
+            if response.status().is_success() {
+                break;
+            }
+            if Instant::now() > known_by {
+                bail!("{device} is not stored after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     eprintln!(
         "{} devices known; queueing {} commands",
         devices.len(),
         args.commands
     );
-    let http = reqwest::Client::new();
     let queue_started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut posts = Vec::with_capacity(args.commands);
