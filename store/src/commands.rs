@@ -525,17 +525,6 @@ macro_rules! impl_command_store {
                     for step in moves {
                         let (sql, visible) = $crate::commands::move_sql(step);
                         let id = $crate::commands::move_id(step);
-                        // A resend moves nothing anyone sees: only the first send is an event.
-                        let was_sent = if matches!(step, $crate::commands::Move::Sent { .. }) {
-                            let state: Option<String> =
-                                sqlx::query_scalar("SELECT state FROM commands WHERE id = $1")
-                                    .bind(id)
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                            state.as_deref() == Some("sent")
-                        } else {
-                            false
-                        };
                         let sql = format!("{sql} RETURNING {}", $crate::commands::COMMAND_COLUMNS);
                         let mut query = sqlx::query_as::<_, $crate::commands::CommandRecord>(
                             sqlx::AssertSqlSafe(sql),
@@ -547,7 +536,11 @@ macro_rules! impl_command_store {
                             query = query.bind(device).bind(state).bind(body);
                         }
                         if let Some(record) = query.fetch_optional(&mut *tx).await? {
-                            changed.push((record, visible && !was_sent));
+                            // A resend moves nothing anyone sees: only the first send (the
+                            // one that left `queued`) is an event.
+                            let resent = matches!(step, $crate::commands::Move::Sent { .. })
+                                && record.attempts > 1;
+                            changed.push((record, visible && !resent));
                         }
                     }
                     let events = $crate::commands::events_of(&changed, now_ms);
