@@ -32,8 +32,8 @@ register() { # $1 database URL, $2 prefix, $3 count -> credentials file
 }
 
 start() { # $1 database URL
-    # Each database gets its own write-ahead log: a log belongs to its database.
-    rm -rf "$WORK/fieldline-data/wal"
+    # Each database gets its own write-ahead log (fieldline-data/wal-<id>); old ones go.
+    rm -rf "$WORK"/fieldline-data/wal*
     (cd "$WORK" && exec "$OLDPWD/$BIN/fieldline" --mqtt-listen "127.0.0.1:$MQTT_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
         --database-url "$1" --device-publish-rate 100000 --device-publish-burst 100000 >"$WORK/fl.log" 2>&1) &
     FL_PID=$!

@@ -118,12 +118,13 @@ sleep 0.5
 "$BIN/fieldline-sim" load --port "$MQTT_PORT" --devices "$DEVICES" --rate 2000 --batch 100 --duration 600 --json \
     >"$WORK/fill.json" 2>/dev/null &
 FILL_PID=$!
-until [ "$(du -sm "$WORK/fl/fieldline-data/wal" | cut -f1)" -ge "$LOG_MB" ]; do sleep 1; done
+# The database's own log directory (fieldline-data/wal-<id>).
+until [ "$(du -scm "$WORK"/fl/fieldline-data/wal* 2>/dev/null | tail -n 1 | cut -f1)" -ge "$LOG_MB" ]; do sleep 1; done
 kill -9 "$FL_PID"; wait "$FL_PID" 2>/dev/null || true; FL_PID=
 kill "$FILL_PID" 2>/dev/null || true; wait "$FILL_PID" 2>/dev/null || true
 kill "$LOCK_PID" 2>/dev/null || true; wait "$LOCK_PID" 2>/dev/null || true
 DB=postgres psql_q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'bench'" >/dev/null
-LOG_BYTES=$(du -sb "$WORK/fl/fieldline-data/wal" | cut -f1)
+LOG_BYTES=$(du -scb "$WORK"/fl/fieldline-data/wal* | tail -n 1 | cut -f1)
 START=$(date +%s.%N)
 (cd "$WORK/fl" && exec "$OLDPWD/$BIN/fieldline" --mqtt-listen "127.0.0.1:$MQTT_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
     --database-url "postgres://postgres@127.0.0.1:$PG_PORT/bench" >>"$WORK/fl.log" 2>&1) &

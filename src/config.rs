@@ -14,7 +14,6 @@ use fieldline_store::retention::sweep::Retention;
 use serde::Deserialize;
 
 const DEFAULT_DATABASE_URL: &str = "sqlite://fieldline-data/fieldline.db";
-const DEFAULT_WAL_DIR: &str = "fieldline-data/wal";
 /// Publishes per second one connection may keep up. A device sends a few a second and a
 /// gateway for hundreds of sensors a few hundred, batched; 10,000/s is met only by a
 /// runaway or hostile client, which would otherwise take the whole pipeline for itself.
@@ -124,7 +123,8 @@ pub struct Args {
     /// serves many publishes), memory (nothing beyond a clean shutdown) [default: process]
     #[arg(long, env = "FIELDLINE_DURABILITY", value_parser = parse_durability)]
     pub durability: Option<Durability>,
-    /// Directory of the write-ahead log [default: fieldline-data/wal]
+    /// Directory of the write-ahead log [default: fieldline-data/wal-<log id>, one per
+    /// database]
     #[arg(long, env = "FIELDLINE_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
     /// Bytes of the log that may wait for storage (a database outage); beyond it devices
@@ -215,7 +215,8 @@ pub struct Config {
     pub batch_age: Duration,
     pub live: HubSettings,
     pub durability: Durability,
-    pub wal_dir: PathBuf,
+    /// `--wal-dir`; without it each database's log has a directory of its own.
+    pub wal_dir: Option<PathBuf>,
     pub spool_max_bytes: u64,
     pub wal_segment_bytes: u64,
     pub allow_anonymous: bool,
@@ -330,10 +331,7 @@ impl Config {
                 .durability
                 .or(file.durability)
                 .unwrap_or(Durability::Process),
-            wal_dir: args
-                .wal_dir
-                .or(file.wal_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_WAL_DIR)),
+            wal_dir: args.wal_dir.or(file.wal_dir),
             spool_max_bytes: args
                 .spool_max_bytes
                 .or(file.spool_max_bytes)
@@ -468,7 +466,7 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://fieldline-data/fieldline.db");
         assert_eq!(config.max_payload_bytes, 256 * 1024);
         assert_eq!(config.durability, Durability::Process);
-        assert_eq!(config.wal_dir, PathBuf::from("fieldline-data/wal"));
+        assert_eq!(config.wal_dir, None, "one directory per database");
         assert_eq!(config.device_publish_rate, 10_000.0);
     }
 

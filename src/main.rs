@@ -1,12 +1,14 @@
 //! The `fieldline` binary: reads configuration, starts the service, reports errors.
 
 mod access_sync;
+mod check;
 mod command_cli;
 mod config;
 mod judging;
 mod live_epoch;
 mod registry_cli;
 mod service;
+mod wal_dir;
 
 use std::process::ExitCode;
 
@@ -20,6 +22,9 @@ pub enum Tool {
     Registry(registry_cli::Command),
     /// Send, list and cancel commands to devices (through a running service's API).
     Command(command_cli::CommandCli),
+    /// Check the configuration and what it points to (listeners, database, write-ahead log)
+    /// without starting; exits non-zero when a start would fail.
+    Check,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
                 &config.database_url_redacted(),
             )),
             Some(Tool::Command(cli)) => runtime.block_on(command_cli::run(cli, config.http_listen)),
+            Some(Tool::Check) => runtime.block_on(check::run(&config)),
             None => runtime.block_on(service::run(config)),
         }
     });

@@ -28,7 +28,6 @@ use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{Pipeline, PipelineSettings};
-use fieldline_store::LogState;
 use fieldline_store::{open_store_with, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
@@ -173,6 +172,8 @@ async fn load_access(config: &Config, store: &dyn Store) -> anyhow::Result<Acces
 /// The write-ahead log (none in `memory` mode) and how far storage holds it.
 struct Log {
     wal: Option<(Arc<Wal>, Opened)>,
+    /// Where it is.
+    dir: std::path::PathBuf,
     stored_position: u64,
 }
 
@@ -181,7 +182,8 @@ async fn open_log(config: &Config, store: &dyn Store) -> anyhow::Result<Log> {
         .log_state()
         .await
         .context("cannot read the stored write-ahead log position")?;
-    let wal = open_wal(config, &log_state)?;
+    let chosen = crate::wal_dir::choose(config.wal_dir.as_deref(), log_state.log_id.as_deref());
+    let wal = open_wal(config, &chosen, log_state.stored_position)?;
     if let Some((_, opened)) = &wal {
         // Before any record is appended: from now on this database follows this log.
         if log_state.log_id.as_deref() != Some(opened.id.as_str()) {
@@ -193,6 +195,7 @@ async fn open_log(config: &Config, store: &dyn Store) -> anyhow::Result<Log> {
     }
     Ok(Log {
         wal,
+        dir: chosen.dir,
         stored_position: log_state.stored_position,
     })
 }
@@ -207,7 +210,7 @@ async fn start_live_views(
     let hub = match &log.wal {
         Some((wal, opened)) => Hub::following_log(
             config.live.clone(),
-            crate::live_epoch::live_epoch(&config.wal_dir, opened),
+            crate::live_epoch::live_epoch(&log.dir, opened),
             wal.first_position(),
         ),
         None => Hub::new(config.live.clone()),
@@ -499,26 +502,29 @@ async fn stop(tasks: Tasks, webhooks: &Webhooks, hub: &Hub, http: Http) {
 }
 
 /// Opens the write-ahead log the durability mode asks for (none for `memory`).
-fn open_wal(config: &Config, log: &LogState) -> anyhow::Result<Option<(Arc<Wal>, Opened)>> {
-    let stored_position = log.stored_position;
+fn open_wal(
+    config: &Config,
+    chosen: &crate::wal_dir::Chosen,
+    stored_position: u64,
+) -> anyhow::Result<Option<(Arc<Wal>, Opened)>> {
     if config.durability == Durability::Memory {
         tracing::warn!("--durability memory: a PUBACK means the publish is in memory only; a crash loses what is not yet stored");
         return Ok(None);
     }
     let settings = WalSettings {
-        dir: config.wal_dir.clone(),
+        dir: chosen.dir.clone(),
         durability: config.durability,
         segment_bytes: config.wal_segment_bytes,
     };
-    let (wal, opened) =
-        Wal::open(settings, stored_position, log.log_id.as_deref()).with_context(|| {
+    let (wal, opened) = Wal::open(settings, stored_position, chosen.owner.as_deref())
+        .with_context(|| {
             format!(
                 "cannot open the write-ahead log in {}",
-                config.wal_dir.display()
+                chosen.dir.display()
             )
         })?;
     tracing::info!(
-        dir = %config.wal_dir.display(),
+        dir = %chosen.dir.display(),
         durability = config.durability.as_str(),
         segments = opened.segments,
         stored = stored_position,

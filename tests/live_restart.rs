@@ -282,7 +282,7 @@ async fn ids_older_than_the_rebuilt_history_or_never_given_get_a_reset(backend: 
         })
         .await;
     server.kill().await;
-    let segments = std::fs::read_dir(dir.0.join("fieldline-data/wal"))
+    let segments = std::fs::read_dir(support::wal_dir(&dir))
         .expect("the log directory")
         .filter(|e| {
             e.as_ref()

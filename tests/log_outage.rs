@@ -312,7 +312,7 @@ async fn a_damaged_log_is_cut_at_a_torn_tail_and_refused_elsewhere() {
     let dir = TempDir::new("damaged");
     let url = database(Backend::Sqlite, &dir, "damaged").await;
     let acked = unstored_log(&dir, &url).await;
-    let wal_dir = dir.0.join("fieldline-data/wal");
+    let wal_dir = support::wal_dir(&dir);
     let files = segments(&wal_dir);
     assert!(files.len() >= 3, "several segments: {files:?}");
 
@@ -376,7 +376,9 @@ async fn a_log_left_from_another_database_stops_start_up() {
     let dir = TempDir::new("foreign-log");
     let first = format!("sqlite://{}", dir.0.join("first.db").display());
     let second = format!("sqlite://{}", dir.0.join("second.db").display());
-    let mut server = Server::start(&dir, &first).await;
+    // One log directory named for both: the second database must not take the first's log.
+    let shared = ["--wal-dir", "shared-wal"];
+    let mut server = Server::start_with(&dir, &first, &shared).await;
     let publisher = AckedPublisher::start(server.mqtt_port, "foreign", 1, 1_000);
     let deadline = Instant::now() + Duration::from_secs(30);
     while publisher.acked() < 200 {
@@ -389,7 +391,7 @@ async fn a_log_left_from_another_database_stops_start_up() {
     // Another database beside the same log: refused, and nothing of the log stored in it.
     let (mqtt, http) = (free_port(), free_port());
     let log = dir.0.join("foreign.log");
-    let mut child = spawn_server(&dir, &second, mqtt, http, &log, &[]);
+    let mut child = spawn_server(&dir, &second, mqtt, http, &log, &shared);
     let status = child.wait().expect("exits");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!status.success(), "start-up must stop:\n{text}");
@@ -397,7 +399,7 @@ async fn a_log_left_from_another_database_stops_start_up() {
     assert!(stored_counts(&second).await.is_empty());
 
     // The first database still starts with its own log and has everything.
-    let mut server = Server::start(&dir, &first).await;
+    let mut server = Server::start_with(&dir, &first, &shared).await;
     assert!(server.stop().success());
     let acked: Vec<(String, u64)> = acked
         .into_iter()
@@ -405,7 +407,61 @@ async fn a_log_left_from_another_database_stops_start_up() {
         .collect();
     assert_stored_once(&first, &acked).await;
     // Removing the log lets the other database start afresh.
-    std::fs::remove_dir_all(dir.0.join("fieldline-data/wal")).expect("remove the log");
-    let mut server = Server::start(&dir, &second).await;
+    std::fs::remove_dir_all(dir.0.join("shared-wal")).expect("remove the log");
+    let mut server = Server::start_with(&dir, &second, &shared).await;
     assert!(server.stop().success());
+}
+
+/// Without `--wal-dir` each database keeps its log in a directory of its own: switching from
+/// SQLite to PostgreSQL and back in one working directory just works, with nothing lost; an
+/// installation with the old single directory keeps using it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_databases_in_one_directory_gives_each_its_own_log() {
+    let dir = TempDir::new("switch-db");
+    let sqlite = format!(
+        "sqlite://{}",
+        dir.0.join("fieldline-data/fieldline.db").display()
+    );
+    let postgres = database(Backend::Postgres, &dir, "switch_db").await;
+    let mut acked_by = Vec::new();
+    for (round, url) in [&sqlite, &postgres, &sqlite].into_iter().enumerate() {
+        let mut server = Server::start(&dir, url).await;
+        let device = format!("switch-{round}");
+        let publisher = AckedPublisher::start(server.mqtt_port, &device, 1, 500);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while publisher.acked() < 100 {
+            assert!(Instant::now() < deadline, "too few acknowledgements");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (acked, _) = publisher.stop().await;
+        assert!(server.stop().success(), "{}", server.log_text());
+        acked_by.push((url.clone(), device, acked));
+    }
+    let dirs = support::wal_dirs(&dir);
+    assert_eq!(dirs.len(), 2, "one log per database: {dirs:?}");
+    for (url, device, acked) in acked_by {
+        let acked: Vec<(String, u64)> = acked.into_iter().map(|n| (device.clone(), n)).collect();
+        assert_stored_once(&url, &acked).await;
+    }
+
+    // The directory of earlier versions, with this database's log in it, is used as it is.
+    let legacy = TempDir::new("legacy-wal");
+    let url = format!(
+        "sqlite://{}",
+        legacy.0.join("fieldline-data/fieldline.db").display()
+    );
+    let mut server = Server::start_with(&legacy, &url, &["--wal-dir", "fieldline-data/wal"]).await;
+    assert!(server.stop().success());
+    let mut server = Server::start(&legacy, &url).await;
+    assert!(server.stop().success());
+    assert_eq!(
+        support::wal_dirs(&legacy),
+        vec![legacy.0.join("fieldline-data/wal")],
+        "no second directory"
+    );
+    assert!(
+        server.log_text().contains("dir=fieldline-data/wal "),
+        "{}",
+        server.log_text()
+    );
 }

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod commands;
 pub mod derived;
 pub mod events;
+pub mod inspect;
 mod kind;
 mod location;
 mod log_state;

@@ -487,6 +487,28 @@ async fn drive(mut eventloop: EventLoop, acks: tokio::sync::watch::Sender<usize>
     }
 }
 
+/// The write-ahead log directories under a test's `fieldline-data/` (one per database).
+pub fn wal_dirs(dir: &TempDir) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir.0.join("fieldline-data"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("wal"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// The one write-ahead log directory of a test that used one database.
+pub fn wal_dir(dir: &TempDir) -> PathBuf {
+    let dirs = wal_dirs(dir);
+    assert_eq!(dirs.len(), 1, "one log directory: {dirs:?}");
+    dirs[0].clone()
+}
+
 /// Runs the `fieldline` CLI against a database; its exit status, stdout and stderr.
 pub fn cli(database_url: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(binary())

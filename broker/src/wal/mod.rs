@@ -767,6 +767,19 @@ impl Iterator for Replay {
 
 /// The log's identity, kept in `ID` beside the segments. A log without records takes the
 /// identity storage expects (or a new one); one with records must already have it.
+/// A new log identity: creation time and process, unique enough to tell one log from another
+/// (and usable in a directory name).
+pub fn new_log_id() -> String {
+    format!(
+        "{:x}-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+        std::process::id()
+    )
+}
+
 fn identity(settings: &WalSettings, owner: Option<&str>, empty: bool) -> Result<String, WalError> {
     let path = settings.dir.join("ID");
     let found = match std::fs::read_to_string(&path) {
@@ -786,15 +799,7 @@ fn identity(settings: &WalSettings, owner: Option<&str>, empty: bool) -> Result<
     }
     let id = match owner {
         Some(db) => db.to_owned(),
-        // Creation time and process: unique enough to tell one log from another.
-        None => format!(
-            "{:x}-{:x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-            std::process::id()
-        ),
+        None => new_log_id(),
     };
     if found.as_deref() != Some(id.as_str()) {
         std::fs::write(&path, format!("{id}\n"))
