@@ -69,6 +69,19 @@ pub struct Args {
     /// MQTT over WebSocket (3.1.1 and 5, subprotocol "mqtt") [default: off]
     #[arg(long, env = "FIELDLINE_MQTT_WS_LISTEN")]
     pub mqtt_ws_listen: Option<SocketAddr>,
+    /// HTTPS for the API and dashboard (with --https-cert and --https-key, or --tls-cert and
+    /// --tls-key); the certificate is reloaded on SIGHUP or when its files change [default: off]
+    #[arg(long, env = "FIELDLINE_HTTPS_LISTEN")]
+    pub https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for HTTPS [default: --tls-cert]
+    #[arg(long, env = "FIELDLINE_HTTPS_CERT")]
+    pub https_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS [default: --tls-key]
+    #[arg(long, env = "FIELDLINE_HTTPS_KEY")]
+    pub https_key: Option<PathBuf>,
+    /// Serve the API and dashboard over HTTPS only (no plain HTTP listener), with HSTS
+    #[arg(long, env = "FIELDLINE_HTTPS_ONLY")]
+    pub https_only: bool,
     /// sqlite://PATH or postgres://USER:PASS@HOST/DB [default: sqlite://fieldline-data/fieldline.db]
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
@@ -165,6 +178,10 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     mqtt_ws_listen: Option<SocketAddr>,
+    https_listen: Option<SocketAddr>,
+    https_cert: Option<PathBuf>,
+    https_key: Option<PathBuf>,
+    https_only: Option<bool>,
     device_publish_rate: Option<f64>,
     device_publish_burst: Option<f64>,
     max_live_clients: Option<usize>,
@@ -199,6 +216,10 @@ struct FileConfig {
 pub struct Config {
     pub mqtt_listen: SocketAddr,
     pub mqtts: Option<TlsListener>,
+    /// HTTPS for the API and dashboard.
+    pub https: Option<TlsListener>,
+    /// No plain HTTP listener (HSTS on every answer).
+    pub https_only: bool,
     pub mqtt_ws_listen: Option<SocketAddr>,
     pub device_publish_rate: f64,
     pub device_publish_burst: f64,
@@ -237,19 +258,43 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let mqtts = match (
-            args.mqtts_listen.or(file.mqtts_listen),
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-        ) {
-            (None, None, None) => None,
-            (Some(listen), Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
-            _ => anyhow::bail!(
-                "MQTT over TLS needs all three of --mqtts-listen, --tls-cert and --tls-key"
-            ),
+        let tls_cert = args.tls_cert.or(file.tls_cert);
+        let tls_key = args.tls_key.or(file.tls_key);
+        let https_listen = args.https_listen.or(file.https_listen);
+        let mqtts = match (args.mqtts_listen.or(file.mqtts_listen), &tls_cert, &tls_key) {
+            (None, _, _) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(TlsListener {
+                listen,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (Some(_), _, _) => anyhow::bail!("MQTT over TLS needs --tls-cert and --tls-key"),
         };
+        if mqtts.is_none() && https_listen.is_none() && (tls_cert.is_some() || tls_key.is_some()) {
+            anyhow::bail!(
+                "--tls-cert and --tls-key are for --mqtts-listen or --https-listen; neither is set"
+            );
+        }
+        let https = match https_listen {
+            None => None,
+            Some(listen) => match (
+                args.https_cert.or(file.https_cert).or(tls_cert),
+                args.https_key.or(file.https_key).or(tls_key),
+            ) {
+                (Some(cert), Some(key)) => Some(TlsListener { listen, cert, key }),
+                _ => anyhow::bail!(
+                    "HTTPS needs a certificate and its key: --https-cert and --https-key, or --tls-cert and --tls-key"
+                ),
+            },
+        };
+        let https_only = args.https_only || file.https_only.unwrap_or(false);
+        if https_only && https.is_none() {
+            anyhow::bail!("--https-only needs --https-listen");
+        }
         let config = Config {
             mqtts,
+            https,
+            https_only,
             mqtt_ws_listen: args.mqtt_ws_listen.or(file.mqtt_ws_listen),
             device_publish_rate: args
                 .device_publish_rate
@@ -404,7 +449,12 @@ impl Config {
             .into_iter()
             .flatten()
             .map(|addr| ("MQTT", addr, mqtt_auth))
-            .chain([("HTTP", self.http_listen, api_auth)]);
+            .chain(
+                (!self.https_only)
+                    .then_some(("HTTP", self.http_listen, api_auth))
+                    .into_iter()
+                    .chain(self.https.as_ref().map(|h| ("HTTPS", h.listen, api_auth))),
+            );
         for (what, addr, authenticated) in exposed {
             if addr.ip().is_loopback() || authenticated {
                 continue;

@@ -17,6 +17,7 @@ use fieldline_broker::{
     BrokerSettings, Commands, Guard, GuardSettings, RunningBroker, Tap, TapReceiver,
 };
 use fieldline_dashboard::auth::ApiAccess;
+use fieldline_dashboard::https_listener::{Certificates, HttpsListener};
 use fieldline_dashboard::live::Hub;
 use fieldline_ingest::commands::CommandDesk;
 use fieldline_ingest::decode::Limits;
@@ -68,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log,
     )
     .await?;
-    let http_listener = fieldline_dashboard::bind(config.http_listen).await?;
+    let http_listeners = bind_http(&config).await?;
     let broker = start_broker(&config, &access, ingest.wal.clone(), mailboxes).await?;
     let tasks = Tasks {
         access_sync: tokio::spawn(crate::access_sync::follow(
@@ -107,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         commands,
     };
-    let http = serve_http(&config, http_listener, state);
+    let http = serve_http(&config, http_listeners, state);
     run_until_signal(ingest, broker).await?;
     stop(tasks, &webhooks, &hub, http).await;
     tracing::info!("stopped cleanly; everything accepted is stored");
@@ -400,39 +401,120 @@ async fn start_broker(
     })
 }
 
-/// The HTTP API and dashboard until `stop` is sent.
+/// The HTTP API and dashboard until `stop` is sent: over HTTP, HTTPS or both.
 struct Http {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    /// Reloads the HTTPS certificate.
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// The HTTP listeners, bound before anything else starts so a busy port stops start-up.
+struct HttpListeners {
+    plain: Option<tokio::net::TcpListener>,
+    tls: Option<(tokio::net::TcpListener, Arc<Certificates>)>,
+}
+
+async fn bind_http(config: &Config) -> anyhow::Result<HttpListeners> {
+    let plain = match config.https_only {
+        true => None,
+        false => Some(fieldline_dashboard::bind(config.http_listen).await?),
+    };
+    let tls = match &config.https {
+        Some(https) => {
+            let certificates = Certificates::load(&https.cert, &https.key)
+                .context("cannot set up HTTPS (--https-cert, --https-key)")?;
+            let listener = fieldline_dashboard::bind(https.listen).await?;
+            tracing::info!(addr = %https.listen, only = config.https_only, "HTTPS listener up");
+            Some((listener, certificates))
+        }
+        None => None,
+    };
+    Ok(HttpListeners { plain, tls })
 }
 
 fn serve_http(
     config: &Config,
-    listener: tokio::net::TcpListener,
+    listeners: HttpListeners,
     state: fieldline_dashboard::AppState,
 ) -> Http {
-    let app = fieldline_dashboard::router(state);
-    let listener = fieldline_dashboard::http_listener::GuardedListener::new(
-        listener,
-        config.max_http_connections,
-        config.http_header_timeout,
-    )
-    // A tap that does nothing: axum gives connection info (the admin API's local-caller
-    // rule needs the peer address) for tapped listeners of any kind.
-    .tap_io(|_| {});
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        // The peer address lets the admin API tell local callers apart.
-        axum::serve(
+    let mut app = fieldline_dashboard::router(state);
+    if config.https_only {
+        // Browsers that once came over HTTPS never try plain HTTP here again.
+        app = app.layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    axum::http::header::STRICT_TRANSPORT_SECURITY,
+                    axum::http::HeaderValue::from_static("max-age=31536000"),
+                );
+                response
+            },
+        ));
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(listener) = listeners.plain {
+        let listener = fieldline_dashboard::http_listener::GuardedListener::new(
             listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            config.max_http_connections,
+            config.http_header_timeout,
         )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    Http { stop, task }
+        // A tap that does nothing: axum gives connection info (the admin API's local-caller
+        // rule needs the peer address) for tapped listeners of any kind.
+        .tap_io(|_| {});
+        tasks.push(tokio::spawn(serve_until(
+            listener,
+            app.clone(),
+            stopped.clone(),
+        )));
+    }
+    let mut watcher = None;
+    if let Some((listener, certificates)) = listeners.tls {
+        match HttpsListener::new(
+            listener,
+            certificates.clone(),
+            config.max_http_connections,
+            config.http_header_timeout,
+        ) {
+            Ok(listener) => {
+                tasks.push(tokio::spawn(serve_until(
+                    listener.tap_io(|_| {}),
+                    app,
+                    stopped,
+                )));
+                watcher = Some(tokio::spawn(certificates.watch()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the HTTPS listener has no address; HTTPS is off")
+            }
+        }
+    }
+    Http {
+        stop,
+        tasks,
+        watcher,
+    }
+}
+
+/// Serves `app` on `listener` until `stopped` turns true, finishing requests in flight.
+async fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    // The peer address lets the admin API tell local callers apart; axum gives it for tapped
+    // listeners of any kind, hence a tap that does nothing.
+    axum::serve(
+        listener.tap_io(|_| {}),
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    })
+    .await
 }
 
 /// Work beside the flow, stopped at shutdown.
@@ -493,11 +575,20 @@ async fn stop(tasks: Tasks, webhooks: &Webhooks, hub: &Hub, http: Http) {
     tasks.live_metrics.abort();
     tasks.dispatcher.abort();
     hub.close_all("the server is shutting down");
-    let _ = http.stop.send(());
-    match tokio::time::timeout(Duration::from_secs(5), http.task).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
-        Err(_) => tracing::warn!("HTTP connections still open after 5 s; closing them"),
-        _ => {}
+    if let Some(watcher) = http.watcher {
+        watcher.abort();
+    }
+    let _ = http.stop.send(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for task in http.tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+            Err(_) => {
+                tracing::warn!("HTTP connections still open after 5 s; closing them");
+                break;
+            }
+            _ => {}
+        }
     }
 }
 

@@ -39,4 +39,4 @@ pub use presence::{DisconnectReason, Will};
 pub use server::{start, BrokerError, RunningBroker};
 pub use settings::{BrokerSettings, TlsListener};
 pub use tap::{tap, Inbound, Message, Session, Tap, TapClosed, TapReceiver};
-pub use tunnel::TlsError;
+pub use tunnel::{tls_acceptor, TlsError};

@@ -62,13 +62,7 @@ impl axum::serve::Listener for GuardedListener {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
             }
-            let io = GuardedIo {
-                stream,
-                deadline: Some(Box::pin(tokio::time::sleep(self.header_timeout))),
-                tail: 0,
-                _slot: slot,
-            };
-            return (io, peer);
+            return (GuardedIo::new(stream, slot, self.header_timeout), peer);
         }
     }
 
@@ -77,14 +71,26 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// One accepted connection: the socket, its header deadline until the first request's
-/// headers are complete, and its connection slot.
-pub struct GuardedIo {
-    stream: TcpStream,
+/// One accepted connection: the socket (or its TLS session), its header deadline until the
+/// first request's headers are complete, and its connection slot.
+pub struct GuardedIo<S = TcpStream> {
+    stream: S,
     deadline: Option<Pin<Box<Sleep>>>,
     /// How much of `\r\n\r\n` the bytes read so far end with.
     tail: usize,
     _slot: OwnedSemaphorePermit,
+}
+
+impl<S> GuardedIo<S> {
+    /// `stream` with `header_timeout` for its first request's headers, holding `slot`.
+    pub(crate) fn new(stream: S, slot: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+        GuardedIo {
+            stream,
+            deadline: Some(Box::pin(tokio::time::sleep(header_timeout))),
+            tail: 0,
+            _slot: slot,
+        }
+    }
 }
 
 /// Advances the `\r\n\r\n` matcher over `bytes`; true once the end of headers is seen.
@@ -105,7 +111,7 @@ fn headers_end(tail: &mut usize, bytes: &[u8]) -> bool {
     false
 }
 
-impl AsyncRead for GuardedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -134,7 +140,7 @@ impl AsyncRead for GuardedIo {
     }
 }
 
-impl AsyncWrite for GuardedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -7,6 +7,7 @@ pub mod auth;
 mod error;
 mod health;
 pub mod http_listener;
+pub mod https_listener;
 pub mod judging;
 pub mod live;
 mod live_clients;

@@ -95,6 +95,24 @@ async fn take_commands(broker: &Broker, device: &str, arrivals: Arrivals) -> any
         .with_context(|| format!("{device}: no SUBACK"))
 }
 
+/// Connects every device to take commands, 100 at a time.
+async fn connect_all(
+    broker: &Broker,
+    devices: &[String],
+    arrivals: &Arrivals,
+) -> anyhow::Result<()> {
+    for chunk in devices.chunks(100) {
+        let connecting: Vec<_> = chunk
+            .iter()
+            .map(|d| take_commands(broker, d, arrivals.clone()))
+            .collect();
+        for result in futures_util::future::join_all(connecting).await {
+            result?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `device` known to Fieldline: one fix, acknowledged.
 async fn announce(broker: &Broker, device: &str) -> anyhow::Result<()> {
     let (client, mut eventloop) = broker.connect(device, 10);
@@ -221,15 +239,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = Instant::now();
-    for chunk in devices.chunks(100) {
-        let connecting: Vec<_> = chunk
-            .iter()
-            .map(|d| take_commands(&args.broker, d, tx.clone()))
-            .collect();
-        for result in futures_util::future::join_all(connecting).await {
-            result?;
-        }
-    }
+    connect_all(&args.broker, &devices, &tx).await?;
     let connected_seconds = started.elapsed().as_secs_f64();
     let mut received = 0usize;
     let mut last = started;
@@ -286,15 +296,7 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         .map(|i| format!("{}-{i}", args.prefix))
         .collect();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    for chunk in devices.chunks(100) {
-        let connecting: Vec<_> = chunk
-            .iter()
-            .map(|d| take_commands(&args.broker, d, tx.clone()))
-            .collect();
-        for result in futures_util::future::join_all(connecting).await {
-            result?;
-        }
-    }
+    connect_all(&args.broker, &devices, &tx).await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let collector = {

@@ -15,6 +15,31 @@ use crate::{LogState, StoreError};
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// The migrations applied and the stored log state, read over `$conn` where their tables
+/// exist (`$has` asks whether a table does, with its name as `$1`).
+macro_rules! read_schema {
+    ($conn:ident, $has:expr) => {{
+        let has = |table: &'static str| sqlx::query_scalar::<_, bool>($has).bind(table);
+        let applied: Vec<i64> = if has("_sqlx_migrations").fetch_one(&mut $conn).await? {
+            sqlx::query_scalar(
+                "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+            )
+            .fetch_all(&mut $conn)
+            .await?
+        } else {
+            Vec::new()
+        };
+        let log = if has("ingest_log").fetch_one(&mut $conn).await? {
+            Some(log_state(
+                sqlx::query_as(LOG_STATE).fetch_one(&mut $conn).await?,
+            ))
+        } else {
+            None
+        };
+        (applied, log)
+    }};
+}
+
 /// What [`inspect`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspection {
@@ -59,23 +84,7 @@ async fn inspect_postgres(url: &str) -> Result<Inspection, StoreError> {
         sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
             .fetch_optional(&mut conn)
             .await?;
-    let has = |table: &'static str| {
-        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(table)
-    };
-    let applied: Vec<i64> = if has("_sqlx_migrations").fetch_one(&mut conn).await? {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&mut conn)
-            .await?
-    } else {
-        Vec::new()
-    };
-    let log = if has("ingest_log").fetch_one(&mut conn).await? {
-        Some(log_state(
-            sqlx::query_as(LOG_STATE).fetch_one(&mut conn).await?,
-        ))
-    } else {
-        None
-    };
+    let (applied, log) = read_schema!(conn, "SELECT to_regclass($1) IS NOT NULL");
     conn.close().await?;
     Ok(Inspection {
         backend: "postgres",
@@ -106,26 +115,10 @@ async fn inspect_sqlite(url: &str) -> Result<Inspection, StoreError> {
     let version: String = sqlx::query_scalar("SELECT sqlite_version()")
         .fetch_one(&mut conn)
         .await?;
-    let has = |table: &'static str| {
-        sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)",
-        )
-        .bind(table)
-    };
-    let applied: Vec<i64> = if has("_sqlx_migrations").fetch_one(&mut conn).await? {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(&mut conn)
-            .await?
-    } else {
-        Vec::new()
-    };
-    let log = if has("ingest_log").fetch_one(&mut conn).await? {
-        Some(log_state(
-            sqlx::query_as(LOG_STATE).fetch_one(&mut conn).await?,
-        ))
-    } else {
-        None
-    };
+    let (applied, log) = read_schema!(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)"
+    );
     conn.close().await?;
     Ok(Inspection {
         backend: "sqlite",
