@@ -29,6 +29,7 @@ use fieldline_ingest::spill::SpillState;
 use fieldline_ingest::webhook::{DeliverySettings, Webhooks};
 use fieldline_ingest::writer::spawn_writer;
 use fieldline_ingest::{Pipeline, PipelineSettings};
+use fieldline_store::health::JobHealth;
 use fieldline_store::{open_store_with, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
@@ -71,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await?;
     let http_listeners = bind_http(&config).await?;
     let broker = start_broker(&config, &access, ingest.wal.clone(), mailboxes).await?;
+    let storage_jobs = Arc::new(JobHealth::default());
     let tasks = Tasks {
         access_sync: tokio::spawn(crate::access_sync::follow(
             store.clone(),
@@ -78,13 +80,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             access.api.clone(),
             access.revision,
         )),
-        housekeeping: tokio::spawn(housekeeping(store.clone())),
-        rollups: config
-            .rollups
-            .then(|| tokio::spawn(fieldline_store::rollups::refresh::run(store.clone()))),
+        housekeeping: tokio::spawn(housekeeping(store.clone(), storage_jobs.clone())),
+        rollups: config.rollups.then(|| {
+            tokio::spawn(fieldline_store::rollups::refresh::run(
+                store.clone(),
+                storage_jobs.clone(),
+            ))
+        }),
         retention: tokio::spawn(fieldline_store::retention::sweep::run(
             store.clone(),
             config.retention,
+            storage_jobs.clone(),
         )),
         live_metrics: tokio::spawn(report_live_queues(hub.clone())),
         dispatcher,
@@ -107,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             mqtt: Some(config.mqtt_listen.to_string()),
         },
         commands,
+        storage_jobs,
     };
     let http = serve_http(&config, http_listeners, state);
     run_until_signal(ingest, broker).await?;
@@ -638,15 +645,28 @@ async fn report_live_queues(hub: Arc<Hub>) {
     }
 }
 
-async fn housekeeping(store: Arc<dyn Store>) {
+/// Storage upkeep once a minute (the first at start): pruning the rejected messages, the
+/// back end's maintenance (PostgreSQL: time partitions ahead), and a look at the server's own
+/// jobs (TimescaleDB), each outcome recorded in `health`.
+async fn housekeeping(store: Arc<dyn Store>, health: Arc<JobHealth>) {
     let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    let record = |job: &str, outcome: Result<(), fieldline_store::StoreError>| match outcome {
+        Ok(()) => health.succeeded(job),
+        Err(e) => health.failed(job, &e.to_string()),
+    };
     loop {
         every_minute.tick().await;
-        if let Err(e) = store.prune_rejected(REJECTED_KEPT).await {
-            tracing::warn!(error = %e, "could not prune rejected messages");
-        }
-        if let Err(e) = store.maintain().await {
-            tracing::error!(error = %e, "storage maintenance failed (time partitions ahead)");
+        record(
+            "rejected pruning",
+            store.prune_rejected(REJECTED_KEPT).await.map(|_| ()),
+        );
+        record("partitions", store.maintain().await);
+        match store.server_jobs().await {
+            Ok(jobs) => {
+                health.server_jobs(&jobs);
+                health.succeeded("server job statistics");
+            }
+            Err(e) => health.failed("server job statistics", &e.to_string()),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub web: web::WebSettings,
     /// Commands to devices.
     pub commands: Arc<fieldline_ingest::commands::CommandDesk>,
+    /// Whether storage's upkeep jobs (ours and the server's) are working.
+    pub storage_jobs: Arc<fieldline_store::health::JobHealth>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod commands;
 pub mod derived;
 pub mod events;
+pub mod health;
 pub mod inspect;
 mod kind;
 mod location;
@@ -197,6 +198,11 @@ pub trait Store:
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Housekeeping the back end needs now and then (PostgreSQL: partitions ahead of time).
     fn maintain(&self) -> StoreFuture<'_, ()>;
+    /// The database server's own background jobs and how their last runs went (TimescaleDB's
+    /// policies and refreshes); none elsewhere.
+    fn server_jobs(&self) -> StoreFuture<'_, Vec<health::ServerJob>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     fn backend(&self) -> &'static str;
 }
 

@@ -518,6 +518,29 @@ impl Store for PgStore {
         Box::pin(self.ensure_partitions())
     }
 
+    fn server_jobs(&self) -> StoreFuture<'_, Vec<crate::health::ServerJob>> {
+        Box::pin(async move {
+            if self.native_partitions && !self.continuous_aggregates {
+                return Ok(Vec::new());
+            }
+            // TimescaleDB 2.28's views; ids below 1000 are its own internal jobs.
+            Ok(sqlx::query_as::<_, crate::health::ServerJob>(
+                "SELECT j.job_id AS id, j.proc_name::text AS procedure,
+                        j.hypertable_name::text AS target,
+                        COALESCE(s.last_run_status = 'Failed', false) AS failed,
+                        (SELECT e.err_message FROM timescaledb_information.job_errors e
+                          WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
+                          AS error
+                 FROM timescaledb_information.jobs j
+                 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+                 WHERE j.job_id >= 1000
+                 ORDER BY j.job_id",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
     fn backend(&self) -> &'static str {
         "postgres"
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::health::JobHealth;
 use crate::time_format::now_ms;
 use crate::{Cutoffs, Store};
 
@@ -36,7 +37,10 @@ impl Retention {
 }
 
 /// Runs until the task is aborted.
-pub async fn run(store: Arc<dyn Store>, retention: Retention) {
+/// This job's name in storage health.
+const JOB: &str = "retention";
+
+pub async fn run(store: Arc<dyn Store>, retention: Retention, health: Arc<JobHealth>) {
     if retention.is_off() {
         return;
     }
@@ -50,7 +54,10 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention) {
         let (mut total_rows, mut total_partitions) = (0, 0);
         loop {
             match store.expire_step(cutoffs).await {
-                Ok(removed) if removed.is_empty() => break,
+                Ok(removed) if removed.is_empty() => {
+                    health.succeeded(JOB);
+                    break;
+                }
                 Ok(removed) => {
                     rows.increment(removed.rows);
                     partitions.increment(removed.partitions);
@@ -60,7 +67,7 @@ pub async fn run(store: Arc<dyn Store>, retention: Retention) {
                 }
                 Err(e) => {
                     errors.increment(1);
-                    tracing::warn!(error = %e, "removing old history failed; retrying at the next pass");
+                    health.failed(JOB, &e.to_string());
                     break;
                 }
             }

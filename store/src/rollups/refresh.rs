@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::by_hour;
+use crate::health::JobHealth;
 use crate::time_format::now_ms;
 use crate::Store;
 
@@ -20,7 +21,10 @@ const MINUTES_PER_STEP: u32 = 240;
 const IDLE_PAUSE: Duration = Duration::from_secs(2);
 
 /// Runs until the task is aborted.
-pub async fn run(store: Arc<dyn Store>) {
+/// This job's name in storage health.
+const JOB: &str = "rollups";
+
+pub async fn run(store: Arc<dyn Store>, health: Arc<JobHealth>) {
     let rolled = metrics::counter!("fieldline_rollup_minutes_total");
     let errors = metrics::counter!("fieldline_rollup_errors_total");
     let pending_gauge = metrics::gauge!("fieldline_rollup_pending_minutes");
@@ -29,6 +33,7 @@ pub async fn run(store: Arc<dyn Store>) {
         let started = Instant::now();
         match step(store.as_ref()).await {
             Ok(done) => {
+                health.succeeded(JOB);
                 rolled.increment(done as u64);
                 seconds.record(started.elapsed().as_secs_f64());
                 if let Ok(pending) = store.pending_count().await {
@@ -43,7 +48,7 @@ pub async fn run(store: Arc<dyn Store>) {
             }
             Err(e) => {
                 errors.increment(1);
-                tracing::warn!(error = %e, "telemetry roll-up failed; retrying");
+                health.failed(JOB, &e.to_string());
             }
         }
         tokio::time::sleep(IDLE_PAUSE).await;
