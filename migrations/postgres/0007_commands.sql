@@ -19,9 +19,11 @@ CREATE TABLE commands (
     attempts        integer NOT NULL DEFAULT 0,
     reply           text,
     created_by      text,
+    -- The seq of its `queued` event: creation order, strict even within one millisecond.
+    seq             bigint NOT NULL DEFAULT 0,
     idempotency_key text
 );
-CREATE INDEX commands_pending ON commands (device_id, created_at) WHERE state IN ('queued', 'sent');
+CREATE INDEX commands_pending ON commands (device_id, seq) WHERE state IN ('queued', 'sent');
 CREATE INDEX commands_device ON commands (device_id, created_at);
 CREATE INDEX commands_expiring ON commands (expires_at) WHERE state IN ('queued', 'sent');
 CREATE UNIQUE INDEX commands_idempotency ON commands (device_id, idempotency_key)

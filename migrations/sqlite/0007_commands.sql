@@ -19,10 +19,12 @@ CREATE TABLE commands (
     attempts        INTEGER NOT NULL DEFAULT 0,
     reply           TEXT,
     created_by      TEXT,
+    -- The seq of its `queued` event: creation order, strict even within one millisecond.
+    seq             INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT
 );
 -- What a device still has to get, oldest first.
-CREATE INDEX commands_pending ON commands (device_id, created_at) WHERE state IN ('queued', 'sent');
+CREATE INDEX commands_pending ON commands (device_id, seq) WHERE state IN ('queued', 'sent');
 CREATE INDEX commands_device ON commands (device_id, created_at);
 CREATE INDEX commands_expiring ON commands (expires_at) WHERE state IN ('queued', 'sent');
 CREATE UNIQUE INDEX commands_idempotency ON commands (device_id, idempotency_key)

@@ -432,6 +432,12 @@ macro_rules! impl_command_store {
                     let changed = vec![(created, true)];
                     let events = $crate::commands::events_of(&changed, c.created_ms);
                     let first = Self::append_command_events(&mut tx, &events).await?;
+                    // Delivery order: the creation event's seq, strict where times tie.
+                    sqlx::query("UPDATE commands SET seq = $2 WHERE id = $1")
+                        .bind(&c.id)
+                        .bind(i64::try_from(first).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await?;
                     tx.commit().await?;
                     let mut moved = $crate::commands::numbered(changed, events, first);
                     let moved = moved.remove(0);
@@ -463,7 +469,7 @@ macro_rules! impl_command_store {
                     let sql = format!(
                         "SELECT {} FROM commands WHERE device_id = $1 AND created_at >= $2
                          AND created_at < $3 AND (CAST($4 AS TEXT) IS NULL OR state = $4)
-                         ORDER BY created_at DESC, id DESC LIMIT $5",
+                         ORDER BY created_at DESC, seq DESC LIMIT $5",
                         $crate::commands::COMMAND_COLUMNS
                     );
                     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -487,7 +493,7 @@ macro_rules! impl_command_store {
                     let sql = format!(
                         "SELECT {} FROM commands WHERE device_id = $1
                          AND (state = 'queued' OR (state = 'sent' AND qos > 0)) AND expires_at > $2
-                         ORDER BY created_at, id LIMIT $3",
+                         ORDER BY seq LIMIT $3",
                         $crate::commands::COMMAND_COLUMNS
                     );
                     Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
