@@ -6,6 +6,7 @@
 mod support;
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -52,10 +53,44 @@ async fn event_states(server: &Server, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// A local webhook receiver: the bodies it was sent, in arrival order.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = bodies.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let event = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().expect("lock").push(event);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
+
 async fn a_command_reaches_an_online_device_and_its_reply_is_recorded(backend: Backend) {
     let dir = TempDir::new("cmd-online");
     let url = database(backend, &dir, "cmd_online").await;
     let server = Server::start(&dir, &url).await;
+    // Command events go to webhooks that want them, like every stored event.
+    let (hook_url, hooked) = webhook_receiver().await;
+    let (status, hook) = server
+        .request(
+            Method::POST,
+            "/api/webhooks",
+            None,
+            Some(json!({"url": hook_url, "kinds": ["command"], "secret": "s"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
 
     // MQTT 3.1.1: reply on devices/{id}/replies/{command id}.
     let mut v4 = Commanded::connect(server.mqtt_port, "truck-1", 4, false, None).await;
@@ -86,6 +121,26 @@ async fn a_command_reaches_an_online_device_and_its_reply_is_recorded(backend: B
         event_states(&server, &id).await,
         ["queued", "sent", "delivered", "replied"]
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let states: Vec<String> = hooked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|e| e["kind"] == "command" && e["command"] == id.as_str())
+            .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if states.len() >= 4 {
+            assert_eq!(
+                states,
+                ["queued", "sent", "delivered", "replied"],
+                "webhook"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhook got {states:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A reply with ok false fails the command.
     let second = send(&server, "truck-1", json!({"name": "reboot"})).await;
@@ -160,6 +215,10 @@ async fn a_command_reaches_an_online_device_and_its_reply_is_recorded(backend: B
     assert_eq!(failed_only.as_array().map(Vec::len), Some(1));
     let metrics = server.metrics_text().await;
     assert!(metrics.contains("fieldline_command_delivery_seconds"));
+    // Commands by state, refreshed every 10 s from the ledger.
+    server
+        .wait_for_metrics(|m| m.contains(r#"fieldline_commands{state="failed"} 1"#))
+        .await;
 }
 
 async fn a_queued_command_waits_for_its_device_and_an_expired_one_never_goes(backend: Backend) {
