@@ -241,11 +241,6 @@ where
             .as_mut()
             .map(|k| std::mem::take(&mut k.awaiting_release))
             .unwrap_or_default(),
-        device: codec.device(),
-        advertised_max_packet: properties
-            .as_ref()
-            .and_then(|p| p.max_packet_size)
-            .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
         inbox: None,
     };
     if let Some(kept) = kept.filter(|k| k.in_router || !k.subscriptions.is_empty()) {
@@ -291,7 +286,7 @@ where
     }
 
     // A resumed session that had subscribed to the device's commands takes them again.
-    open_inbox_if_subscribed(&shared.commands, &mut session);
+    open_inbox_if_subscribed(&shared.commands, &codec, &mut session);
 
     let ack = ConnAck {
         session_present,
@@ -413,10 +408,6 @@ struct Session {
     routed: Option<Box<Routed>>,
     /// QoS 2 publishes received and acknowledged with PUBREC, waiting for their PUBREL.
     awaiting_release: Vec<u16>,
-    /// The device this connection speaks for, if any (see `TappedProtocol::device`).
-    device: Option<Arc<str>>,
-    /// The Maximum Packet Size the client advertised, if it did (MQTT 5).
-    advertised_max_packet: Option<usize>,
     /// The device's commands, once it subscribes to them.
     inbox: Option<Box<Inbox>>,
 }
@@ -451,8 +442,8 @@ impl Session {
 
 /// Opens the device's command mailbox when the session subscribes to its commands, and
 /// closes it when the last such subscription goes.
-fn open_inbox_if_subscribed(commands: &Commands, session: &mut Session) {
-    let Some(device) = session.device.clone() else {
+fn open_inbox_if_subscribed(commands: &Commands, codec: &TappedProtocol, session: &mut Session) {
+    let Some(device) = codec.device() else {
         return;
     };
     let subscribed = session.routed.as_ref().is_some_and(|r| {
@@ -462,12 +453,9 @@ fn open_inbox_if_subscribed(commands: &Commands, session: &mut Session) {
     });
     match (&session.inbox, subscribed) {
         (None, true) => {
-            let inbox = Inbox::open(
-                commands,
-                device,
-                session.number,
-                session.advertised_max_packet,
-            );
+            // usize::MAX: the client did not say (see `ClientLimits`).
+            let advertised = Some(session.limits.maximum_packet_size).filter(|m| *m != usize::MAX);
+            let inbox = Inbox::open(commands, device, session.number, advertised);
             session.inbox = Some(Box::new(inbox));
         }
         (Some(_), false) => {
@@ -915,12 +903,12 @@ fn inbound(
         }
         Packet::Subscribe(subscribe, properties) => {
             let suback = subscribe_to(subscribe, properties, v5, shared, session);
-            open_inbox_if_subscribed(&shared.commands, session);
+            open_inbox_if_subscribed(&shared.commands, codec, session);
             Some(suback)
         }
         Packet::Unsubscribe(unsubscribe, _) => {
             let unsuback = unsubscribe_from(unsubscribe, shared, session);
-            open_inbox_if_subscribed(&shared.commands, session);
+            open_inbox_if_subscribed(&shared.commands, codec, session);
             Some(unsuback)
         }
         Packet::PingReq(_) => Some(Packet::PingResp(PingResp)),

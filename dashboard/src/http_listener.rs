@@ -43,31 +43,41 @@ impl axum::serve::Listener for GuardedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (GuardedIo, SocketAddr) {
-        loop {
-            let (stream, peer) = match self.inner.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors and the like: wait rather than spin.
-                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                metrics::counter!("fieldline_http_refused_connections_total", "reason" => "too_many")
-                    .increment(1);
-                continue;
-            };
-            // Live streams write small frames that must leave at once: no Nagle delay.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
-            }
-            return (GuardedIo::new(stream, slot, self.header_timeout), peer);
-        }
+        let (stream, peer, slot) = accept_within(&self.inner, &self.slots).await;
+        (GuardedIo::new(stream, slot, self.header_timeout), peer)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// The next connection there is a slot for (one without is closed and counted), with
+/// Nagle's delay off: live streams write small frames that must leave at once. Shared by the
+/// HTTP and HTTPS listeners.
+pub(crate) async fn accept_within(
+    inner: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    loop {
+        let (stream, peer) = match inner.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("fieldline_http_refused_connections_total", "reason" => "too_many")
+                .increment(1);
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTP connection");
+        }
+        return (stream, peer, slot);
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http_listener::GuardedIo;
+use crate::http_listener::{accept_within, GuardedIo};
 
 /// How often the certificate files are looked at for a change.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -126,22 +126,7 @@ impl HttpsListener {
         let slots = Arc::new(Semaphore::new(max_connections.max(1)));
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match inner.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot accept an HTTPS connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    metrics::counter!("fieldline_http_refused_connections_total", "reason" => "too_many")
-                        .increment(1);
-                    continue;
-                };
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on an HTTPS connection");
-                }
+                let (stream, peer, slot) = accept_within(&inner, &slots).await;
                 if tx.is_closed() {
                     return;
                 }

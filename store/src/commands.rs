@@ -278,30 +278,26 @@ pub trait CommandStore: Send + Sync {
 pub(crate) const COMMAND_COLUMNS: &str = "id, device_id, name, payload, payload_is_json, qos, state, created_at, expires_at, updated_at, sent_at, delivered_at, replied_at, attempts, reply, created_by";
 
 /// Each move as one guarded statement: `$1` id, `$2` now, and for a reply `$3` device,
-/// `$4` state, `$5` body. Moves that change nothing visible (a resend) give no event.
-pub(crate) fn move_sql(step: &Move) -> (&'static str, bool) {
+/// `$4` state, `$5` body.
+pub(crate) fn move_sql(step: &Move) -> &'static str {
     match step {
-        Move::Sent { .. } => (
+        Move::Sent { .. } => {
             "UPDATE commands SET state = 'sent', attempts = attempts + 1, sent_at = $2, updated_at = $2
-             WHERE id = $1 AND state IN ('queued', 'sent') AND expires_at > $2",
-            true,
-        ),
-        Move::Delivered { .. } => (
+             WHERE id = $1 AND state IN ('queued', 'sent') AND expires_at > $2"
+        }
+        Move::Delivered { .. } => {
             "UPDATE commands SET state = 'delivered', delivered_at = $2, updated_at = $2
-             WHERE id = $1 AND state IN ('queued', 'sent')",
-            true,
-        ),
-        Move::Replied { .. } => (
+             WHERE id = $1 AND state IN ('queued', 'sent')"
+        }
+        Move::Replied { .. } => {
             "UPDATE commands SET state = $4, reply = $5, replied_at = $2, updated_at = $2,
                  delivered_at = COALESCE(delivered_at, $2)
-             WHERE id = $1 AND device_id = $3 AND state IN ('queued', 'sent', 'delivered')",
-            true,
-        ),
-        Move::Cancel { .. } => (
+             WHERE id = $1 AND device_id = $3 AND state IN ('queued', 'sent', 'delivered')"
+        }
+        Move::Cancel { .. } => {
             "UPDATE commands SET state = 'cancelled', updated_at = $2
-             WHERE id = $1 AND state IN ('queued', 'sent')",
-            true,
-        ),
+             WHERE id = $1 AND state IN ('queued', 'sent')"
+        }
     }
 }
 
@@ -529,7 +525,7 @@ macro_rules! impl_command_store {
                     let mut tx = self.pool.begin_with($begin).await?;
                     let mut changed = Vec::new();
                     for step in moves {
-                        let (sql, visible) = $crate::commands::move_sql(step);
+                        let sql = $crate::commands::move_sql(step);
                         let id = $crate::commands::move_id(step);
                         let sql = format!("{sql} RETURNING {}", $crate::commands::COMMAND_COLUMNS);
                         let mut query = sqlx::query_as::<_, $crate::commands::CommandRecord>(
@@ -546,7 +542,7 @@ macro_rules! impl_command_store {
                             // one that left `queued`) is an event.
                             let resent = matches!(step, $crate::commands::Move::Sent { .. })
                                 && record.attempts > 1;
-                            changed.push((record, visible && !resent));
+                            changed.push((record, !resent));
                         }
                     }
                     let events = $crate::commands::events_of(&changed, now_ms);

@@ -217,16 +217,13 @@ impl Dispatcher {
         let moves = std::mem::take(&mut self.moves);
         match self.store.move_commands(&moves, now_ms()).await {
             Ok(moved) => {
-                let replies: Vec<&Move> = moves
-                    .iter()
-                    .filter(|m| matches!(m, Move::Replied { .. }))
-                    .collect();
-                for reply in replies {
-                    if let Move::Replied { id, device, .. } = reply {
-                        if !moved.iter().any(|m| &m.command.id == id) {
-                            metrics::counter!("fieldline_command_replies_refused_total", "reason" => "unknown_command").increment(1);
-                            tracing::warn!(%device, command = %id, "reply refused: no such command of this device awaits a reply");
-                        }
+                for step in &moves {
+                    let Move::Replied { id, device, .. } = step else {
+                        continue;
+                    };
+                    if !moved.iter().any(|m| &m.command.id == id) {
+                        metrics::counter!("fieldline_command_replies_refused_total", "reason" => "unknown_command").increment(1);
+                        tracing::warn!(%device, command = %id, "reply refused: no such command of this device awaits a reply");
                     }
                 }
                 self.publish(&moved);
@@ -262,12 +259,12 @@ impl Dispatcher {
 
     fn publish(&self, moved: &[Moved]) {
         let events: Vec<_> = moved.iter().filter_map(|m| m.event.clone()).collect();
+        // Creation to PUBACK, once per command: when its `delivered` event is made.
         for m in moved {
-            if let (Some(delivered), Some(_)) = (m.command.delivered_ms, &m.event) {
-                if m.command.state() == CommandState::Delivered {
-                    let seconds = (delivered - m.command.created_ms).max(0) as f64 / 1000.0;
-                    metrics::histogram!("fieldline_command_delivery_seconds").record(seconds);
-                }
+            if m.event.is_some() && m.command.state() == CommandState::Delivered {
+                let delivered = m.command.delivered_ms.unwrap_or(m.command.updated_ms);
+                let seconds = (delivered - m.command.created_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!("fieldline_command_delivery_seconds").record(seconds);
             }
         }
         if !events.is_empty() {
