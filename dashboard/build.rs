@@ -11,6 +11,7 @@ fn main() {
         "package.json",
         "package-lock.json",
         "index.html",
+        "docs.html",
         "vite.config.js",
         "src",
     ] {

@@ -11,6 +11,7 @@ pub mod https_listener;
 pub mod judging;
 pub mod live;
 mod live_clients;
+mod openapi;
 mod paging;
 mod replay;
 pub mod tracks;
@@ -20,10 +21,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::routing::{get, patch, post};
+use axum::routing::get;
 use axum::Router;
 use fieldline_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -52,91 +56,77 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    // Everything but the probes needs a token once API authentication is on.
-    let guarded = Router::new()
-        .route("/metrics", get(health::metrics))
-        .route("/api/devices", get(api::devices::list))
-        .route("/api/devices/{id}", get(api::devices::one))
-        .route("/api/devices/{id}/telemetry", get(api::history::telemetry))
-        .route("/api/devices/{id}/track", get(api::history::track))
-        .route("/api/devices/{id}/status", get(api::history::statuses))
-        .route("/api/devices/{id}/trips", get(api::history::trips))
-        .route("/api/rejected", get(api::rejected::recent))
-        .route(
-            "/api/devices/{id}/geofences",
-            get(api::geofences::of_device),
-        )
-        .route(
-            "/api/geofences",
-            get(api::geofences::list).post(api::geofences::create),
-        )
-        .route(
-            "/api/geofences/{id}",
-            get(api::geofences::one)
-                .put(api::geofences::replace)
-                .delete(api::geofences::delete),
-        )
-        .route("/api/rules", get(api::rules::list).post(api::rules::create))
-        .route(
-            "/api/rules/{id}",
-            get(api::rules::one)
-                .put(api::rules::replace)
-                .delete(api::rules::delete),
-        )
-        .route("/api/events", get(api::events::list_events))
-        .route(
-            "/api/devices/{id}/commands",
-            get(api::commands::list).post(api::commands::send),
-        )
-        .route(
-            "/api/commands/{id}",
-            get(api::commands::one).delete(api::commands::cancel),
-        )
-        .route(
-            "/api/webhooks",
-            get(api::webhooks::list).post(api::webhooks::create),
-        )
-        .route(
-            "/api/webhooks/{id}",
-            get(api::webhooks::one).delete(api::webhooks::delete),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(
-            api::body::MAX_BODY_BYTES,
-        ))
-        .route("/api/replay", get(api::replay::replay))
-        .route("/api/stream", get(api::stream::stream))
-        .route("/api/ws", get(api::ws::ws))
-        .route(
-            "/api/admin/devices",
-            get(api::admin::devices).post(api::admin::add_device),
-        )
-        .route("/api/admin/devices/{id}", patch(api::admin::change_device))
-        .route(
-            "/api/admin/devices/{id}/secret",
-            post(api::admin::rotate_secret),
-        )
-        .route(
-            "/api/admin/tokens",
-            get(api::admin::tokens).post(api::admin::add_token),
-        )
-        .route(
-            "/api/admin/tokens/{id}",
-            axum::routing::delete(api::admin::revoke_token),
-        )
-        .fallback(api::not_found)
-        .layer(axum::middleware::from_fn_with_state(
+    let (public, guarded) = routes();
+    let (public, _) = public.split_for_parts();
+    let (guarded, _) = guarded.split_for_parts();
+    public
+        .merge(guarded.layer(axum::middleware::from_fn_with_state(
             state.access.clone(),
             auth::require_token,
-        ));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        // The page and its settings are public: the page itself asks for a token.
-        .route("/", get(web::index))
-        .route("/assets/{*path}", get(web::assets))
-        .route("/dashboard.json", get(web::settings))
-        .merge(guarded)
+        )))
         .with_state(state)
+}
+
+/// The API's OpenAPI description: what [`router`] serves, from the same registrations.
+pub fn description() -> utoipa::openapi::OpenApi {
+    let (public, guarded) = routes();
+    public.merge(guarded).into_openapi()
+}
+
+/// Every route with its description, public and guarded (everything but the probes, the
+/// pages and the description needs a token once API authentication is on). `routes!`
+/// registers a handler's route and its `#[utoipa::path]` description together, so none is
+/// served undescribed; the one plain `route` is the dashboard's static files.
+fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let public = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(web::index))
+        .routes(routes!(web::docs))
+        .routes(routes!(web::settings))
+        .routes(routes!(openapi::description_json))
+        .route("/assets/{*path}", get(web::assets));
+    let bounded_bodies = OpenApiRouter::new()
+        .routes(routes!(health::metrics))
+        .routes(routes!(api::devices::list))
+        .routes(routes!(api::devices::one))
+        .routes(routes!(api::history::telemetry))
+        .routes(routes!(api::history::track))
+        .routes(routes!(api::history::statuses))
+        .routes(routes!(api::history::trips))
+        .routes(routes!(api::rejected::recent))
+        .routes(routes!(api::geofences::of_device))
+        .routes(routes!(api::geofences::list, api::geofences::create))
+        .routes(routes!(
+            api::geofences::one,
+            api::geofences::replace,
+            api::geofences::delete
+        ))
+        .routes(routes!(api::rules::list, api::rules::create))
+        .routes(routes!(
+            api::rules::one,
+            api::rules::replace,
+            api::rules::delete
+        ))
+        .routes(routes!(api::events::list_events))
+        .routes(routes!(api::commands::list, api::commands::send))
+        .routes(routes!(api::commands::one, api::commands::cancel))
+        .routes(routes!(api::webhooks::list, api::webhooks::create))
+        .routes(routes!(api::webhooks::one, api::webhooks::delete))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            api::body::MAX_BODY_BYTES,
+        ));
+    let guarded = bounded_bodies
+        .routes(routes!(api::replay::replay))
+        .routes(routes!(api::stream::stream))
+        .routes(routes!(api::ws::ws))
+        .routes(routes!(api::admin::devices, api::admin::add_device))
+        .routes(routes!(api::admin::change_device))
+        .routes(routes!(api::admin::rotate_secret))
+        .routes(routes!(api::admin::tokens, api::admin::add_token))
+        .routes(routes!(api::admin::revoke_token))
+        .fallback(api::not_found);
+    (public, guarded)
 }
 
 #[derive(Debug, thiserror::Error)]

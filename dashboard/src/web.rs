@@ -12,7 +12,7 @@ use crate::AppState;
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 
 /// What the page is told before it signs in: nothing secret.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct WebSettings {
     /// A MapLibre style URL for real tiles; `None`: the built-in base map.
     pub map_style: Option<String>,
@@ -27,8 +27,23 @@ fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
         .map(|(_, kind, bytes)| (*kind, *bytes))
 }
 
+#[utoipa::path(get, path = "/", tag = "web", operation_id = "dashboard_page",
+    summary = "The web dashboard", security(()),
+    responses((status = 200, description = "Success", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
-    match asset("/index.html") {
+    page("/index.html")
+}
+
+/// The API reference, Swagger UI over `/api/openapi.json`.
+#[utoipa::path(get, path = "/api/docs", tag = "web", operation_id = "api_reference_page",
+    summary = "The API reference: every endpoint, with calls to try", security(()),
+    responses((status = 200, description = "Success", body = String, content_type = "text/html")))]
+pub async fn docs() -> Response {
+    page("/docs.html")
+}
+
+fn page(path: &str) -> Response {
+    match asset(path) {
         // Not cached: it names the current build's hashed assets.
         Some((kind, bytes)) => (
             [
@@ -57,6 +72,9 @@ pub async fn assets(Path(path): Path<String>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/dashboard.json", tag = "web", operation_id = "dashboard_settings",
+    summary = "What the dashboard needs before it signs in", security(()),
+    responses((status = 200, description = "Success", body = WebSettings)))]
 pub async fn settings(State(state): State<AppState>) -> Json<WebSettings> {
     Json(state.web.clone())
 }

@@ -75,7 +75,7 @@ pub enum StoreError {
 }
 
 /// A device's summary row.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DeviceSummary {
     pub id: String,
     pub first_seen: String,
@@ -83,14 +83,16 @@ pub struct DeviceSummary {
     /// Connected to the broker now.
     pub online: bool,
     /// The newest position, as a location object, or null.
+    #[schema(value_type = Option<crate::location::Location>)]
     pub location: Option<serde_json::Value>,
     /// Each metric's newest value: `{"name": {"ts": …, "value": …}}`.
+    #[schema(value_type = Object)]
     pub metrics: serde_json::Value,
 }
 
 /// One change of a device's status: its connection (with a reason) or a status document it
 /// published (no reason).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StatusPoint {
     /// `ts` in epoch ms, for code that pages through history.
     #[serde(skip)]
@@ -101,7 +103,7 @@ pub struct StatusPoint {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TelemetryPoint {
     /// `ts` in epoch ms, for code that pages through history.
     #[serde(skip)]
@@ -112,7 +114,7 @@ pub struct TelemetryPoint {
     pub value: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TrackPoint {
     /// `ts` in epoch ms, for code that pages through history.
     #[serde(skip)]
@@ -123,7 +125,7 @@ pub struct TrackPoint {
     pub location: Location,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RejectedMessage {
     pub id: i64,
     pub received_at: String,

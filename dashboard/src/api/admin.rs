@@ -16,57 +16,113 @@ use fieldline_broker::credentials::{hash_secret, new_secret};
 use fieldline_store::time_format::{format_ms, now_ms};
 use fieldline_store::StoreError;
 use fieldline_store::{ApiTokenRecord, DeviceCredential};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::checked_device_id;
 use crate::auth::token::{new_token, Role};
 use crate::{ApiError, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewDevice {
+    /// 1 to 64 characters from `[A-Za-z0-9_.-]`.
     id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct DeviceChange {
+    /// A disabled device cannot connect; one connected now is cut off.
     enabled: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewToken {
+    /// Who or what uses it: recorded with what it does.
     name: String,
+    /// `admin`, `operator` or `viewer`.
     role: String,
 }
 
-pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+/// A registered device (never its secret).
+#[derive(Serialize, ToSchema)]
+pub struct RegisteredDevice {
+    id: String,
+    enabled: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+/// A device's MQTT password: shown once, stored only as a hash.
+#[derive(Serialize, ToSchema)]
+pub struct DeviceSecret {
+    id: String,
+    secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceEnabled {
+    id: String,
+    enabled: bool,
+}
+
+/// An API token's record (never the token).
+#[derive(Serialize, ToSchema)]
+pub struct TokenRecord {
+    id: String,
+    name: String,
+    role: String,
+    created_at: String,
+    revoked_at: Option<String>,
+}
+
+/// A new API token: shown once, stored only as a hash.
+#[derive(Serialize, ToSchema)]
+pub struct NewTokenIssued {
+    id: String,
+    name: String,
+    role: String,
+    /// Send as `Authorization: Bearer <token>`.
+    token: String,
+}
+
+#[utoipa::path(get, path = "/api/admin/devices", tag = "admin", operation_id = "admin_list_devices",
+    summary = "The device registry",
+    responses((status = 200, description = "Success", body = Vec<RegisteredDevice>), super::schema::Forbidden, super::schema::Unavailable))]
+pub async fn devices(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<RegisteredDevice>>, ApiError> {
     let changes = state.store.access_changes(0).await?;
-    Ok(Json(changes.devices.iter().map(device_json).collect()))
+    Ok(Json(changes.devices.iter().map(registered).collect()))
 }
 
-fn device_json(d: &DeviceCredential) -> Value {
-    json!({
-        "id": d.device,
-        "enabled": d.enabled,
-        "created_at": format_ms(d.created_at_ms),
-        "updated_at": format_ms(d.updated_at_ms),
-    })
+fn registered(d: &DeviceCredential) -> RegisteredDevice {
+    RegisteredDevice {
+        id: d.device.clone(),
+        enabled: d.enabled,
+        created_at: format_ms(d.created_at_ms),
+        updated_at: format_ms(d.updated_at_ms),
+    }
 }
 
-fn token_json(t: &ApiTokenRecord) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "role": t.role,
-        "created_at": format_ms(t.created_at_ms),
-        "revoked_at": t.revoked_at_ms.map(format_ms),
-    })
+fn token_record(t: &ApiTokenRecord) -> TokenRecord {
+    TokenRecord {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role.clone(),
+        created_at: format_ms(t.created_at_ms),
+        revoked_at: t.revoked_at_ms.map(format_ms),
+    }
 }
 
+#[utoipa::path(post, path = "/api/admin/devices", tag = "admin", operation_id = "admin_add_device",
+    summary = "Registers a device and returns its secret, once",
+    request_body = NewDevice,
+    responses((status = 201, description = "Created", body = DeviceSecret), super::schema::BadRequest, super::schema::Forbidden,
+        super::schema::Conflict, super::schema::Unavailable))]
 pub async fn add_device(
     State(state): State<AppState>,
     body: Result<Json<NewDevice>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeviceSecret>), ApiError> {
     let Json(body) = body?;
     let id = checked_device_id(&body.id)?;
     let secret = new_secret();
@@ -75,15 +131,23 @@ pub async fn add_device(
     tracing::info!(device = id, "device registered over the API");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "secret": secret })),
+        Json(DeviceSecret {
+            id: id.to_string(),
+            secret,
+        }),
     ))
 }
 
+#[utoipa::path(patch, path = "/api/admin/devices/{id}", tag = "admin", operation_id = "admin_change_device",
+    summary = "Enables or disables a device",
+    params(super::DeviceId), request_body = DeviceChange,
+    responses((status = 200, description = "Success", body = DeviceEnabled), super::schema::BadRequest, super::schema::Forbidden, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn change_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<DeviceChange>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceEnabled>, ApiError> {
     let Json(body) = body?;
     let id = checked_device_id(&id)?;
     in_force(
@@ -99,13 +163,21 @@ pub async fn change_device(
         enabled = body.enabled,
         "device changed over the API"
     );
-    Ok(Json(json!({ "id": id, "enabled": body.enabled })))
+    Ok(Json(DeviceEnabled {
+        id: id.to_string(),
+        enabled: body.enabled,
+    }))
 }
 
+#[utoipa::path(post, path = "/api/admin/devices/{id}/secret", tag = "admin", operation_id = "admin_rotate_secret",
+    summary = "Gives a device a new secret; the old one stops working",
+    params(super::DeviceId),
+    responses((status = 200, description = "Success", body = DeviceSecret), super::schema::BadRequest, super::schema::Forbidden, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeviceSecret>, ApiError> {
     let id = checked_device_id(&id)?;
     let secret = new_secret();
     let hash = hashed(&secret).await?;
@@ -115,21 +187,32 @@ pub async fn rotate_secret(
     )
     .await?;
     tracing::info!(device = id, "device secret rotated over the API");
-    Ok(Json(json!({ "id": id, "secret": secret })))
+    Ok(Json(DeviceSecret {
+        id: id.to_string(),
+        secret,
+    }))
 }
 
-pub async fn tokens(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+#[utoipa::path(get, path = "/api/admin/tokens", tag = "admin", operation_id = "admin_list_tokens",
+    summary = "The API tokens, revoked ones included",
+    responses((status = 200, description = "Success", body = Vec<TokenRecord>), super::schema::Forbidden, super::schema::Unavailable))]
+pub async fn tokens(State(state): State<AppState>) -> Result<Json<Vec<TokenRecord>>, ApiError> {
     let changes = state.store.access_changes(0).await?;
-    Ok(Json(changes.tokens.iter().map(token_json).collect()))
+    Ok(Json(changes.tokens.iter().map(token_record).collect()))
 }
 
+#[utoipa::path(post, path = "/api/admin/tokens", tag = "admin", operation_id = "admin_add_token",
+    summary = "Creates an API token and returns it, once",
+    request_body = NewToken,
+    responses((status = 201, description = "Created", body = NewTokenIssued), super::schema::BadRequest, super::schema::Forbidden, super::schema::Unavailable))]
 pub async fn add_token(
     State(state): State<AppState>,
     body: Result<Json<NewToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NewTokenIssued>), ApiError> {
     let Json(body) = body?;
-    let role = Role::parse(&body.role)
-        .ok_or_else(|| ApiError::bad_request("role must be \"admin\" or \"viewer\""))?;
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::bad_request("role must be \"admin\", \"operator\" or \"viewer\"")
+    })?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > 128 || name.contains(char::is_control) {
         return Err(ApiError::bad_request(
@@ -141,12 +224,19 @@ pub async fn add_token(
     tracing::info!(token = %made.record.id, role = role.as_str(), "API token created over the API");
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "id": made.record.id, "name": name, "role": role.as_str(), "token": made.token }),
-        ),
+        Json(NewTokenIssued {
+            id: made.record.id,
+            name: name.to_string(),
+            role: role.as_str().to_string(),
+            token: made.token,
+        }),
     ))
 }
 
+#[utoipa::path(delete, path = "/api/admin/tokens/{id}", tag = "admin", operation_id = "admin_revoke_token",
+    summary = "Revokes an API token; streams opened with it close",
+    params(("id" = String, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked"), super::schema::Forbidden, super::schema::NotFound, super::schema::Unavailable))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,

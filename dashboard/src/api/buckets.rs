@@ -101,7 +101,8 @@ pub fn choose(
     }
 }
 
-#[derive(Serialize)]
+/// One bucket of a metric: its start and the aggregates of the readings in it.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct BucketJson {
     ts: String,
     avg: f64,

@@ -32,6 +32,14 @@ impl From<CommandError> for ApiError {
 
 /// `POST /api/devices/{id}/commands`: 201 with the command, or 200 with the one an earlier
 /// request with the same `Idempotency-Key` created.
+#[utoipa::path(post, path = "/api/devices/{id}/commands", tag = "commands", operation_id = "send_command",
+    summary = "Sends a device a command (operator or admin)",
+    params(super::DeviceId,
+        ("Idempotency-Key" = Option<String>, Header, description = "A retried request with the same key returns the same command")),
+    request_body = CommandRequest,
+    responses((status = 201, description = "Stored; delivered when the device is subscribed", body = super::schema::Command),
+        (status = 200, description = "The command an earlier request with this Idempotency-Key created", body = super::schema::Command),
+        super::schema::BadRequest, super::schema::Forbidden, super::schema::Unavailable))]
 pub async fn send(
     State(state): State<AppState>,
     Path(device): Path<String>,
@@ -65,15 +73,23 @@ pub async fn send(
     Ok((status, Json(command)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only commands in this state.
     state: Option<String>,
+    /// Created from (RFC 3339 or epoch ms).
     from: Option<String>,
+    /// Created before.
     to: Option<String>,
+    /// 1 to 10,000 (default 100).
     limit: Option<u32>,
 }
 
 /// `GET /api/devices/{id}/commands?state=&from=&to=&limit=`: newest first.
+#[utoipa::path(get, path = "/api/devices/{id}/commands", tag = "commands", operation_id = "list_commands",
+    summary = "A device's commands, newest first", params(super::DeviceId, ListParams),
+    responses((status = 200, description = "Success", body = Vec<super::schema::Command>), super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn list(
     State(state): State<AppState>,
     Path(device): Path<String>,
@@ -100,6 +116,9 @@ pub async fn list(
 }
 
 /// `GET /api/commands/{id}`.
+#[utoipa::path(get, path = "/api/commands/{id}", tag = "commands", operation_id = "get_command",
+    summary = "One command and where it stands", params(("id" = String, Path, description = "The command's id")),
+    responses((status = 200, description = "Success", body = super::schema::Command), super::schema::NotFound, super::schema::Unavailable))]
 pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -108,6 +127,11 @@ pub async fn one(
 }
 
 /// `DELETE /api/commands/{id}`: cancels a command not yet delivered; 409 after.
+#[utoipa::path(delete, path = "/api/commands/{id}", tag = "commands", operation_id = "cancel_command",
+    summary = "Cancels a command not yet delivered (operator or admin)",
+    params(("id" = String, Path, description = "The command's id")),
+    responses((status = 200, description = "Cancelled", body = super::schema::Command), super::schema::Forbidden,
+        super::schema::NotFound, super::schema::Conflict, super::schema::Unavailable))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -21,15 +21,22 @@ use crate::{ApiError, AppState};
 const DEFAULT_LIMIT: u32 = 10_000;
 const MAX_LIMIT: u32 = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// Device ids, comma-separated (at most 1000); absent: every device.
     devices: Option<String>,
+    /// `geofence`, `alert`, `command`, comma-separated; absent: all.
     kinds: Option<String>,
+    /// Device time from (RFC 3339 or epoch ms).
     from: Option<String>,
+    /// Device time to, exclusive.
     to: Option<String>,
     /// Only events after this seq: for paging through a long range.
     after: Option<u64>,
+    /// 1 to 100,000 (default 10,000); CSV without a limit streams every event.
     limit: Option<u32>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
 }
 
@@ -44,6 +51,12 @@ fn list(text: &Option<String>) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+#[utoipa::path(get, path = "/api/events", tag = "events", operation_id = "list_events",
+    summary = "Stored geofence, alert and command events, oldest first",
+    params(Params),
+    responses((status = 200, description = "JSON, or CSV with `format=csv`",
+            content((Vec<super::schema::StoredEvent> = "application/json"), (String = "text/csv"))),
+        super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn list_events(
     State(state): State<AppState>,
     params: Result<Query<Params>, QueryRejection>,

@@ -27,6 +27,9 @@ fn checked(feature: &Value) -> Result<(String, Value), String> {
     Ok((fence.name, without_id(feature)))
 }
 
+#[utoipa::path(get, path = "/api/geofences", tag = "geofences", operation_id = "list_geofences",
+    summary = "Every geofence, as a GeoJSON FeatureCollection",
+    responses((status = 200, description = "Success", body = super::schema::GeofenceCollection), super::schema::Unavailable))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::Geofences).await?;
     let features: Vec<Value> = stored.iter().map(|d| with_id(d.id, &d.body)).collect();
@@ -35,6 +38,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     ))
 }
 
+#[utoipa::path(get, path = "/api/geofences/{id}", tag = "geofences", operation_id = "get_geofence",
+    summary = "One geofence", params(("id" = i64, Path, description = "The geofence's id")),
+    responses((status = 200, description = "Success", body = super::schema::Geofence), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -42,6 +49,14 @@ pub async fn one(
     definitions::one(&state, Definitions::Geofences, &id).await
 }
 
+#[utoipa::path(post, path = "/api/geofences", tag = "geofences", operation_id = "create_geofences",
+    summary = "Stores one Feature, or a FeatureCollection all or none",
+    request_body(content((super::schema::Geofence), (super::schema::GeofenceCollection)),
+        description = "A Feature, or a FeatureCollection of up to 10,000"),
+    responses((status = 201, description = "Stored, with ids: a Feature or a FeatureCollection as sent",
+            body = super::schema::Geofence),
+        (status = 400, description = "Not stored: every invalid feature is named", body = super::schema::ErrorBody),
+        super::schema::Unavailable))]
 pub async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -107,6 +122,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(put, path = "/api/geofences/{id}", tag = "geofences", operation_id = "replace_geofence",
+    summary = "Replaces a geofence; devices inside are judged against the new shape",
+    params(("id" = i64, Path, description = "The geofence's id")), request_body = super::schema::Geofence,
+    responses((status = 200, description = "Success", body = super::schema::Geofence), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn replace(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -121,6 +141,10 @@ pub async fn replace(
     definitions::replace(&state, Definitions::Geofences, id, &name, &feature).await
 }
 
+#[utoipa::path(delete, path = "/api/geofences/{id}", tag = "geofences", operation_id = "delete_geofence",
+    summary = "Deletes a geofence", params(("id" = i64, Path, description = "The geofence's id")),
+    responses((status = 204, description = "Deleted"), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -129,6 +153,9 @@ pub async fn delete(
 }
 
 /// `GET /api/devices/{id}/geofences`: the fences the device is inside now, with `since`.
+#[utoipa::path(get, path = "/api/devices/{id}/geofences", tag = "geofences", operation_id = "device_geofences",
+    summary = "The geofences a device is inside now", params(super::DeviceId),
+    responses((status = 200, description = "Success", body = Vec<super::schema::Inside>), super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn of_device(
     State(state): State<AppState>,
     Path(device): Path<String>,

@@ -24,17 +24,30 @@ const MAX_LIMIT: u32 = 100_000;
 /// Times the API accepts: 1970 to the end of year 9999, in ms.
 const TIME_RANGE_MS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999;
 
-#[derive(Deserialize)]
+/// The history endpoints' query; each reads the parameters that apply to it.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// telemetry: one metric (needed with `bucket` and `points`).
     metric: Option<String>,
+    /// From (RFC 3339 or epoch ms); default `to` minus 24 hours.
     from: Option<String>,
+    /// To, exclusive; default now.
     to: Option<String>,
+    /// Rows, 1 to 100,000 (default 10,000).
     limit: Option<u32>,
+    /// telemetry: aggregate into buckets: `1m`, `5m`, `1h`, `1d`, ... (answer header
+    /// `fieldline-bucket` names the bucket used).
     bucket: Option<String>,
+    /// telemetry: about this many buckets over the range, the bucket chosen to fit.
     points: Option<u32>,
+    /// telemetry: `json` or `csv`; track: `json`, `geojson`, `csv` or `gpx` (a download).
     format: Option<String>,
+    /// track: thin to this tolerance in metres (Douglas-Peucker), 0 to 100,000.
     simplify: Option<f64>,
+    /// trips: a stop lasts at least this long, seconds.
     min_stop_s: Option<f64>,
+    /// trips: slower than this counts as stopped, m/s.
     stop_speed: Option<f64>,
 }
 
@@ -77,6 +90,12 @@ async fn existing_device<'a>(state: &AppState, id: &'a str) -> Result<&'a str, A
     }
 }
 
+#[utoipa::path(get, path = "/api/devices/{id}/telemetry", tag = "history", operation_id = "device_telemetry",
+    summary = "A device's readings, raw or in buckets, oldest first",
+    params(super::DeviceId, Params),
+    responses((status = 200, description = "Readings; with `bucket` or `points`, buckets; CSV with `format=csv`",
+            content((Vec<fieldline_store::TelemetryPoint> = "application/json"), (String = "text/csv"))),
+        super::schema::BadRequest, super::schema::NotFound, super::schema::Unavailable))]
 pub async fn telemetry(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -147,6 +166,11 @@ pub async fn telemetry(
 }
 
 /// Connects, disconnects (with their reasons) and published statuses, oldest first.
+#[utoipa::path(get, path = "/api/devices/{id}/status", tag = "history", operation_id = "device_statuses",
+    summary = "A device's connects, disconnects (with reasons) and status documents",
+    params(super::DeviceId, Params),
+    responses((status = 200, description = "Success", body = Vec<fieldline_store::StatusPoint>), super::schema::BadRequest,
+        super::schema::NotFound, super::schema::Unavailable))]
 pub async fn statuses(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -158,6 +182,13 @@ pub async fn statuses(
     Ok(Json(state.store.statuses(device, range).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/api/devices/{id}/track", tag = "history", operation_id = "device_track",
+    summary = "A device's fixes, oldest first: thinned with `simplify`, or a GeoJSON, CSV or GPX download",
+    params(super::DeviceId, Params),
+    responses((status = 200, description = "Fixes",
+            content((Vec<TrackPoint> = "application/json"), (Object = "application/geo+json"),
+                (String = "text/csv"), (String = "application/gpx+xml"))),
+        super::schema::BadRequest, super::schema::NotFound, super::schema::Unavailable))]
 pub async fn track(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -234,6 +265,11 @@ pub async fn track(
 }
 
 /// Trips and stops of the track in the range, read page by page.
+#[utoipa::path(get, path = "/api/devices/{id}/trips", tag = "history", operation_id = "device_trips",
+    summary = "A device's trips and stops over a range, from its fixes",
+    params(super::DeviceId, Params),
+    responses((status = 200, description = "Success", body = crate::tracks::trips::TripsAndStops), super::schema::BadRequest,
+        super::schema::NotFound, super::schema::Unavailable))]
 pub async fn trips(
     State(state): State<AppState>,
     Path(id): Path<String>,

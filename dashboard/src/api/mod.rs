@@ -2,7 +2,7 @@
 
 pub mod admin;
 pub mod body;
-mod buckets;
+pub(crate) mod buckets;
 pub mod commands;
 mod definitions;
 pub mod devices;
@@ -13,11 +13,21 @@ pub mod history;
 pub mod rejected;
 pub mod replay;
 pub mod rules;
+pub mod schema;
 pub mod stream;
 pub mod webhooks;
 pub mod ws;
 
 use crate::ApiError;
+
+/// A device in a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DeviceId {
+    /// The device's id: 1 to 64 characters from `[A-Za-z0-9_.-]`.
+    #[allow(dead_code)] // Read by the derive only: handlers take the path as a string.
+    id: String,
+}
 
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")

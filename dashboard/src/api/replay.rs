@@ -17,13 +17,19 @@ use crate::{ApiError, AppState};
 /// Events per chunk when they are due together (fast replays).
 const EVENTS_PER_CHUNK: usize = 256;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// Device ids, comma-separated.
     devices: Option<String>,
+    /// RFC 3339 or epoch ms.
     from: Option<String>,
     to: Option<String>,
+    /// 0.1 to 1000, or `max` (as fast as the client reads); default 1.
     speed: Option<String>,
+    /// `location`, `telemetry`, `status`, `geofence`, `alert`, comma-separated.
     kinds: Option<String>,
+    /// Jump over quiet stretches longer than this many seconds.
     skip_gaps: Option<String>,
 }
 
@@ -57,6 +63,15 @@ pub(crate) fn checked(
     Request::new(devices, from, to, speed, kinds, skip_gaps)
 }
 
+#[utoipa::path(get, path = "/api/replay", tag = "live", operation_id = "replay",
+    summary = "Stored history of devices as Server-Sent Events, paced by a speed",
+    description = "Opens with `event: replay` (range, devices, speed), sends the stored events with the \
+        fields of live events (each `id` is its place: a reconnect with `Last-Event-ID` goes on from \
+        there), `event: clock` at least once a second of replay, and ends with `event: end`.",
+    params(Params, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this place")),
+    responses((status = 200, description = "An event stream; each `data` is a live event",
+            content((super::schema::LiveEvent = "text/event-stream"))),
+        super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn replay(
     State(state): State<AppState>,
     headers: HeaderMap,

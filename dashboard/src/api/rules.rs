@@ -21,6 +21,9 @@ fn checked(body: &Value) -> Result<(String, Value), ApiError> {
     Ok((rule.name, without_id(body)))
 }
 
+#[utoipa::path(get, path = "/api/rules", tag = "rules", operation_id = "list_rules",
+    summary = "Every alert rule",
+    responses((status = 200, description = "Success", body = Vec<super::schema::AlertRule>), super::schema::Unavailable))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stored = state.store.definitions(Definitions::AlertRules).await?;
     Ok(Json(json!(stored
@@ -29,6 +32,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
         .collect::<Vec<_>>())))
 }
 
+#[utoipa::path(get, path = "/api/rules/{id}", tag = "rules", operation_id = "get_rule",
+    summary = "One alert rule", params(("id" = i64, Path, description = "The rule's id")),
+    responses((status = 200, description = "Success", body = super::schema::AlertRule), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -36,6 +43,9 @@ pub async fn one(
     definitions::one(&state, Definitions::AlertRules, &id).await
 }
 
+#[utoipa::path(post, path = "/api/rules", tag = "rules", operation_id = "create_rule",
+    summary = "Stores an alert rule", request_body = super::schema::AlertRule,
+    responses((status = 201, description = "Created", body = super::schema::AlertRule), super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -57,6 +67,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(with_id(id, &rule.to_string()))).into_response())
 }
 
+#[utoipa::path(put, path = "/api/rules/{id}", tag = "rules", operation_id = "replace_rule",
+    summary = "Replaces an alert rule", params(("id" = i64, Path, description = "The rule's id")),
+    request_body = super::schema::AlertRule,
+    responses((status = 200, description = "Success", body = super::schema::AlertRule), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn replace(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -67,6 +82,10 @@ pub async fn replace(
     definitions::replace(&state, Definitions::AlertRules, id, &name, &rule).await
 }
 
+#[utoipa::path(delete, path = "/api/rules/{id}", tag = "rules", operation_id = "delete_rule",
+    summary = "Deletes an alert rule", params(("id" = i64, Path, description = "The rule's id")),
+    responses((status = 204, description = "Deleted"), super::schema::BadRequest, super::schema::NotFound,
+        super::schema::Unavailable))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -26,14 +26,30 @@ use crate::{ApiError, AppState};
 /// A comment line at least this often, so proxies and clients know the stream is alive.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// `location`, `telemetry`, `status`, `geofence`, `alert`, `command`, comma-separated.
     kinds: Option<String>,
+    /// Device ids, comma-separated.
     devices: Option<String>,
+    /// `west,south,east,north`: location events inside, every other kind for devices inside.
     bbox: Option<String>,
+    /// Resume after this event id (`Last-Event-ID` wins when both are sent).
     since: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/stream", tag = "live", operation_id = "live_stream",
+    summary = "Live events as Server-Sent Events, resumable",
+    description = "Each event is `id: <id>`, `event: <kind>`, `data: <json>`. A client that sends \
+        `Last-Event-ID` (or `since`) gets every matching event after it that the server holds, then \
+        the live stream; when those are no longer held it first gets `event: reset` and reloads from \
+        the REST API. A comment line at least every 15 s. A slow client gets the latest location or \
+        telemetry of a device with `skipped`; other kinds are never dropped silently.",
+    params(StreamParams, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses((status = 200, description = "An event stream; each `data` is a live event",
+            content((super::schema::LiveEvent = "text/event-stream"))),
+        super::schema::BadRequest, super::schema::Unavailable))]
 pub async fn stream(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,

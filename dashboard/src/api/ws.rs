@@ -46,6 +46,14 @@ enum Format {
 /// Close code 1008 also ends a stream whose API token was revoked.
 const TOKEN_REVOKED: &str = "the API token was revoked";
 
+#[utoipa::path(get, path = "/api/ws", tag = "live", operation_id = "live_websocket",
+    summary = "Live events and replays over WebSocket",
+    description = "Subprotocol `fieldline.json` (text frames) or `fieldline.msgpack` (binary frames, same \
+        fields). The client sends `WsClientMessage`s; the server sends live events (`LiveEvent`, one \
+        per frame or an array of them) and `WsServerMessage`s.",
+    params(("Sec-WebSocket-Protocol" = String, Header, description = "`fieldline.json` or `fieldline.msgpack`")),
+    responses((status = 101, description = "Switched to WebSocket"),
+        super::schema::Unavailable))]
 pub async fn ws(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,

@@ -22,13 +22,13 @@ pub struct Fix {
     pub speed: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LatLon {
     pub lat: f64,
     pub lon: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Trip {
     pub start: String,
     pub end: String,
@@ -41,7 +41,7 @@ pub struct Trip {
     pub avg_speed: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Stop {
     pub start: String,
     pub end: String,
@@ -51,7 +51,7 @@ pub struct Stop {
     pub duration_s: f64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct TripsAndStops {
     pub trips: Vec<Trip>,
     pub stops: Vec<Stop>,

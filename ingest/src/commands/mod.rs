@@ -31,16 +31,22 @@ const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 /// `POST /api/devices/{id}/commands` (and `fieldline command send`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
+    /// `[A-Za-z0-9_.-]{1,64}`: the last level of the topic the device receives it on.
     pub name: String,
+    /// Any JSON value.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub payload: Option<Value>,
+    /// Bytes that are not JSON, base64; instead of `payload`.
     #[serde(default)]
     pub payload_b64: Option<String>,
+    /// How long it may wait for the device: 1 s to 30 days (default 3600).
     #[serde(default)]
     pub ttl_s: Option<f64>,
+    /// 0 or 1 (default 1).
     #[serde(default)]
     pub qos: Option<u8>,
 }
