@@ -647,7 +647,7 @@ async fn report_live_queues(hub: Arc<Hub>) {
 
 /// Storage upkeep once a minute (the first at start): pruning the rejected messages, the
 /// back end's maintenance (PostgreSQL: time partitions ahead), and a look at the server's own
-/// jobs (TimescaleDB), each outcome recorded in `health`.
+/// jobs and its chunks left uncompressed (TimescaleDB), each outcome recorded in `health`.
 async fn housekeeping(store: Arc<dyn Store>, health: Arc<JobHealth>) {
     let mut every_minute = tokio::time::interval(Duration::from_secs(60));
     let record = |job: &str, outcome: Result<(), fieldline_store::StoreError>| match outcome {
@@ -667,6 +667,13 @@ async fn housekeeping(store: Arc<dyn Store>, health: Arc<JobHealth>) {
                 health.succeeded("server job statistics");
             }
             Err(e) => health.failed("server job statistics", &e.to_string()),
+        }
+        match store.uncompressed_chunks().await {
+            Ok(tables) => {
+                health.uncompressed_chunks(&tables);
+                health.succeeded("server chunk statistics");
+            }
+            Err(e) => health.failed("server chunk statistics", &e.to_string()),
         }
     }
 }

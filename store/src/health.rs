@@ -46,6 +46,18 @@ pub struct ServerJob {
     pub failed: bool,
     /// The newest error it recorded.
     pub error: Option<String>,
+    /// How long past its next start plus one schedule interval it has not run (0 when on
+    /// time): background workers all busy, or the scheduler stopped. A refresh or
+    /// compression policy that never runs leaves aggregates stale and chunks uncompressed.
+    pub overdue_s: f64,
+}
+
+/// A hypertable's chunks past its columnstore policy's age that are still not compressed
+/// (TimescaleDB).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct UncompressedChunks {
+    pub hypertable: String,
+    pub chunks: i64,
 }
 
 impl ServerJob {
@@ -101,12 +113,43 @@ impl JobHealth {
     pub fn server_jobs(&self, jobs: &[ServerJob]) {
         for job in jobs {
             let name = job.name();
+            metrics::gauge!("fieldline_storage_server_job_overdue_seconds", "job" => name.clone())
+                .set(job.overdue_s);
             if job.failed {
                 let error = job
                     .error
                     .as_deref()
                     .unwrap_or("its last run failed (no error recorded)");
                 self.failed(&name, error);
+            } else if job.overdue_s > 0.0 {
+                self.failed(
+                    &name,
+                    &format!(
+                        "not run for {:.0} s past its schedule: TimescaleDB's background workers \
+                         are all busy (timescaledb.max_background_workers) or its scheduler stopped",
+                        job.overdue_s
+                    ),
+                );
+            } else {
+                self.succeeded(&name);
+            }
+        }
+    }
+
+    /// Takes the count of chunks left uncompressed past their policy, per hypertable.
+    pub fn uncompressed_chunks(&self, tables: &[UncompressedChunks]) {
+        for table in tables {
+            metrics::gauge!("fieldline_storage_uncompressed_chunks_past_policy", "hypertable" => table.hypertable.clone())
+                .set(table.chunks as f64);
+            let name = format!("timescaledb compression of {}", table.hypertable);
+            if table.chunks > 0 {
+                self.failed(
+                    &name,
+                    &format!(
+                        "{} chunks are past the columnstore policy's age and not compressed",
+                        table.chunks
+                    ),
+                );
             } else {
                 self.succeeded(&name);
             }
@@ -148,6 +191,7 @@ mod tests {
             target: Some("positions".into()),
             failed: true,
             error: Some("cannot drop portal while it is being set up".into()),
+            overdue_s: 0.0,
         };
         health.server_jobs(std::slice::from_ref(&job));
         assert_eq!(
@@ -156,8 +200,30 @@ mod tests {
         );
         health.server_jobs(&[ServerJob {
             failed: false,
+            ..job.clone()
+        }]);
+        assert!(health.failing().is_empty());
+        // A job that stopped running is failing too, though its last run went well.
+        health.server_jobs(&[ServerJob {
+            failed: false,
+            overdue_s: 7200.0,
             ..job
         }]);
+        assert!(health.failing()[0].error.contains("not run for 7200 s"));
+    }
+
+    #[test]
+    fn chunks_left_uncompressed_past_the_policy_fail_until_compressed() {
+        let health = JobHealth::default();
+        let behind = |chunks| UncompressedChunks {
+            hypertable: "positions".into(),
+            chunks,
+        };
+        health.uncompressed_chunks(&[behind(3)]);
+        let failing = health.failing();
+        assert_eq!(failing[0].job, "timescaledb compression of positions");
+        assert!(failing[0].error.starts_with("3 chunks"));
+        health.uncompressed_chunks(&[behind(0)]);
         assert!(health.failing().is_empty());
     }
 }

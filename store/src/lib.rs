@@ -205,6 +205,11 @@ pub trait Store:
     fn server_jobs(&self) -> StoreFuture<'_, Vec<health::ServerJob>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// Per hypertable, chunks its columnstore policy should have compressed by now and has
+    /// not (TimescaleDB); none elsewhere.
+    fn uncompressed_chunks(&self) -> StoreFuture<'_, Vec<health::UncompressedChunks>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     fn backend(&self) -> &'static str;
 }
 

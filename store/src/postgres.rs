@@ -530,11 +530,40 @@ impl Store for PgStore {
                         COALESCE(s.last_run_status = 'Failed', false) AS failed,
                         (SELECT e.err_message FROM timescaledb_information.job_errors e
                           WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
-                          AS error
+                          AS error,
+                        -- A paused job is the operator's choice; -infinity means never planned.
+                        CASE WHEN j.scheduled AND isfinite(j.next_start)
+                             THEN greatest(0, extract(epoch FROM
+                                  now() - j.next_start - j.schedule_interval))::float8
+                             ELSE 0 END AS overdue_s
                  FROM timescaledb_information.jobs j
                  LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
                  WHERE j.job_id >= 1000
                  ORDER BY j.job_id",
+            )
+            .fetch_all(&self.pool)
+            .await?)
+        })
+    }
+
+    fn uncompressed_chunks(&self) -> StoreFuture<'_, Vec<crate::health::UncompressedChunks>> {
+        Box::pin(async move {
+            if self.native_partitions && !self.continuous_aggregates {
+                return Ok(Vec::new());
+            }
+            // Past the policy's age plus one run of it: a chunk just old enough waits for
+            // the next run. Every table with a policy is listed, 0 when it keeps up.
+            Ok(sqlx::query_as::<_, crate::health::UncompressedChunks>(
+                "SELECT j.hypertable_name::text AS hypertable,
+                        (count(c.chunk_name) FILTER (WHERE NOT c.is_compressed
+                            AND c.range_end < now() - (j.config->>'compress_after')::interval
+                                              - j.schedule_interval))::int8 AS chunks
+                 FROM timescaledb_information.jobs j
+                 LEFT JOIN timescaledb_information.chunks c
+                   ON c.hypertable_schema = j.hypertable_schema
+                  AND c.hypertable_name = j.hypertable_name
+                 WHERE j.proc_name = 'policy_compression' AND j.scheduled
+                 GROUP BY j.hypertable_name ORDER BY 1",
             )
             .fetch_all(&self.pool)
             .await?)

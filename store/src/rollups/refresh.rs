@@ -1,5 +1,8 @@
 //! Keeps the telemetry roll-ups up to date: recomputes each minute a batch marked once the
-//! minute has closed (late data marks it again, and it is recomputed again).
+//! minute has closed (late data marks it again, and it is recomputed again), and says how far
+//! behind they are: the age of the oldest closed minute still waiting, a metric, and a failing
+//! storage job in `/readyz` past [`LAG_LIMIT_MS`] (on TimescaleDB these refreshes are what keeps
+//! the continuous aggregates current; its own policies are the backstop).
 //!
 //! Queries never wait for this task: they read a marked minute from raw rows (see
 //! [`super`]). Its pace only decides how much of a long range is answered
@@ -20,18 +23,42 @@ const CLOSE_GRACE_MS: i64 = 5_000;
 const MINUTES_PER_STEP: u32 = 240;
 const IDLE_PAUSE: Duration = Duration::from_secs(2);
 
-/// Runs until the task is aborted.
-/// This job's name in storage health.
-const JOB: &str = "rollups";
+/// Behind by more than this, roll-ups are reported as a failing job: charts over long ranges
+/// would miss what was stored since.
+pub const LAG_LIMIT_MS: i64 = 10 * 60 * 1000;
 
+/// This job's name in storage health, and its lag's.
+const JOB: &str = "rollups";
+const LAG_JOB: &str = "rollup lag";
+
+/// Runs until the task is aborted.
 pub async fn run(store: Arc<dyn Store>, health: Arc<JobHealth>) {
     let rolled = metrics::counter!("fieldline_rollup_minutes_total");
     let errors = metrics::counter!("fieldline_rollup_errors_total");
     let pending_gauge = metrics::gauge!("fieldline_rollup_pending_minutes");
     let seconds = metrics::histogram!("fieldline_rollup_step_seconds");
+    let lag_gauge = metrics::gauge!("fieldline_rollup_lag_seconds");
     loop {
         let started = Instant::now();
-        match step(store.as_ref()).await {
+        let stepped = step(store.as_ref()).await;
+        match lag_ms(store.as_ref()).await {
+            Ok(lag) => {
+                lag_gauge.set(lag as f64 / 1000.0);
+                if lag > LAG_LIMIT_MS {
+                    health.failed(
+                        LAG_JOB,
+                        &format!(
+                            "the oldest minute waiting for its roll-up closed {} minutes ago",
+                            lag / 60_000
+                        ),
+                    );
+                } else {
+                    health.succeeded(LAG_JOB);
+                }
+            }
+            Err(e) => health.failed(LAG_JOB, &e.to_string()),
+        }
+        match stepped {
             Ok(done) => {
                 health.succeeded(JOB);
                 rolled.increment(done as u64);
@@ -53,6 +80,15 @@ pub async fn run(store: Arc<dyn Store>, health: Arc<JobHealth>) {
         }
         tokio::time::sleep(IDLE_PAUSE).await;
     }
+}
+
+/// How long ago the oldest minute still waiting for its roll-up closed (0: none waits).
+pub async fn lag_ms(store: &dyn Store) -> Result<i64, crate::StoreError> {
+    let now = now_ms();
+    let oldest = store.pending_minutes(now - CLOSE_GRACE_MS, 1).await?;
+    Ok(oldest
+        .first()
+        .map_or(0, |minute| (now - (minute + super::MINUTE_MS)).max(0)))
 }
 
 /// Rolls up the closed marked minutes, an hour at a time; returns how many it cleared.
