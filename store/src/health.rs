@@ -125,8 +125,9 @@ impl JobHealth {
                 self.failed(
                     &name,
                     &format!(
-                        "not run for {:.0} s past its schedule: TimescaleDB's background workers \
-                         are all busy (timescaledb.max_background_workers) or its scheduler stopped",
+                        "{:.0} s behind its schedule: not started (TimescaleDB's background \
+                         workers all busy, see timescaledb.max_background_workers, or its \
+                         scheduler stopped), or one run going on that long",
                         job.overdue_s
                     ),
                 );
@@ -209,7 +210,7 @@ mod tests {
             overdue_s: 7200.0,
             ..job
         }]);
-        assert!(health.failing()[0].error.contains("not run for 7200 s"));
+        assert!(health.failing()[0].error.starts_with("7200 s behind its schedule"));
     }
 
     #[test]

@@ -531,10 +531,16 @@ impl Store for PgStore {
                         (SELECT e.err_message FROM timescaledb_information.job_errors e
                           WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
                           AS error,
-                        -- A paused job is the operator's choice; -infinity means never planned.
-                        CASE WHEN j.scheduled AND isfinite(j.next_start)
+                        -- A paused job is the operator's choice. next_start is NULL before
+                        -- the first run and -infinity while a run goes on (or after one
+                        -- crashed): then a run that started more than an interval ago is late.
+                        CASE WHEN NOT j.scheduled THEN 0
+                             WHEN isfinite(j.next_start)
                              THEN greatest(0, extract(epoch FROM
                                   now() - j.next_start - j.schedule_interval))::float8
+                             WHEN j.next_start = '-infinity' AND isfinite(s.last_run_started_at)
+                             THEN greatest(0, extract(epoch FROM
+                                  now() - s.last_run_started_at - j.schedule_interval))::float8
                              ELSE 0 END AS overdue_s
                  FROM timescaledb_information.jobs j
                  LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
@@ -563,6 +569,7 @@ impl Store for PgStore {
                    ON c.hypertable_schema = j.hypertable_schema
                   AND c.hypertable_name = j.hypertable_name
                  WHERE j.proc_name = 'policy_compression' AND j.scheduled
+                   AND jsonb_typeof(j.config->'compress_after') = 'string'
                  GROUP BY j.hypertable_name ORDER BY 1",
             )
             .fetch_all(&self.pool)
