@@ -1,5 +1,7 @@
 //! Live views end to end: devices publish over MQTT to the real binary, and real SSE
-//! (reqwest) and WebSocket (tokio-tungstenite) clients read the streams as a dashboard would.
+//! (reqwest) and WebSocket (tokio-tungstenite) clients read the streams as a dashboard would;
+//! the ordering, filter and resume tests run over plain HTTP and again over HTTPS (a test CA,
+//! `--https-only`).
 
 mod support;
 
@@ -18,9 +20,42 @@ fn fix(seq: u64) -> Vec<u8> {
         .into_bytes()
 }
 
-async fn sqlite_server(dir: &TempDir, extra: &[&str]) -> Server {
+/// How a test reaches the API.
+#[derive(Clone, Copy)]
+enum Over {
+    Http,
+    Https,
+}
+
+/// Runs a test body over plain HTTP and over HTTPS: `mod name { http, https }`.
+macro_rules! over_http_and_https {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn http() {
+                super::$name(Over::Http).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn https() {
+                super::$name(Over::Https).await
+            }
+        }
+    };
+}
+
+over_http_and_https!(every_event_arrives_once_and_in_order_over_sse_and_both_websocket_formats);
+over_http_and_https!(filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket);
+over_http_and_https!(resume_after_a_disconnect_delivers_exactly_the_missed_events);
+
+async fn sqlite_server(dir: &TempDir, extra: &[&str], over: Over) -> Server {
     let url = database(Backend::Sqlite, dir, "live").await;
-    Server::start_with(dir, &url, extra).await
+    match over {
+        Over::Http => Server::start_with(dir, &url, extra).await,
+        Over::Https => Server::start_https(dir, &url, extra).await,
+    }
 }
 
 /// Publishes fixes `seqs` from `device`, waiting for every PUBACK (so they are in the hub).
@@ -55,10 +90,9 @@ fn key(event: &Value) -> (String, String, Option<u64>) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_event_arrives_once_and_in_order_over_sse_and_both_websocket_formats() {
+async fn every_event_arrives_once_and_in_order_over_sse_and_both_websocket_formats(over: Over) {
     let dir = TempDir::new("live-order");
-    let server = sqlite_server(&dir, &[]).await;
+    let server = sqlite_server(&dir, &[], over).await;
     let mut sse = Sse::open(&server, "", None).await;
     let mut ws_json = Ws::open(&server, "fieldline.json").await;
     ws_json.subscribe(json!({"type": "subscribe"})).await;
@@ -150,10 +184,9 @@ async fn every_event_arrives_once_and_in_order_over_sse_and_both_websocket_forma
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket() {
+async fn filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket(over: Over) {
     let dir = TempDir::new("live-filters");
-    let server = sqlite_server(&dir, &[]).await;
+    let server = sqlite_server(&dir, &[], over).await;
     let mut telemetry_only = Sse::open(&server, "kinds=telemetry", None).await;
     let mut only_b = Sse::open(&server, "devices=dev-b", None).await;
     let mut in_new_york = Sse::open(&server, "bbox=-75,40,-73,41", None).await;
@@ -234,10 +267,9 @@ async fn filters_by_kind_device_and_bounding_box_and_change_on_an_open_socket() 
     assert_eq!(key(&ws.next().await), k("telemetry", "dev-b", Some(99)));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_after_a_disconnect_delivers_exactly_the_missed_events() {
+async fn resume_after_a_disconnect_delivers_exactly_the_missed_events(over: Over) {
     let dir = TempDir::new("live-resume");
-    let server = sqlite_server(&dir, &[]).await;
+    let server = sqlite_server(&dir, &[], over).await;
     let mut device = Device::connect(server.mqtt_port, "van-3").await;
     let mut sse = Sse::open(&server, "kinds=location", None).await;
     let mut ws = Ws::open(&server, "fieldline.msgpack").await;
@@ -334,6 +366,7 @@ async fn a_stalled_client_never_slows_ingest_or_other_clients() {
     let server = sqlite_server(
         &dir,
         &["--live-client-queue", "2048", "--live-stall-seconds", "2"],
+        Over::Http,
     )
     .await;
     // A client that connects and never reads, with the smallest receive buffer it can have.
@@ -429,7 +462,7 @@ async fn a_stalled_client_never_slows_ingest_or_other_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_stream_requests_get_clear_errors_and_the_server_stays_up() {
     let dir = TempDir::new("live-bad");
-    let server = sqlite_server(&dir, &[]).await;
+    let server = sqlite_server(&dir, &[], Over::Http).await;
     for (query, expected) in [
         ("kinds=location,weather", "unknown kind"),
         ("bbox=1,2,3", "bbox"),
@@ -540,7 +573,7 @@ async fn bad_stream_requests_get_clear_errors_and_the_server_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_streams_get_keep_alives_and_clients_are_counted() {
     let dir = TempDir::new("live-keepalive");
-    let server = sqlite_server(&dir, &[]).await;
+    let server = sqlite_server(&dir, &[], Over::Http).await;
     let mut sse = Sse::open(&server, "", None).await;
     let mut ws = Ws::open(&server, "fieldline.json").await;
     ws.subscribe(json!({"type": "subscribe"})).await;

@@ -210,7 +210,9 @@ mod tests {
             overdue_s: 7200.0,
             ..job
         }]);
-        assert!(health.failing()[0].error.starts_with("7200 s behind its schedule"));
+        assert!(health.failing()[0]
+            .error
+            .starts_with("7200 s behind its schedule"));
     }
 
     #[test]

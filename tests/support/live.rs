@@ -138,10 +138,12 @@ impl Sse {
     }
 }
 
+/// A WebSocket's transport: TCP, or TLS over it.
+pub trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Transport for T {}
+
 pub struct Ws {
-    stream: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    stream: tokio_tungstenite::WebSocketStream<Box<dyn Transport>>,
     msgpack: bool,
     pending: VecDeque<Value>,
 }
@@ -153,14 +155,32 @@ impl Ws {
     }
 
     /// The same, with a query string (for `access_token`).
+    /// Over `wss://` when the server speaks HTTPS only.
     pub async fn open_with_query(server: &Server, protocol: &str, query: &str) -> Ws {
-        let url = format!("ws://127.0.0.1:{}/api/ws?{query}", server.http_port);
+        let scheme = if server.ca.is_some() { "wss" } else { "ws" };
+        let url = format!("{scheme}://127.0.0.1:{}/api/ws?{query}", server.http_port);
         let mut request = url.into_client_request().expect("ws request");
         request.headers_mut().insert(
             "sec-websocket-protocol",
             protocol.parse().expect("header value"),
         );
-        let (stream, response) = tokio_tungstenite::connect_async(request)
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.http_port))
+            .await
+            .expect("TCP connect");
+        let transport: Box<dyn Transport> = match &server.ca {
+            Some(ca) => {
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1")
+                    .expect("server name");
+                Box::new(
+                    super::raw_mqtt::tls_connector(ca)
+                        .connect(name, tcp)
+                        .await
+                        .expect("TLS handshake"),
+                )
+            }
+            None => Box::new(tcp),
+        };
+        let (stream, response) = tokio_tungstenite::client_async(request, transport)
             .await
             .expect("WebSocket handshake");
         assert_eq!(

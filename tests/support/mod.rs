@@ -129,6 +129,10 @@ pub struct Server {
     pub http: reqwest::Client,
     /// Sent as a bearer token by `get` and `metrics_text` when set (API authentication on).
     pub token: Option<String>,
+    /// The test CA's certificate when the server speaks HTTPS only (`start_https`).
+    pub ca: Option<String>,
+    /// The flags that make it so, kept for restarts.
+    tls_args: Vec<String>,
 }
 
 pub fn binary() -> &'static str {
@@ -152,23 +156,73 @@ impl Server {
         panic!("no free ports after three attempts");
     }
 
+    /// As `start_with`, serving the API over HTTPS only, with a certificate of a test CA
+    /// that `http` (and the live clients) trust: the same tests then run over TLS.
+    pub async fn start_https(dir: &TempDir, database_url: &str, extra: &[&str]) -> Server {
+        let ca = raw_mqtt::make_certificates(&dir.0);
+        for _ in 0..3 {
+            match Self::try_start_over(dir, database_url, extra, Some(&ca)).await {
+                Ok(server) => return server,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("fieldline exited during start-up:\n{log}"),
+            }
+        }
+        panic!("no free ports after three attempts");
+    }
+
     async fn try_start(
         dir: &TempDir,
         database_url: &str,
         extra: &[&str],
     ) -> Result<Server, String> {
+        Self::try_start_over(dir, database_url, extra, None).await
+    }
+
+    async fn try_start_over(
+        dir: &TempDir,
+        database_url: &str,
+        extra: &[&str],
+        ca: Option<&str>,
+    ) -> Result<Server, String> {
         let mqtt_port = free_port();
         let http_port = free_port();
         let log = dir.0.join(format!("server-{}.log", unique("log")));
-        let child = spawn_server(dir, database_url, mqtt_port, http_port, &log, extra);
+        let (tls_args, http) = match ca {
+            Some(ca) => {
+                let file = |name: &str| dir.0.join(name).display().to_string();
+                let args = vec![
+                    "--https-listen".to_owned(),
+                    format!("127.0.0.1:{http_port}"),
+                    "--https-cert".to_owned(),
+                    file("server.pem"),
+                    "--https-key".to_owned(),
+                    file("server.key"),
+                    "--https-only".to_owned(),
+                ];
+                let client = reqwest::Client::builder()
+                    .add_root_certificate(
+                        reqwest::Certificate::from_pem(ca.as_bytes()).expect("CA"),
+                    )
+                    .tls_built_in_root_certs(false)
+                    .build()
+                    .expect("HTTPS client");
+                (args, client)
+            }
+            None => (Vec::new(), reqwest::Client::new()),
+        };
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(tls_args.iter().map(String::as_str));
+        let child = spawn_server(dir, database_url, mqtt_port, http_port, &log, &args);
         let mut server = Server {
             child: Some(child),
             mqtt_port,
             http_port,
             database_url: database_url.to_owned(),
             log,
-            http: reqwest::Client::new(),
+            http,
             token: None,
+            ca: ca.map(str::to_owned),
+            tls_args,
         };
         server.wait_ready().await?;
         Ok(server)
@@ -199,7 +253,8 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.http_port)
     }
 
     pub fn log_text(&self) -> String {
@@ -306,13 +361,15 @@ impl Server {
     pub async fn restart(&mut self, dir: &TempDir, extra: &[&str]) {
         let status = self.stop();
         assert!(status.success(), "fieldline stopped with {status}");
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(self.tls_args.iter().map(String::as_str));
         self.child = Some(spawn_server(
             dir,
             &self.database_url,
             self.mqtt_port,
             self.http_port,
             &self.log,
-            extra,
+            &args,
         ));
         if let Err(log) = self.wait_ready().await {
             panic!("fieldline did not come back on its ports: {log}");
