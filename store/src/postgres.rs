@@ -527,23 +527,30 @@ impl Store for PgStore {
             Ok(sqlx::query_as::<_, crate::health::ServerJob>(
                 "SELECT j.job_id AS id, j.proc_name::text AS procedure,
                         j.hypertable_name::text AS target,
-                        COALESCE(s.last_run_status = 'Failed', false) AS failed,
+                        -- A paused job is the operator's choice, whatever its last run did.
+                        COALESCE(j.scheduled AND s.last_run_status = 'Failed', false) AS failed,
+                        -- Only an error of the last run: job_errors keeps a month of them.
                         (SELECT e.err_message FROM timescaledb_information.job_errors e
-                          WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
-                          AS error,
-                        -- A paused job is the operator's choice. next_start is NULL before
-                        -- the first run and -infinity while a run goes on (or after one
-                        -- crashed): then a run that started more than an interval ago is late.
+                          WHERE e.job_id = j.job_id AND e.finish_time >= s.last_run_started_at
+                          ORDER BY e.finish_time DESC LIMIT 1) AS error,
+                        -- next_start is NULL before the first run and -infinity while a run
+                        -- goes on (or after one crashed): then a run that started more than
+                        -- an interval ago is late. Time the server was down does not count.
                         CASE WHEN NOT j.scheduled THEN 0
                              WHEN isfinite(j.next_start)
-                             THEN greatest(0, extract(epoch FROM
-                                  now() - j.next_start - j.schedule_interval))::float8
+                             THEN greatest(0, extract(epoch FROM now()
+                                  - greatest(j.next_start, pg_postmaster_start_time())
+                                  - j.schedule_interval))::float8
                              WHEN j.next_start = '-infinity' AND isfinite(s.last_run_started_at)
-                             THEN greatest(0, extract(epoch FROM
-                                  now() - s.last_run_started_at - j.schedule_interval))::float8
+                             THEN greatest(0, extract(epoch FROM now()
+                                  - greatest(s.last_run_started_at, pg_postmaster_start_time())
+                                  - j.schedule_interval))::float8
                              ELSE 0 END AS overdue_s
                  FROM timescaledb_information.jobs j
-                 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+                 -- One row per job even while parallel workers of a run show in its stats.
+                 LEFT JOIN LATERAL (SELECT js.last_run_status, js.last_run_started_at
+                                    FROM timescaledb_information.job_stats js
+                                    WHERE js.job_id = j.job_id LIMIT 1) s ON true
                  WHERE j.job_id >= 1000
                  ORDER BY j.job_id",
             )
@@ -557,20 +564,28 @@ impl Store for PgStore {
             if self.native_partitions && !self.continuous_aggregates {
                 return Ok(Vec::new());
             }
-            // Past the policy's age plus one run of it: a chunk just old enough waits for
-            // the next run. Every table with a policy is listed, 0 when it keeps up.
+            // Past the policy's age (a back-filled old chunk: past its creation) by two of
+            // its intervals, since runs drift by their own length. Every table with a policy
+            // is listed, 0 when it keeps up.
             Ok(sqlx::query_as::<_, crate::health::UncompressedChunks>(
                 "SELECT j.hypertable_name::text AS hypertable,
-                        (count(c.chunk_name) FILTER (WHERE NOT c.is_compressed
-                            AND c.range_end < now() - (j.config->>'compress_after')::interval
-                                              - j.schedule_interval))::int8 AS chunks
+                        -- A run going on (or crashed) is server_jobs' to report.
+                        CASE WHEN j.next_start = '-infinity' THEN 0
+                             ELSE count(c.chunk_name) FILTER (WHERE NOT c.is_compressed
+                                  AND greatest(c.range_end
+                                               + (j.config->>'compress_after')::interval,
+                                               c.chunk_creation_time)
+                                      < now() - 2 * j.schedule_interval)
+                        END::int8 AS chunks
                  FROM timescaledb_information.jobs j
                  LEFT JOIN timescaledb_information.chunks c
                    ON c.hypertable_schema = j.hypertable_schema
                   AND c.hypertable_name = j.hypertable_name
                  WHERE j.proc_name = 'policy_compression' AND j.scheduled
+                   AND j.hypertable_name IS NOT NULL
                    AND jsonb_typeof(j.config->'compress_after') = 'string'
-                 GROUP BY j.hypertable_name ORDER BY 1",
+                 GROUP BY j.job_id, j.hypertable_name, j.next_start
+                 ORDER BY 1",
             )
             .fetch_all(&self.pool)
             .await?)
