@@ -834,6 +834,37 @@ async fn geofence_drawn_on_the_map_raises_its_event_in_the_page() {
     assert_eq!(rules[0]["name"], "Cold chain", "{rules}");
     assert_eq!(rules[0]["above"], 8.0);
     assert_eq!(rules[0]["clear_below"], 7.5);
+    // A stale rule: the form shows its own fields, and the list says what it watches.
+    browser.click("#rule-new").await;
+    browser
+        .type_into("#rule-form [name=name]", "Quiet fridge")
+        .await;
+    browser.set_value("#rule-form [name=type]", "stale").await;
+    let shown = browser
+        .eval(
+            "const f = document.getElementById('rule-form'); const visible = n => !f.querySelector(`[name=${n}]`).closest('label').hidden; return [visible('metric'), visible('stale_for_s'), visible('above'), visible('offline_for_s')];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(shown, json!([true, true, false, false]));
+    browser
+        .type_into("#rule-form [name=metric]", "temp_c")
+        .await;
+    browser
+        .type_into("#rule-form [name=stale_for_s]", "300")
+        .await;
+    browser.click("#rule-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the stale rule listed",
+            "return document.getElementById('rule-form').hidden && document.getElementById('rule-list').textContent.includes('no temp_c for 300 s');",
+            json!([]),
+        )
+        .await;
+    let rules = server.get_ok("/api/rules").await;
+    assert_eq!(rules[1]["name"], "Quiet fridge", "{rules}");
+    assert_eq!(rules[1]["stale_for_s"], 300.0);
+    assert!(rules[1].get("above").is_none(), "{rules}");
     browser.screenshot("8-rule").await;
     browser.click("[data-tool=geofences]").await;
 

@@ -366,7 +366,12 @@ impl Pipeline {
             );
             if let Some(judges) = &mut self.judges {
                 let before = self.batch.derived.events.len();
-                judges.document(&doc, origin.position, &mut self.batch.derived);
+                judges.document(
+                    &doc,
+                    origin.position,
+                    origin.received_ms,
+                    &mut self.batch.derived,
+                );
                 note_pending(self.batch.derived.events.len() - before);
             }
         }

@@ -72,8 +72,9 @@ pub struct Inside {
     since: String,
 }
 
-/// An alert rule: a threshold on a metric (`above` or `below`) or an offline rule
-/// (`offline_for_s`); returned with its `id`.
+/// An alert rule: a threshold on a metric (`above` or `below`), an offline rule
+/// (`offline_for_s`) or a stale rule (`stale_for_s`, with or without `metric`); returned with
+/// its `id`.
 #[derive(ToSchema)]
 #[schema(example = json!({"id": 3, "name": "Cold chain", "devices": ["fridge-*"],
     "metric": "temp_c", "above": 8.0, "clear_below": 7.5, "for_s": 120}))]
@@ -91,6 +92,9 @@ pub struct AlertRule {
     for_s: Option<f64>,
     /// Raised when a device has been offline this long, seconds.
     offline_for_s: Option<f64>,
+    /// Raised when a connected device has sent no value of `metric` (without `metric`: no
+    /// fix) for this long, seconds; cleared by the next one.
+    stale_for_s: Option<f64>,
 }
 
 /// A stored event (`GET /api/events`, webhooks): `seq`, `kind`, `device`, `ts`, then the

@@ -1,6 +1,7 @@
-// The alert rule editor: threshold rules (above or below, with hysteresis and a hold time)
-// and offline rules, listed, created, edited and deleted over `/api/rules`. The API judges
-// each rule and its reason is shown beside the form.
+// The alert rule editor: threshold rules (above or below, with hysteresis and a hold time),
+// offline rules and stale rules (a connected device quiet about a metric, or its position),
+// listed, created, edited and deleted over `/api/rules`. The API judges each rule and its
+// reason is shown beside the form.
 
 import { api, describe, idList } from './api.js';
 import { confirmed } from './confirm.js';
@@ -47,9 +48,9 @@ export class RuleEditor {
     const r = rule || {};
     f.name.value = r.name || '';
     f.devices.value = (r.devices || []).join(', ');
-    f.type.value = r.offline_for_s !== undefined ? 'offline' : 'threshold';
+    f.type.value = ruleType(r);
     f.metric.value = r.metric || '';
-    for (const n of [...THRESHOLD, 'offline_for_s']) f[n].value = r[n] ?? '';
+    for (const n of [...THRESHOLD, 'offline_for_s', 'stale_for_s']) f[n].value = r[n] ?? '';
     document.getElementById('rule-delete').hidden = !rule;
     document.getElementById('rule-error').textContent = '';
     this.form.hidden = false;
@@ -59,7 +60,9 @@ export class RuleEditor {
 
   showFields() {
     const type = this.form.elements.type.value;
-    for (const label of this.form.querySelectorAll('[data-rule]')) label.hidden = label.dataset.rule !== type;
+    for (const field of this.form.querySelectorAll('[data-rule]')) {
+      field.hidden = !field.dataset.rule.split(' ').includes(type);
+    }
   }
 
   close() {
@@ -76,7 +79,11 @@ export class RuleEditor {
       if (f[n].value !== '') rule[n] = Number(f[n].value);
     };
     if (f.type.value === 'offline') number('offline_for_s');
-    else {
+    else if (f.type.value === 'stale') {
+      const metric = f.metric.value.trim();
+      if (metric) rule.metric = metric;
+      number('stale_for_s');
+    } else {
       rule.metric = f.metric.value.trim();
       THRESHOLD.forEach(number);
     }
@@ -112,8 +119,15 @@ export class RuleEditor {
   }
 }
 
+function ruleType(r) {
+  if (r.offline_for_s !== undefined) return 'offline';
+  if (r.stale_for_s !== undefined) return 'stale';
+  return 'threshold';
+}
+
 function describeRule(r) {
   if (r.offline_for_s !== undefined) return `offline ≥ ${r.offline_for_s} s`;
+  if (r.stale_for_s !== undefined) return `no ${r.metric || 'position'} for ${r.stale_for_s} s`;
   const parts = [];
   if (r.above !== undefined) parts.push(`${r.metric} > ${r.above}`);
   if (r.below !== undefined) parts.push(`${r.metric} < ${r.below}`);

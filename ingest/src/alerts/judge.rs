@@ -1,7 +1,7 @@
 //! One device against one alert rule, in device time: a threshold must hold for the rule's
 //! duration before it is raised, and it clears only past the clear level (hysteresis), so a
 //! reading that hovers at the threshold raises once. An offline rule counts from when the
-//! device went offline.
+//! device went offline; a stale rule is raised by the judges' clock and cleared by a value.
 
 use serde::{Deserialize, Serialize};
 
@@ -95,6 +95,32 @@ impl RuleState {
             self.since_ms = Some(ts_ms);
         }
         None
+    }
+
+    /// A stale rule's silence ran out: raised, dated `ts_ms` (once).
+    pub fn silent(&mut self, ts_ms: i64) -> Option<Change> {
+        if self.raised {
+            return None;
+        }
+        self.raised = true;
+        self.since_ms = Some(ts_ms);
+        Some(Change {
+            raised: true,
+            ts_ms,
+        })
+    }
+
+    /// A stale rule's value came: cleared if it was raised.
+    pub fn heard(&mut self, ts_ms: i64) -> Option<Change> {
+        self.since_ms = None;
+        if !self.raised {
+            return None;
+        }
+        self.raised = false;
+        Some(Change {
+            raised: false,
+            ts_ms,
+        })
     }
 
     /// Raises an offline rule whose time has come by `now_ms`; dated when it came.

@@ -1,6 +1,7 @@
-//! Alert rules: a threshold on a metric (with hysteresis and a duration in device time), or a
-//! device offline too long; read and checked from their JSON form (CONTRACT.md, "Alert
-//! rules"). Each device's standing with a rule is judged in [`judge`].
+//! Alert rules: a threshold on a metric (with hysteresis and a duration in device time), a
+//! device offline too long, or a connected device silent about a metric (or its position) too
+//! long; read and checked from their JSON form (CONTRACT.md, "Alert rules" and "Alarms"). Each
+//! device's standing with a rule is judged in [`judge`].
 
 pub mod judge;
 
@@ -25,6 +26,13 @@ pub enum Condition {
     },
     /// Raised once the device has been offline this long; cleared when it is back.
     Offline { after_ms: i64 },
+    /// Raised once a connected device has sent no value of `metric` (`None`: no fix) for
+    /// this long on the server's clock; cleared by the next one. A device that disconnects
+    /// is the offline rule's business: its silence is not counted while it is away.
+    Stale {
+        metric: Option<String>,
+        after_ms: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +89,28 @@ impl AlertRule {
         let (above, below) = (number("above")?, number("below")?);
         let (clear_below, clear_above) = (number("clear_below")?, number("clear_above")?);
         let offline = seconds("offline_for_s")?;
-        let condition = match (fields.get("metric"), above, below, offline) {
+        let stale = seconds("stale_for_s")?;
+        let condition = if let Some(after_ms) = stale {
+            if above.is_some() || below.is_some() || offline.is_some() {
+                return Err(bad(
+                    "a stale rule (stale_for_s) takes no above, below or offline_for_s",
+                ));
+            }
+            if after_ms == 0 {
+                return Err(bad("stale_for_s must be above 0"));
+            }
+            let metric = match fields.get("metric") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(m)) if is_valid_name(m) => Some(m.clone()),
+                Some(_) => {
+                    return Err(bad(
+                        "metric must be a metric name: 1 to 64 characters from [A-Za-z0-9_.-]",
+                    ))
+                }
+            };
+            Condition::Stale { metric, after_ms }
+        } else {
+            match (fields.get("metric"), above, below, offline) {
             (None, None, None, Some(after_ms)) => {
                 if after_ms == 0 {
                     return Err(bad("offline_for_s must be above 0"));
@@ -92,7 +121,7 @@ impl AlertRule {
                 return Err(bad("a rule is either a threshold (metric with above or below) or an offline rule (offline_for_s), not both"))
             }
             (None, None, None, None) => {
-                return Err(bad("a rule needs a condition: metric with above or below, or offline_for_s"))
+                return Err(bad("a rule needs a condition: metric with above or below, offline_for_s, or stale_for_s"))
             }
             (metric, above, below, None) => {
                 let metric = match metric {
@@ -129,6 +158,7 @@ impl AlertRule {
                     clear,
                     for_ms: seconds("for_s")?.unwrap_or(0),
                 }
+            }
             }
         };
         Ok(AlertRule {
@@ -183,6 +213,27 @@ mod tests {
         let silent = AlertRule::from_json(2, &json!({"name": "Silent", "offline_for_s": 900}))
             .expect("valid");
         assert_eq!(silent.condition, Condition::Offline { after_ms: 900_000 });
+        let quiet = AlertRule::from_json(
+            3,
+            &json!({"name": "Quiet fridge", "metric": "temp_c", "stale_for_s": 300}),
+        )
+        .expect("valid");
+        assert_eq!(
+            quiet.condition,
+            Condition::Stale {
+                metric: Some("temp_c".into()),
+                after_ms: 300_000
+            }
+        );
+        let lost =
+            AlertRule::from_json(4, &json!({"name": "No fix", "stale_for_s": 60})).expect("valid");
+        assert_eq!(
+            lost.condition,
+            Condition::Stale {
+                metric: None,
+                after_ms: 60_000
+            }
+        );
         for (body, reason) in [
             (json!({"name": "x"}), "needs a condition"),
             (json!({"name": "x", "metric": "t"}), "above or below"),
@@ -201,6 +252,22 @@ mod tests {
             ),
             (json!({"metric": "t", "above": 1}), "name"),
             (json!({"name": "x", "offline_for_s": -5}), "offline_for_s"),
+            (
+                json!({"name": "x", "stale_for_s": 0}),
+                "stale_for_s must be above 0",
+            ),
+            (
+                json!({"name": "x", "stale_for_s": "5"}),
+                "stale_for_s must be a number",
+            ),
+            (
+                json!({"name": "x", "metric": "t", "above": 1, "stale_for_s": 5}),
+                "takes no above",
+            ),
+            (
+                json!({"name": "x", "metric": "bad metric", "stale_for_s": 5}),
+                "metric must be",
+            ),
             (json!([]), "object"),
         ] {
             let e = AlertRule::from_json(1, &body).expect_err("invalid");

@@ -24,6 +24,20 @@ struct DeviceStates {
     newest_reading_ms: i64,
     fences: HashMap<i64, FenceState>,
     rules: HashMap<i64, RuleState>,
+    /// Connected, as its presence says: only a connected device's silence counts.
+    connected: bool,
+    /// Per stale rule, when its value was last heard while connected. Kept in memory only:
+    /// a restart ends every connection, and each starts the clock again.
+    heard: HashMap<i64, Heard>,
+}
+
+/// When a stale rule's value (or the connection) was last heard of.
+#[derive(Clone, Copy)]
+struct Heard {
+    /// The server's clock: silence is measured on it, since a silent device dates nothing.
+    server_ms: i64,
+    /// The value's own time, to date the alert in device time where there is one.
+    device_ms: Option<i64>,
 }
 
 /// Handles looked up once, for the per-fix path.
@@ -95,9 +109,19 @@ impl Judges {
         self.devices.entry(device.clone()).or_default()
     }
 
-    /// Judges one stored document; `position` is its log record.
-    pub fn document(&mut self, doc: &Document, position: Option<u64>, out: &mut Derived) {
+    /// Judges one stored document; `position` is its log record, `received_ms` when the
+    /// broker took it.
+    pub fn document(
+        &mut self,
+        doc: &Document,
+        position: Option<u64>,
+        received_ms: i64,
+        out: &mut Derived,
+    ) {
         self.refresh(out);
+        if !self.rules.is_empty() {
+            self.hear(doc, position, received_ms, out);
+        }
         match &doc.body {
             Body::Location(l) if !self.fences.is_empty() || self.has_states(&doc.device) => {
                 let fix = Fix {
@@ -151,8 +175,64 @@ impl Judges {
         }
     }
 
+    /// What a document means to the stale rules of its device: a connection starts their
+    /// clocks, a disconnection stops them, and a value they watch restarts its clock and
+    /// clears the rule if it was raised.
+    fn hear(&mut self, doc: &Document, position: Option<u64>, received_ms: i64, out: &mut Derived) {
+        let rules = self.rules.clone();
+        let stale = rules.0.iter().filter_map(|r| match &r.condition {
+            Condition::Stale { metric, .. } if r.devices.matches(&doc.device) => Some((r, metric)),
+            _ => None,
+        });
+        match &doc.body {
+            Body::Status(s) if s.is_presence() => {
+                let device = self.device(&doc.device);
+                device.connected = s.online;
+                device.heard.clear();
+                if s.online {
+                    for (rule, _) in stale {
+                        let since = Heard {
+                            server_ms: received_ms,
+                            device_ms: None,
+                        };
+                        device.heard.insert(rule.id, since);
+                    }
+                }
+            }
+            Body::Location(_) | Body::Telemetry(_) => {
+                for (rule, metric) in stale {
+                    let watched = match (metric, &doc.body) {
+                        (None, Body::Location(_)) => true,
+                        (Some(name), Body::Telemetry(t)) => {
+                            t.metrics.iter().any(|m| &m.name == name)
+                        }
+                        _ => false,
+                    };
+                    if !watched {
+                        continue;
+                    }
+                    let device = self.device(&doc.device);
+                    // A value proves a connection, whatever presence said before a restart.
+                    device.connected = true;
+                    let heard = Heard {
+                        server_ms: received_ms,
+                        device_ms: Some(doc.ts_ms),
+                    };
+                    device.heard.insert(rule.id, heard);
+                    let extra: Vec<(&str, Value)> =
+                        metric.iter().map(|m| ("metric", json!(m))).collect();
+                    self.step_rule(&doc.device, rule, position, &extra, out, |state| {
+                        state.heard(doc.ts_ms)
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Raises the offline rules that have come due by `now_ms` (server time: a device that
-    /// is offline sends nothing to date it by).
+    /// is offline sends nothing to date it by), and the stale rules of connected devices
+    /// that stayed silent too long.
     pub fn tick(&mut self, now_ms: i64, out: &mut Derived) {
         if now_ms - self.last_tick_ms < 500 {
             return;
@@ -173,6 +253,28 @@ impl Judges {
                     note_rule(out, device, *id, state);
                     out.events
                         .push(alert(device, *id, &rule.name, change, None, &[]));
+                }
+            }
+            if !states.connected {
+                continue;
+            }
+            for (id, heard) in &states.heard {
+                let Some(rule) = rules.get(*id) else { continue };
+                let Condition::Stale { metric, after_ms } = &rule.condition else {
+                    continue;
+                };
+                if now_ms - heard.server_ms < *after_ms {
+                    continue;
+                }
+                let state = states.rules.entry(*id).or_default();
+                // Dated in device time when a value was heard: its time plus the silence.
+                let ts_ms = heard.device_ms.unwrap_or(heard.server_ms) + after_ms;
+                if let Some(change) = state.silent(ts_ms) {
+                    note_rule(out, device, *id, state);
+                    let extra: Vec<(&str, Value)> =
+                        metric.iter().map(|m| ("metric", json!(m))).collect();
+                    out.events
+                        .push(alert(device, *id, &rule.name, change, None, &extra));
                 }
             }
         }
@@ -294,6 +396,7 @@ impl Judges {
             for (device, states) in &mut self.devices {
                 let applies = |id| rules.get(id).is_some_and(|r| r.devices.matches(device));
                 forget_unless(device, &mut states.rules, applies, Subject::Rule, out);
+                states.heard.retain(|id, _| applies(*id));
             }
         }
     }
