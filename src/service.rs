@@ -51,6 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let judging = crate::judging::load(store.as_ref()).await?;
     let webhooks = start_webhooks(&config, &store).await?;
     let events = event_feed(store.as_ref(), &hub, &webhooks).await?;
+    let alarms = fieldline_ingest::alarms::AlarmDesk::new(store.clone(), events.clone());
     let (mailboxes, reports) = Commands::new();
     let (commands, dispatcher) = CommandDesk::start(
         store.clone(),
@@ -113,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             mqtt: Some(config.mqtt_listen.to_string()),
         },
         commands,
+        alarms,
         storage_jobs,
     };
     let http = serve_http(&config, http_listeners, state);

@@ -58,7 +58,7 @@ async fn a_threshold_rule_with_hysteresis_and_for_s(backend: Backend) {
     fridge.wait_acked(readings.len()).await;
     other.wait_acked(readings.len()).await;
     server
-        .wait_for("/api/events?devices=fridge-1", |b| {
+        .wait_for("/api/events?devices=fridge-1&kinds=alert", |b| {
             b.as_array().is_some_and(|a| a.len() >= 2)
         })
         .await;
@@ -109,7 +109,7 @@ async fn an_offline_rule_is_raised_and_cleared(backend: Backend) {
     tracker.client.disconnect().await.expect("disconnect");
     drop(tracker);
     let raised = server
-        .wait_for("/api/events?devices=tracker-1", |b| {
+        .wait_for("/api/events?devices=tracker-1&kinds=alert", |b| {
             b.as_array().is_some_and(|a| !a.is_empty())
         })
         .await;
@@ -117,7 +117,7 @@ async fn an_offline_rule_is_raised_and_cleared(backend: Backend) {
     assert_eq!(raised[0]["name"], "Silent tracker");
     let _back = Device::connect(server.mqtt_port, "tracker-1").await;
     let events = server
-        .wait_for("/api/events?devices=tracker-1", |b| {
+        .wait_for("/api/events?devices=tracker-1&kinds=alert", |b| {
             b.as_array().is_some_and(|a| a.len() >= 2)
         })
         .await;
@@ -126,7 +126,7 @@ async fn an_offline_rule_is_raised_and_cleared(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(
         server
-            .get_ok("/api/events?devices=tracker-1")
+            .get_ok("/api/events?devices=tracker-1&kinds=alert")
             .await
             .as_array()
             .map(Vec::len),
@@ -199,7 +199,7 @@ async fn a_stale_rule_is_raised_once_for_a_connected_device_and_cleared_by_the_n
     let raised = loop {
         seq += 1;
         fridge.publish("devices/fridge-1/location", fix(seq)).await;
-        let (_, events) = server.get("/api/events?devices=fridge-1").await;
+        let (_, events) = server.get("/api/events?devices=fridge-1&kinds=alert").await;
         if events.as_array().is_some_and(|a| !a.is_empty()) {
             break events;
         }
@@ -224,7 +224,9 @@ async fn a_stale_rule_is_raised_once_for_a_connected_device_and_cleared_by_the_n
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     fridge.wait_acked(1 + seq as usize).await;
-    let events = server.get_ok("/api/events?devices=fridge-1").await;
+    let events = server
+        .get_ok("/api/events?devices=fridge-1&kinds=alert")
+        .await;
     assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
 
     // The next reading clears it, dated by the reading.
@@ -233,7 +235,7 @@ async fn a_stale_rule_is_raised_once_for_a_connected_device_and_cleared_by_the_n
         .publish("devices/fridge-1/telemetry", reading(back, 4.5))
         .await;
     let events = server
-        .wait_for("/api/events?devices=fridge-1", |b| {
+        .wait_for("/api/events?devices=fridge-1&kinds=alert", |b| {
             b.as_array().is_some_and(|a| a.len() >= 2)
         })
         .await;
@@ -241,6 +243,8 @@ async fn a_stale_rule_is_raised_once_for_a_connected_device_and_cleared_by_the_n
     assert_eq!(events[1]["ts"], rfc3339(back));
 
     // The device that disconnected was never raised, though silent longer than the rule's 2 s.
-    let events = server.get_ok("/api/events?devices=fridge-2").await;
+    let events = server
+        .get_ok("/api/events?devices=fridge-2&kinds=alert")
+        .await;
     assert_eq!(events, json!([]), "{events}");
 }

@@ -1212,3 +1212,145 @@ async fn a_command_sent_from_the_detail_is_followed_to_its_reply() {
     browser.screenshot("1-commands").await;
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_is_worked_from_the_alarms_panel() {
+    let dir = TempDir::new("web-alarms");
+    let db = database(Backend::Sqlite, &dir, "web_alarms").await;
+    let server = Server::start(&dir, &db).await;
+    let (status, rule) = server
+        .request(
+            reqwest::Method::POST,
+            "/api/rules",
+            None,
+            Some(json!({"name": "Cold chain", "devices": ["fridge-*"], "metric": "temp_c", "above": 8.0, "severity": "critical"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let mut fridge = Device::connect(server.mqtt_port, "fridge-1").await;
+    fridge
+        .publish(
+            "devices/fridge-1/location",
+            json!({"lat": 52.52, "lon": 13.40}).to_string(),
+        )
+        .await;
+    fridge
+        .publish(
+            "devices/fridge-1/telemetry",
+            json!({"metrics": {"temp_c": 9.5}}).to_string(),
+        )
+        .await;
+    fridge.wait_acked(2).await;
+    server
+        .wait_for("/api/alarms?state=active", |a| {
+            a.as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+
+    let browser = Browser::start(&shots("alarms")).await;
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    // The count in the top bar, and the device marked in the list.
+    browser
+        .wait_for(
+            "the alarm counted and its device marked",
+            "const c = document.getElementById('alarms-count'); return !c.hidden && c.textContent === '1' && !!document.querySelector(\"#list .row[data-id='fridge-1'] .alarm-tag.critical\");",
+            json!([]),
+        )
+        .await;
+    browser.click("[data-tool=alarms]").await;
+    browser
+        .wait_for(
+            "the alarm listed",
+            "const li = document.querySelector('#alarm-list li.alarm.critical.active'); return !!li && li.textContent.includes('Cold chain') && li.textContent.includes('fridge-1');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("1-open").await;
+
+    let stored = |field: &'static str, want: Value| {
+        let server = &server;
+        async move {
+            server
+                .wait_for("/api/alarms", |a| a[0][field] == want)
+                .await
+        }
+    };
+    browser.click("#alarm-list [data-action=acknowledge]").await;
+    stored("state", json!("acknowledged")).await;
+    browser
+        .wait_for(
+            "shown acknowledged",
+            "const li = document.querySelector('#alarm-list li.alarm'); return li.classList.contains('acknowledged') && !li.querySelector('[data-action=acknowledge]');",
+            json!([]),
+        )
+        .await;
+    browser.type_into("#alarm-list [name=text]", "alice").await;
+    browser.click("#alarm-list [data-action=assign]").await;
+    stored("assignee", json!("alice")).await;
+    browser
+        .type_into("#alarm-list [name=text]", "door left open")
+        .await;
+    browser.click("#alarm-list [data-action=notes]").await;
+    let alarms = server
+        .wait_for("/api/alarms", |a| {
+            a[0]["notes"].as_array().is_some_and(|n| n.len() == 1)
+        })
+        .await;
+    assert_eq!(alarms[0]["notes"][0]["text"], "door left open");
+    browser
+        .wait_for(
+            "assignee and note shown",
+            "const li = document.querySelector('#alarm-list li.alarm'); return li.textContent.includes('for alice') && li.textContent.includes('door left open');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("2-worked").await;
+
+    // An empty assignee is refused with the API's reason, and nothing changes.
+    browser.set_value("#alarm-list [name=text]", "").await;
+    browser.click("#alarm-list [data-action=assign]").await;
+    browser
+        .wait_for(
+            "the refusal said",
+            "return document.body.textContent.includes('to must be 1 to 128 characters');",
+            json!([]),
+        )
+        .await;
+
+    browser.click("#alarm-list [data-action=clear]").await;
+    stored("state", json!("cleared")).await;
+    browser
+        .wait_for(
+            "no open alarms",
+            "return document.getElementById('alarm-list').textContent.includes('No open alarms') && document.getElementById('alarms-count').hidden && !document.querySelector('#list .alarm-tag');",
+            json!([]),
+        )
+        .await;
+
+    // A new alarm arrives live while the page is open.
+    let mut other = Device::connect(server.mqtt_port, "fridge-2").await;
+    other
+        .publish(
+            "devices/fridge-2/telemetry",
+            json!({"metrics": {"temp_c": 12.0}}).to_string(),
+        )
+        .await;
+    other.wait_acked(1).await;
+    browser
+        .wait_for(
+            "the new alarm live",
+            "const li = document.querySelector('#alarm-list li.alarm.active'); return !!li && li.textContent.includes('fridge-2') && document.getElementById('alarms-count').textContent === '1';",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("3-live").await;
+    let errors: Vec<String> = browser
+        .console_errors()
+        .await
+        .into_iter()
+        // The refused assignee above: the browser logs every 400 it was answered.
+        .filter(|e| !e.contains("400 (Bad Request)"))
+        .collect();
+    assert_eq!(errors, Vec::<String>::new());
+}

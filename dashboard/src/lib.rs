@@ -51,6 +51,8 @@ pub struct AppState {
     pub web: web::WebSettings,
     /// Commands to devices.
     pub commands: Arc<fieldline_ingest::commands::CommandDesk>,
+    /// What people do with alarms.
+    pub alarms: Arc<fieldline_ingest::alarms::AlarmDesk>,
     /// Whether storage's upkeep jobs (ours and the server's) are working.
     pub storage_jobs: Arc<fieldline_store::health::JobHealth>,
 }
@@ -113,6 +115,12 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(api::commands::one, api::commands::cancel))
         .routes(routes!(api::webhooks::list, api::webhooks::create))
         .routes(routes!(api::webhooks::one, api::webhooks::delete))
+        .routes(routes!(api::alarms::list))
+        .routes(routes!(api::alarms::one))
+        .routes(routes!(api::alarms::acknowledge))
+        .routes(routes!(api::alarms::clear))
+        .routes(routes!(api::alarms::assign))
+        .routes(routes!(api::alarms::note))
         .layer(axum::extract::DefaultBodyLimit::max(
             api::body::MAX_BODY_BYTES,
         ));

@@ -9,9 +9,11 @@
 //! turns the broker's device [`presence`] changes into status documents, and gives every
 //! accepted document to the [`live`] feed as it is accepted. When storage falls behind, new
 //! rows wait in the write-ahead log and the pipeline reads them back as the writer catches up
-//! ([`spill`]). Beside the flow, [`webhook`] delivers stored events, and [`commands`] takes commands to
-//! devices, hands them to the broker and records replies.
+//! ([`spill`]). Beside the flow, [`webhook`] delivers stored events, [`commands`] takes commands to
+//! devices, hands them to the broker and records replies, and [`alarms`] records what people
+//! do with the alarms alerts open.
 
+pub mod alarms;
 pub mod alerts;
 pub mod batch;
 pub mod commands;

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::events::EventFeed;
-use fieldline_store::batch::Batch;
+use fieldline_store::batch::{Batch, Committed};
 use fieldline_store::Store;
 
 /// The pipeline's end of the writer queue.
@@ -77,9 +77,9 @@ pub fn spawn_writer(
     let task = tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
-            let first_seq = write_until_stored(&*store, &batch).await;
+            let committed = write_until_stored(&*store, &batch).await;
             let log_position = batch.log_position;
-            publish_events(&*events, batch, first_seq);
+            publish_events(&*events, batch, committed);
             written_tx.send_modify(|n| *n += 1);
             if let Some(position) = log_position {
                 stored_tx.send_if_modified(|stored| {
@@ -101,34 +101,40 @@ pub fn spawn_writer(
     )
 }
 
-/// Numbers the committed events as storage did and hands them on.
-fn publish_events(feed: &dyn EventFeed, batch: Batch, first_seq: u64) {
+/// Numbers the committed events as storage did and hands them on, with the alarm events
+/// their alerts caused after them.
+fn publish_events(feed: &dyn EventFeed, batch: Batch, committed: Committed) {
     if batch.derived.events.is_empty() {
         return;
     }
+    let pending = batch.derived.events.len();
     let events: Vec<Arc<fieldline_store::derived::Event>> = batch
         .derived
         .events
         .into_iter()
-        .zip(first_seq..)
+        .zip(committed.first_seq..)
         .map(|(mut event, seq)| {
             event.seq = seq;
             event.stored_ms = fieldline_store::time_format::now_ms();
+            event
+        })
+        .chain(committed.alarms)
+        .map(|event| {
             metrics::counter!("fieldline_events_total", "kind" => event.kind.as_str()).increment(1);
             Arc::new(event)
         })
         .collect();
-    metrics::gauge!("fieldline_outbox_pending_events").decrement(events.len() as f64);
+    metrics::gauge!("fieldline_outbox_pending_events").decrement(pending as f64);
     feed.committed(&events);
 }
 
-/// Writes `batch`, retrying until it is stored; returns its first event's seq.
-async fn write_until_stored(store: &dyn Store, batch: &Batch) -> u64 {
+/// Writes `batch`, retrying until it is stored; returns what its events were given.
+async fn write_until_stored(store: &dyn Store, batch: &Batch) -> Committed {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
         match store.write_batch(batch).await {
-            Ok(first_seq) => {
+            Ok(committed) => {
                 let elapsed = started.elapsed();
                 metrics::histogram!("fieldline_storage_write_seconds", "backend" => store.backend())
                     .record(elapsed.as_secs_f64());
@@ -146,7 +152,7 @@ async fn write_until_stored(store: &dyn Store, batch: &Batch) -> u64 {
                     ms = elapsed.as_millis() as u64,
                     "batch stored"
                 );
-                return first_seq;
+                return committed;
             }
             Err(e) => {
                 metrics::counter!("fieldline_storage_write_errors_total").increment(1);

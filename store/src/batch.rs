@@ -108,3 +108,11 @@ impl Batch {
         self.started.get_or_insert_with(std::time::Instant::now);
     }
 }
+
+/// What a stored batch gave its events: the seq of its first (the rest follow it), and the
+/// alarm events its alerts caused, numbered after them.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub first_seq: u64,
+    pub alarms: Vec<crate::derived::Event>,
+}

@@ -343,7 +343,7 @@ macro_rules! impl_command_store {
     ($store:ty, $db:ty, $begin:literal, $lock:expr) => {
         impl $store {
             /// Writes `events` after the newest seq, in `tx`; returns the first seq.
-            async fn append_command_events(
+            async fn append_events(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[$crate::derived::Event],
             ) -> Result<u64, $crate::StoreError> {
@@ -427,7 +427,7 @@ macro_rules! impl_command_store {
                     };
                     let changed = vec![(created, true)];
                     let events = $crate::commands::events_of(&changed, c.created_ms);
-                    let first = Self::append_command_events(&mut tx, &events).await?;
+                    let first = Self::append_events(&mut tx, &events).await?;
                     // Delivery order: the creation event's seq, strict where times tie.
                     sqlx::query("UPDATE commands SET seq = $2 WHERE id = $1")
                         .bind(&c.id)
@@ -546,7 +546,7 @@ macro_rules! impl_command_store {
                         }
                     }
                     let events = $crate::commands::events_of(&changed, now_ms);
-                    let first = Self::append_command_events(&mut tx, &events).await?;
+                    let first = Self::append_events(&mut tx, &events).await?;
                     tx.commit().await?;
                     Ok($crate::commands::numbered(changed, events, first))
                 })
@@ -571,7 +571,7 @@ macro_rules! impl_command_store {
                             .await?;
                     let changed: Vec<_> = expired.into_iter().map(|c| (c, true)).collect();
                     let events = $crate::commands::events_of(&changed, now_ms);
-                    let first = Self::append_command_events(&mut tx, &events).await?;
+                    let first = Self::append_events(&mut tx, &events).await?;
                     tx.commit().await?;
                     Ok($crate::commands::numbered(changed, events, first))
                 })

@@ -11,22 +11,29 @@ use serde_json::{Map, Value};
 use crate::time_format::format_ms;
 
 /// The kinds of stored event, as live streams and the API name them: what the judges derive
-/// (geofence, alert) and the command ledger's moves.
+/// (geofence, alert), the alarms they open, and the command ledger's moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Geofence,
     Alert,
     Command,
+    Alarm,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [EventKind::Geofence, EventKind::Alert, EventKind::Command];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Geofence,
+        EventKind::Alert,
+        EventKind::Command,
+        EventKind::Alarm,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Geofence => "geofence",
             EventKind::Alert => "alert",
             EventKind::Command => "command",
+            EventKind::Alarm => "alarm",
         }
     }
 

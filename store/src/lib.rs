@@ -8,6 +8,7 @@
 //! needs no database.
 
 pub mod access;
+pub mod alarms;
 pub mod batch;
 pub mod commands;
 pub mod derived;
@@ -38,6 +39,7 @@ pub use kind::Kind;
 pub use location::Location;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
+pub use alarms::AlarmStore;
 pub use commands::CommandStore;
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
@@ -168,12 +170,13 @@ pub struct LogState {
 /// What the pipeline writes to and the API reads from; it also keeps the access registry and
 /// the geofences, rules, events and webhooks, and the telemetry roll-ups.
 pub trait Store:
-    AccessStore + CommandStore + EventStore + RollupStore + RetentionStore + Send + Sync
+    AccessStore + AlarmStore + CommandStore + EventStore + RollupStore + RetentionStore + Send + Sync
 {
-    /// Writes a whole batch atomically, its derived events and states included: all of it is
-    /// stored, or none and an error. Returns the seq its first event was given (its events
-    /// take that and the ones after it).
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64>;
+    /// Writes a whole batch atomically, its derived events and states included, and opens,
+    /// updates or clears the alarms of its alerts: all of it is stored, or none and an error.
+    /// Returns the seq its first event was given (its events take that and the ones after
+    /// it) and the alarm events, numbered after those.
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, batch::Committed>;
     fn devices(&self) -> StoreFuture<'_, Vec<DeviceSummary>>;
     fn device<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DeviceSummary>>;
     fn telemetry<'a>(

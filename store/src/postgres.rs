@@ -23,7 +23,7 @@ use super::rollups;
 use super::shared_reads::shared_reads;
 use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::{Batch, PositionRow};
-use crate::derived::Derived;
+use crate::derived::{Derived, EventKind};
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
@@ -124,7 +124,7 @@ impl PgStore {
         days
     }
 
-    async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
+    async fn write(&self, batch: &Batch) -> Result<crate::batch::Committed, StoreError> {
         let mut writer = self.writer.lock().await;
         let conn = match writer.as_mut() {
             Some(conn) => conn,
@@ -211,11 +211,11 @@ async fn warn_if_timescale_unused(pool: &PgPool) -> Result<(), StoreError> {
 const EVENT_SEQ_LOCK: &str = "SELECT pg_advisory_xact_lock(4655012)";
 
 /// A batch's events and changed states, in its transaction, each kind in one statement;
-/// returns the seq its first event took.
+/// returns the seq its first event took and the alarm events its alerts caused.
 async fn write_derived(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     derived: &Derived,
-) -> Result<u64, StoreError> {
+) -> Result<crate::batch::Committed, StoreError> {
     let mut first_seq = 0i64;
     if !derived.events.is_empty() {
         sqlx::query(EVENT_SEQ_LOCK).execute(&mut **tx).await?;
@@ -267,14 +267,27 @@ async fn write_derived(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(u64::try_from(first_seq).unwrap_or(0))
+    let alarms = if derived.events.iter().any(|e| e.kind == EventKind::Alert) {
+        PgStore::open_alarms(
+            tx,
+            &derived.events,
+            first_seq + derived.events.len() as i64 - 1,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    Ok(crate::batch::Committed {
+        first_seq: u64::try_from(first_seq).unwrap_or(0),
+        alarms,
+    })
 }
 
 async fn write_batch(
     conn: &mut PgConnection,
     batch: &Batch,
     rollups: bool,
-) -> Result<u64, StoreError> {
+) -> Result<crate::batch::Committed, StoreError> {
     let mut tx = conn.begin().await?;
     if !batch.positions.is_empty() {
         let mut copy = tx
@@ -340,9 +353,9 @@ async fn write_batch(
             .execute(&mut *tx)
             .await?;
     }
-    let first_event_seq = write_derived(&mut tx, &batch.derived).await?;
+    let committed = write_derived(&mut tx, &batch.derived).await?;
     tx.commit().await?;
-    Ok(first_event_seq)
+    Ok(committed)
 }
 
 async fn upsert_devices(
@@ -431,7 +444,7 @@ async fn upsert_devices(
 }
 
 impl Store for PgStore {
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64> {
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, crate::batch::Committed> {
         Box::pin(self.write(batch))
     }
 
@@ -600,6 +613,7 @@ impl Store for PgStore {
 impl_access_store!(PgStore);
 impl_event_store!(PgStore, sqlx::Postgres);
 impl_command_store!(PgStore, sqlx::Postgres, "BEGIN", EVENT_SEQ_LOCK);
+crate::alarms::impl_alarm_store!(PgStore, sqlx::Postgres, "BEGIN");
 
 /// `text` as a string literal that means the same whatever `standard_conforming_strings` is.
 fn text_literal(text: &str) -> String {

@@ -23,7 +23,7 @@ use super::shared_reads::shared_reads;
 use super::sqlite_reader::HistoryReader;
 use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::Batch;
-use crate::derived::Derived;
+use crate::derived::{Derived, EventKind};
 
 /// Rows per multi-row statement. SQLite compiles every row of a VALUES list into its
 /// program, so a statement's memory grows with its rows (about 1.2 MB at 1,000 device rows)
@@ -90,7 +90,7 @@ impl SqliteStore {
         })
     }
 
-    async fn write(&self, batch: &Batch) -> Result<u64, StoreError> {
+    async fn write(&self, batch: &Batch) -> Result<crate::batch::Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
         insert_all(
             &mut tx,
@@ -175,18 +175,18 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        let first_event_seq = write_derived(&mut tx, &batch.derived).await?;
+        let committed = write_derived(&mut tx, &batch.derived).await?;
         tx.commit().await?;
-        Ok(first_event_seq)
+        Ok(committed)
     }
 }
 
 /// A batch's events and changed states, in its transaction, with multi-row statements;
-/// returns the seq its first event took.
+/// returns the seq its first event took and the alarm events its alerts caused.
 async fn write_derived(
     tx: &mut Transaction<'_, Sqlite>,
     derived: &Derived,
-) -> Result<u64, StoreError> {
+) -> Result<crate::batch::Committed, StoreError> {
     let mut first_seq = 0i64;
     if !derived.events.is_empty() {
         let last: i64 = sqlx::query_scalar(LAST_EVENT_SEQ)
@@ -250,7 +250,20 @@ async fn write_derived(
             .execute(&mut **tx)
             .await?;
     }
-    Ok(u64::try_from(first_seq).unwrap_or(0))
+    let alarms = if derived.events.iter().any(|e| e.kind == EventKind::Alert) {
+        SqliteStore::open_alarms(
+            tx,
+            &derived.events,
+            first_seq + derived.events.len() as i64 - 1,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    Ok(crate::batch::Committed {
+        first_seq: u64::try_from(first_seq).unwrap_or(0),
+        alarms,
+    })
 }
 
 /// Inserts `rows` with multi-row VALUES, [`ROWS_PER_STATEMENT`] at a time.
@@ -328,7 +341,7 @@ async fn upsert_devices(tx: &mut Transaction<'_, Sqlite>, batch: &Batch) -> Resu
 }
 
 impl Store for SqliteStore {
-    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, u64> {
+    fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, crate::batch::Committed> {
         Box::pin(self.write(batch))
     }
 
@@ -370,6 +383,7 @@ impl_event_store!(SqliteStore, sqlx::Sqlite);
 // An immediate transaction holds the write lock from its start, so no other writer's events
 // come between its seq read and its insert.
 impl_command_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");
+crate::alarms::impl_alarm_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE");
 
 #[cfg(test)]
 mod tests {

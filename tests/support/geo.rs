@@ -88,7 +88,9 @@ pub fn square(name: &str, lat: f64, lon: f64, side_m: f64, properties: Value) ->
 /// The stored events of `device`, oldest first.
 pub async fn events_of(server: &Server, device: &str) -> Vec<Value> {
     let body = server
-        .get_ok(&format!("/api/events?devices={device}"))
+        .get_ok(&format!(
+            "/api/events?devices={device}&kinds=geofence,alert"
+        ))
         .await;
     body.as_array().cloned().unwrap_or_default()
 }

@@ -87,7 +87,7 @@ pub async fn list_events(
         .into_iter()
         .map(|k| {
             EventKind::parse(k).ok_or_else(|| {
-                ApiError::bad_request("kinds must be among geofence, alert and command")
+                ApiError::bad_request("kinds must be among geofence, alert, alarm and command")
             })
         })
         .collect::<Result<Vec<_>, _>>()?;

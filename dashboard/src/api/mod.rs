@@ -1,6 +1,7 @@
 //! The `/api` endpoints.
 
 pub mod admin;
+pub mod alarms;
 pub mod body;
 pub(crate) mod buckets;
 pub mod commands;

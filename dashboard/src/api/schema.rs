@@ -95,6 +95,8 @@ pub struct AlertRule {
     /// Raised when a connected device has sent no value of `metric` (without `metric`: no
     /// fix) for this long, seconds; cleared by the next one.
     stale_for_s: Option<f64>,
+    /// Of the alarms it opens: `critical`, `major` (default), `minor` or `warning`.
+    severity: Option<String>,
 }
 
 /// A stored event (`GET /api/events`, webhooks): `seq`, `kind`, `device`, `ts`, then the
@@ -103,7 +105,7 @@ pub struct AlertRule {
 pub struct StoredEvent {
     /// Its place among stored events: `after` pages from it.
     seq: u64,
-    /// `geofence`, `alert` or `command`.
+    /// `geofence`, `alert`, `alarm` or `command`.
     kind: String,
     device: String,
     /// Device time of the fix or reading it is about (RFC 3339).
@@ -127,6 +129,17 @@ pub struct StoredEvent {
     /// command: the device's reply.
     #[schema(value_type = Option<Object>)]
     reply: Option<Value>,
+    /// alarm: its id.
+    alarm: Option<i64>,
+    /// alert, alarm: `critical`, `major`, `minor` or `warning`.
+    severity: Option<String>,
+    /// alarm: `raised`, `repeated`, `acknowledged`, `assigned`, `noted` or `cleared`.
+    change: Option<String>,
+    /// alarm: how many raises it took.
+    count: Option<i64>,
+    /// alarm: who did it (none: the rule).
+    by: Option<String>,
+    assignee: Option<String>,
 }
 
 /// A command as the ledger keeps it.
@@ -156,13 +169,54 @@ pub struct Command {
     created_by: Option<String>,
 }
 
+/// An alarm: opened by an alert rule's `raised` (one per rule and device; a repeat while open
+/// updates it), worked by people, cleared by the rule or by hand.
+#[derive(ToSchema)]
+pub struct Alarm {
+    id: i64,
+    rule: i64,
+    device: String,
+    /// The rule's name.
+    name: String,
+    /// `critical`, `major`, `minor` or `warning`, from the rule.
+    severity: String,
+    /// `active`, `acknowledged` or `cleared`.
+    state: String,
+    /// Device time of the raise that opened it.
+    raised: String,
+    updated: String,
+    /// Raises it took.
+    count: i64,
+    metric: Option<String>,
+    /// The newest value that raised it.
+    value: Option<f64>,
+    acknowledged: Option<ByWhen>,
+    /// `by` is null when the rule cleared it.
+    cleared: Option<ByWhen>,
+    assignee: Option<String>,
+    notes: Vec<AlarmNote>,
+}
+
+#[derive(ToSchema)]
+pub struct ByWhen {
+    by: Option<String>,
+    ts: String,
+}
+
+#[derive(ToSchema)]
+pub struct AlarmNote {
+    by: String,
+    ts: String,
+    text: String,
+}
+
 /// A live event (`/api/stream` data, `/api/ws` messages): always `kind`, `id`, `device` and
 /// `ts`, plus the kind's fields.
 #[derive(ToSchema)]
 #[schema(example = json!({"kind": "location", "id": "7-1042", "device": "truck-7",
     "ts": "2026-12-06T10:00:00.000Z", "seq": 12, "lat": 52.52, "lon": 13.405, "speed": 8.3}))]
 pub struct LiveEvent {
-    /// `location`, `telemetry`, `status`, `geofence`, `alert` or `command`.
+    /// `location`, `telemetry`, `status`, `geofence`, `alert`, `alarm` or `command`.
     kind: String,
     /// The stream position: opaque, sent back as `Last-Event-ID` or `since` to resume.
     id: String,
@@ -196,6 +250,17 @@ pub struct LiveEvent {
     command: Option<String>,
     #[schema(value_type = Option<Object>)]
     reply: Option<Value>,
+    /// alarm: its id.
+    alarm: Option<i64>,
+    /// alert, alarm: `critical`, `major`, `minor` or `warning`.
+    severity: Option<String>,
+    /// alarm: `raised`, `repeated`, `acknowledged`, `assigned`, `noted` or `cleared`.
+    change: Option<String>,
+    /// alarm: how many raises it took.
+    count: Option<i64>,
+    /// alarm: who did it (none: the rule).
+    by: Option<String>,
+    assignee: Option<String>,
 }
 
 /// What a WebSocket client sends on `/api/ws`: `subscribe` (filters, `since`), or while a

@@ -48,8 +48,8 @@ pub struct NewWebhook {
     kinds: Option<Vec<String>>,
     /// Device ids or prefixes ending in `*`; absent: every device.
     devices: Option<Vec<String>>,
-    /// Signs each body: `Fieldline-Signature: sha256=<HMAC>`.
-    secret: Option<String>,
+    /// Signs each body: `Fieldline-Signature: sha256=<HMAC>`; 1 to 256 bytes.
+    secret: String,
 }
 
 fn view(hook: &WebhookRecord, backlog: Option<u64>) -> WebhookView {

@@ -190,8 +190,10 @@ pub async fn require_token(
         .iter()
         .any(|p| path.starts_with(p))
         && request.method() != axum::http::Method::GET;
-    // Sending and cancelling commands is an operator's work.
-    let commands = (path.starts_with("/api/commands") || path.ends_with("/commands"))
+    // Sending and cancelling commands, and working alarms, is an operator's work.
+    let commands = (path.starts_with("/api/commands")
+        || path.ends_with("/commands")
+        || path.starts_with("/api/alarms"))
         && request.method() != axum::http::Method::GET;
     let needed = if path.starts_with("/api/admin/") || path == "/api/admin" || configures {
         Role::Admin

@@ -43,7 +43,9 @@ impl BoundingBox {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FilterError {
-    #[error("unknown kind {0:?}: use location, telemetry, status, geofence, alert or command")]
+    #[error(
+        "unknown kind {0:?}: use location, telemetry, status, geofence, alert, alarm or command"
+    )]
     UnknownKind(String),
     #[error("device id {0:?} is not valid: 1 to 64 characters from [A-Za-z0-9_.-]")]
     BadDevice(String),

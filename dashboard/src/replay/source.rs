@@ -365,7 +365,7 @@ impl EventWindows {
                     EventKind::Geofence => ReplayKind::Geofence,
                     EventKind::Alert => ReplayKind::Alert,
                     // What was asked of a device is not part of what it did.
-                    EventKind::Command => return None,
+                    EventKind::Command | EventKind::Alarm => return None,
                 };
                 let key = Key {
                     ts_ms: e.ts_ms,

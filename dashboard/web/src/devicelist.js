@@ -14,6 +14,8 @@ export class DeviceList {
     this.sort = 'last_seen';
     this.rows = [];
     this.selected = null;
+    /** Device id -> the severity of its worst open alarm. */
+    this.alarms = new Map();
     this.dirty = true;
     this.spacer = document.createElement('div');
     this.spacer.className = 'spacer';
@@ -41,6 +43,11 @@ export class DeviceList {
   setQuery(query) {
     this.query = query.trim().toLowerCase();
     this.refresh();
+  }
+
+  setAlarms(alarms) {
+    this.alarms = alarms;
+    this.render();
   }
 
   setSort(sort) {
@@ -73,9 +80,11 @@ export class DeviceList {
     for (let i = first; i < last; i++) {
       const e = this.rows[i];
       const sel = e.id === this.selected;
+      const alarm = this.alarms.get(e.id);
+      const tag = alarm ? `<span class="alarm-tag ${escapeHtml(alarm)}" title="open ${escapeHtml(alarm)} alarm">${escapeHtml(alarm)}</span>` : '';
       html.push(
         `<div class="row${sel ? ' selected' : ''}" role="option" aria-selected="${sel}" data-id="${escapeHtml(e.id)}" style="top:${i * ROW}px">` +
-          `<span class="dot ${e.state}"></span><span class="id">${escapeHtml(e.id)}</span>` +
+          `<span class="dot ${e.state}"></span><span class="id">${escapeHtml(e.id)}</span>${tag}` +
           `<span class="ago">${e.lastMs ? ago(now - e.lastMs) : ''}</span></div>`,
       );
     }

@@ -13,6 +13,7 @@ import { CommandPanel } from './commands.js';
 import { addLand, emptyStyle } from './basemap.js';
 import { DeviceDetail } from './detail.js';
 import { DeviceList } from './devicelist.js';
+import { AlarmPanel } from './alarms.js';
 import { EventList } from './events.js';
 import { GeofenceEditor } from './geofences.js';
 import { LiveMap } from './livemap.js';
@@ -123,6 +124,9 @@ async function boot() {
       .then(() => map.once('idle', () => (fieldlineTimings.land = Math.round(performance.now()))))
       .catch((e) => notify(`The base map did not load: ${e.message}`));
   const devices = new DeviceList(document.getElementById('list'), { devices: live.devices, onSelect: (id) => select(id) });
+  const alarms = new AlarmPanel({ onSelect: (id) => select(id), onDevices: (worst) => devices.setAlarms(worst) });
+  window.fieldlineAlarms = alarms;
+  alarms.load();
   let detailStream = null;
 
   function select(id) {
@@ -198,12 +202,13 @@ async function boot() {
   stream.open();
   setInterval(counts, 1000);
 
-  // Geofence, alert and command events of every device, wherever the map looks: a stream of
-  // their own.
+  // Geofence, alert, command and alarm events of every device, wherever the map looks: a
+  // stream of their own.
   const eventStream = new LiveStream({
-    kinds: ['geofence', 'alert', 'command'],
-    onEvent: (kind, ev) => events.event(ev),
-    onReset: () => {},
+    kinds: ['geofence', 'alert', 'command', 'alarm'],
+    onEvent: (kind, ev) => (kind === 'alarm' ? alarms.event(ev) : events.event(ev)),
+    // Alarm changes were missed: the open alarms are read again.
+    onReset: () => alarms.load(),
     onState: () => {},
   });
   eventStream.open();

@@ -7,6 +7,8 @@ pub mod judge;
 
 use serde_json::Value;
 
+use fieldline_store::alarms::{DEFAULT_SEVERITY, SEVERITIES};
+
 use crate::document::is_valid_name;
 use crate::events::devices::Devices;
 
@@ -47,6 +49,9 @@ pub struct AlertRule {
     pub name: String,
     pub devices: Devices,
     pub condition: Condition,
+    /// The severity of the alarms it opens: `critical`, `major` (the default), `minor` or
+    /// `warning`.
+    pub severity: &'static str,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -69,6 +74,14 @@ impl AlertRule {
             }
         };
         let devices = Devices::from_json(fields.get("devices")).map_err(BadRule)?;
+        let severity = match fields.get("severity") {
+            None | Some(Value::Null) => DEFAULT_SEVERITY,
+            Some(Value::String(s)) => SEVERITIES
+                .into_iter()
+                .find(|known| known == s)
+                .ok_or_else(|| bad("severity must be critical, major, minor or warning"))?,
+            Some(_) => return Err(bad("severity must be critical, major, minor or warning")),
+        };
         let number = |key: &str| -> Result<Option<f64>, BadRule> {
             match fields.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -166,6 +179,7 @@ impl AlertRule {
             name,
             devices,
             condition,
+            severity,
         })
     }
 }
@@ -255,6 +269,10 @@ mod tests {
             (
                 json!({"name": "x", "stale_for_s": 0}),
                 "stale_for_s must be above 0",
+            ),
+            (
+                json!({"name": "x", "offline_for_s": 5, "severity": "urgent"}),
+                "severity must be",
             ),
             (
                 json!({"name": "x", "stale_for_s": "5"}),

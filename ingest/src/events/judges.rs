@@ -251,8 +251,7 @@ impl Judges {
                 };
                 if let Some(change) = state.overdue(now_ms, after_ms) {
                     note_rule(out, device, *id, state);
-                    out.events
-                        .push(alert(device, *id, &rule.name, change, None, &[]));
+                    out.events.push(alert(device, rule, change, None, &[]));
                 }
             }
             if !states.connected {
@@ -273,8 +272,7 @@ impl Judges {
                     note_rule(out, device, *id, state);
                     let extra: Vec<(&str, Value)> =
                         metric.iter().map(|m| ("metric", json!(m))).collect();
-                    out.events
-                        .push(alert(device, *id, &rule.name, change, None, &extra));
+                    out.events.push(alert(device, rule, change, None, &extra));
                 }
             }
         }
@@ -304,7 +302,7 @@ impl Judges {
         }
         if let Some(change) = change {
             out.events
-                .push(alert(device, rule.id, &rule.name, change, position, extra));
+                .push(alert(device, rule, change, position, extra));
         }
     }
 
@@ -435,15 +433,15 @@ fn note_rule(out: &mut Derived, device: &Arc<str>, id: i64, state: &RuleState) {
 
 fn alert(
     device: &Arc<str>,
-    rule: i64,
-    name: &str,
+    rule: &AlertRule,
     change: Change,
     position: Option<u64>,
     extra: &[(&str, Value)],
 ) -> Event {
     let mut fields = Map::new();
-    fields.insert("rule".into(), json!(rule));
-    fields.insert("name".into(), json!(name));
+    fields.insert("rule".into(), json!(rule.id));
+    fields.insert("name".into(), json!(rule.name));
+    fields.insert("severity".into(), json!(rule.severity));
     fields.insert(
         "state".into(),
         json!(if change.raised { "raised" } else { "cleared" }),

@@ -53,10 +53,10 @@ pub fn from_json(body: &Value, now_ms: i64) -> Result<WebhookRecord, BadWebhook>
             .iter()
             .map(|k| match k.as_str().and_then(EventKind::parse) {
                 Some(kind) => Ok(kind.as_str().to_owned()),
-                None => Err(bad("kinds must list geofence, alert and/or command")),
+                None => Err(bad("kinds must list geofence, alert, alarm and/or command")),
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(_) => return Err(bad("kinds must list geofence, alert and/or command")),
+        Some(_) => return Err(bad("kinds must list geofence, alert, alarm and/or command")),
     };
     let devices = Devices::from_json(fields.get("devices")).map_err(BadWebhook)?;
     let secret = match fields.get("secret") {
