@@ -255,7 +255,7 @@ macro_rules! impl_alarm_store {
         impl $store {
             /// Opens, updates and clears the alarms of the batch's alert events (the batch's
             /// events took seqs up to `last_seq`), and writes their events after them;
-            /// returns those, numbered.
+            /// returns those, numbered (none without alerts).
             pub(crate) async fn open_alarms(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[$crate::derived::Event],

@@ -23,7 +23,7 @@ use super::rollups;
 use super::shared_reads::shared_reads;
 use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::{Batch, PositionRow};
-use crate::derived::{Derived, EventKind};
+use crate::derived::Derived;
 
 /// Days of time partitions kept ready ahead of today.
 const PARTITION_DAYS_AHEAD: i32 = 3;
@@ -267,19 +267,10 @@ async fn write_derived(
         .execute(&mut **tx)
         .await?;
     }
-    let alarms = if derived.events.iter().any(|e| e.kind == EventKind::Alert) {
-        PgStore::open_alarms(
-            tx,
-            &derived.events,
-            first_seq + derived.events.len() as i64 - 1,
-        )
-        .await?
-    } else {
-        Vec::new()
-    };
+    let last_seq = first_seq + derived.events.len() as i64 - 1;
     Ok(crate::batch::Committed {
         first_seq: u64::try_from(first_seq).unwrap_or(0),
-        alarms,
+        alarms: PgStore::open_alarms(tx, &derived.events, last_seq).await?,
     })
 }
 

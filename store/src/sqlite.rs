@@ -23,7 +23,7 @@ use super::shared_reads::shared_reads;
 use super::sqlite_reader::HistoryReader;
 use super::{Range, StatusPoint, Store, StoreError, StoreFuture, TelemetryPoint, TrackPoint};
 use crate::batch::Batch;
-use crate::derived::{Derived, EventKind};
+use crate::derived::Derived;
 
 /// Rows per multi-row statement. SQLite compiles every row of a VALUES list into its
 /// program, so a statement's memory grows with its rows (about 1.2 MB at 1,000 device rows)
@@ -250,19 +250,10 @@ async fn write_derived(
             .execute(&mut **tx)
             .await?;
     }
-    let alarms = if derived.events.iter().any(|e| e.kind == EventKind::Alert) {
-        SqliteStore::open_alarms(
-            tx,
-            &derived.events,
-            first_seq + derived.events.len() as i64 - 1,
-        )
-        .await?
-    } else {
-        Vec::new()
-    };
+    let last_seq = first_seq + derived.events.len() as i64 - 1;
     Ok(crate::batch::Committed {
         first_seq: u64::try_from(first_seq).unwrap_or(0),
-        alarms,
+        alarms: SqliteStore::open_alarms(tx, &derived.events, last_seq).await?,
     })
 }
 

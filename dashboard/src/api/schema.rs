@@ -110,18 +110,26 @@ pub struct StoredEvent {
     device: String,
     /// Device time of the fix or reading it is about (RFC 3339).
     ts: String,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    #[serde(flatten)]
+    fields: DerivedFields,
+}
+
+/// The fields of stored (derived) events beside `kind`, `device` and `ts`, by kind.
+#[derive(ToSchema)]
+pub struct DerivedFields {
     /// geofence: the fence's id.
     geofence: Option<i64>,
-    /// alert: the rule's id.
+    /// alert, alarm: the rule's id.
     rule: Option<i64>,
     /// The fence's or rule's name, or the command's.
     name: Option<String>,
     /// geofence: `enter`, `exit`, `dwell` or `overspeed`.
     event: Option<String>,
-    /// alert: `raised` or `cleared`; command: its new state.
+    /// alert: `raised` or `cleared`; alarm: `active`, `acknowledged` or `cleared`; command:
+    /// its new state.
     state: Option<String>,
-    lat: Option<f64>,
-    lon: Option<f64>,
     metric: Option<String>,
     value: Option<f64>,
     /// command: its id.
@@ -240,27 +248,9 @@ pub struct LiveEvent {
     /// location, telemetry sent to a slow client: how many of the device's events of this
     /// kind were skipped before this one.
     skipped: Option<u64>,
-    geofence: Option<i64>,
-    rule: Option<i64>,
-    name: Option<String>,
-    event: Option<String>,
-    state: Option<String>,
-    metric: Option<String>,
-    value: Option<f64>,
-    command: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    reply: Option<Value>,
-    /// alarm: its id.
-    alarm: Option<i64>,
-    /// alert, alarm: `critical`, `major`, `minor` or `warning`.
-    severity: Option<String>,
-    /// alarm: `raised`, `repeated`, `acknowledged`, `assigned`, `noted` or `cleared`.
-    change: Option<String>,
-    /// alarm: how many raises it took.
-    count: Option<i64>,
-    /// alarm: who did it (none: the rule).
-    by: Option<String>,
-    assignee: Option<String>,
+    /// geofence, alert, alarm, command: their own fields.
+    #[serde(flatten)]
+    fields: DerivedFields,
 }
 
 /// What a WebSocket client sends on `/api/ws`: `subscribe` (filters, `since`), or while a
