@@ -1281,7 +1281,7 @@ async fn an_alarm_is_worked_from_the_alarms_panel() {
     browser
         .wait_for(
             "shown acknowledged",
-            "const li = document.querySelector('#alarm-list li.alarm'); return li.classList.contains('acknowledged') && !li.querySelector('[data-action=acknowledge]');",
+            "const li = document.querySelector('#alarm-list li.alarm'); return li.classList.contains('acknowledged') && li.querySelector('[data-action=acknowledge]').hidden;",
             json!([]),
         )
         .await;
@@ -1353,4 +1353,127 @@ async fn an_alarm_is_worked_from_the_alarms_panel() {
         .filter(|e| !e.contains("400 (Bad Request)"))
         .collect();
     assert_eq!(errors, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_fits_the_fleet_and_reads_like_a_dispatchers() {
+    let dir = TempDir::new("web-console");
+    let db = database(Backend::Sqlite, &dir, "web_console").await;
+    let server = Server::start(&dir, &db).await;
+    // Three vans in Berlin, one with the raw values a tracker sends.
+    let mut fleet = Vec::new();
+    for (i, (lat, lon)) in [(52.52, 13.40), (52.50, 13.45), (52.54, 13.36)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("van-{}", i + 1);
+        let mut van = Device::connect(server.mqtt_port, &id).await;
+        let fix = json!({"lat": lat, "lon": lon, "speed": 11.43334681858378,
+            "heading": 164.80218739198938, "alt": 41.263, "accuracy": 4.71});
+        van.publish(&format!("devices/{id}/location"), fix.to_string())
+            .await;
+        van.wait_acked(1).await;
+        fleet.push(van);
+    }
+    server
+        .wait_for("/api/devices", |d| {
+            d.as_array()
+                .is_some_and(|a| a.len() == 3 && a.iter().all(|d| d["location"].is_object()))
+        })
+        .await;
+
+    let browser = Browser::start(&shots("console")).await;
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    browser
+        .wait_for(
+            "van-1 listed",
+            "return !!document.querySelector(\"#list .row[data-id='van-1']\");",
+            json!([]),
+        )
+        .await;
+    // The first view holds the fleet, not the whole world.
+    let berlin = "const c = fieldlineMap.getCenter(); return Math.abs(c.lat - 52.52) < 0.2 && Math.abs(c.lng - 13.40) < 0.3 && fieldlineMap.getZoom() > 9;";
+    browser
+        .wait_for("the map on the fleet", berlin, json!([]))
+        .await;
+    browser.screenshot("1-fitted").await;
+
+    // Away and back with the fit button.
+    browser
+        .eval(
+            "fieldlineMap.jumpTo({center: [0, 20], zoom: 2}); return true;",
+            json!([]),
+        )
+        .await;
+    browser.click("#fit").await;
+    browser
+        .wait_for("the map on the fleet again", berlin, json!([]))
+        .await;
+
+    // The detail reads in km/h, a rounded heading, metres and local time with its age.
+    browser.click("#list .row[data-id='van-1']").await;
+    let values = "return document.getElementById('detail-values').textContent;";
+    let text = browser
+        .wait_for(
+            "the detail",
+            "const t = document.getElementById('detail-values').textContent; return t.includes('km/h') ? t : null;",
+            json!([]),
+        )
+        .await;
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for expected in [
+        "41 km/h",
+        "165° S",
+        "41 m",
+        "±5 m",
+        "52.52000, 13.40000",
+        "ago",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+    assert!(!text.contains("11.4333"), "{text}");
+    browser.set_value("#speed-unit", "mph").await;
+    let text = browser.eval(values, json!([])).await;
+    assert!(
+        text.as_str().is_some_and(|t| t.contains("26 mph")),
+        "{text}"
+    );
+    browser.screenshot("2-detail-mph").await;
+    // The choice stays for the next visit.
+    browser.refresh().await;
+    wait_loaded(&browser).await;
+    browser
+        .wait_for(
+            "van-2 listed",
+            "return !!document.querySelector(\"#list .row[data-id='van-2']\");",
+            json!([]),
+        )
+        .await;
+    browser.click("#list .row[data-id='van-2']").await;
+    browser
+        .wait_for(
+            "mph remembered",
+            "return document.getElementById('detail-values').textContent.includes('mph');",
+            json!([]),
+        )
+        .await;
+
+    // Fields that ask for devices offer the known ones.
+    let offered = browser
+        .wait_for(
+            "device completion",
+            "const o = [...document.querySelectorAll('#device-ids option')].map(o => o.value); return o.length === 3 ? o : null;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(offered, json!(["van-1", "van-2", "van-3"]));
+    let linked = browser
+        .eval(
+            "return [...document.querySelectorAll('input[name=devices]')].every(i => i.getAttribute('list') === 'device-ids');",
+            json!([]),
+        )
+        .await;
+    assert_eq!(linked, json!(true));
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }

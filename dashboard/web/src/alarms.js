@@ -7,6 +7,7 @@
 import { api, describe } from './api.js';
 import { escapeHtml } from './devicelist.js';
 import { notify } from './notices.js';
+import { ago } from './units.js';
 
 const RANK = { critical: 0, major: 1, minor: 2, warning: 3 };
 const FLASH_KEY = 'fieldline.alarmFlash';
@@ -90,31 +91,36 @@ export class AlarmPanel {
     );
   }
 
+  /** Updates the list in place: an alarm keeps its element (and what is typed in it) while
+   * it stays open, so a change to another alarm never takes a half-written note away. */
   render() {
     const rows = this.sorted();
     const now = Date.now();
-    this.list.innerHTML = rows.length
-      ? rows
-          .map((a) => {
-            const value = a.metric && a.value !== null ? ` · ${escapeHtml(a.metric)} ${escapeHtml(String(a.value))}` : '';
-            const who = a.assignee ? ` · for ${escapeHtml(a.assignee)}` : '';
-            const ack = a.acknowledged ? ` · seen by ${escapeHtml(a.acknowledged.by || '')}` : '';
-            const notes = (a.notes || []).map((n) => `<li>${escapeHtml(n.by)}: ${escapeHtml(n.text)}</li>`).join('');
-            return `<li class="alarm ${escapeHtml(a.severity)} ${escapeHtml(a.state)}" data-alarm="${a.id}">` +
-              `<div class="head"><span class="severity">${escapeHtml(a.severity)}</span> <b>${escapeHtml(a.name)}</b> ` +
-              `<button type="button" class="link" data-action="select" data-device="${escapeHtml(a.device)}">${escapeHtml(a.device)}</button></div>` +
-              `<div class="meta">${escapeHtml(since(now - Date.parse(a.raised)))}${a.count > 1 ? ` · ${a.count}×` : ''}${value}${ack}${who}</div>` +
-              (notes ? `<ul class="notes">${notes}</ul>` : '') +
-              `<form class="controls">` +
-              (a.state === 'active' ? '<button type="button" data-action="acknowledge">Acknowledge</button>' : '') +
-              '<input name="text" placeholder="name or note" maxlength="2000" aria-label="Assignee or note" />' +
-              '<button type="button" data-action="assign">Assign</button>' +
-              '<button type="button" data-action="notes">Note</button>' +
-              '<button type="button" data-action="clear" class="danger">Clear</button>' +
-              `</form></li>`;
-          })
-          .join('')
-      : '<li class="note">No open alarms.</li>';
+    if (!rows.length) {
+      this.list.innerHTML = '<li class="note">No open alarms.</li>';
+      return;
+    }
+    this.list.querySelector('li.note')?.remove();
+    const open = new Set(rows.map((a) => String(a.id)));
+    for (const li of [...this.list.querySelectorAll('li.alarm')]) {
+      if (!open.has(li.dataset.alarm)) li.remove();
+    }
+    rows.forEach((a, i) => {
+      let li = this.list.querySelector(`li.alarm[data-alarm="${a.id}"]`);
+      if (!li) li = item(a.id);
+      li.className = `alarm ${a.severity} ${a.state}`;
+      const value = a.metric && a.value !== null ? ` · ${escapeHtml(a.metric)} ${escapeHtml(String(a.value))}` : '';
+      const who = a.assignee ? ` · for ${escapeHtml(a.assignee)}` : '';
+      const ack = a.acknowledged ? ` · seen by ${escapeHtml(a.acknowledged.by || '')}` : '';
+      li.querySelector('.head').innerHTML = `<span class="severity">${escapeHtml(a.severity)}</span> <b>${escapeHtml(a.name)}</b> ` +
+        `<button type="button" class="link" data-action="select" data-device="${escapeHtml(a.device)}">${escapeHtml(a.device)}</button>`;
+      li.querySelector('.meta').innerHTML = `${escapeHtml(ago(now - Date.parse(a.raised)))}${a.count > 1 ? ` · ${a.count}×` : ''}${value}${ack}${who}`;
+      const notes = li.querySelector('.notes');
+      notes.innerHTML = (a.notes || []).map((n) => `<li>${escapeHtml(n.by)}: ${escapeHtml(n.text)}</li>`).join('');
+      notes.hidden = !(a.notes || []).length;
+      li.querySelector('[data-action=acknowledge]').hidden = a.state !== 'active';
+      if (this.list.children[i] !== li) this.list.insertBefore(li, this.list.children[i] || null);
+    });
   }
 
   async click(e) {
@@ -134,6 +140,7 @@ export class AlarmPanel {
         body: JSON.stringify(body),
         headers: { 'Content-Type': 'application/json' },
       });
+      if (action === 'assign' || action === 'notes') item.querySelector('[name=text]').value = '';
       if (alarm.state === 'cleared') this.open.delete(alarm.id);
       else this.open.set(alarm.id, alarm);
       this.changed();
@@ -143,11 +150,18 @@ export class AlarmPanel {
   }
 }
 
-/** "12 s ago", "5 min ago", "3 h ago", "2 d ago". */
-function since(ms) {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.round(s / 60)} min ago`;
-  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
-  return `${Math.round(s / 86400)} d ago`;
+/** The element of one alarm: filled in by `render`, kept while the alarm is open. */
+function item(id) {
+  const li = document.createElement('li');
+  li.dataset.alarm = String(id);
+  li.innerHTML =
+    '<div class="head"></div><div class="meta"></div><ul class="notes"></ul>' +
+    '<form class="controls">' +
+    '<button type="button" data-action="acknowledge">Acknowledge</button>' +
+    '<input name="text" placeholder="name or note" maxlength="2000" aria-label="Assignee or note" />' +
+    '<button type="button" data-action="assign">Assign</button>' +
+    '<button type="button" data-action="notes">Note</button>' +
+    '<button type="button" data-action="clear" class="danger">Clear</button>' +
+    '</form>';
+  return li;
 }

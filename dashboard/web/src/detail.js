@@ -2,6 +2,7 @@
 // chart of one metric (live, or a chosen range through `points=`), its track for a range with
 // trips and stops, and export links. Values shown are only what the API or the stream sent.
 
+import { distance, heading, position, setSpeedUnit, speed, speedUnit, when } from './units.js';
 import { api, ApiError, describe, failure, token } from './api.js';
 import { fromBuckets, TimeChart } from './chart.js';
 import { escapeHtml } from './devicelist.js';
@@ -22,6 +23,14 @@ export class DeviceDetail {
     this.chartAsk = 0;
     document.getElementById('detail-close').addEventListener('click', onClose);
     document.getElementById('follow').addEventListener('change', (e) => onFollow(e.target.checked));
+    const unit = document.getElementById('speed-unit');
+    unit.value = speedUnit();
+    unit.addEventListener('change', () => {
+      setSpeedUnit(unit.value);
+      this.render();
+    });
+    // "x s ago" moves while the panel is open.
+    setInterval(() => !this.panel.hidden && this.render(), 5000);
     document.getElementById('chart-metric').addEventListener('change', () => this.loadChart());
     document.getElementById('chart-range').addEventListener('change', () => this.loadChart());
     document.getElementById('track-show').addEventListener('click', () => this.showTrack());
@@ -131,7 +140,7 @@ export class DeviceDetail {
       if (id !== this.id) return;
       const fixes = this.track.show(track, trips.stops);
       const items = [
-        ...trips.trips.map((t) => ({ at: t.start, text: `trip ${time(t.start)}–${time(t.end)}: ${(t.distance_m / 1000).toFixed(2)} km, max ${(t.max_speed * 3.6).toFixed(0)} km/h` })),
+        ...trips.trips.map((t) => ({ at: t.start, text: `trip ${time(t.start)}–${time(t.end)}: ${distance(t.distance_m)}, max ${speed(t.max_speed)}` })),
         ...trips.stops.map((s) => ({ at: s.start, text: `stop ${time(s.start)}–${time(s.end)}: ${Math.round(s.duration_s / 60)} min` })),
       ].sort((a, b) => a.at.localeCompare(b.at));
       list.innerHTML = fixes
@@ -177,21 +186,28 @@ export class DeviceDetail {
 
   render() {
     const d = this.device;
-    document.getElementById('detail-state').textContent = `${d.online ? 'online' : 'offline'} · last seen ${d.last_seen}`;
+    if (!d) return;
+    document.getElementById('detail-state').textContent = `${d.online ? 'online' : 'offline'} · last seen ${when(d.last_seen)}`;
     const rows = [];
     const loc = d.location;
     if (loc) {
-      rows.push(['position', `${loc.lat.toFixed(5)}, ${loc.lon.toFixed(5)}`]);
-      if (loc.speed != null) rows.push(['speed', `${loc.speed} m/s`]);
-      if (loc.heading != null) rows.push(['heading', `${loc.heading}°`]);
-      if (loc.alt != null) rows.push(['altitude', `${loc.alt} m`]);
-      rows.push(['fix time', loc.ts]);
+      rows.push(['position', position(loc.lat, loc.lon)]);
+      if (loc.speed != null) rows.push(['speed', speed(loc.speed)]);
+      if (loc.heading != null) rows.push(['heading', heading(loc.heading)]);
+      if (loc.alt != null) rows.push(['altitude', `${Math.round(loc.alt)} m`]);
+      if (loc.accuracy != null) rows.push(['accuracy', `±${Math.round(loc.accuracy)} m`]);
+      rows.push(['fix time', when(loc.ts)]);
     }
-    for (const [name, m] of Object.entries(d.metrics || {})) rows.push([name, `${m.value}`]);
+    for (const [name, m] of Object.entries(d.metrics || {})) rows.push([name, `${roundValue(m.value)}`]);
     document.getElementById('detail-values').innerHTML = rows
       .map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${escapeHtml(v)}</dd>`)
       .join('');
   }
+}
+
+/** A reading to at most 3 decimals: 21.456789 reads 21.457. */
+function roundValue(v) {
+  return typeof v === 'number' ? Number(v.toFixed(3)) : v;
 }
 
 function time(iso) {

@@ -6,7 +6,7 @@
 // one, also go to a small GeoJSON source as diffs, for heading arrows, the selection ring
 // and trails of their last minutes.
 
-import { Marker, MercatorCoordinate } from 'maplibre-gl';
+import { LngLatBounds, Marker, MercatorCoordinate } from 'maplibre-gl';
 import { DeviceDots } from './dots.js';
 
 /** Seconds without a fix after which an online device is drawn as stale. */
@@ -352,6 +352,19 @@ export class LiveMap {
     this.updateNear();
     const e = id && this.devices.get(id);
     if (e && e.lon !== undefined) this.map.easeTo({ center: [e.lon, e.lat], zoom: Math.max(this.map.getZoom(), 12) });
+  }
+
+  /** Fits the map to `entries` (devices with a position; all when none are given). */
+  fit(entries = this.devices.values(), animate = true) {
+    let bounds = null;
+    for (const e of entries) {
+      if (e.lon === undefined) continue;
+      if (!bounds) bounds = new LngLatBounds([e.lon, e.lat], [e.lon, e.lat]);
+      else bounds.extend([e.lon, e.lat]);
+    }
+    if (!bounds) return false;
+    this.map.fitBounds(bounds, { padding: 60, maxZoom: 14, duration: animate ? 500 : 0 });
+    return true;
   }
 
   followSelected() {

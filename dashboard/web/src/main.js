@@ -12,7 +12,7 @@ import { api, ApiError, describe, setToken } from './api.js';
 import { CommandPanel } from './commands.js';
 import { addLand, emptyStyle } from './basemap.js';
 import { DeviceDetail } from './detail.js';
-import { DeviceList } from './devicelist.js';
+import { DeviceList, escapeHtml } from './devicelist.js';
 import { AlarmPanel } from './alarms.js';
 import { EventList } from './events.js';
 import { GeofenceEditor } from './geofences.js';
@@ -183,6 +183,24 @@ async function boot() {
   document.getElementById('first-fix').textContent =
     `mosquitto_pub -h ${host} -p ${port} -q 1 -t devices/van-1/location \\\n  -m '{"lat": 52.52, "lon": 13.40, "speed": 8.5, "heading": 90}'`;
   showAll(list);
+  // The fleet in view from the start, not the whole world with the fleet as one dot.
+  live.fit(live.devices.values(), false);
+  document.getElementById('fit').addEventListener('click', () => {
+    devices.refresh();
+    if (!live.fit(devices.rows)) notify('No device listed has a position yet.', 'info', 3000);
+  });
+  // Device fields offer completion from the devices this page knows.
+  let known = -1;
+  const completions = () => {
+    if (live.devices.size === known) return;
+    known = live.devices.size;
+    document.getElementById('device-ids').innerHTML = [...live.devices.keys()]
+      .sort()
+      .map((id) => `<option value="${escapeHtml(id)}"></option>`)
+      .join('');
+  };
+  completions();
+  setInterval(completions, 5000);
 
   const stream = new LiveStream({
     kinds: ['location', 'status'],
