@@ -3,7 +3,8 @@
 //! (each recorded with the token's name), a viewer may only read; a raise while it is open
 //! updates it instead of opening another; the rule's clear clears it; a cleared alarm refuses
 //! more work; a person can clear one by hand; every change is an `alarm` event, live and
-//! stored, in order; bad input gets 400 with the reason.
+//! stored, in order; bad input gets 400 with the reason. And a `kill -9` right after the
+//! raising reading was acknowledged loses neither the alert nor its alarm, nor doubles them.
 
 #[macro_use]
 mod support;
@@ -13,7 +14,10 @@ use support::geo::{base_ms, rfc3339};
 use support::live::Sse;
 use support::{create_token, database, Backend, Device, Server, TempDir};
 
-on_both_backends!(an_alarm_is_opened_worked_updated_and_cleared);
+on_both_backends!(
+    an_alarm_is_opened_worked_updated_and_cleared,
+    an_alarm_raised_just_before_a_kill_9_is_there_once_after,
+);
 
 /// A POST with `token`; the status and reply.
 async fn post(server: &Server, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -295,4 +299,76 @@ async fn an_alarm_is_opened_worked_updated_and_cleared(backend: Backend) {
     .await;
     assert_eq!(status, 201, "{hook}");
     assert_eq!(hook["kinds"], json!(["alarm"]));
+}
+
+/// The changes of the stored events of `kind`, oldest first: `state` for alerts, `change`
+/// for alarms.
+async fn stored(server: &Server, kind: &str, field: &str) -> Vec<String> {
+    server
+        .get_ok(&format!("/api/events?kinds={kind}"))
+        .await
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| e[field].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+async fn an_alarm_raised_just_before_a_kill_9_is_there_once_after(backend: Backend) {
+    let dir = TempDir::new("alarms-kill");
+    let db = database(backend, &dir, "alarms_kill").await;
+    let mut server = Server::start(&dir, &db).await;
+    let (status, rule) = server
+        .request(
+            reqwest::Method::POST,
+            "/api/rules",
+            None,
+            Some(json!({"name": "Cold chain", "metric": "temp_c", "above": 8.0})),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let base = base_ms();
+    let reading =
+        |s: i64, v: f64| json!({"ts": base + s * 1000, "metrics": {"temp_c": v}}).to_string();
+    let mut fridge = Device::connect(server.mqtt_port, "fridge-1").await;
+    fridge
+        .publish("devices/fridge-1/telemetry", reading(0, 9.0))
+        .await;
+    fridge.wait_acked(1).await;
+    // Killed as soon as the PUBACK came: the batch with the alert and its alarm may or may
+    // not be stored yet; the write-ahead log has the reading either way.
+    server.kill().await;
+    drop(fridge);
+
+    let server = Server::start(&dir, &db).await;
+    let alarms = server
+        .wait_for("/api/alarms", |a| {
+            a.as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    assert_eq!(alarms.as_array().map(Vec::len), Some(1), "{alarms}");
+    assert_eq!(alarms[0]["count"], 1);
+    assert_eq!(alarms[0]["severity"], "major", "the default severity");
+    // Cleared once by the rule, after the restart.
+    let mut fridge = Device::connect(server.mqtt_port, "fridge-1").await;
+    fridge
+        .publish("devices/fridge-1/telemetry", reading(10, 9.5))
+        .await;
+    fridge
+        .publish("devices/fridge-1/telemetry", reading(20, 7.0))
+        .await;
+    fridge.wait_acked(2).await;
+    server
+        .wait_for("/api/alarms?state=cleared", |a| {
+            a.as_array().is_some_and(|a| a.len() == 1)
+        })
+        .await;
+    assert_eq!(
+        stored(&server, "alert", "state").await,
+        ["raised", "cleared"]
+    );
+    assert_eq!(
+        stored(&server, "alarm", "change").await,
+        ["raised", "cleared"]
+    );
 }

@@ -253,13 +253,12 @@ pub(crate) const CLEAR_SQL: &str =
 macro_rules! impl_alarm_store {
     ($store:ty, $db:ty, $begin:literal) => {
         impl $store {
-            /// Opens, updates and clears the alarms of the batch's alert events (the batch's
-            /// events took seqs up to `last_seq`), and writes their events after them;
-            /// returns those, numbered (none without alerts).
+            /// Opens, updates and clears the alarms of the batch's alert events (already
+            /// written), and writes their events after them; returns those, numbered (none
+            /// without alerts).
             pub(crate) async fn open_alarms(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[$crate::derived::Event],
-                last_seq: i64,
             ) -> Result<Vec<$crate::derived::Event>, $crate::StoreError> {
                 let now = $crate::time_format::now_ms();
                 let mut changed = Vec::new();
@@ -317,20 +316,11 @@ macro_rules! impl_alarm_store {
                         changed.push(alarm.event(change, None, alert.ts_ms));
                     }
                 }
-                for (seq, e) in (last_seq + 1..).zip(changed.iter_mut()) {
-                    sqlx::query(
-                        "INSERT INTO events (seq, kind, device_id, ts, log_position, fields, stored_at)
-                         VALUES ($1, $2, $3, $4, NULL, $5, $6)",
-                    )
-                    .bind(seq)
-                    .bind(e.kind.as_str())
-                    .bind(e.device.to_string())
-                    .bind(e.ts_ms)
-                    .bind(e.fields_json())
-                    .bind(e.stored_ms)
-                    .execute(&mut **tx)
-                    .await?;
-                    e.seq = u64::try_from(seq).unwrap_or(0);
+                // After the batch's own events (on PostgreSQL this transaction holds the seq
+                // lock already; taking it again is a no-op).
+                let first = Self::append_events(tx, &changed).await?;
+                for (seq, e) in (first..).zip(changed.iter_mut()) {
+                    e.seq = seq;
                 }
                 Ok(changed)
             }

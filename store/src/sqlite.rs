@@ -250,10 +250,9 @@ async fn write_derived(
             .execute(&mut **tx)
             .await?;
     }
-    let last_seq = first_seq + derived.events.len() as i64 - 1;
     Ok(crate::batch::Committed {
         first_seq: u64::try_from(first_seq).unwrap_or(0),
-        alarms: SqliteStore::open_alarms(tx, &derived.events, last_seq).await?,
+        alarms: SqliteStore::open_alarms(tx, &derived.events).await?,
     })
 }
 
