@@ -30,7 +30,7 @@ use crate::api::schema;
     security(("token" = [])),
     components(schemas(
         schema::LiveEvent,
-        schema::WsClientMessage,
+        crate::api::ws::Control,
         schema::WsServerMessage,
         schema::StoredEvent,
         crate::api::buckets::BucketJson

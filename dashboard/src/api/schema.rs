@@ -253,28 +253,6 @@ pub struct LiveEvent {
     fields: DerivedFields,
 }
 
-/// What a WebSocket client sends on `/api/ws`: `subscribe` (filters, `since`), or while a
-/// replay runs `replay`, `pause`, `play`, `seek` and `speed`.
-#[derive(ToSchema)]
-pub struct WsClientMessage {
-    /// `subscribe`, `replay`, `pause`, `play`, `seek` or `speed`.
-    r#type: String,
-    kinds: Option<Vec<String>>,
-    devices: Option<Vec<String>>,
-    /// `[west, south, east, north]`.
-    bbox: Option<Vec<f64>>,
-    /// A live event id to resume after.
-    since: Option<String>,
-    /// replay: range start and end (RFC 3339 or epoch ms).
-    from: Option<String>,
-    to: Option<String>,
-    /// seek: where to (RFC 3339 or epoch ms).
-    ts: Option<String>,
-    /// replay, speed: 0.1 to 1000, or `max`.
-    #[schema(value_type = Option<Object>)]
-    speed: Option<Value>,
-}
-
 /// What the server sends on `/api/ws` besides events: `subscribed`, `reset` (reload from the
 /// REST API: the events after `since` are no longer held), `error` (the socket stays open),
 /// and for a replay `replay`, `replay_state`, `clock`, `end` and `stopped`.

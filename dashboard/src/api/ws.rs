@@ -74,24 +74,32 @@ pub async fn ws(
         .on_upgrade(move |socket| session(socket, state, client, principal)))
 }
 
-#[derive(Deserialize)]
-struct Control {
+/// What a WebSocket client sends on `/api/ws`: `subscribe` (filters, `since`), or for a
+/// replay `replay`, then `pause`, `play`, `seek` and `speed` while it runs.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = WsClientMessage)]
+pub(crate) struct Control {
+    /// `subscribe`, `replay`, `pause`, `play`, `seek`, `speed` or `stop`.
     #[serde(rename = "type")]
     kind: String,
     kinds: Option<Vec<String>>,
     devices: Option<Vec<String>>,
+    /// `[west, south, east, north]`.
     bbox: Option<Vec<f64>>,
+    /// A live event id to resume after.
     since: Option<String>,
     // Replay's fields.
     from: Option<TextOrNumber>,
     to: Option<TextOrNumber>,
+    /// 0.1 to 1000, or `max`.
     speed: Option<TextOrNumber>,
     skip_gaps: Option<TextOrNumber>,
+    /// seek: where to.
     ts: Option<TextOrNumber>,
 }
 
 /// Times may be RFC 3339 text or epoch milliseconds, speeds a number or `"max"`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum TextOrNumber {
     Text(String),

@@ -53,6 +53,8 @@ pub struct Judges {
     fences_version: u64,
     rules: Arc<AlertRules>,
     rules_version: u64,
+    /// Any rule is a stale rule: only then does every document go past them.
+    stale_rules: bool,
     devices: HashMap<Arc<str>, DeviceStates>,
     counters: Counters,
     /// When offline rules were last looked at: twice a second is often enough.
@@ -75,6 +77,7 @@ impl Judges {
             rule_catalog,
             fences,
             fences_version,
+            stale_rules: has_stale(&rules),
             rules,
             rules_version,
             devices: HashMap::new(),
@@ -119,7 +122,7 @@ impl Judges {
         out: &mut Derived,
     ) {
         self.refresh(out);
-        if !self.rules.is_empty() {
+        if self.stale_rules {
             self.hear(doc, position, received_ms, out);
         }
         match &doc.body {
@@ -390,6 +393,7 @@ impl Judges {
         }
         if self.rule_catalog.version() != self.rules_version {
             (self.rules_version, self.rules) = self.rule_catalog.snapshot();
+            self.stale_rules = has_stale(&self.rules);
             let rules = self.rules.clone();
             for (device, states) in &mut self.devices {
                 let applies = |id| rules.get(id).is_some_and(|r| r.devices.matches(device));
@@ -398,6 +402,13 @@ impl Judges {
             }
         }
     }
+}
+
+fn has_stale(rules: &AlertRules) -> bool {
+    rules
+        .0
+        .iter()
+        .any(|r| matches!(r.condition, Condition::Stale { .. }))
 }
 
 /// Drops a device's states whose fence or rule no longer `applies`, deleting them from storage
