@@ -2,7 +2,7 @@
 # Runs every test of Fieldline on a fresh machine.
 #
 # Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients,
-# paho-mqtt and openapi-spec-validator, Chromium and ChromeDriver for the browser tests),
+# paho-mqtt, openapi-spec-validator and aiosmtpd, Chromium and ChromeDriver for the browser tests),
 # starts a private PostgreSQL cluster on a spare port for the run, points the tests at it
 # through FIELDLINE_TEST_DATABASE_URL, runs the whole workspace's tests, and stops the
 # cluster again. Tests that need PostgreSQL fail, never skip, when it is not there.
@@ -49,7 +49,8 @@ trap stop_pg EXIT
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT"
 
 # From PyPI: tests/mqtt_conformance.py drives the broker with a third MQTT client, paho-mqtt
-# 2.x; tests/openapi.rs checks the API description with openapi-spec-validator.
+# 2.x; tests/openapi.rs checks the API description with openapi-spec-validator;
+# tests/smtp_receiver.py is a real SMTP server (aiosmtpd) for the email channels.
 pip_install() {
     python3 -m pip install --quiet "$1" || python3 -m pip install --quiet --break-system-packages "$1"
 }
@@ -60,6 +61,11 @@ fi
 if ! python3 -c 'import openapi_spec_validator' 2>/dev/null; then
     echo "installing openapi-spec-validator from PyPI"
     pip_install 'openapi-spec-validator>=0.7,<0.8'
+fi
+
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+    echo "installing aiosmtpd from PyPI"
+    pip_install 'aiosmtpd>=1.4,<2'
 fi
 
 export FIELDLINE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"

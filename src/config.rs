@@ -162,6 +162,13 @@ pub struct Args {
     /// base map of land and borders, no tile server]
     #[arg(long, env = "FIELDLINE_MAP_STYLE")]
     pub map_style: Option<String>,
+    /// The SMTP server that email notification channels send through:
+    /// smtp://user:pass@host:port (STARTTLS when offered; ?tls=required insists) or smtps://
+    #[arg(long, env = "FIELDLINE_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The sender of notification emails [default: Fieldline <fieldline@localhost>]
+    #[arg(long, env = "FIELDLINE_SMTP_FROM")]
+    pub smtp_from: Option<String>,
     /// Accept MQTT clients without a username, and listen on non-loopback addresses although
     /// no device or API authentication is configured: anyone who reaches them can publish as
     /// any device and read everything.
@@ -209,6 +216,8 @@ struct FileConfig {
     rollup_retention_days: Option<u32>,
     no_rollups: Option<bool>,
     map_style: Option<String>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
 }
 
 /// Settings after merging every source.
@@ -245,6 +254,9 @@ pub struct Config {
     pub rollups: bool,
     /// The web dashboard's map style URL; `None`: the built-in base map.
     pub map_style: Option<String>,
+    /// Where email notification channels send by default; `None`: each brings its own.
+    pub smtp_url: Option<String>,
+    pub smtp_from: fieldline_ingest::channels::Mailbox,
 }
 
 impl Config {
@@ -392,7 +404,21 @@ impl Config {
             },
             rollups: !(args.no_rollups || file.no_rollups.unwrap_or(false)),
             map_style: args.map_style.or(file.map_style),
+            smtp_url: args.smtp_url.or(file.smtp_url),
+            smtp_from: {
+                let from = args.smtp_from.or(file.smtp_from);
+                let text = from.as_deref().unwrap_or("Fieldline <fieldline@localhost>");
+                text.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "smtp_from must be an email address or Name <address>, not {text:?}"
+                    )
+                })?
+            },
         };
+        if let Some(url) = &config.smtp_url {
+            fieldline_ingest::channels::email::smtp_server(url, config.webhook_timeout)
+                .map_err(|e| anyhow::anyhow!("smtp_url: {e}"))?;
+        }
         if let Some(style) = &config.map_style {
             if !(style.starts_with("https://") || style.starts_with("http://")) {
                 anyhow::bail!("map_style must be an http:// or https:// URL of a MapLibre style, not {style:?}");

@@ -19,6 +19,7 @@ use fieldline_broker::{
 use fieldline_dashboard::auth::ApiAccess;
 use fieldline_dashboard::https_listener::{Certificates, HttpsListener};
 use fieldline_dashboard::live::Hub;
+use fieldline_ingest::channels::{ChannelSettings, Channels};
 use fieldline_ingest::commands::CommandDesk;
 use fieldline_ingest::decode::Limits;
 use fieldline_ingest::events::in_order::InOrder;
@@ -50,7 +51,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hub = start_live_views(&config, store.as_ref(), &log).await?;
     let judging = crate::judging::load(store.as_ref()).await?;
     let webhooks = start_webhooks(&config, &store).await?;
-    let events = event_feed(store.as_ref(), &hub, &webhooks).await?;
+    let channels = start_channels(&config, &store).await?;
+    let events = event_feed(store.as_ref(), &hub, &webhooks, &channels).await?;
     let alarms = fieldline_ingest::alarms::AlarmDesk::new(store.clone(), events.clone());
     let (mailboxes, reports) = Commands::new();
     let (commands, dispatcher) = CommandDesk::start(
@@ -108,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             judging.fences,
             judging.rules,
             webhooks.clone(),
+            channels.clone(),
         ),
         web: fieldline_dashboard::web::WebSettings {
             map_style: config.map_style.clone(),
@@ -119,7 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let http = serve_http(&config, http_listeners, state);
     run_until_signal(ingest, broker).await?;
-    stop(tasks, &webhooks, &hub, http).await;
+    stop(tasks, (&webhooks, &channels), &hub, http).await;
     tracing::info!("stopped cleanly; everything accepted is stored");
     Ok(())
 }
@@ -258,18 +261,43 @@ async fn start_webhooks(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resu
     Ok(webhooks)
 }
 
-/// Where stored events go: live views and webhooks, in outbox order (the store writer and the
-/// command ledger both commit events).
+async fn start_channels(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Channels>> {
+    let channels = Channels::new(
+        store.clone(),
+        ChannelSettings {
+            smtp_url: config.smtp_url.clone(),
+            from: config.smtp_from.clone(),
+            delivery: DeliverySettings {
+                request_timeout: config.webhook_timeout,
+                ..DeliverySettings::default()
+            },
+        },
+    )
+    .context("--smtp-url is not usable")?;
+    channels
+        .sync()
+        .await
+        .context("cannot read the notification channels")?;
+    Ok(channels)
+}
+
+/// Where stored events go: live views, webhooks and notification channels, in outbox order
+/// (the store writer, the command ledger and the alarm desk all commit events).
 async fn event_feed(
     store: &dyn Store,
     hub: &Arc<Hub>,
     webhooks: &Arc<Webhooks>,
+    channels: &Arc<Channels>,
 ) -> anyhow::Result<Arc<dyn EventFeed>> {
     let last = store
         .last_event_seq()
         .await
         .context("cannot read the newest stored event")?;
-    let feeds = Arc::new(EventFeeds(vec![hub.clone(), webhooks.clone()]));
+    let feeds = Arc::new(EventFeeds(vec![
+        hub.clone(),
+        webhooks.clone(),
+        channels.clone(),
+    ]));
     Ok(Arc::new(InOrder::new(feeds, last)))
 }
 
@@ -573,14 +601,15 @@ async fn run_until_signal(ingest: Ingest, broker: Broker) -> anyhow::Result<()> 
 }
 
 /// Ends the work beside the flow, live clients, and then HTTP.
-async fn stop(tasks: Tasks, webhooks: &Webhooks, hub: &Hub, http: Http) {
+async fn stop(tasks: Tasks, deliveries: (&Webhooks, &Channels), hub: &Hub, http: Http) {
     tasks.housekeeping.abort();
     if let Some(rollups) = tasks.rollups {
         rollups.abort();
     }
     tasks.retention.abort();
     tasks.access_sync.abort();
-    webhooks.stop();
+    deliveries.0.stop();
+    deliveries.1.stop();
     tasks.live_metrics.abort();
     tasks.dispatcher.abort();
     hub.close_all("the server is shutting down");

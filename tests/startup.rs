@@ -124,6 +124,25 @@ fn bad_broker_settings_are_clear_errors() {
 }
 
 #[test]
+fn bad_smtp_settings_are_clear_errors() {
+    let dir = TempDir::new("bad-smtp");
+    refuses_each(
+        &dir,
+        &[
+            (
+                &["--smtp-url", "http://mail.example.com"],
+                "must start with smtp:// or smtps://",
+            ),
+            (&["--smtp-url", "mail.example.com"], "not a URL"),
+            (
+                &["--smtp-from", "not an address"],
+                "smtp_from must be an email address",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn bad_durability_settings_are_clear_errors() {
     let dir = TempDir::new("bad-wal");
     refuses_each(

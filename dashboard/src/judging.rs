@@ -1,10 +1,11 @@
 //! What the configuration endpoints change: the fences and rules the judges use now, and the
-//! running webhook deliveries. A change is stored, then loaded back whole, so the judges see
+//! running webhook and notification channel deliveries. A change is stored, then loaded back whole, so the judges see
 //! exactly what storage holds; one change at a time.
 
 use std::sync::Arc;
 
 use fieldline_ingest::alerts::AlertRules;
+use fieldline_ingest::channels::Channels;
 use fieldline_ingest::events::catalog::{load_fences, load_rules, Catalog};
 use fieldline_ingest::geofence::Fences;
 use fieldline_ingest::webhook::Webhooks;
@@ -16,12 +17,14 @@ pub enum Touches {
     Geofences,
     Rules,
     Webhooks,
+    Channels,
 }
 
 pub struct Judging {
     pub fences: Arc<Catalog<Fences>>,
     pub rules: Arc<Catalog<AlertRules>>,
     pub webhooks: Arc<Webhooks>,
+    pub channels: Arc<Channels>,
     changes: tokio::sync::Mutex<()>,
 }
 
@@ -30,11 +33,13 @@ impl Judging {
         fences: Arc<Catalog<Fences>>,
         rules: Arc<Catalog<AlertRules>>,
         webhooks: Arc<Webhooks>,
+        channels: Arc<Channels>,
     ) -> Arc<Judging> {
         Arc::new(Judging {
             fences,
             rules,
             webhooks,
+            channels,
             changes: tokio::sync::Mutex::new(()),
         })
     }
@@ -53,6 +58,7 @@ impl Judging {
             Touches::Geofences => self.fences.replace(load_fences(store).await?),
             Touches::Rules => self.rules.replace(load_rules(store).await?),
             Touches::Webhooks => self.webhooks.sync().await?,
+            Touches::Channels => self.channels.sync().await?,
         }
         Ok(out)
     }

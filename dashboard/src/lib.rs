@@ -121,6 +121,8 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(api::alarms::clear))
         .routes(routes!(api::alarms::assign))
         .routes(routes!(api::alarms::note))
+        .routes(routes!(api::channels::list, api::channels::create))
+        .routes(routes!(api::channels::one, api::channels::delete))
         .layer(axum::extract::DefaultBodyLimit::max(
             api::body::MAX_BODY_BYTES,
         ));

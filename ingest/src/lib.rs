@@ -10,12 +10,13 @@
 //! accepted document to the [`live`] feed as it is accepted. When storage falls behind, new
 //! rows wait in the write-ahead log and the pipeline reads them back as the writer catches up
 //! ([`spill`]). Beside the flow, [`webhook`] delivers stored events, [`commands`] takes commands to
-//! devices, hands them to the broker and records replies, and [`alarms`] records what people
-//! do with the alarms alerts open.
+//! devices, hands them to the broker and records replies, [`alarms`] records what people
+//! do with the alarms alerts open, and [`channels`] sends alarm changes to people by email.
 
 pub mod alarms;
 pub mod alerts;
 pub mod batch;
+pub mod channels;
 pub mod commands;
 pub mod decode;
 pub mod dedupe;

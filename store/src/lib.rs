@@ -10,6 +10,7 @@
 pub mod access;
 pub mod alarms;
 pub mod batch;
+pub mod channels;
 pub mod commands;
 pub mod derived;
 pub mod events;
@@ -40,6 +41,7 @@ pub use location::Location;
 
 pub use access::{AccessChanges, AccessStore, ApiTokenRecord, DeviceCredential};
 pub use alarms::AlarmStore;
+pub use channels::{ChannelRecord, ChannelStore};
 pub use commands::CommandStore;
 pub use events::{Definition, Definitions, EventQuery, EventStore, WebhookRecord};
 pub use postgres::PgStore;
@@ -170,7 +172,15 @@ pub struct LogState {
 /// What the pipeline writes to and the API reads from; it also keeps the access registry and
 /// the geofences, rules, events and webhooks, and the telemetry roll-ups.
 pub trait Store:
-    AccessStore + AlarmStore + CommandStore + EventStore + RollupStore + RetentionStore + Send + Sync
+    AccessStore
+    + AlarmStore
+    + ChannelStore
+    + CommandStore
+    + EventStore
+    + RollupStore
+    + RetentionStore
+    + Send
+    + Sync
 {
     /// Writes a whole batch atomically, its derived events and states included, and opens,
     /// updates or clears the alarms of its alerts: all of it is stored, or none and an error.

@@ -602,6 +602,8 @@ impl Store for PgStore {
 
 impl_access_store!(PgStore);
 impl_event_store!(PgStore, sqlx::Postgres);
+
+crate::channels::impl_channel_store!(PgStore, sqlx::Postgres);
 impl_command_store!(PgStore, sqlx::Postgres, "BEGIN", EVENT_SEQ_LOCK);
 crate::alarms::impl_alarm_store!(PgStore, sqlx::Postgres, "BEGIN");
 

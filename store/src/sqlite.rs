@@ -370,6 +370,8 @@ impl Store for SqliteStore {
 
 impl_access_store!(SqliteStore);
 impl_event_store!(SqliteStore, sqlx::Sqlite);
+
+crate::channels::impl_channel_store!(SqliteStore, sqlx::Sqlite);
 // An immediate transaction holds the write lock from its start, so no other writer's events
 // come between its seq read and its insert.
 impl_command_store!(SqliteStore, sqlx::Sqlite, "BEGIN IMMEDIATE", "");

@@ -26,6 +26,7 @@ pub mod commanded;
 pub mod geo;
 pub mod live;
 pub mod raw_mqtt;
+pub mod smtp;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod alarms;
 pub mod body;
 pub(crate) mod buckets;
+pub mod channels;
 pub mod commands;
 mod definitions;
 pub mod devices;

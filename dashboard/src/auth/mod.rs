@@ -186,9 +186,14 @@ pub async fn require_token(
 ) -> Response {
     let path = request.uri().path();
     // Changing what raises events, or where they are sent, is an administrator's call.
-    let configures = ["/api/geofences", "/api/rules", "/api/webhooks"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    let configures = [
+        "/api/geofences",
+        "/api/rules",
+        "/api/webhooks",
+        "/api/channels",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
         && request.method() != axum::http::Method::GET;
     // Sending and cancelling commands, and working alarms, is an operator's work.
     let commands = (path.starts_with("/api/commands")

@@ -1,0 +1,396 @@
+//! Notification channels: alarm changes sent to people, by email over SMTP ([`email`]). Each
+//! channel runs its own delivery ([`deliver`]) from its position in the events outbox, so
+//! every change reaches it at least once, in order, after restarts too; quiet hours
+//! ([`quiet`]) hold messages back, and a burst of changes goes out as one digest.
+
+pub mod deliver;
+pub mod email;
+pub mod quiet;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::events::EventFeed;
+use crate::webhook::DeliverySettings;
+use fieldline_store::alarms::SEVERITIES;
+use fieldline_store::derived::{Event, EventKind};
+use fieldline_store::{ChannelRecord, Store, StoreError};
+/// An email address with an optional name, as `--smtp-from` and recipients give it.
+pub use lettre::message::Mailbox;
+pub use quiet::{QuietHours, QuietSpec};
+
+/// The only kind so far.
+pub const EMAIL: &str = "email";
+const MAX_RECIPIENTS: usize = 50;
+const MAX_URL: usize = 2_048;
+/// Digest size by default: more changes than this in a minute go out as one message.
+pub const DEFAULT_DIGEST_OVER: u32 = 10;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct BadChannel(pub String);
+
+/// A channel's settings as stored and shown (CONTRACT.md, "Alarms").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EmailSettings {
+    /// Recipients, each an address or `Name <address>`.
+    pub to: Vec<String>,
+    /// The least severe alarm it sends: `critical`, `major`, `minor` or `warning` (all).
+    pub severity: String,
+    /// Quiet hours: messages wait until they end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet: Option<QuietSpec>,
+    /// More alarm changes than this in a minute go out as one digest message.
+    pub digest_over: u32,
+    /// This channel's own SMTP server; without it, the server's `--smtp-url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+}
+
+/// A channel ready to deliver: its settings checked and parsed.
+#[derive(Clone, Debug)]
+pub struct Channel {
+    pub id: i64,
+    pub settings: EmailSettings,
+    pub to: Vec<Mailbox>,
+    /// Index in [`SEVERITIES`]: it takes alarms at this index or before.
+    pub severity_rank: usize,
+    pub quiet: Option<QuietHours>,
+    pub delivered_seq: u64,
+}
+
+impl Channel {
+    /// Whether this channel sends `event`.
+    pub fn wants(&self, event: &Event) -> bool {
+        event.kind == EventKind::Alarm
+            && event
+                .fields
+                .get("severity")
+                .and_then(Value::as_str)
+                .and_then(|s| SEVERITIES.iter().position(|known| *known == s))
+                .is_some_and(|rank| rank <= self.severity_rank)
+    }
+
+    /// Reads a stored channel back, checked as when it was added.
+    pub fn from_record(record: &ChannelRecord) -> Result<Channel, BadChannel> {
+        let mut body: Value = serde_json::from_str(&record.settings)
+            .map_err(|e| BadChannel(format!("stored settings are not JSON: {e}")))?;
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("kind".into(), Value::String(record.kind.clone()));
+        }
+        let mut channel = checked(&body, true)?;
+        channel.id = record.id;
+        channel.delivered_seq = record.delivered_seq;
+        Ok(channel)
+    }
+}
+
+/// Reads and checks a new channel's JSON body (`POST /api/channels`). `default_smtp`: whether
+/// the server has `--smtp-url`, without which a channel must bring its own.
+pub fn from_json(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
+    checked(body, default_smtp)
+}
+
+fn checked(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
+    let bad = |m: String| BadChannel(m);
+    let Some(fields) = body.as_object() else {
+        return Err(bad("a channel is a JSON object".into()));
+    };
+    for key in fields.keys() {
+        if !matches!(
+            key.as_str(),
+            "kind" | "to" | "severity" | "quiet" | "digest_over" | "smtp_url"
+        ) {
+            return Err(bad(format!(
+                "unknown field {key:?}: a channel has kind, to, severity, quiet, digest_over and smtp_url"
+            )));
+        }
+    }
+    match fields.get("kind").and_then(Value::as_str) {
+        Some(EMAIL) => {}
+        _ => return Err(bad("kind must be \"email\"".into())),
+    }
+    let recipients = match fields.get("to") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_RECIPIENTS => items,
+        _ => {
+            return Err(bad(format!(
+                "to must list 1 to {MAX_RECIPIENTS} recipients: a channel with no recipient sends to nobody"
+            )))
+        }
+    };
+    let mut to = Vec::with_capacity(recipients.len());
+    let mut to_text = Vec::with_capacity(recipients.len());
+    for item in recipients {
+        let text = item.as_str().unwrap_or_default();
+        let mailbox: Mailbox = text
+            .parse()
+            .map_err(|_| bad(format!("to: {item} is not an email address")))?;
+        to.push(mailbox);
+        to_text.push(text.to_owned());
+    }
+    let severity = match fields.get("severity") {
+        None | Some(Value::Null) => SEVERITIES[SEVERITIES.len() - 1],
+        Some(v) => v
+            .as_str()
+            .and_then(|s| SEVERITIES.iter().copied().find(|known| *known == s))
+            .ok_or_else(|| bad(format!("severity must be one of {}", SEVERITIES.join(", "))))?,
+    };
+    let severity_rank = SEVERITIES
+        .iter()
+        .position(|s| *s == severity)
+        .unwrap_or(SEVERITIES.len() - 1);
+    let quiet_spec = match fields.get("quiet") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(QuietSpec::deserialize(v).map_err(|_| {
+            bad(
+                "quiet must be {\"from\": \"HH:MM\", \"to\": \"HH:MM\", \"tz\": \"Area/City\"}"
+                    .into(),
+            )
+        })?),
+    };
+    let quiet = quiet_spec
+        .as_ref()
+        .map(QuietHours::parse)
+        .transpose()
+        .map_err(bad)?;
+    let digest_over = match fields.get("digest_over") {
+        None | Some(Value::Null) => DEFAULT_DIGEST_OVER,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=1_000).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| bad("digest_over must be a whole number from 1 to 1000".into()))?,
+    };
+    let smtp_url = match fields.get("smtp_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(url)) if url.len() <= MAX_URL => {
+            email::smtp_server(url, Duration::from_secs(1)).map_err(bad)?;
+            Some(url.clone())
+        }
+        Some(_) => return Err(bad("smtp_url must be an smtp:// or smtps:// URL".into())),
+    };
+    if smtp_url.is_none() && !default_smtp {
+        return Err(bad(
+            "this server has no --smtp-url: give the channel its own smtp_url".into(),
+        ));
+    }
+    Ok(Channel {
+        id: 0,
+        settings: EmailSettings {
+            to: to_text,
+            severity: severity.to_owned(),
+            quiet: quiet_spec,
+            digest_over,
+            smtp_url,
+        },
+        to,
+        severity_rank,
+        quiet,
+        delivered_seq: 0,
+    })
+}
+
+/// What every channel's delivery shares: the default SMTP server, the sender, and timing.
+#[derive(Clone)]
+pub struct ChannelSettings {
+    /// `--smtp-url`.
+    pub smtp_url: Option<String>,
+    /// `--smtp-from`.
+    pub from: Mailbox,
+    pub delivery: DeliverySettings,
+}
+
+/// The running channels, one delivery task each. As an [`EventFeed`] it wakes them when new
+/// events are committed.
+pub struct Channels {
+    store: Arc<dyn Store>,
+    settings: ChannelSettings,
+    wake: Arc<Notify>,
+    running: Mutex<HashMap<i64, JoinHandle<()>>>,
+}
+
+impl Channels {
+    /// Checks `--smtp-url` first: a server that cannot send refuses to start.
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: ChannelSettings,
+    ) -> Result<Arc<Channels>, BadChannel> {
+        if let Some(url) = &settings.smtp_url {
+            email::smtp_server(url, settings.delivery.request_timeout).map_err(BadChannel)?;
+        }
+        Ok(Arc::new(Channels {
+            store,
+            settings,
+            wake: Arc::new(Notify::new()),
+            running: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Whether channels may go without their own SMTP server.
+    pub fn has_default_smtp(&self) -> bool {
+        self.settings.smtp_url.is_some()
+    }
+
+    /// Starts a delivery for every stored channel without one, and stops those of deleted
+    /// ones. A stored channel this server cannot send through (its SMTP URL came from
+    /// `--smtp-url`, which is gone) is logged and left until it can.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let records = self.store.channels().await?;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|id, task| {
+            let keep = records.iter().any(|r| r.id == *id);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for record in records {
+            if running.contains_key(&record.id) {
+                continue;
+            }
+            let channel = match Channel::from_record(&record) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::error!(channel = record.id, error = %e, "cannot read a stored channel");
+                    continue;
+                }
+            };
+            let url = channel
+                .settings
+                .smtp_url
+                .clone()
+                .or_else(|| self.settings.smtp_url.clone());
+            let Some(server) = url
+                .and_then(|u| email::smtp_server(&u, self.settings.delivery.request_timeout).ok())
+            else {
+                tracing::error!(
+                    channel = record.id,
+                    "channel has no SMTP server: start with --smtp-url or give it smtp_url"
+                );
+                continue;
+            };
+            let task = tokio::spawn(deliver::run(
+                channel,
+                server,
+                self.settings.clone(),
+                self.store.clone(),
+                self.wake.clone(),
+            ));
+            running.insert(record.id, task);
+        }
+        metrics::gauge!("fieldline_channels").set(running.len() as f64);
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, task) in running.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl EventFeed for Channels {
+    fn committed(&self, _events: &[Arc<Event>]) {
+        self.wake.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn refuses_channels_that_cannot_reach_anyone() {
+        let ok = from_json(
+            &json!({"kind": "email", "to": ["ops@example.com", "Ana <ana@example.com>"],
+                    "severity": "major", "quiet": {"from": "22:00", "to": "06:00", "tz": "Europe/Berlin"}}),
+            true,
+        )
+        .expect("valid");
+        assert_eq!(ok.severity_rank, 1);
+        assert_eq!(ok.settings.digest_over, DEFAULT_DIGEST_OVER);
+        for (body, default_smtp, reason) in [
+            (json!({"kind": "sms", "to": ["a@b.c"]}), true, "kind"),
+            (json!({"kind": "email"}), true, "no recipient"),
+            (json!({"kind": "email", "to": []}), true, "no recipient"),
+            (
+                json!({"kind": "email", "to": ["not an address"]}),
+                true,
+                "not an email address",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "severity": "high"}),
+                true,
+                "severity",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "quiet": {"from": "22:00", "to": "06:00", "tz": "Mars/Olympus"}}),
+                true,
+                "time zone",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "quiet": "nights"}),
+                true,
+                "quiet must be",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "digest_over": 0}),
+                true,
+                "digest_over",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "smtp_url": "http://mail"}),
+                true,
+                "smtp://",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"]}),
+                false,
+                "--smtp-url",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "cc": ["x@y.z"]}),
+                true,
+                "unknown field",
+            ),
+        ] {
+            let e = from_json(&body, default_smtp).expect_err("invalid");
+            assert!(e.0.contains(reason), "{e} should say {reason}");
+        }
+    }
+
+    #[test]
+    fn a_channel_takes_alarms_at_its_severity_or_worse() {
+        let channel = from_json(
+            &json!({"kind": "email", "to": ["a@b.c"], "severity": "major"}),
+            true,
+        )
+        .expect("valid");
+        let alarm = |severity: &str| Event {
+            seq: 1,
+            kind: EventKind::Alarm,
+            device: "d".into(),
+            ts_ms: 0,
+            log_position: None,
+            fields: json!({"severity": severity})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            stored_ms: 0,
+        };
+        assert!(channel.wants(&alarm("critical")));
+        assert!(channel.wants(&alarm("major")));
+        assert!(!channel.wants(&alarm("minor")));
+        let mut alert = alarm("critical");
+        alert.kind = EventKind::Alert;
+        assert!(!channel.wants(&alert));
+    }
+}
