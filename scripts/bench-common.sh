@@ -1,4 +1,5 @@
-# Shared by the benchmark scripts: installs what they need, builds, and starts a private
+# Shared by the benchmark scripts: installs what they need, builds (unless BENCH_BIN names
+# binaries to use), and starts a private
 # PostgreSQL (default settings, fsync on, loopback only) in $WORK with database "bench".
 # Expects PG_PORT and WORK; cleans up FL_PID, MQ_PID and the cluster on exit.
 need=()
@@ -10,8 +11,13 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --workspace -q
-BIN=target/release
+# BENCH_BIN: binaries built elsewhere (an earlier commit, for a side-by-side run) instead.
+if [ -n "${BENCH_BIN:-}" ]; then
+    BIN="$BENCH_BIN"
+else
+    cargo build --release --workspace -q
+    BIN=target/release
+fi
 PG_BIN="$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 psql_q() { psql -X -q -t -A -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "${DB:-postgres}" -c "$1"; }

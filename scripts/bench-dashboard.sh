@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Web dashboard benchmark: VEHICLES vehicles at 1 Hz each (`fieldline-sim fleet`, one MQTT
-# connection each, around Berlin) into Fieldline (SQLite), and the page open in headless
-# Chromium (WebGL through SwiftShader) looking at all of them. Four runs on the same load:
-# the page as it ships (changes drawn at most every 100 ms, each device rewriting its own
-# slot of the dot layer), the same at most every 50 ms and on every animation frame that has
+# connection each, around Berlin, each at its own phase of the second; FLEET_FLAGS=--in-step
+# makes the whole fleet report at once) into Fieldline (SQLite), and the page open in headless
+# Chromium (WebGL through SwiftShader) looking at all of them. Runs on the same load (MODES
+# picks some): the page as it ships (changes drawn in the frame they are applied, at most
+# every 100 ms, each device rewriting its own slot of the dot layer), the same drawing them a
+# frame later (`?next-frame`), at most every 50 ms and on every animation frame that has
 # changes (`?redraw-ms=50`, `?redraw-ms=0`), and the page applying each event with a full
 # GeoJSON setData (`?full-setdata`). Per run: frames per second, map renders per second,
 # main-thread busy time per second, publish-to-marker latency (p50, p99), events applied; and
-# the bundle size and the time to the first map.
-# Usage: scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
+# the bundle size and the time to the first map. BENCH_BIN=dir runs binaries built elsewhere.
+# Usage: [MODES=...] [FLEET_FLAGS=...] [BENCH_BIN=...] scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEHICLES="${1:-10000}"
@@ -63,7 +65,8 @@ for title, files in (("loaded before the first map", first), ("loaded by the scr
 PY
 
 MQ_PID=
-"$BIN/fieldline-sim" fleet --port "$MQTT_PORT" --vehicles "$VEHICLES" --interval-ms 1000 --no-commands >"$WORK/fleet.log" 2>&1 &
+# shellcheck disable=SC2086 # FLEET_FLAGS is a list of flags
+"$BIN/fieldline-sim" fleet --port "$MQTT_PORT" --vehicles "$VEHICLES" --interval-ms 1000 --no-commands ${FLEET_FLAGS:-} >"$WORK/fleet.log" 2>&1 &
 MQ_PID=$!
 echo "-- waiting for $VEHICLES vehicles"
 for _ in $(seq 300); do
@@ -73,14 +76,16 @@ for _ in $(seq 300); do
 done
 echo "devices known: $n"
 
-# The page as it ships; the same with a redraw on every animation frame that has changes; and
-# the way not to do it: a full GeoJSON setData per event.
-for mode in ${MODES:-shipped redraw-50ms every-frame full-setdata}; do
+# The page as it ships; the same drawing each change a frame later (`triggerRepaint`, as the
+# page did up to a9cf881), at most every 50 ms, and on every animation frame that has
+# changes; and the way not to do it: a full GeoJSON setData per event.
+for mode in ${MODES:-shipped next-frame redraw-50ms every-frame full-setdata}; do
     case "$mode" in
         shipped) query="?measure" ;;
         redraw-50ms) query="?measure&redraw-ms=50" ;;
         every-frame) query="?measure&redraw-ms=0" ;;
         full-setdata) query="?measure&full-setdata" ;;
+        next-frame) query="?measure&next-frame" ;;
     esac
     echo "-- $mode ($query): 10 s warm-up, ${MEASURE} s measured"
     python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"

@@ -34,6 +34,10 @@ pub struct Args {
     /// Vehicles do not subscribe to their commands (a publish-only load).
     #[arg(long)]
     no_commands: bool,
+    /// Every vehicle reports at the same instant of each interval, the whole fleet in one
+    /// burst (the worst case for live views), instead of each at its own phase.
+    #[arg(long)]
+    in_step: bool,
 }
 
 /// `lat,lon` from the command line.
@@ -49,6 +53,7 @@ pub(crate) const EARTH_RADIUS_M: f64 = 6_371_000.0;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
+    let started = tokio::time::Instant::now();
     for v in 0..args.vehicles {
         let device = format!("{}-{v}", args.prefix);
         let (client, mut commands) = if args.no_commands {
@@ -73,9 +78,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             heading: rng.range(0.0, 360.0),
             accuracy: None,
         };
+        // Each vehicle at its own phase of the interval, as a real fleet is: without it every
+        // vehicle's clock starts within the few ms of this loop, and the whole fleet reports
+        // in one burst each interval.
+        let phase = if args.in_step {
+            Duration::ZERO
+        } else {
+            interval.mul_f64(v as f64 / args.vehicles.max(1) as f64)
+        };
         tasks.push(tokio::spawn(async move {
             let mut interval = interval;
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(started + phase, interval);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
