@@ -1459,15 +1459,43 @@ async fn the_console_fits_the_fleet_and_reads_like_a_dispatchers() {
         )
         .await;
 
-    // Fields that ask for devices offer the known ones.
+    // Fields that ask for devices offer the known ones, entry by entry: typed in the replay
+    // form, each entry of a comma list completes from the ids not chosen yet.
+    browser.click("[data-tool=replay]").await;
+    let options = "return [...document.querySelectorAll('#device-ids option')].map(o => o.value);";
+    browser
+        .type_into("#replay-form input[name=devices]", "v")
+        .await;
     let offered = browser
         .wait_for(
             "device completion",
-            "const o = [...document.querySelectorAll('#device-ids option')].map(o => o.value); return o.length === 3 ? o : null;",
+            &format!("const o = (() => {{ {options} }})(); return o.length === 3 ? o : null;"),
             json!([]),
         )
         .await;
     assert_eq!(offered, json!(["van-1", "van-2", "van-3"]));
+    browser
+        .type_into("#replay-form input[name=devices]", "van-2, 3")
+        .await;
+    let offered = browser
+        .wait_for(
+            "the second entry completed",
+            &format!("const o = (() => {{ {options} }})(); return o.length === 1 ? o : null;"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(offered, json!(["van-2, van-3"]));
+    browser
+        .type_into("#replay-form input[name=devices]", "van-2, ")
+        .await;
+    let offered = browser
+        .wait_for(
+            "the chosen one left out",
+            &format!("const o = (() => {{ {options} }})(); return o.length === 2 ? o : null;"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(offered, json!(["van-2, van-1", "van-2, van-3"]));
     let linked = browser
         .eval(
             "return [...document.querySelectorAll('input[name=devices]')].every(i => i.getAttribute('list') === 'device-ids');",

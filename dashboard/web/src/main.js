@@ -12,7 +12,8 @@ import { api, ApiError, describe, setToken } from './api.js';
 import { CommandPanel } from './commands.js';
 import { addLand, emptyStyle } from './basemap.js';
 import { DeviceDetail } from './detail.js';
-import { DeviceList, escapeHtml } from './devicelist.js';
+import { DeviceList } from './devicelist.js';
+import { DevicePicker } from './devicepicker.js';
 import { AlarmPanel } from './alarms.js';
 import { EventList } from './events.js';
 import { GeofenceEditor } from './geofences.js';
@@ -189,18 +190,8 @@ async function boot() {
     devices.refresh();
     if (!live.fit(devices.rows)) notify('No device listed has a position yet.', 'info', 3000);
   });
-  // Device fields offer completion from the devices this page knows.
-  let known = -1;
-  const completions = () => {
-    if (live.devices.size === known) return;
-    known = live.devices.size;
-    document.getElementById('device-ids').innerHTML = [...live.devices.keys()]
-      .sort()
-      .map((id) => `<option value="${escapeHtml(id)}"></option>`)
-      .join('');
-  };
-  completions();
-  setInterval(completions, 5000);
+  // Device fields complete each entry from the devices this page knows.
+  new DevicePicker(document.getElementById('device-ids'), () => live.devices.keys());
 
   const stream = new LiveStream({
     kinds: ['location', 'status'],
