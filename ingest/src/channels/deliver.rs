@@ -115,32 +115,47 @@ pub(super) async fn run(
             continue;
         }
         let room = allowance.room(channel.settings.digest_over, now_ms());
+        let tz = channel.quiet.as_ref().map(|q| q.time_zone());
         if wanted.len() as u64 <= u64::from(room) {
+            let mut held = false;
             for event in &wanted {
-                let mail = email::one(event, channel.quiet.as_ref().map(|q| q.time_zone()));
-                sender.send_until_delivered(&mail, event, position).await;
+                let mail = email::one(event, tz);
+                if sender.send_until_delivered(&mail, event, position).await == Sent::Held {
+                    held = true;
+                    break;
+                }
                 allowance.sent += 1;
                 position = event.seq;
             }
             // Events after the last wanted one are skipped; storing that saves rereading them.
-            if position != last_read {
+            if !held && position != last_read {
                 sender.save(last_read, None).await;
                 position = last_read;
             }
         } else if room > 0 {
             let newest = &wanted[wanted.len() - 1];
-            let mail = email::digest(&wanted, channel.quiet.as_ref().map(|q| q.time_zone()));
-            sender.send_until_delivered(&mail, newest, position).await;
-            metrics.digests.increment(1);
-            allowance.sent += 1;
-            sender.save(last_read, None).await;
-            position = last_read;
+            let mail = email::digest(&wanted, tz);
+            if sender.send_until_delivered(&mail, newest, position).await != Sent::Held {
+                metrics.digests.increment(1);
+                allowance.sent += 1;
+                sender.save(last_read, None).await;
+                position = last_read;
+            }
         } else {
             // The minute's allowance is spent: what waits goes as one digest when it ends.
             let wait = allowance.started_ms + MINUTE_MS - now_ms();
             tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0))).await;
         }
     }
+}
+
+/// How sending one message ended.
+#[derive(Debug, PartialEq)]
+enum Sent {
+    /// The server took it (or it was given up on): the position moved past it.
+    Done,
+    /// Quiet hours began while it was being retried: it waits for their end, unsent.
+    Held,
 }
 
 /// What sending one message needs.
@@ -167,17 +182,24 @@ impl Sender<'_> {
     /// Sends `mail`, whose newest change is `newest`, until the server takes it, then stores
     /// `newest` as delivered; gives up (recording why) once the retry window, counted from
     /// when that change was stored, has passed. Until then the position stays at `before`.
-    async fn send_until_delivered(&self, mail: &Mail, newest: &Event, before: u64) {
+    async fn send_until_delivered(&self, mail: &Mail, newest: &Event, before: u64) -> Sent {
         let delivery = &self.settings.delivery;
         let give_up_at_ms = newest
             .stored_ms
             .saturating_add(i64::try_from(delivery.give_up_after.as_millis()).unwrap_or(i64::MAX));
-        let message_id = format!(
-            "<channel-{}-event-{}@fieldline>",
-            self.channel.id, newest.seq
-        );
+        let message_id = self.channel.message_id(newest.seq, &self.settings.from);
         let mut backoff = delivery.first_backoff;
         loop {
+            // Quiet hours hold back a message whose retries run into them, and the rest of
+            // a batch sent one by one.
+            if self
+                .channel
+                .quiet
+                .as_ref()
+                .is_some_and(|q| q.ends_after(now_ms()).is_some())
+            {
+                return Sent::Held;
+            }
             let sent = email::send(
                 self.server,
                 &self.settings.from,
@@ -190,7 +212,7 @@ impl Sender<'_> {
                 Ok(()) => {
                     self.metrics.messages.increment(1);
                     self.save(newest.seq, None).await;
-                    return;
+                    return Sent::Done;
                 }
                 Err(error) => error,
             };
@@ -207,7 +229,7 @@ impl Sender<'_> {
                     "channel gave up on a message 24 h after its change was stored");
                 let error = format!("gave up on event {}: {error}", newest.seq);
                 self.save(newest.seq, Some(&error)).await;
-                return;
+                return Sent::Done;
             }
             self.save(before, Some(&error)).await;
             tokio::time::sleep(backoff).await;

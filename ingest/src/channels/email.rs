@@ -17,8 +17,10 @@ use fieldline_store::derived::Event;
 /// An SMTP server to send through.
 pub type SmtpServer = AsyncSmtpTransport<Tokio1Executor>;
 
-/// Builds the server of an `smtp://user:pass@host:port` URL (STARTTLS when the server offers
-/// it; `?tls=required` insists on it) or `smtps://` (TLS from the first byte).
+/// Builds the server of an `smtp://host:port` URL (STARTTLS when the server offers it;
+/// `?tls=required` insists on it) or `smtps://` (TLS from the first byte). With a user and
+/// password, STARTTLS is required unless `?tls=opportunistic` says otherwise: a server whose
+/// offer was stripped on the way would otherwise be sent the password in clear.
 pub fn smtp_server(url: &str, timeout: Duration) -> Result<SmtpServer, String> {
     let parsed = Url::parse(url).map_err(|e| format!("the SMTP URL is not a URL: {e}"))?;
     let host = parsed
@@ -28,7 +30,7 @@ pub fn smtp_server(url: &str, timeout: Duration) -> Result<SmtpServer, String> {
         .trim_matches(['[', ']'])
         .to_owned();
     let required = match parsed.query_pairs().find(|(k, _)| k == "tls") {
-        None => false,
+        None => !parsed.username().is_empty(),
         Some((_, v)) if v == "required" => true,
         Some((_, v)) if v == "opportunistic" => false,
         Some((_, v)) => {

@@ -63,9 +63,22 @@ pub struct Channel {
     pub severity_rank: usize,
     pub quiet: Option<QuietHours>,
     pub delivered_seq: u64,
+    pub created_at_ms: i64,
 }
 
 impl Channel {
+    /// The `Message-ID` of the message whose newest change is event `seq`: the same when it
+    /// is sent again after a crash, and unlike any other installation's (a mail server drops
+    /// a message whose id it has seen), as the channel's creation time makes it.
+    pub fn message_id(&self, seq: u64, from: &Mailbox) -> String {
+        format!(
+            "<event-{seq}.channel-{}.{}@{}>",
+            self.id,
+            self.created_at_ms,
+            from.email.domain()
+        )
+    }
+
     /// Whether this channel sends `event`.
     pub fn wants(&self, event: &Event) -> bool {
         event.kind == EventKind::Alarm
@@ -87,6 +100,7 @@ impl Channel {
         let mut channel = checked(&body, true)?;
         channel.id = record.id;
         channel.delivered_seq = record.delivered_seq;
+        channel.created_at_ms = record.created_at_ms;
         Ok(channel)
     }
 }
@@ -131,6 +145,12 @@ fn checked(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
         let mailbox: Mailbox = text
             .parse()
             .map_err(|_| bad(format!("to: {item} is not an email address")))?;
+        // Servers without SMTPUTF8 refuse other addresses at every try: refused here instead.
+        if !mailbox.email.to_string().is_ascii() {
+            return Err(bad(format!(
+                "to: {item} is not an ASCII address (write an international domain in its xn-- form)"
+            )));
+        }
         to.push(mailbox);
         to_text.push(text.to_owned());
     }
@@ -193,6 +213,7 @@ fn checked(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
         severity_rank,
         quiet,
         delivered_seq: 0,
+        created_at_ms: 0,
     })
 }
 
@@ -325,6 +346,11 @@ mod tests {
                 json!({"kind": "email", "to": ["not an address"]}),
                 true,
                 "not an email address",
+            ),
+            (
+                json!({"kind": "email", "to": ["ops@exämple.com"]}),
+                true,
+                "ASCII",
             ),
             (
                 json!({"kind": "email", "to": ["a@b.c"], "severity": "high"}),
