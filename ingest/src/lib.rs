@@ -20,6 +20,7 @@ pub mod channels;
 pub mod commands;
 pub mod decode;
 pub mod dedupe;
+pub mod delivery_tasks;
 pub mod document;
 pub mod events;
 pub mod geofence;

@@ -81,42 +81,12 @@ macro_rules! impl_channel_store {
                 })
             }
 
-            fn delete_channel(&self, id: i64) -> $crate::StoreFuture<'_, ()> {
-                Box::pin(async move {
-                    let changed = sqlx::query("DELETE FROM channels WHERE id = $1")
-                        .bind(id)
-                        .execute(&self.pool)
-                        .await?
-                        .rows_affected();
-                    if changed == 0 {
-                        return Err($crate::StoreError::NotFound(format!("channel {id}")));
-                    }
-                    Ok(())
-                })
-            }
-
-            fn channel_progress<'a>(
-                &'a self,
-                id: i64,
-                delivered_seq: u64,
-                error: Option<&'a str>,
-                now_ms: i64,
-            ) -> $crate::StoreFuture<'a, ()> {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE channels SET delivered_seq = $2, last_error = COALESCE($3, last_error),
-                                last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE $4 END
-                         WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind($crate::events::to_db(delivered_seq))
-                    .bind(error)
-                    .bind(now_ms)
-                    .execute(&self.pool)
-                    .await?;
-                    Ok(())
-                })
-            }
+            $crate::events::delivery_position!(
+                delete_channel,
+                channel_progress,
+                "channels",
+                "channel"
+            );
         }
     };
 }

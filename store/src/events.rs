@@ -440,44 +440,59 @@ macro_rules! impl_event_store {
                 })
             }
 
-            fn delete_webhook(&self, id: i64) -> $crate::StoreFuture<'_, ()> {
-                Box::pin(async move {
-                    let changed = sqlx::query("DELETE FROM webhooks WHERE id = $1")
-                        .bind(id)
-                        .execute(&self.pool)
-                        .await?
-                        .rows_affected();
-                    if changed == 0 {
-                        return Err($crate::StoreError::NotFound(format!("webhook {id}")));
-                    }
-                    Ok(())
-                })
-            }
-
-            fn webhook_progress<'a>(
-                &'a self,
-                id: i64,
-                delivered_seq: u64,
-                error: Option<&'a str>,
-                now_ms: i64,
-            ) -> $crate::StoreFuture<'a, ()> {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE webhooks SET delivered_seq = $2, last_error = COALESCE($3, last_error),
-                                last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE $4 END
-                         WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind($crate::events::to_db(delivered_seq))
-                    .bind(error)
-                    .bind(now_ms)
-                    .execute(&self.pool)
-                    .await?;
-                    Ok(())
-                })
-            }
+            $crate::events::delivery_position!(delete_webhook, webhook_progress, "webhooks", "webhook");
         }
     };
 }
 
 pub(super) use impl_event_store;
+
+/// A delivery's (webhook's or channel's) `delete` and `progress` methods over its table: the
+/// position it has delivered up to, and its newest error, which stays shown until a newer one.
+macro_rules! delivery_position {
+    ($delete:ident, $progress:ident, $table:literal, $noun:literal) => {
+        fn $delete(&self, id: i64) -> $crate::StoreFuture<'_, ()> {
+            Box::pin(async move {
+                let changed = sqlx::query(concat!("DELETE FROM ", $table, " WHERE id = $1"))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                if changed == 0 {
+                    return Err($crate::StoreError::NotFound(format!(
+                        concat!($noun, " {}"),
+                        id
+                    )));
+                }
+                Ok(())
+            })
+        }
+
+        fn $progress<'a>(
+            &'a self,
+            id: i64,
+            delivered_seq: u64,
+            error: Option<&'a str>,
+            now_ms: i64,
+        ) -> $crate::StoreFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::query(concat!(
+                    "UPDATE ",
+                    $table,
+                    " SET delivered_seq = $2, last_error = COALESCE($3, last_error),
+                        last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE $4 END
+                     WHERE id = $1"
+                ))
+                .bind(id)
+                .bind($crate::events::to_db(delivered_seq))
+                .bind(error)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            })
+        }
+    };
+}
+
+pub(crate) use delivery_position;

@@ -10,16 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::channels::{self, email, Channel, EmailSettings};
 use fieldline_store::time_format::{format_ms, now_ms};
-use fieldline_store::{ChannelRecord, EventQuery};
+use fieldline_store::ChannelRecord;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::body::{checked_id, json_body, store_error};
+use super::webhooks::backlog;
 use crate::judging::Touches;
 use crate::{ApiError, AppState};
-
-/// Events after a channel's position read to count its backlog, at most.
-const BACKLOG_COUNTED: u32 = 10_000;
 
 #[derive(Serialize, ToSchema)]
 pub struct ChannelView {
@@ -115,19 +113,7 @@ pub async fn one(
         .find(|r| r.id == id)
         .ok_or_else(|| ApiError::not_found(format!("no such channel {id}")))?;
     let backlog = match Channel::from_record(record) {
-        Ok(channel) => {
-            let pending = state
-                .store
-                .events(&EventQuery {
-                    after_seq: record.delivered_seq,
-                    from_ms: i64::MIN,
-                    to_ms: i64::MAX,
-                    limit: BACKLOG_COUNTED,
-                    ..EventQuery::default()
-                })
-                .await?;
-            Some(pending.iter().filter(|e| channel.wants(e)).count() as u64)
-        }
+        Ok(channel) => Some(backlog(&state, record.delivered_seq, |e| channel.wants(e)).await?),
         Err(_) => None,
     };
     Ok(Json(view(record, backlog)))

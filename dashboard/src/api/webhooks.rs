@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fieldline_ingest::webhook;
+use fieldline_store::derived::Event;
 use fieldline_store::time_format::{format_ms, now_ms};
 use fieldline_store::{EventQuery, WebhookRecord};
 use serde::Serialize;
@@ -90,18 +91,28 @@ pub async fn one(
         .iter()
         .find(|h| h.id == id)
         .ok_or_else(|| ApiError::not_found(format!("no such webhook {id}")))?;
+    let backlog = backlog(&state, hook.delivered_seq, |e| webhook::wants(hook, e)).await?;
+    Ok(Json(view(hook, Some(backlog))))
+}
+
+/// The stored events after `delivered_seq` that a delivery (webhook or channel) `wants`,
+/// counted over the next 10,000.
+pub(super) async fn backlog(
+    state: &AppState,
+    delivered_seq: u64,
+    wants: impl Fn(&Event) -> bool,
+) -> Result<u64, ApiError> {
     let pending = state
         .store
         .events(&EventQuery {
-            after_seq: hook.delivered_seq,
+            after_seq: delivered_seq,
             from_ms: i64::MIN,
             to_ms: i64::MAX,
             limit: BACKLOG_COUNTED,
             ..EventQuery::default()
         })
         .await?;
-    let backlog = pending.iter().filter(|e| webhook::wants(hook, e)).count() as u64;
-    Ok(Json(view(hook, Some(backlog))))
+    Ok(pending.iter().filter(|e| wants(e)).count() as u64)
 }
 
 #[utoipa::path(post, path = "/api/webhooks", tag = "events", operation_id = "create_webhook",

@@ -7,15 +7,14 @@ pub mod deliver;
 pub mod email;
 pub mod quiet;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
+use crate::delivery_tasks::DeliveryTasks;
 use crate::events::EventFeed;
 use crate::webhook::DeliverySettings;
 use fieldline_store::alarms::SEVERITIES;
@@ -233,7 +232,7 @@ pub struct Channels {
     store: Arc<dyn Store>,
     settings: ChannelSettings,
     wake: Arc<Notify>,
-    running: Mutex<HashMap<i64, JoinHandle<()>>>,
+    tasks: DeliveryTasks,
 }
 
 impl Channels {
@@ -249,7 +248,7 @@ impl Channels {
             store,
             settings,
             wake: Arc::new(Notify::new()),
-            running: Mutex::new(HashMap::new()),
+            tasks: DeliveryTasks::default(),
         }))
     }
 
@@ -263,22 +262,15 @@ impl Channels {
     /// `--smtp-url`, which is gone) is logged and left until it can.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let records = self.store.channels().await?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|id, task| {
-            let keep = records.iter().any(|r| r.id == *id);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for record in records {
-            if running.contains_key(&record.id) {
+        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        for id in self.tasks.retain(&ids) {
+            let Some(record) = records.iter().find(|r| r.id == id) else {
                 continue;
-            }
-            let channel = match Channel::from_record(&record) {
+            };
+            let channel = match Channel::from_record(record) {
                 Ok(channel) => channel,
                 Err(e) => {
-                    tracing::error!(channel = record.id, error = %e, "cannot read a stored channel");
+                    tracing::error!(channel = id, error = %e, "cannot read a stored channel");
                     continue;
                 }
             };
@@ -291,29 +283,28 @@ impl Channels {
                 .and_then(|u| email::smtp_server(&u, self.settings.delivery.request_timeout).ok())
             else {
                 tracing::error!(
-                    channel = record.id,
+                    channel = id,
                     "channel has no SMTP server: start with --smtp-url or give it smtp_url"
                 );
                 continue;
             };
-            let task = tokio::spawn(deliver::run(
-                channel,
-                server,
-                self.settings.clone(),
-                self.store.clone(),
-                self.wake.clone(),
-            ));
-            running.insert(record.id, task);
+            self.tasks.start(
+                id,
+                deliver::run(
+                    channel,
+                    server,
+                    self.settings.clone(),
+                    self.store.clone(),
+                    self.wake.clone(),
+                ),
+            );
         }
-        metrics::gauge!("fieldline_channels").set(running.len() as f64);
+        metrics::gauge!("fieldline_channels").set(self.tasks.len() as f64);
         Ok(())
     }
 
     pub fn stop(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, task) in running.drain() {
-            task.abort();
-        }
+        self.tasks.stop_all();
     }
 }
 

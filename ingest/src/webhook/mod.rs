@@ -6,14 +6,13 @@
 pub mod deliver;
 pub mod sign;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
+use crate::delivery_tasks::DeliveryTasks;
 use crate::events::devices::Devices;
 use crate::events::EventFeed;
 use fieldline_store::derived::{Event, EventKind};
@@ -115,7 +114,7 @@ pub struct Webhooks {
     settings: DeliverySettings,
     client: reqwest::Client,
     wake: Arc<Notify>,
-    running: Mutex<HashMap<i64, JoinHandle<()>>>,
+    tasks: DeliveryTasks,
 }
 
 impl Webhooks {
@@ -134,43 +133,35 @@ impl Webhooks {
             settings,
             client,
             wake: Arc::new(Notify::new()),
-            running: Mutex::new(HashMap::new()),
+            tasks: DeliveryTasks::default(),
         }))
     }
 
     /// Starts a task for every stored webhook without one, and stops those of deleted ones.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let hooks = self.store.webhooks().await?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|id, task| {
-            let keep = hooks.iter().any(|h| h.id == *id);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for hook in hooks {
-            if running.contains_key(&hook.id) {
+        let ids: Vec<i64> = hooks.iter().map(|h| h.id).collect();
+        for id in self.tasks.retain(&ids) {
+            let Some(hook) = hooks.iter().find(|h| h.id == id) else {
                 continue;
-            }
-            let task = tokio::spawn(deliver::run(
-                hook.clone(),
-                self.store.clone(),
-                self.client.clone(),
-                self.settings.clone(),
-                self.wake.clone(),
-            ));
-            running.insert(hook.id, task);
+            };
+            self.tasks.start(
+                id,
+                deliver::run(
+                    hook.clone(),
+                    self.store.clone(),
+                    self.client.clone(),
+                    self.settings.clone(),
+                    self.wake.clone(),
+                ),
+            );
         }
-        metrics::gauge!("fieldline_webhooks").set(running.len() as f64);
+        metrics::gauge!("fieldline_webhooks").set(self.tasks.len() as f64);
         Ok(())
     }
 
     pub fn stop(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, task) in running.drain() {
-            task.abort();
-        }
+        self.tasks.stop_all();
     }
 }
 

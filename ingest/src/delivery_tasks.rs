@@ -1,0 +1,54 @@
+//! The delivery tasks of stored webhooks or notification channels, one per id: started for
+//! new ones, stopped for deleted ones, all stopped at shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+pub struct DeliveryTasks {
+    running: Mutex<HashMap<i64, JoinHandle<()>>>,
+}
+
+impl DeliveryTasks {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, JoinHandle<()>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the tasks of ids not in `stored`; returns those of `stored` without a task.
+    pub fn retain(&self, stored: &[i64]) -> Vec<i64> {
+        let mut running = self.running();
+        running.retain(|id, task| {
+            let keep = stored.contains(id);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        stored
+            .iter()
+            .copied()
+            .filter(|id| !running.contains_key(id))
+            .collect()
+    }
+
+    pub fn start(&self, id: i64, delivery: impl Future<Output = ()> + Send + 'static) {
+        self.running().insert(id, tokio::spawn(delivery));
+    }
+
+    pub fn len(&self) -> usize {
+        self.running().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running().is_empty()
+    }
+
+    pub fn stop_all(&self) {
+        for (_, task) in self.running().drain() {
+            task.abort();
+        }
+    }
+}
