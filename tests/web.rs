@@ -1505,3 +1505,90 @@ async fn the_console_fits_the_fleet_and_reads_like_a_dispatchers() {
     assert_eq!(linked, json!(true));
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
 }
+
+/// An operator adds an email channel from the Alarms panel: the API's reason for a bad time
+/// zone shows beside the form, the corrected channel is listed as stored, and it is deleted
+/// with two clicks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_channels_are_added_and_deleted_from_the_alarms_panel() {
+    let dir = TempDir::new("web-channels");
+    let db = database(Backend::Sqlite, &dir, "web_channels").await;
+    let smtp_url = format!("smtp://127.0.0.1:{}", support::free_port());
+    let server = Server::start_with(&dir, &db, &["--smtp-url", &smtp_url]).await;
+    let browser = Browser::start(&shots("channels")).await;
+    browser.goto(&server.url("/")).await;
+    wait_loaded(&browser).await;
+    browser.click("[data-tool=alarms]").await;
+    browser
+        .wait_for(
+            "no channel yet",
+            "return document.getElementById('channel-list').textContent.includes('No notification channels');",
+            json!([]),
+        )
+        .await;
+    browser.click("#channel-new").await;
+    browser
+        .type_into(
+            "#channel-form input[name=to]",
+            "ops@example.com, Ana <ana@example.com>",
+        )
+        .await;
+    browser
+        .eval(
+            "const f = document.getElementById('channel-form').elements; f.severity.value = 'critical'; f.quiet_from.value = '22:00'; f.quiet_to.value = '06:00'; return true;",
+            json!([]),
+        )
+        .await;
+    browser
+        .type_into("#channel-form input[name=tz]", "Mars/Olympus")
+        .await;
+    browser.click("#channel-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the API's reason shown",
+            "return document.getElementById('channel-error').textContent.includes('not a known time zone');",
+            json!([]),
+        )
+        .await;
+    assert_eq!(server.get_ok("/api/channels").await, json!([]));
+
+    browser
+        .type_into("#channel-form input[name=tz]", "Europe/Berlin")
+        .await;
+    browser.click("#channel-form button[type=submit]").await;
+    browser
+        .wait_for(
+            "the channel listed",
+            "const t = document.getElementById('channel-list').textContent; return t.includes('ops@example.com, Ana <ana@example.com>') && t.includes('critical and worse') && t.includes('quiet 22:00–06:00 Europe/Berlin');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("1-listed").await;
+    let stored = server.get_ok("/api/channels").await;
+    assert_eq!(
+        stored[0]["to"],
+        json!(["ops@example.com", "Ana <ana@example.com>"])
+    );
+    assert_eq!(stored[0]["severity"], "critical");
+    assert_eq!(
+        stored[0]["quiet"],
+        json!({"from": "22:00", "to": "06:00", "tz": "Europe/Berlin"})
+    );
+
+    browser.click("[data-channel-delete]").await;
+    browser.click("[data-channel-delete]").await;
+    browser
+        .wait_for(
+            "the channel gone",
+            "return document.getElementById('channel-list').textContent.includes('No notification channels');",
+            json!([]),
+        )
+        .await;
+    assert_eq!(server.get_ok("/api/channels").await, json!([]));
+    // The one error is the refused channel's answer, which the browser logs as a failed load.
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.len() == 1 && errors[0].contains("/api/channels") && errors[0].contains("400"),
+        "{errors:?}"
+    );
+}

@@ -21,6 +21,7 @@ import { LiveMap } from './livemap.js';
 import { notify } from './notices.js';
 import { ReplayPlayer } from './replay.js';
 import { RuleEditor } from './rules.js';
+import { ChannelEditor } from './channels.js';
 import { LiveStream } from './stream.js';
 import { TrackView } from './track.js';
 
@@ -109,6 +110,7 @@ async function boot() {
   const fences = new GeofenceEditor(map);
   fences.load();
   const rules = new RuleEditor();
+  const channels = new ChannelEditor();
   const events = new EventList({
     onSelect: (id, at) => {
       select(id);
@@ -232,6 +234,7 @@ async function boot() {
     if (openTool !== 'geofences') fences.cancel();
     if (openTool === 'geofences') fences.load();
     if (openTool === 'rules') rules.load();
+    if (openTool === 'alarms') channels.load();
     if (openTool === 'events') events.opened();
     if (openTool === 'replay') replay.prefill(detail.id);
     map.resize();
