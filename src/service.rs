@@ -272,8 +272,7 @@ async fn start_channels(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resu
                 ..DeliverySettings::default()
             },
         },
-    )
-    .context("--smtp-url is not usable")?;
+    );
     channels
         .sync()
         .await

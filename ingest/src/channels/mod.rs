@@ -96,7 +96,7 @@ impl Channel {
         if let Some(fields) = body.as_object_mut() {
             fields.insert("kind".into(), Value::String(record.kind.clone()));
         }
-        let mut channel = checked(&body, true)?;
+        let mut channel = from_json(&body, true)?;
         channel.id = record.id;
         channel.delivered_seq = record.delivered_seq;
         channel.created_at_ms = record.created_at_ms;
@@ -107,10 +107,6 @@ impl Channel {
 /// Reads and checks a new channel's JSON body (`POST /api/channels`). `default_smtp`: whether
 /// the server has `--smtp-url`, without which a channel must bring its own.
 pub fn from_json(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
-    checked(body, default_smtp)
-}
-
-fn checked(body: &Value, default_smtp: bool) -> Result<Channel, BadChannel> {
     let bad = |m: String| BadChannel(m);
     let Some(fields) = body.as_object() else {
         return Err(bad("a channel is a JSON object".into()));
@@ -236,20 +232,15 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Checks `--smtp-url` first: a server that cannot send refuses to start.
-    pub fn new(
-        store: Arc<dyn Store>,
-        settings: ChannelSettings,
-    ) -> Result<Arc<Channels>, BadChannel> {
-        if let Some(url) = &settings.smtp_url {
-            email::smtp_server(url, settings.delivery.request_timeout).map_err(BadChannel)?;
-        }
-        Ok(Arc::new(Channels {
+    /// `settings.smtp_url` is checked already (the binary's configuration refuses a bad
+    /// `--smtp-url` with `email::smtp_server`'s reason before anything starts).
+    pub fn new(store: Arc<dyn Store>, settings: ChannelSettings) -> Arc<Channels> {
+        Arc::new(Channels {
             store,
             settings,
             wake: Arc::new(Notify::new()),
             tasks: DeliveryTasks::default(),
-        }))
+        })
     }
 
     /// Whether channels may go without their own SMTP server.
@@ -333,6 +324,16 @@ mod tests {
             (json!({"kind": "sms", "to": ["a@b.c"]}), true, "kind"),
             (json!({"kind": "email"}), true, "no recipient"),
             (json!({"kind": "email", "to": []}), true, "no recipient"),
+            (
+                json!({"kind": "email", "to": vec!["a@b.c"; 51]}),
+                true,
+                "1 to 50 recipients",
+            ),
+            (
+                json!({"kind": "email", "to": ["a@b.c"], "smtp_url": format!("smtp://{}.example", "x".repeat(2100))}),
+                true,
+                "smtp_url must be",
+            ),
             (
                 json!({"kind": "email", "to": ["not an address"]}),
                 true,
