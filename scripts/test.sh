@@ -2,6 +2,7 @@
 # Runs every test of Fieldline on a fresh machine.
 #
 # Installs what the tests need when it is missing (PostgreSQL server, mosquitto clients,
+# nats-server,
 # paho-mqtt, openapi-spec-validator and aiosmtpd, Chromium and ChromeDriver for the browser tests),
 # starts a private PostgreSQL cluster on a spare port for the run, points the tests at it
 # through FIELDLINE_TEST_DATABASE_URL, runs the whole workspace's tests, and stops the
@@ -18,6 +19,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
 # The web dashboard's tests drive Debian's Chromium, headless, through ChromeDriver.
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
+# Cluster mode's tests run a JetStream cluster of Debian's nats-server.
+command -v nats-server >/dev/null 2>&1 || need_packages+=(nats-server)
 if [ ${#need_packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing: ${need_packages[*]}; install them (apt-get install ${need_packages[*]}) or run as root" >&2

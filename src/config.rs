@@ -110,6 +110,31 @@ pub struct Args {
     /// Live streams (SSE and WebSocket) open at once; more get 503 [default: 10000]
     #[arg(long, env = "FIELDLINE_MAX_LIVE_CLIENTS")]
     pub max_live_clients: Option<usize>,
+    /// Cluster mode: NATS servers, comma-separated (`nats://host:4222,nats://…`). Needs
+    /// PostgreSQL; every node points at the same servers and database
+    #[arg(long, env = "FIELDLINE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Cluster mode: a NATS credentials (.creds) file
+    #[arg(long, env = "FIELDLINE_CLUSTER_CREDENTIALS")]
+    pub cluster_credentials: Option<PathBuf>,
+    /// Cluster mode: a CA certificate (PEM) for the NATS servers' TLS; TLS is then required
+    #[arg(long, env = "FIELDLINE_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// Cluster mode: copies of the stream (1 to 5) [default: 3]
+    #[arg(long, env = "FIELDLINE_CLUSTER_REPLICAS")]
+    pub cluster_replicas: Option<usize>,
+    /// Cluster mode: partitions of devices, fixed when the stream is first created [default: 12]
+    #[arg(long, env = "FIELDLINE_CLUSTER_PARTITIONS")]
+    pub cluster_partitions: Option<u16>,
+    /// Cluster mode: seconds a stopped node keeps its partitions before others take them [default: 5]
+    #[arg(long, env = "FIELDLINE_CLUSTER_LEASE_SECONDS")]
+    pub cluster_lease_seconds: Option<u64>,
+    /// Cluster mode: this node's name [default: the host name]
+    #[arg(long, env = "FIELDLINE_CLUSTER_NODE")]
+    pub cluster_node: Option<String>,
+    /// Cluster mode: bytes the stream may hold; past it, publishes are not acknowledged [default: 10 GiB]
+    #[arg(long, env = "FIELDLINE_CLUSTER_MAX_BYTES")]
+    pub cluster_max_bytes: Option<i64>,
     /// Seconds a webhook receiver gets to answer one request before it is retried [default: 10]
     #[arg(long, env = "FIELDLINE_WEBHOOK_TIMEOUT_SECONDS")]
     pub webhook_timeout_seconds: Option<u64>,
@@ -193,6 +218,14 @@ struct FileConfig {
     device_publish_burst: Option<f64>,
     max_live_clients: Option<usize>,
     webhook_timeout_seconds: Option<u64>,
+    cluster: Option<String>,
+    cluster_credentials: Option<PathBuf>,
+    cluster_ca: Option<PathBuf>,
+    cluster_replicas: Option<usize>,
+    cluster_partitions: Option<u16>,
+    cluster_lease_seconds: Option<u64>,
+    cluster_node: Option<String>,
+    cluster_max_bytes: Option<i64>,
     max_http_connections: Option<usize>,
     http_header_timeout_seconds: Option<u64>,
     http_listen: Option<SocketAddr>,
@@ -234,6 +267,8 @@ pub struct Config {
     pub device_publish_burst: f64,
     pub max_live_clients: usize,
     pub webhook_timeout: Duration,
+    /// Cluster mode (`None`: one node alone).
+    pub cluster: Option<fieldline_cluster::ClusterSettings>,
     pub max_http_connections: usize,
     pub http_header_timeout: Duration,
     pub http_listen: SocketAddr,
@@ -326,6 +361,36 @@ impl Config {
                     .unwrap_or(10)
                     .max(1),
             ),
+            cluster: match args.cluster.or(file.cluster) {
+                None => None,
+                Some(servers) => Some(fieldline_cluster::ClusterSettings {
+                    servers: servers
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                    credentials: args.cluster_credentials.or(file.cluster_credentials),
+                    tls_ca: args.cluster_ca.or(file.cluster_ca),
+                    replicas: args.cluster_replicas.or(file.cluster_replicas).unwrap_or(3),
+                    partitions: args
+                        .cluster_partitions
+                        .or(file.cluster_partitions)
+                        .unwrap_or(12),
+                    lease: Duration::from_secs(
+                        args.cluster_lease_seconds
+                            .or(file.cluster_lease_seconds)
+                            .unwrap_or(5),
+                    ),
+                    max_bytes: args
+                        .cluster_max_bytes
+                        .or(file.cluster_max_bytes)
+                        .unwrap_or(10 << 30),
+                    node_name: args
+                        .cluster_node
+                        .or(file.cluster_node)
+                        .unwrap_or_else(host_name),
+                }),
+            },
             max_http_connections: args
                 .max_http_connections
                 .or(file.max_http_connections)
@@ -415,6 +480,9 @@ impl Config {
                 })?
             },
         };
+        if let Some(cluster) = &config.cluster {
+            check_cluster(cluster, &config.database_url)?;
+        }
         if let Some(url) = &config.smtp_url {
             fieldline_ingest::channels::email::smtp_server(url, config.webhook_timeout)
                 .map_err(|e| anyhow::anyhow!("smtp_url: {e}"))?;
@@ -517,6 +585,66 @@ impl Config {
             }
             _ => self.database_url.clone(),
         }
+    }
+}
+
+/// Cluster mode's settings, checked before anything starts.
+fn check_cluster(
+    cluster: &fieldline_cluster::ClusterSettings,
+    database_url: &str,
+) -> anyhow::Result<()> {
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        anyhow::bail!("--cluster needs PostgreSQL or TimescaleDB (--database-url postgres://…): every node stores into one shared database, and a SQLite file belongs to one machine");
+    }
+    if cluster.servers.is_empty() {
+        anyhow::bail!("--cluster needs at least one NATS server URL (nats://host:4222)");
+    }
+    if let Some(bad) = cluster
+        .servers
+        .iter()
+        .find(|s| !(s.starts_with("nats://") || s.starts_with("tls://")))
+    {
+        anyhow::bail!("--cluster takes nats:// or tls:// URLs, not {bad:?}");
+    }
+    if !(1..=5).contains(&cluster.replicas) {
+        anyhow::bail!("--cluster-replicas must be 1 to 5 (3 in production)");
+    }
+    if !(1..=1024).contains(&cluster.partitions) {
+        anyhow::bail!("--cluster-partitions must be 1 to 1024");
+    }
+    if !(2..=300).contains(&cluster.lease.as_secs()) {
+        anyhow::bail!("--cluster-lease-seconds must be 2 to 300");
+    }
+    if cluster.max_bytes < 1 << 20 {
+        anyhow::bail!("--cluster-max-bytes must be at least 1 MiB");
+    }
+    if cluster
+        .node_name
+        .contains(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    {
+        anyhow::bail!("--cluster-node may hold letters, digits, - and _ only");
+    }
+    Ok(())
+}
+
+/// The machine's name as a node name: letters, digits, - and _ only.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "node".to_owned()
+    } else {
+        name
     }
 }
 

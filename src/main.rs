@@ -2,6 +2,7 @@
 
 mod access_sync;
 mod check;
+mod cluster_node;
 mod command_cli;
 mod config;
 mod judging;

@@ -47,11 +47,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
     let store = open_storage(&config).await?;
     let access = load_access(&config, store.as_ref()).await?;
-    let log = open_log(&config, store.as_ref()).await?;
-    let hub = start_live_views(&config, store.as_ref(), &log).await?;
+    // Cluster mode: the shared stream is the log, and it numbers the live views.
+    let node = match &config.cluster {
+        Some(_) => Some(crate::cluster_node::join(&config, store.as_ref()).await?),
+        None => None,
+    };
+    let (hub, log) = match &node {
+        Some(node) => (node.hub.clone(), None),
+        None => {
+            let log = open_log(&config, store.as_ref()).await?;
+            let hub = start_live_views(&config, store.as_ref(), &log).await?;
+            (hub, Some(log))
+        }
+    };
     let judging = crate::judging::load(store.as_ref()).await?;
-    let webhooks = start_webhooks(&config, &store).await?;
-    let channels = start_channels(&config, &store).await?;
+    // In cluster mode deliveries wait until this node holds the cluster's duties.
+    let deliver_here = node.is_none();
+    let webhooks = start_webhooks(&config, &store, deliver_here).await?;
+    let channels = start_channels(&config, &store, deliver_here).await?;
     let events = event_feed(store.as_ref(), &hub, &webhooks, &channels).await?;
     let alarms = fieldline_ingest::alarms::AlarmDesk::new(store.clone(), events.clone());
     let (mailboxes, reports) = Commands::new();
@@ -63,18 +76,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         events.clone(),
         config.max_payload_bytes,
     );
-    let ingest = start_ingest(
-        &config,
-        &store,
-        &hub,
-        events,
-        &commands,
-        judging.judges,
-        log,
-    )
-    .await?;
     let http_listeners = bind_http(&config).await?;
-    let broker = start_broker(&config, &access, ingest.wal.clone(), mailboxes).await?;
+    let (flow, broker) = match (node, log) {
+        (Some(node), _) => {
+            let shared = crate::cluster_node::SharedLog::new(node.log.clone());
+            let broker =
+                start_broker(&config, &access, BrokerLog::Shared(shared), mailboxes).await?;
+            let running = crate::cluster_node::start(
+                &node,
+                crate::cluster_node::Parts {
+                    settings: pipeline_settings(&config),
+                    store: store.clone(),
+                    fences: judging.fences.clone(),
+                    rules: judging.rules.clone(),
+                    commands: commands.clone(),
+                    events,
+                    webhooks: webhooks.clone(),
+                    channels: channels.clone(),
+                    tap: broker.tap.clone(),
+                    http: config.http_listen.to_string(),
+                    mqtt: broker.running.mqtt_addr().to_string(),
+                },
+            )
+            .await?;
+            (Flow::Cluster(Box::new(running)), broker)
+        }
+        (None, Some(log)) => {
+            let ingest = start_ingest(
+                &config,
+                &store,
+                &hub,
+                events,
+                &commands,
+                judging.judges,
+                log,
+            )
+            .await?;
+            let broker = start_broker(
+                &config,
+                &access,
+                BrokerLog::Local(ingest.wal.clone()),
+                mailboxes,
+            )
+            .await?;
+            (Flow::Single(Box::new(ingest)), broker)
+        }
+        (None, None) => anyhow::bail!("neither a local log nor a cluster to write to"),
+    };
     let storage_jobs = Arc::new(JobHealth::default());
     let tasks = Tasks {
         access_sync: tokio::spawn(crate::access_sync::follow(
@@ -105,7 +153,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listeners_up: broker.listeners_up.clone(),
         access: access.api.clone(),
         live_slots: Arc::new(tokio::sync::Semaphore::new(config.max_live_clients)),
-        spill: ingest.spill_state.clone(),
+        spill: match &flow {
+            Flow::Single(ingest) => ingest.spill_state.clone(),
+            Flow::Cluster(_) => Arc::new(SpillState::default()),
+        },
         judging: fieldline_dashboard::judging::Judging::new(
             judging.fences,
             judging.rules,
@@ -119,9 +170,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         commands,
         alarms,
         storage_jobs,
+        cluster: match &flow {
+            Flow::Cluster(running) => Some(running.view.clone()),
+            Flow::Single(_) => None,
+        },
     };
     let http = serve_http(&config, http_listeners, state);
-    run_until_signal(ingest, broker).await?;
+    match flow {
+        Flow::Single(ingest) => run_until_signal(*ingest, broker).await?,
+        Flow::Cluster(running) => run_cluster_until_signal(*running, broker).await?,
+    }
     stop(tasks, (&webhooks, &channels), &hub, http).await;
     tracing::info!("stopped cleanly; everything accepted is stored");
     Ok(())
@@ -248,7 +306,11 @@ async fn start_live_views(
     Ok(hub)
 }
 
-async fn start_webhooks(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Webhooks>> {
+async fn start_webhooks(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    deliver_here: bool,
+) -> anyhow::Result<Arc<Webhooks>> {
     let webhooks = Webhooks::new(
         store.clone(),
         DeliverySettings {
@@ -257,11 +319,18 @@ async fn start_webhooks(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resu
         },
     )
     .context("cannot set up the HTTP client for webhooks")?;
-    webhooks.sync().await.context("cannot read the webhooks")?;
+    webhooks
+        .deliver_here(deliver_here)
+        .await
+        .context("cannot read the webhooks")?;
     Ok(webhooks)
 }
 
-async fn start_channels(config: &Config, store: &Arc<dyn Store>) -> anyhow::Result<Arc<Channels>> {
+async fn start_channels(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    deliver_here: bool,
+) -> anyhow::Result<Arc<Channels>> {
     let channels = Channels::new(
         store.clone(),
         ChannelSettings {
@@ -274,7 +343,7 @@ async fn start_channels(config: &Config, store: &Arc<dyn Store>) -> anyhow::Resu
         },
     );
     channels
-        .sync()
+        .deliver_here(deliver_here)
         .await
         .context("cannot read the notification channels")?;
     Ok(channels)
@@ -330,19 +399,7 @@ async fn start_ingest(
         log.stored_position,
         event_feed,
     );
-    let mut pipeline = Pipeline::new(
-        PipelineSettings {
-            limits: Limits {
-                max_payload_bytes: config.max_payload_bytes,
-            },
-            batch_rows: config.batch_rows,
-            batch_age: config.batch_age,
-            max_batch_rows: config.batch_rows.saturating_mul(20),
-        },
-        writer,
-        hub.clone(),
-        seeds,
-    );
+    let mut pipeline = Pipeline::new(pipeline_settings(config), writer, hub.clone(), seeds);
     pipeline.judge_with(judges);
     pipeline.answer_replies_with(commands.clone());
     // Before any device is accepted: the log rebuilds the live history, what it holds beyond
@@ -391,6 +448,31 @@ async fn start_ingest(
     })
 }
 
+fn pipeline_settings(config: &Config) -> PipelineSettings {
+    PipelineSettings {
+        limits: Limits {
+            max_payload_bytes: config.max_payload_bytes,
+        },
+        batch_rows: config.batch_rows,
+        batch_age: config.batch_age,
+        max_batch_rows: config.batch_rows.saturating_mul(20),
+    }
+}
+
+/// How this node runs its flow: alone, or as one node of a cluster.
+enum Flow {
+    Single(Box<Ingest>),
+    Cluster(Box<crate::cluster_node::Running>),
+}
+
+/// Where the broker keeps what it acknowledges.
+enum BrokerLog {
+    /// This machine's write-ahead log (none in `memory` mode), handed to the local pipeline.
+    Local(Option<Arc<Wal>>),
+    /// Cluster mode's shared stream.
+    Shared(Arc<crate::cluster_node::SharedLog>),
+}
+
 /// The broker, listening, and what it hands the pipeline.
 struct Broker {
     running: RunningBroker,
@@ -403,7 +485,7 @@ struct Broker {
 async fn start_broker(
     config: &Config,
     access: &Access,
-    wal: Option<Arc<Wal>>,
+    log: BrokerLog,
     commands: Arc<Commands>,
 ) -> anyhow::Result<Broker> {
     let settings = BrokerSettings {
@@ -416,10 +498,13 @@ async fn start_broker(
         max_packet_size: config.max_payload_bytes.saturating_mul(4).max(64 * 1024),
         ..BrokerSettings::default()
     };
-    let (tap, tap_rx) = fieldline_broker::tap(
-        settings.handover_budget_bytes,
-        wal.map(|wal| (wal, config.spool_max_bytes)),
-    );
+    let (tap, tap_rx) = match log {
+        BrokerLog::Local(wal) => fieldline_broker::tap(
+            settings.handover_budget_bytes,
+            wal.map(|wal| (wal, config.spool_max_bytes)),
+        ),
+        BrokerLog::Shared(shared) => fieldline_broker::remote_tap(shared),
+    };
     let running =
         fieldline_broker::start(&settings, tap.clone(), access.guard.clone(), commands).await?;
     tracing::info!(
@@ -596,6 +681,23 @@ async fn run_until_signal(ingest: Ingest, broker: Broker) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(10)).await;
         follower.abort();
     }
+    Ok(())
+}
+
+/// Cluster mode until SIGINT or SIGTERM: then stops accepting, closes the tap (nothing more
+/// is acknowledged), lets the partition writers store what they read and gives the leases
+/// back.
+async fn run_cluster_until_signal(
+    running: crate::cluster_node::Running,
+    broker: Broker,
+) -> anyhow::Result<()> {
+    shutdown_signal().await;
+    broker.listeners_up.store(false, Ordering::Release);
+    broker.running.stop_accepting();
+    tokio::task::spawn_blocking(broker.tap_rx.closer())
+        .await
+        .context("closing the broker's tap failed")?;
+    running.stop().await;
     Ok(())
 }
 

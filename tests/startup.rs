@@ -143,6 +143,53 @@ fn bad_smtp_settings_are_clear_errors() {
 }
 
 #[test]
+fn bad_cluster_settings_are_clear_errors() {
+    let dir = TempDir::new("bad-cluster");
+    let pg = ["--database-url", "postgres://127.0.0.1:1/none"];
+    refuses_each(
+        &dir,
+        &[
+            (
+                &["--cluster", "nats://127.0.0.1:4222"],
+                "--cluster needs PostgreSQL or TimescaleDB",
+            ),
+            (
+                &[&pg[..], &["--cluster", "http://127.0.0.1:4222"]].concat(),
+                "--cluster takes nats:// or tls:// URLs",
+            ),
+            (
+                &[&pg[..], &["--cluster", " , "]].concat(),
+                "at least one NATS server URL",
+            ),
+            (
+                &[
+                    &pg[..],
+                    &["--cluster", "nats://a:1", "--cluster-replicas", "7"],
+                ]
+                .concat(),
+                "--cluster-replicas must be 1 to 5",
+            ),
+            (
+                &[
+                    &pg[..],
+                    &["--cluster", "nats://a:1", "--cluster-partitions", "0"],
+                ]
+                .concat(),
+                "--cluster-partitions must be 1 to 1024",
+            ),
+            (
+                &[
+                    &pg[..],
+                    &["--cluster", "nats://a:1", "--cluster-node", "a.b"],
+                ]
+                .concat(),
+                "--cluster-node may hold",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn bad_durability_settings_are_clear_errors() {
     let dir = TempDir::new("bad-wal");
     refuses_each(

@@ -38,5 +38,8 @@ pub use guard::{DeviceAccess, Guard, GuardSettings};
 pub use presence::{DisconnectReason, Will};
 pub use server::{start, BrokerError, RunningBroker};
 pub use settings::{BrokerSettings, TlsListener};
-pub use tap::{tap, Inbound, Message, Session, Tap, TapClosed, TapReceiver};
+pub use tap::{
+    remote_tap, tap, Inbound, Message, RemoteLog, RemoteRecord, Session, Tap, TapClosed,
+    TapReceiver,
+};
 pub use tunnel::{tls_acceptor, TlsError};

@@ -16,6 +16,23 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::presence::{device_of, Change, DisconnectReason, Presence, Will, LOG_TOPIC};
 use crate::wal::Wal;
 
+/// A log kept elsewhere (cluster mode's shared stream) that takes the place of the local
+/// write-ahead log and of the hand-over: what it holds is read back from it, by whichever node
+/// stores it, so nothing goes to this process' pipeline directly.
+pub trait RemoteLog: Send + Sync {
+    /// Blocks until the log holds every record, in order, or refuses them because it is
+    /// closing. A record's `key` is the device it belongs to (what the log partitions by).
+    fn append(&self, records: &[RemoteRecord<'_>]) -> Result<(), TapClosed>;
+}
+
+/// One record for a [`RemoteLog`].
+pub struct RemoteRecord<'a> {
+    pub received_ms: i64,
+    pub key: &'a str,
+    pub topic: &'a [u8],
+    pub payload: &'a [u8],
+}
+
 /// One thing read from a device connection, in the order the connection produced it.
 #[derive(Debug)]
 pub struct Inbound {
@@ -63,6 +80,9 @@ pub struct Tap {
     closed: Arc<RwLock<bool>>,
     publishes: metrics::Counter,
     log: Option<Logged>,
+    /// Cluster mode: the shared log every publish goes to instead, and the queue presence
+    /// changes go to it through.
+    remote: Option<(Arc<dyn RemoteLog>, mpsc::UnboundedSender<PresenceRecord>)>,
     /// Who is online. Changes are decided and logged under this lock, so the log holds them
     /// in the order they were decided.
     presence: Arc<Mutex<Presence>>,
@@ -114,6 +134,7 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
                 spool_max_bytes,
                 parked: Arc::new(AtomicUsize::new(0)),
             }),
+            remote: None,
             presence: Arc::new(Mutex::new(Presence::default())),
             online: metrics::gauge!("fieldline_devices_online"),
         },
@@ -124,6 +145,53 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
         },
     )
 }
+
+/// A tap for cluster mode: every publish and presence change goes to `remote`, and is
+/// acknowledged once it holds it. The receiver gets nothing but is kept for closing.
+///
+/// Presence changes are decided under a lock and must reach the log in that order, but a
+/// connection must not wait for the log while it holds the lock (the runtime's threads would
+/// all end up waiting on it). So they queue, in order, for one task that appends them.
+pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
+    let (mut tap, rx) = tap(1, None);
+    let (changes, mut queued) = mpsc::unbounded_channel::<PresenceRecord>();
+    let log = remote.clone();
+    tokio::spawn(async move {
+        while let Some(first) = queued.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match queued.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            let log = log.clone();
+            let appended = tokio::task::spawn_blocking(move || {
+                let records: Vec<RemoteRecord<'_>> = batch
+                    .iter()
+                    .map(|(received_ms, device, record)| RemoteRecord {
+                        received_ms: *received_ms,
+                        key: device,
+                        topic: LOG_TOPIC,
+                        payload: record,
+                    })
+                    .collect();
+                log.append(&records)
+            })
+            .await;
+            if !matches!(appended, Ok(Ok(()))) {
+                tracing::warn!(
+                    "the shared log did not take presence changes (the node is stopping)"
+                );
+            }
+        }
+    });
+    tap.remote = Some((remote, changes));
+    (tap, rx)
+}
+
+/// A presence change on its way to the shared log: when, whose, and the change encoded.
+type PresenceRecord = (i64, Arc<str>, Vec<u8>);
 
 impl Tap {
     /// Hands one publish to the pipeline (see [`Tap::send_batch`]).
@@ -154,6 +222,11 @@ impl Tap {
         let Some(last) = publishes.len().checked_sub(1) else {
             return Ok(None);
         };
+        if let Some((remote, _)) = &self.remote {
+            return self
+                .send_remote(remote, &publishes, &client_id)
+                .map(|()| None);
+        }
         if publishes
             .iter()
             .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
@@ -256,6 +329,32 @@ impl Tap {
             waited = true;
             self.park(log, || false)?;
         }
+    }
+
+    /// Cluster mode: the publishes go to the shared log, keyed by the device their topic
+    /// names (or, for other topics, the client). Returns once it holds them.
+    fn send_remote(
+        &self,
+        remote: &Arc<dyn RemoteLog>,
+        publishes: &[(Bytes, Bytes)],
+        client_id: &Arc<str>,
+    ) -> Result<(), TapClosed> {
+        if *self.closed.read().unwrap_or_else(|e| e.into_inner()) {
+            return Err(TapClosed);
+        }
+        let received_ms = crate::wal::now_ms_of(SystemTime::now());
+        let records: Vec<RemoteRecord<'_>> = publishes
+            .iter()
+            .map(|(topic, payload)| RemoteRecord {
+                received_ms,
+                key: device_of_topic(topic).unwrap_or(client_id),
+                topic,
+                payload,
+            })
+            .collect();
+        tokio::task::block_in_place(|| remote.append(&records))?;
+        self.publishes.increment(records.len() as u64);
+        Ok(())
     }
 
     /// Queues inbound messages for the pipeline, as one entry.
@@ -363,6 +462,14 @@ impl Tap {
         };
         self.online.set(presence.online_devices() as f64);
         let received_at = SystemTime::now();
+        if let Some((_, changes)) = &self.remote {
+            // Queued under the presence lock, so the shared log holds changes in the order
+            // they were decided. A change the log refuses (the node is stopping) is lost with
+            // the node, as presence is.
+            let received_ms = crate::wal::now_ms_of(received_at);
+            let _ = changes.send((received_ms, device, change.encode()));
+            return;
+        }
         let record = self.log.as_ref().map(|_| change.encode());
         let mut inbound = Some(Inbound {
             client_id,
@@ -391,10 +498,27 @@ impl Tap {
         }
     }
 
+    /// Devices connected now.
+    pub fn online_devices(&self) -> usize {
+        self.presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .online_devices()
+    }
+
     /// Bytes currently waiting between the broker and the pipeline.
     pub fn queued_bytes(&self) -> usize {
         self.budget_bytes - self.budget.available_permits()
     }
+}
+
+/// The device a topic of the form `devices/{id}/...` names.
+fn device_of_topic(topic: &[u8]) -> Option<&str> {
+    let rest = topic.strip_prefix(b"devices/")?;
+    let end = rest.iter().position(|b| *b == b'/')?;
+    std::str::from_utf8(&rest[..end])
+        .ok()
+        .filter(|d| !d.is_empty())
 }
 
 impl TapReceiver {

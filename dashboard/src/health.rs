@@ -32,6 +32,8 @@ pub struct Readiness {
     storage_behind: bool,
     /// The write-ahead log is full: devices are slowed until storage catches up.
     log_full: bool,
+    /// Cluster mode: this node reaches a JetStream quorum (always true for one node alone).
+    quorum: bool,
     /// Upkeep jobs failing now (ours and TimescaleDB's); they do not make the node unready.
     storage_jobs_failing: Vec<FailingJob>,
 }
@@ -77,7 +79,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             since: fieldline_store::time_format::format_ms(f.since),
         })
         .collect();
-    let ready = listeners && storage && !spool_full;
+    let quorum = state.cluster.as_ref().is_none_or(|c| c.has_quorum());
+    let ready = listeners && storage && !spool_full && quorum;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -92,6 +95,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             backend: state.store.backend(),
             storage_behind: state.spill.is_spilled(),
             log_full: spool_full,
+            quorum,
             storage_jobs_failing,
         }),
     )

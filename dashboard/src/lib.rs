@@ -3,6 +3,8 @@
 //! everything through [`AppState`].
 
 mod api;
+
+pub use api::cluster::{ClusterNode, ClusterPartition, ClusterState, ClusterView};
 pub mod auth;
 mod error;
 mod health;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub alarms: Arc<fieldline_ingest::alarms::AlarmDesk>,
     /// Whether storage's upkeep jobs (ours and the server's) are working.
     pub storage_jobs: Arc<fieldline_store::health::JobHealth>,
+    /// Cluster mode's view of the other nodes; `None` for one node alone.
+    pub cluster: Option<Arc<dyn ClusterView>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -90,6 +94,7 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .route("/assets/{*path}", get(web::assets));
     let bounded_bodies = OpenApiRouter::new()
         .routes(routes!(health::metrics))
+        .routes(routes!(api::cluster::state))
         .routes(routes!(api::devices::list))
         .routes(routes!(api::devices::one))
         .routes(routes!(api::history::telemetry))

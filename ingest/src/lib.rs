@@ -25,6 +25,7 @@ pub mod document;
 pub mod events;
 pub mod geofence;
 pub mod live;
+pub mod owners;
 pub mod pipeline;
 pub mod presence;
 pub mod rejection;
@@ -35,4 +36,4 @@ pub mod webhook;
 pub mod writer;
 
 pub use live::{LiveFeed, NoLiveFeed, Origin};
-pub use pipeline::{Pipeline, PipelineSettings};
+pub use pipeline::{Pipeline, PipelineSettings, Role};

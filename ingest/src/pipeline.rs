@@ -90,6 +90,20 @@ pub struct Pipeline {
     judges: Option<Judges>,
     /// Where devices' replies to commands go.
     replies: Option<Arc<dyn Replies>>,
+    role: Role,
+}
+
+/// What a pipeline does with what it reads. One node alone does everything; in cluster mode
+/// every node mirrors the whole stream to its live views, and the owner of each partition
+/// stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Live views and storage: the node alone.
+    Single,
+    /// Live views only, for every device: cluster mode's reader of the whole stream.
+    Mirror,
+    /// Storage only (judged, counted): cluster mode's writer of one partition.
+    Owner,
 }
 
 /// Replaying records storage already holds, to rebuild the live views' history.
@@ -114,20 +128,25 @@ enum Path {
     /// To live views only, replayed at start-up from records storage already holds: it
     /// rebuilds the live history. It was counted and its rejections recorded the first time.
     Rebuild,
+    /// To live views only: cluster mode, where another pipeline (maybe on another node)
+    /// stores, counts and answers it.
+    Mirror,
+    /// Into the batch, counted, not live: cluster mode's partition owner.
+    Owned,
 }
 
 impl Path {
     fn live(self) -> bool {
-        self != Path::StoreOnly
+        !matches!(self, Path::StoreOnly | Path::Owned)
     }
 
     fn stores(self) -> bool {
-        matches!(self, Path::Both | Path::StoreOnly)
+        matches!(self, Path::Both | Path::StoreOnly | Path::Owned)
     }
 
     /// Counted in metrics and logs: the first time the message is taken.
     fn counts(self) -> bool {
-        matches!(self, Path::Both | Path::LiveOnly)
+        matches!(self, Path::Both | Path::LiveOnly | Path::Owned)
     }
 }
 
@@ -169,6 +188,7 @@ impl Pipeline {
             rebuild: None,
             judges: None,
             replies: None,
+            role: Role::Single,
         };
         for seed in seeds {
             let device = pipeline.device_ids.intern(&seed.device);
@@ -185,6 +205,11 @@ impl Pipeline {
     pub fn spill_to(&mut self, backlog: Box<dyn Backlog>, state: Arc<SpillState>) {
         self.backlog = Some(backlog);
         self.spill_state = state;
+    }
+
+    /// Gives this pipeline its part in cluster mode.
+    pub fn play(&mut self, role: Role) {
+        self.role = role;
     }
 
     /// Judges every stored document against geofences and alert rules; their events go into
@@ -258,6 +283,14 @@ impl Pipeline {
             return Path::Both;
         };
         self.last_position = position;
+        match self.role {
+            Role::Single => {}
+            Role::Mirror => return Path::Mirror,
+            Role::Owner => {
+                self.batch.cover(position);
+                return Path::Owned;
+            }
+        }
         if let Some(rebuild) = &self.rebuild {
             if position <= rebuild.through {
                 return Path::Rebuild;
@@ -294,7 +327,7 @@ impl Pipeline {
                 // Also when the start-up replay rebuilds: recording a reply is idempotent, and
                 // one acknowledged just before a crash is recorded then. A record read back
                 // for storage was taken when it arrived.
-                if path == Path::StoreOnly {
+                if matches!(path, Path::StoreOnly | Path::Mirror) {
                     return;
                 }
                 let taken = match &self.replies {

@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::events::EventFeed;
 use fieldline_store::batch::{Batch, Committed};
-use fieldline_store::Store;
+use fieldline_store::partitions::Fence;
+use fieldline_store::{Store, StoreError};
 
 /// The pipeline's end of the writer queue.
 pub struct WriterHandle {
@@ -71,13 +72,48 @@ pub fn spawn_writer(
     stored_position: u64,
     events: Arc<dyn EventFeed>,
 ) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
+    spawn(store, queue_batches, stored_position, events, None)
+}
+
+/// A writer for one partition of cluster mode's stream: every batch commits only while
+/// `fence` is the partition's newest claim. Once one is refused the writer stops (its
+/// batches belong to another node now) and its watch closes.
+pub fn spawn_fenced_writer(
+    store: Arc<dyn Store>,
+    queue_batches: usize,
+    fence: Fence,
+    stored_seq: u64,
+    events: Arc<dyn EventFeed>,
+) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
+    spawn(store, queue_batches, stored_seq, events, Some(fence))
+}
+
+fn spawn(
+    store: Arc<dyn Store>,
+    queue_batches: usize,
+    stored_position: u64,
+    events: Arc<dyn EventFeed>,
+    fence: Option<Fence>,
+) -> (WriterHandle, JoinHandle<()>, watch::Receiver<u64>) {
     let (tx, mut rx) = mpsc::channel::<Batch>(queue_batches.max(1));
     let (stored_tx, stored_rx) = watch::channel(stored_position);
     let (written_tx, written) = watch::channel(0u64);
     let task = tokio::spawn(async move {
-        while let Some(batch) = rx.recv().await {
+        while let Some(mut batch) = rx.recv().await {
             metrics::gauge!("fieldline_writer_queue_batches").set(rx.len() as f64);
-            let committed = write_until_stored(&*store, &batch).await;
+            batch.fence = fence;
+            if fence.is_some() {
+                hold_if_asked().await;
+            }
+            let Some(committed) = write_until_stored(&*store, &batch).await else {
+                metrics::counter!("fieldline_cluster_fenced_commits_total").increment(1);
+                tracing::warn!(
+                    partition = fence.map(|f| f.partition),
+                    rows = batch.rows(),
+                    "another node claimed this partition: this node's batch is refused (the new writer stores it from the stream)"
+                );
+                return;
+            };
             let log_position = batch.log_position;
             publish_events(&*events, batch, committed);
             written_tx.send_modify(|n| *n += 1);
@@ -128,8 +164,9 @@ fn publish_events(feed: &dyn EventFeed, batch: Batch, committed: Committed) {
     feed.committed(&events);
 }
 
-/// Writes `batch`, retrying until it is stored; returns what its events were given.
-async fn write_until_stored(store: &dyn Store, batch: &Batch) -> Committed {
+/// Writes `batch`, retrying until it is stored; returns what its events were given, or
+/// `None` when its fence refused it.
+async fn write_until_stored(store: &dyn Store, batch: &Batch) -> Option<Committed> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
@@ -152,8 +189,9 @@ async fn write_until_stored(store: &dyn Store, batch: &Batch) -> Committed {
                     ms = elapsed.as_millis() as u64,
                     "batch stored"
                 );
-                return committed;
+                return Some(committed);
             }
+            Err(StoreError::Fenced(_)) => return None,
             Err(e) => {
                 metrics::counter!("fieldline_storage_write_errors_total").increment(1);
                 tracing::error!(error = %e, rows = batch.rows(), retry_in_ms = backoff.as_millis() as u64,
@@ -162,5 +200,17 @@ async fn write_until_stored(store: &dyn Store, batch: &Batch) -> Committed {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// For the fencing test only: while the file `FIELDLINE_FAILPOINT_HOLD_COMMITS` names
+/// exists, partition writers hold their next commit, so a test can stop the node with a
+/// batch certainly under way.
+async fn hold_if_asked() {
+    let Some(path) = std::env::var_os("FIELDLINE_FAILPOINT_HOLD_COMMITS") else {
+        return;
+    };
+    while std::path::Path::new(&path).exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

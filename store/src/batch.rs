@@ -79,6 +79,9 @@ pub struct Batch {
     /// The newest write-ahead log position whose message this batch (with the batches
     /// before it) covers: stored with the rows, in their transaction.
     pub log_position: Option<u64>,
+    /// Cluster mode: the partition this batch belongs to and its writer's claim; the
+    /// batch records its position there instead of in the local log's.
+    pub fence: Option<crate::partitions::Fence>,
     /// When the oldest entry was added, to flush by age.
     pub started: Option<std::time::Instant>,
 }

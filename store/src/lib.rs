@@ -49,6 +49,8 @@ pub use retention::{Cutoffs, Removed, RetentionStore};
 pub use rollups::{Aggregate, BucketQuery, BucketRow, RollupStore};
 pub use sqlite::SqliteStore;
 
+pub mod partitions;
+
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("unexpected data from the database: {0}")]
     Protocol(String),
+    #[error("partition {0} is written by another node now: this node's batch is refused")]
+    Fenced(u16),
     #[error("storage read interrupted: the service is shutting down")]
     ShuttingDown,
     #[error("cannot create the data directory {path}: {source}")]
@@ -224,6 +228,10 @@ pub trait Store:
         Box::pin(async { Ok(Vec::new()) })
     }
     fn backend(&self) -> &'static str;
+    /// Cluster mode's per-partition positions; `None` where cluster mode is not supported.
+    fn partitions(&self) -> Option<&dyn partitions::PartitionLog> {
+        None
+    }
 }
 
 /// Opens the store a URL names, creating and migrating it as needed.

@@ -63,8 +63,20 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         let migrator = sqlx::migrate!("../migrations/postgres");
-        repair_checksums(&pool, &migrator).await?;
-        migrator.run(&pool).await?;
+        // Several nodes of a cluster may start at once on one database: one sets it up.
+        let mut setup = pool.acquire().await?;
+        sqlx::query(SCHEMA_LOCK).execute(&mut *setup).await?;
+        let migrated = async {
+            repair_checksums(&pool, &migrator).await?;
+            migrator.run(&mut *setup).await?;
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        sqlx::query("SELECT pg_advisory_unlock(4655013)")
+            .execute(&mut *setup)
+            .await?;
+        drop(setup);
+        migrated?;
         warn_if_timescale_unused(&pool).await?;
         let continuous_aggregates: bool = sqlx::query_scalar(
             "SELECT relkind = 'v' FROM pg_class WHERE relname = 'telemetry_1m' AND relnamespace = current_schema()::regnamespace",
@@ -91,10 +103,16 @@ impl PgStore {
     }
 
     async fn ensure_partitions(&self) -> Result<(), StoreError> {
+        // Nodes of a cluster do this too: one at a time, or they race on the same tables.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(4655013)")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT fieldline_ensure_partitions($1)")
             .bind(PARTITION_DAYS_AHEAD)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -206,6 +224,9 @@ async fn warn_if_timescale_unused(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Held while the schema is set up or its time partitions are made (by any node).
+const SCHEMA_LOCK: &str = "SELECT pg_advisory_lock(4655013)";
+
 /// Taken before reading the newest event seq: the store writer and the command ledger both
 /// add events, and seqs must follow commit order (held to the end of the transaction).
 const EVENT_SEQ_LOCK: &str = "SELECT pg_advisory_xact_lock(4655012)";
@@ -279,6 +300,9 @@ async fn write_batch(
     rollups: bool,
 ) -> Result<crate::batch::Committed, StoreError> {
     let mut tx = conn.begin().await?;
+    if let Some(fence) = batch.fence {
+        crate::partitions::check_fence(&mut tx, fence, batch.log_position).await?;
+    }
     if !batch.positions.is_empty() {
         let mut copy = tx
             .copy_in_raw("COPY positions (time, device_id, seq, lat, lon, speed, heading, alt, accuracy) FROM STDIN (FORMAT binary)")
@@ -337,7 +361,7 @@ async fn write_batch(
         .await?;
     }
     upsert_devices(&mut tx, batch).await?;
-    if let Some(position) = batch.log_position {
+    if let (Some(position), None) = (batch.log_position, batch.fence) {
         sqlx::query(RAISE_STORED_POSITION)
             .bind(position_to_db(position))
             .execute(&mut *tx)
@@ -436,6 +460,10 @@ async fn upsert_devices(
 impl Store for PgStore {
     fn write_batch<'a>(&'a self, batch: &'a Batch) -> StoreFuture<'a, crate::batch::Committed> {
         Box::pin(self.write(batch))
+    }
+
+    fn partitions(&self) -> Option<&dyn crate::partitions::PartitionLog> {
+        Some(self)
     }
 
     fn telemetry<'a>(

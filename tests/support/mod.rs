@@ -25,6 +25,7 @@ pub mod browser;
 pub mod commanded;
 pub mod geo;
 pub mod live;
+pub mod nats;
 pub mod raw_mqtt;
 pub mod smtp;
 

@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod body;
 pub(crate) mod buckets;
 pub mod channels;
+pub mod cluster;
 pub mod commands;
 mod definitions;
 pub mod devices;

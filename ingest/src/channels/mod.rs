@@ -251,6 +251,13 @@ impl Channels {
     /// Starts a delivery for every stored channel without one, and stops those of deleted
     /// ones. A stored channel this server cannot send through (its SMTP URL came from
     /// `--smtp-url`, which is gone) is logged and left until it can.
+    /// Cluster mode: whether this node delivers (it holds the cluster's duties); starts or
+    /// stops every delivery accordingly. Each goes on from its stored position.
+    pub async fn deliver_here(&self, here: bool) -> Result<(), StoreError> {
+        self.tasks.run_here(here);
+        self.sync().await
+    }
+
     pub async fn sync(&self) -> Result<(), StoreError> {
         let records = self.store.channels().await?;
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod devices;
 pub mod in_order;
 pub mod judges;
+pub mod shared_outbox;
 
 use std::sync::Arc;
 

@@ -1,11 +1,12 @@
 //! Where the pipeline's input comes from: the broker's hand-over as connections read
 //! publishes ([`tap`]), and the write-ahead log the broker keeps of them ([`log`]): replayed
 //! at start before any device is accepted, released as storage catches up, and read back
-//! when storage falls behind.
+//! when storage falls behind; in cluster mode, the shared stream ([`stream`]).
 
 mod handover;
 mod log;
 mod restart;
+pub mod stream;
 pub mod tap;
 
 use std::sync::Arc;

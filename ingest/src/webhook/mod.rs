@@ -138,6 +138,13 @@ impl Webhooks {
     }
 
     /// Starts a task for every stored webhook without one, and stops those of deleted ones.
+    /// Cluster mode: whether this node delivers (it holds the cluster's duties); starts or
+    /// stops every delivery accordingly. Each goes on from its stored position.
+    pub async fn deliver_here(&self, here: bool) -> Result<(), StoreError> {
+        self.tasks.run_here(here);
+        self.sync().await
+    }
+
     pub async fn sync(&self) -> Result<(), StoreError> {
         let hooks = self.store.webhooks().await?;
         let ids: Vec<i64> = hooks.iter().map(|h| h.id).collect();
