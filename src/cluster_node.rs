@@ -9,8 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fieldline_broker::{RemoteLog, RemoteRecord, Tap, TapClosed};
-use fieldline_cluster::{partition_of, record, Cluster, Leases, NodeInfo, Nodes, StreamLog};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use fieldline_broker::presence::{Change, DisconnectReason, LOG_TOPIC};
+use fieldline_broker::{Kicker, RemoteLog, RemoteRecord, Settling, Tap, TapClosed};
+use fieldline_cluster::{
+    partition_of, record, Cluster, Leases, NodeInfo, Nodes, Presences, StreamLog,
+};
 use fieldline_dashboard::live::Hub;
 use fieldline_dashboard::{ClusterNode, ClusterPartition, ClusterState, ClusterView};
 use fieldline_ingest::alerts::AlertRules;
@@ -89,18 +95,29 @@ pub async fn join(config: &Config, store: &dyn Store) -> anyhow::Result<Node> {
     })
 }
 
-/// The broker's log in cluster mode: the shared stream, keyed by device.
+/// The broker's log in cluster mode: the shared stream, keyed by device; presence settled
+/// against the other nodes.
 pub struct SharedLog {
     log: StreamLog,
+    presences: Presences,
+    /// Devices whose connection this node holds, and its client id (to cut it when the
+    /// device connects to another node).
+    local: Mutex<HashMap<Arc<str>, Arc<str>>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl SharedLog {
-    pub fn new(log: StreamLog) -> Arc<SharedLog> {
+    pub fn new(node: &Node) -> Arc<SharedLog> {
         Arc::new(SharedLog {
-            log,
+            log: node.log.clone(),
+            presences: Presences::new(node.cluster.clone()),
+            local: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<str>>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -121,6 +138,213 @@ impl RemoteLog for SharedLog {
             .map(|_| ())
             .map_err(|_| TapClosed)
     }
+
+    fn settle(&self, changes: Vec<Settling>) -> Vec<Settling> {
+        self.runtime.block_on(async {
+            let mut settled = Vec::with_capacity(changes.len());
+            for mut s in changes {
+                match &mut s.change {
+                    Change::Online { device } => {
+                        self.local().insert(device.clone(), s.client_id.clone());
+                        if !self
+                            .presences
+                            .connected(device, s.connection, &s.client_id)
+                            .await
+                        {
+                            continue; // taken over from another node: it was online
+                        }
+                    }
+                    Change::Ended {
+                        device,
+                        offline,
+                        will,
+                        ..
+                    } if *offline => {
+                        self.local().remove(device);
+                        if !self
+                            .presences
+                            .ended(device, s.connection, &s.client_id)
+                            .await
+                        {
+                            // Another node holds the device now: this end is not its offline.
+                            *offline = false;
+                            if will.is_none() {
+                                continue;
+                            }
+                        }
+                    }
+                    Change::Ended { .. } => {}
+                }
+                settled.push(s);
+            }
+            settled
+        })
+    }
+}
+
+/// Geofences, rules, webhooks and channels changed through another node's API: in force here
+/// within two seconds (the node that made the change puts it in force at once).
+async fn follow_definitions(
+    store: Arc<dyn Store>,
+    fences: Arc<Catalog<Fences>>,
+    rules: Arc<Catalog<AlertRules>>,
+    webhooks: Arc<Webhooks>,
+    channels: Arc<Channels>,
+    held: watch::Receiver<fieldline_cluster::Lease>,
+) {
+    use fieldline_store::Definitions;
+    use std::hash::{Hash, Hasher};
+    let digest = |defs: &[fieldline_store::Definition]| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for d in defs {
+            (d.id, &d.name, &d.body).hash(&mut hasher);
+        }
+        hasher.finish()
+    };
+    let mut seen: [Option<u64>; 2] = [None, None];
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (i, what) in [Definitions::Geofences, Definitions::AlertRules]
+            .into_iter()
+            .enumerate()
+        {
+            let Ok(defs) = store.definitions(what).await else {
+                continue;
+            };
+            let now = digest(&defs);
+            // The first look only notes what start-up loaded.
+            if seen[i].replace(now).is_none_or(|before| before == now) {
+                continue;
+            }
+            let reloaded = match i {
+                0 => fieldline_ingest::events::catalog::load_fences(store.as_ref())
+                    .await
+                    .map(|f| fences.replace(f)),
+                _ => fieldline_ingest::events::catalog::load_rules(store.as_ref())
+                    .await
+                    .map(|r| rules.replace(r)),
+            };
+            match reloaded {
+                Ok(()) => {
+                    tracing::info!("geofences or rules changed on another node: in force here now")
+                }
+                Err(e) => {
+                    seen[i] = None;
+                    tracing::warn!(error = %e, "cannot reload geofences or rules");
+                }
+            }
+        }
+        if held.borrow().duty {
+            let synced = webhooks.sync().await.and(channels.sync().await);
+            if let Err(e) = synced {
+                tracing::warn!(error = %e, "cannot read the webhooks and channels");
+            }
+        }
+    }
+}
+
+/// Core NATS subject on which nodes announce new commands.
+const COMMANDS_SUBJECT: &str = "fl.commands";
+
+/// Commands created on other nodes: sent from here when the device is connected here.
+async fn follow_commands(cluster: Cluster, commands: Arc<CommandDesk>) {
+    use futures_util::StreamExt;
+    loop {
+        match cluster.client.subscribe(COMMANDS_SUBJECT).await {
+            Ok(mut announced) => {
+                while let Some(message) = announced.next().await {
+                    let text = String::from_utf8_lossy(&message.payload);
+                    if let Some((device, id)) = text.split_once('\n') {
+                        commands.created_elsewhere(device, id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow new commands of other nodes"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Cuts this node's connection of every device another node takes over, for as long as the
+/// node runs (the watch is opened again after a failure).
+async fn cut_taken_over(shared: Arc<SharedLog>, kicker: Kicker) {
+    loop {
+        let watched = shared
+            .presences
+            .watch(|holder| {
+                let local = shared.local().remove(holder.device.as_str());
+                if let Some(client_id) = local {
+                    if kicker.take_over(&client_id) {
+                        tracing::info!(device = %holder.device, to = %holder.node, "the device connected to another node: its connection here is cut");
+                    }
+                }
+            })
+            .await;
+        if let Err(e) = watched {
+            tracing::warn!(error = %e, "the presence watch failed; watching again in 1 s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// On the node with the duties: devices held by nodes that died go offline (`dropped`).
+/// A node counts as dead once two looks, half a lease apart, miss its card.
+async fn reap_dead_nodes(
+    shared: Arc<SharedLog>,
+    nodes: Nodes,
+    held: watch::Receiver<fieldline_cluster::Lease>,
+    lease: Duration,
+) {
+    let mut tick = tokio::time::interval(lease / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_before: Option<Vec<String>> = None;
+    loop {
+        tick.tick().await;
+        if !held.borrow().duty {
+            seen_before = None;
+            continue;
+        }
+        let Ok(live) = nodes.list().await else {
+            seen_before = None;
+            continue;
+        };
+        let mut live: Vec<String> = live.into_iter().map(|n| n.id).collect();
+        // Alive in either look: only nodes missing from both are dead.
+        if let Some(before) = seen_before.replace(live.clone()) {
+            live.extend(before);
+        } else {
+            continue;
+        }
+        let log = &shared.log;
+        let reaped = shared
+            .presences
+            .reap(&live, |device| async move {
+                let change = Change::Ended {
+                    device: Arc::from(device.as_str()),
+                    offline: true,
+                    reason: DisconnectReason::Dropped,
+                    will: None,
+                };
+                let record = record::encode(
+                    fieldline_store::time_format::now_ms(),
+                    LOG_TOPIC,
+                    &change.encode(),
+                );
+                log.append(vec![(partition_of(&device, log.partitions()), record)])
+                    .await
+                    .is_ok()
+            })
+            .await;
+        if reaped > 0 {
+            metrics::counter!("fieldline_cluster_dropped_devices_total").increment(reaped as u64);
+            tracing::info!(
+                devices = reaped,
+                "devices of a node that died went offline (dropped)"
+            );
+        }
+    }
 }
 
 /// What runs this node's part of the cluster.
@@ -134,6 +358,11 @@ pub struct Parts {
     pub webhooks: Arc<Webhooks>,
     pub channels: Arc<Channels>,
     pub tap: Tap,
+    /// The broker's log, and how to cut one of its connections.
+    pub shared: Arc<SharedLog>,
+    pub kicker: Kicker,
+    /// Records the live views keep for clients that resume (the stream keeps as many).
+    pub history: u64,
     pub http: String,
     pub mqtt: String,
 }
@@ -195,17 +424,56 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
             node: cluster.node_id.clone(),
             partitions: cluster.settings.partitions,
             settings: parts.settings,
-            fences: parts.fences,
-            rules: parts.rules,
-            replies: parts.commands,
+            fences: parts.fences.clone(),
+            rules: parts.rules.clone(),
+            replies: parts.commands.clone(),
             events: parts.events,
         }
         .run(leases.held(), owned_tx, stopped.clone()),
     );
     tasks.push(tokio::spawn(follow_duties(
         leases.held(),
-        parts.webhooks,
-        parts.channels,
+        parts.webhooks.clone(),
+        parts.channels.clone(),
+    )));
+    let client = cluster.client.clone();
+    parts.commands.announce_with(Box::new(move |device, id| {
+        let client = client.clone();
+        let message = bytes::Bytes::from(format!("{device}\n{id}"));
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(COMMANDS_SUBJECT, message).await {
+                tracing::warn!(error = %e, "cannot tell the other nodes of a new command; it goes out at the device's next connection");
+            }
+        });
+    }));
+    tasks.push(tokio::spawn(follow_commands(
+        cluster.clone(),
+        parts.commands.clone(),
+    )));
+    tasks.push(tokio::spawn(cut_taken_over(
+        parts.shared.clone(),
+        parts.kicker,
+    )));
+    tasks.push(tokio::spawn(reap_dead_nodes(
+        parts.shared,
+        nodes.clone(),
+        leases.held(),
+        cluster.settings.lease,
+    )));
+    tasks.push(tokio::spawn(follow_definitions(
+        parts.store.clone(),
+        parts.fences.clone(),
+        parts.rules.clone(),
+        parts.webhooks.clone(),
+        parts.channels.clone(),
+        leases.held(),
+    )));
+    tasks.push(tokio::spawn(trim_stream(
+        cluster.clone(),
+        parts.store.clone(),
+        nodes.clone(),
+        leases.held(),
+        parts.history,
     )));
     let view = Arc::new(View {
         cluster: cluster.clone(),
@@ -283,6 +551,70 @@ async fn follow_duties(
     }
 }
 
+/// On the node with the duties: drops from the stream what every partition has stored,
+/// every node's live views have read and no client that resumes may ask for (the newest
+/// `history` records stay), so the stream's size limit is a spool of what waits for storage,
+/// as the local log's is on one node.
+async fn trim_stream(
+    cluster: Cluster,
+    store: Arc<dyn Store>,
+    nodes: Nodes,
+    held: watch::Receiver<fieldline_cluster::Lease>,
+    history: u64,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !held.borrow().duty {
+            continue;
+        }
+        let Some(log) = store.partitions() else {
+            return;
+        };
+        let (Ok(positions), Ok((first, last)), Ok(live)) = (
+            log.positions().await,
+            cluster.stream_bounds().await,
+            nodes.list().await,
+        ) else {
+            continue;
+        };
+        if live.is_empty() {
+            continue;
+        }
+        // The oldest record some partition has yet to store (an idle partition holds nothing
+        // back; one never claimed holds everything it has).
+        let mut unstored = last + 1;
+        let mut known = true;
+        for partition in 0..cluster.settings.partitions {
+            let stored = positions
+                .iter()
+                .find(|p| p.partition == partition)
+                .map_or(0, |p| p.stored_seq);
+            match cluster.next_in_partition(partition, stored + 1).await {
+                Ok(Some(seq)) => unstored = unstored.min(seq),
+                Ok(None) => {}
+                Err(_) => known = false,
+            }
+        }
+        if !known {
+            continue;
+        }
+        let read = live.iter().map(|n| n.live_seq).min().unwrap_or(0);
+        let keep_from = unstored.min(read + 1).min(last.saturating_sub(history) + 1);
+        if keep_from <= first {
+            continue;
+        }
+        match cluster.purge_before(keep_from).await {
+            Ok(purged) => {
+                metrics::counter!("fieldline_cluster_trimmed_records_total").increment(purged);
+                tracing::debug!(purged, keep_from, "trimmed the shared stream");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot trim the shared stream"),
+        }
+    }
+}
+
 /// Keeps this node's card fresh in the registry.
 async fn announce(
     nodes: Nodes,
@@ -321,9 +653,21 @@ impl ClusterView for View {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ClusterState> + Send + '_>> {
         Box::pin(async move {
-            let (first, last) = self.cluster.stream_bounds().await.unwrap_or((0, 0));
-            let nodes = self.nodes.list().await.unwrap_or_default();
-            let owners = Leases::owners(&self.cluster).await;
+            // A NATS server failing over must not hold the answer up.
+            let within = Duration::from_secs(2);
+            let (bounds, nodes, owners) = tokio::join!(
+                tokio::time::timeout(within, self.cluster.stream_bounds()),
+                tokio::time::timeout(within, self.nodes.list()),
+                Leases::owners(&self.cluster),
+            );
+            let (first, last) = match bounds {
+                Ok(Ok(bounds)) => bounds,
+                _ => (0, 0),
+            };
+            let nodes = match nodes {
+                Ok(Ok(nodes)) => nodes,
+                _ => Vec::new(),
+            };
             let stored = match self.store.partitions() {
                 Some(log) => log.positions().await.unwrap_or_default(),
                 None => Vec::new(),

@@ -79,9 +79,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_listeners = bind_http(&config).await?;
     let (flow, broker) = match (node, log) {
         (Some(node), _) => {
-            let shared = crate::cluster_node::SharedLog::new(node.log.clone());
-            let broker =
-                start_broker(&config, &access, BrokerLog::Shared(shared), mailboxes).await?;
+            let shared = crate::cluster_node::SharedLog::new(&node);
+            let broker = start_broker(
+                &config,
+                &access,
+                BrokerLog::Shared(shared.clone()),
+                mailboxes,
+            )
+            .await?;
             let running = crate::cluster_node::start(
                 &node,
                 crate::cluster_node::Parts {
@@ -94,6 +99,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     webhooks: webhooks.clone(),
                     channels: channels.clone(),
                     tap: broker.tap.clone(),
+                    shared,
+                    kicker: broker.running.kicker(),
+                    history: config.live.history_events as u64,
                     http: config.http_listen.to_string(),
                     mqtt: broker.running.mqtt_addr().to_string(),
                 },

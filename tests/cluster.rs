@@ -1,14 +1,69 @@
 //! Cluster mode end to end: three `nats-server`s in one JetStream cluster, three Fieldline
 //! nodes on one PostgreSQL database, QoS 1 publishers that record every acknowledged number,
-//! and a node killed with SIGKILL mid-load. Every acknowledged message is stored exactly once.
+//! and a node killed with SIGKILL mid-load, then the stream's leading NATS server. Every
+//! acknowledged message is stored exactly once, live ids are the same on every node, and a
+//! live client of the killed node resumes on another with exactly what it missed.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use sqlx::Connection;
+use support::commanded::Commanded;
+use support::live::{Frame, Sse};
 use support::nats::NatsCluster;
 use support::*;
+
+/// A live client reading `query` from `node` in the background until its stream ends.
+async fn watch(node: &Server, query: &str) -> Arc<Mutex<Vec<Frame>>> {
+    let mut sse = Sse::open(node, query, None).await;
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let kept = frames.clone();
+    tokio::spawn(async move {
+        loop {
+            // Panics (ending the task) when the node is killed: what it read is kept.
+            let frame = sse.event().await;
+            kept.lock().expect("frames").push(frame);
+        }
+    });
+    frames
+}
+
+/// `(n, id)` of each telemetry event read.
+fn numbered(frames: &Arc<Mutex<Vec<Frame>>>) -> Vec<(u64, String)> {
+    frames
+        .lock()
+        .expect("frames")
+        .iter()
+        .filter(|f| f.event.as_deref() == Some("telemetry"))
+        .map(|f| {
+            let n = f.json()["metrics"]["n"].as_f64().expect("n") as u64;
+            (n, f.id.clone().expect("id"))
+        })
+        .collect()
+}
+
+/// Waits until each publisher has `more` acknowledgements than now.
+async fn go_on(publishers: &[(usize, String, AckedPublisher)], more: usize) {
+    let want: Vec<usize> = publishers
+        .iter()
+        .map(|(_, _, p)| p.acked() + more)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !publishers
+        .iter()
+        .zip(&want)
+        .all(|((_, _, p), w)| p.acked() >= *w)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "publishes not acknowledged within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Three nodes on one database and one NATS cluster.
 async fn start_nodes(dir: &TempDir, nats: &NatsCluster, db: &str) -> Vec<Server> {
@@ -27,7 +82,7 @@ async fn start_nodes(dir: &TempDir, nats: &NatsCluster, db: &str) -> Vec<Server>
                 "--cluster-partitions",
                 "6",
                 "--cluster-lease-seconds",
-                "2",
+                "3",
                 "--cluster-node",
                 &name,
             ],
@@ -65,7 +120,7 @@ async fn wait_partitions_owned(node: &Server, alive: &[&str]) -> serde_json::Val
 
 /// Each acknowledged `n` of `device`, as stored: waits (up to 60 s) until all are there,
 /// and fails on any stored twice.
-async fn assert_stored_once(db: &str, device: &str, acked: &[u64]) {
+async fn wait_stored_once(db: &str, device: &str, acked: &[u64]) {
     let mut conn = sqlx::PgConnection::connect(db).await.expect("database");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -96,12 +151,17 @@ async fn assert_stored_once(db: &str, device: &str, acked: &[u64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
     let dir = TempDir::new("cluster-kill");
-    let nats = NatsCluster::start(&dir);
+    let mut nats = NatsCluster::start(&dir).await;
     let db = database(Backend::Postgres, &dir, "cluster_kill").await;
     let mut nodes = start_nodes(&dir, &nats, &db).await;
     let state = wait_partitions_owned(&nodes[0], &["node0", "node1", "node2"]).await;
     assert_eq!(state["mode"], "cluster");
     assert_eq!(state["partitions"].as_array().map(Vec::len), Some(6));
+
+    // Live clients of one device on node 0 and on node 2 (which will be killed).
+    let query = "devices=truck-0-0&kinds=telemetry";
+    let on_0 = watch(&nodes[0], query).await;
+    let on_2 = watch(&nodes[2], query).await;
 
     // Two devices on each node, publishing QoS 1 and recording what was acknowledged.
     let mut publishers = Vec::new();
@@ -115,17 +175,7 @@ async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
             ));
         }
     }
-    let wait_acked = |publishers: &Vec<(usize, String, AckedPublisher)>, at_least: usize| {
-        publishers.iter().all(|(_, _, p)| p.acked() >= at_least)
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !wait_acked(&publishers, 300) {
-        assert!(
-            Instant::now() < deadline,
-            "publishes not acknowledged in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    go_on(&publishers, 300).await;
 
     // SIGKILL node 2 mid-load: its publishers' connections die with it.
     let mut killed = nodes.remove(2);
@@ -141,19 +191,31 @@ async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
     }
     // The survivors go on; the dead node's partitions pass to the others.
     wait_partitions_owned(&nodes[0], &["node0", "node1"]).await;
-    let more: Vec<usize> = survivors.iter().map(|(_, _, p)| p.acked() + 300).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !survivors
+    go_on(&survivors, 300).await;
+
+    // A live client of the killed node resumes on node 1 with the last id it had: exactly
+    // what it missed, no reset.
+    let (last_n, last_id) = numbered(&on_2)
+        .last()
+        .cloned()
+        .expect("node 2's client read events");
+    let mut resumed = Sse::open(&nodes[1], query, Some(&last_id)).await;
+    let next = resumed.events(50).await;
+    assert!(
+        next.iter().all(|f| f.event.as_deref() == Some("telemetry")),
+        "no reset: {next:?}"
+    );
+    let ns: Vec<u64> = next
         .iter()
-        .zip(&more)
-        .all(|((_, _, p), m)| p.acked() >= *m)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "publishes not acknowledged after the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .map(|f| f.json()["metrics"]["n"].as_f64().expect("n") as u64)
+        .collect();
+    assert_eq!(ns, (last_n + 1..last_n + 51).collect::<Vec<_>>());
+
+    // Then the NATS server leading the stream dies: the stream goes on with two of three.
+    let leader = nats.stream_leader().await;
+    nats.kill(&leader);
+    go_on(&survivors, 300).await;
+
     for (_, device, publisher) in survivors {
         let (acked, _) = publisher.stop().await;
         results.push((device, acked));
@@ -164,18 +226,246 @@ async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
             "{device}: only {} acknowledged",
             acked.len()
         );
-        assert_stored_once(&db, device, acked).await;
+        wait_stored_once(&db, device, acked).await;
     }
+
+    // Every event both nodes sent has the same id on each.
+    let ids_0: std::collections::HashMap<u64, String> = numbered(&on_0).into_iter().collect();
+    let mut compared = 0;
+    for (n, id) in numbered(&on_2) {
+        if let Some(other) = ids_0.get(&n) {
+            assert_eq!(&id, other, "n={n} has one id on node 0, another on node 2");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 100, "only {compared} events seen on both nodes");
 
     // Both remaining nodes answer history alike, and say the same about the cluster.
     let (_, a) = nodes[0].get("/api/devices/truck-2-0").await;
     let (_, b) = nodes[1].get("/api/devices/truck-2-0").await;
-    assert_eq!(a["id"], b["id"]);
-    let state = nodes[1].get_ok("/api/cluster").await;
-    assert_eq!(state["nodes"].as_array().map(Vec::len), Some(2), "{state}");
+    assert_eq!(a, b);
+    nodes[1]
+        .wait_for("/api/cluster", |state| {
+            state["nodes"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
     let metrics = nodes[0].metrics_text().await;
     assert!(
         metrics.contains("fieldline_cluster_publish_seconds"),
         "{metrics}"
     );
+}
+
+/// The flags of a node named `name` in a cluster of two partitions.
+fn node_flags<'a>(urls: &'a str, name: &'a str) -> Vec<&'a str> {
+    vec![
+        "--cluster",
+        urls,
+        "--cluster-replicas",
+        "3",
+        "--cluster-partitions",
+        "2",
+        "--cluster-lease-seconds",
+        "3",
+        "--cluster-node",
+        name,
+    ]
+}
+
+/// Publishes `count` QoS 1 messages of `device` from `first` on through `node`; gives back the
+/// acknowledged numbers and the next unused one.
+async fn publish(node: &Server, device: &str, first: u64, count: usize) -> (Vec<u64>, u64) {
+    let publisher = AckedPublisher::start(node.mqtt_port, device, first, 500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while publisher.acked() < count {
+        assert!(
+            Instant::now() < deadline,
+            "publishes not acknowledged in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_owner_cannot_commit_once_its_partitions_moved() {
+    let dir = TempDir::new("cluster-fence");
+    let nats = NatsCluster::start(&dir).await;
+    let urls = nats.urls();
+    let db = database(Backend::Postgres, &dir, "cluster_fence").await;
+    let hold = dir.0.join("hold-commits");
+    let hold_path = hold.display().to_string();
+    let mut a = Server::start_with_env(
+        &dir,
+        &db,
+        &node_flags(&urls, "a"),
+        &[("FIELDLINE_FAILPOINT_HOLD_COMMITS", &hold_path)],
+    )
+    .await;
+    wait_partitions_owned(&a, &["a"]).await;
+
+    // A's writers hold their commits; what A acknowledges waits in the stream.
+    std::fs::write(&hold, b"").expect("hold file");
+    let (first_acked, next) = publish(&a, "fence-1", 1, 200).await;
+    let log = a.log.clone();
+    wait_for_log(
+        &log,
+        "failpoint: holding a partition's commit",
+        a.child.as_mut().expect("running"),
+    )
+    .await;
+
+    // A stops (as a long GC pause or a frozen VM would) past its lease; B takes over and
+    // stores everything A acknowledged.
+    a.signal("STOP");
+    let b = Server::start_with(&dir, &db, &node_flags(&urls, "b")).await;
+    wait_partitions_owned(&b, &["b"]).await;
+    wait_stored_once(&db, "fence-1", &first_acked).await;
+
+    // A wakes with its batch still to commit: the fence refuses it.
+    std::fs::remove_file(&hold).expect("hold file removed");
+    a.signal("CONT");
+    a.wait_for_metrics(|text| {
+        text.lines().any(|line| {
+            line.starts_with("fieldline_cluster_fenced_commits_total")
+                && line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+        })
+    })
+    .await;
+    wait_stored_once(&db, "fence-1", &first_acked).await;
+
+    // The two nodes share the partitions again and go on: still once each.
+    wait_partitions_owned(&b, &["a", "b"]).await;
+    let (more, next) = publish(&b, "fence-1", next, 200).await;
+    let (last, _) = publish(&a, "fence-1", next, 200).await;
+    let all: Vec<u64> = [first_acked, more, last].concat();
+    wait_stored_once(&db, "fence-1", &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline() {
+    let dir = TempDir::new("cluster-presence");
+    let nats = NatsCluster::start(&dir).await;
+    let urls = nats.urls();
+    let db = database(Backend::Postgres, &dir, "cluster_presence").await;
+    let mut nodes = Vec::new();
+    for name in ["p0", "p1", "p2"] {
+        nodes.push(Server::start_with(&dir, &db, &node_flags(&urls, name)).await);
+    }
+    wait_partitions_owned(&nodes[0], &["p0", "p1", "p2"]).await;
+
+    // A device on node 0 reconnects to node 1 while its first connection is still open: node
+    // 0 cuts that one, and its end sends nothing offline.
+    let first = Device::connect(nodes[0].mqtt_port, "mover").await;
+    assert_eq!(nodes[0].status_reasons("mover", 1).await, ["connect"]);
+    let mut second = Device::connect(nodes[1].mqtt_port, "mover").await;
+    let log = nodes[0].log.clone();
+    wait_for_log(
+        &log,
+        "the device connected to another node",
+        nodes[0].child.as_mut().expect("running"),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.is_connected() {
+        assert!(Instant::now() < deadline, "node 0 kept the old connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second
+        .publish("devices/mover/telemetry", r#"{"metrics":{"n":1}}"#)
+        .await;
+    second.wait_acked(1).await;
+    second.client.disconnect().await.expect("disconnect sent");
+    assert_eq!(
+        nodes[2].status_reasons("mover", 2).await,
+        ["connect", "disconnect"],
+        "one online, and the offline of the connection that ended last"
+    );
+
+    // A command sent through node 0 reaches its device on node 1; its reply, read by the
+    // partition's owner wherever that is, shows on node 2.
+    let mut commanded = Commanded::connect(nodes[1].mqtt_port, "cmd-1", 4, false, None).await;
+    assert_eq!(nodes[0].status_reasons("cmd-1", 1).await, ["connect"]);
+    let (status, sent) = nodes[0]
+        .request(
+            reqwest::Method::POST,
+            "/api/devices/cmd-1/commands",
+            None,
+            Some(serde_json::json!({"name": "ping"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let id = sent["id"].as_str().expect("id").to_owned();
+    let got = commanded.next().await;
+    assert_eq!(got.body["id"], id.as_str());
+    commanded
+        .publish(&format!("devices/cmd-1/replies/{id}"), br#"{"ok": true}"#)
+        .await;
+    nodes[2]
+        .wait_for(&format!("/api/commands/{id}"), |c| c["state"] == "replied")
+        .await;
+
+    // A device of node 2, which dies: it goes offline with reason `dropped`.
+    let stays = Device::connect(nodes[2].mqtt_port, "stays").await;
+    assert_eq!(nodes[0].status_reasons("stays", 1).await, ["connect"]);
+    let mut dead = nodes.remove(2);
+    if let Some(mut child) = dead.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(stays);
+    assert_eq!(
+        nodes[0].status_reasons("stays", 2).await,
+        ["connect", "dropped"]
+    );
+    // Nothing more came of the move meanwhile.
+    let history = nodes[1].get_ok("/api/devices/mover/status").await;
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+
+    // PostgreSQL goes away under load: the stream keeps acknowledging (it is the spool), the
+    // writers retry, and once it is back everything acknowledged is stored once.
+    let publishers: Vec<(usize, String, AckedPublisher)> = (0..2)
+        .map(|i| {
+            let device = format!("outage-{i}");
+            let publisher = AckedPublisher::start(nodes[i].mqtt_port, &device, 1, 200);
+            (i, device, publisher)
+        })
+        .collect();
+    go_on(&publishers, 200).await;
+    let name = db.rsplit('/').next().expect("database name").to_owned();
+    pg_admin(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+    ))
+    .await;
+    go_on(&publishers, 400).await;
+    // The writer of some partition meets the outage.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut errors = 0.0;
+        for node in &nodes {
+            let text = node.metrics_text().await;
+            errors += node.metric(&text, "fieldline_storage_write_errors_total");
+        }
+        if errors >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no storage write failed while PostgreSQL was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pg_admin(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"
+    ))
+    .await;
+    for (_, device, publisher) in publishers {
+        let (acked, _) = publisher.stop().await;
+        wait_stored_once(&db, &device, &acked).await;
+    }
 }

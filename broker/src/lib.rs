@@ -36,10 +36,10 @@ pub mod wal;
 pub use commands::{CommandToDevice, Commands, Report};
 pub use guard::{DeviceAccess, Guard, GuardSettings};
 pub use presence::{DisconnectReason, Will};
-pub use server::{start, BrokerError, RunningBroker};
+pub use server::{start, BrokerError, Kicker, RunningBroker};
 pub use settings::{BrokerSettings, TlsListener};
 pub use tap::{
-    remote_tap, tap, Inbound, Message, RemoteLog, RemoteRecord, Session, Tap, TapClosed,
+    remote_tap, tap, Inbound, Message, RemoteLog, RemoteRecord, Session, Settling, Tap, TapClosed,
     TapReceiver,
 };
 pub use tunnel::{tls_acceptor, TlsError};

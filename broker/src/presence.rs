@@ -178,7 +178,7 @@ impl Change {
 
     /// The record's payload: `version | kind | device length | device`, then for an end
     /// `offline | reason | will? | will topic length (u16) | will topic | will payload`.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let device = self.device().as_bytes();
         // Device ids are at most 64 bytes (`device_of`).
         let mut out = vec![VERSION, 0, device.len() as u8];

@@ -49,14 +49,31 @@ pub enum BrokerError {
 /// The listeners of a started broker.
 pub struct RunningBroker {
     accept_loops: Vec<JoinHandle<()>>,
+    sessions: Arc<Sessions>,
     mqtt_addr: SocketAddr,
     mqtts_addr: Option<SocketAddr>,
     mqtt_ws_addr: Option<SocketAddr>,
 }
 
+/// Closes a client's connection as a newer connection of the same client would.
+#[derive(Clone)]
+pub struct Kicker(Arc<Sessions>);
+
+impl Kicker {
+    /// Closes the connection of `client_id`; whether this broker had one.
+    pub fn take_over(&self, client_id: &str) -> bool {
+        self.0.kick(client_id)
+    }
+}
+
 impl RunningBroker {
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// A handle that closes connections as a takeover would (cluster mode).
+    pub fn kicker(&self) -> Kicker {
+        Kicker(self.sessions.clone())
     }
 
     pub fn mqtts_addr(&self) -> Option<SocketAddr> {
@@ -114,6 +131,7 @@ pub async fn start(
         },
         open: AtomicUsize::new(0),
     });
+    let sessions = shared.sessions.clone();
     let listeners = Listeners { settings, shared };
     let mut accept_loops = Vec::new();
     let mqtt_addr = settings.mqtt_listen;
@@ -151,6 +169,7 @@ pub async fn start(
     }
     Ok(RunningBroker {
         accept_loops,
+        sessions,
         mqtt_addr,
         mqtts_addr,
         mqtt_ws_addr,

@@ -98,6 +98,18 @@ impl Sessions {
         sessions
     }
 
+    /// Closes the live connection of `client_id`, as a newer connection would (cluster mode:
+    /// the device connected to another node). Returns whether there was one.
+    pub(crate) fn kick(&self, client_id: &str) -> bool {
+        match self.lock().get(client_id) {
+            Some(Entry::Live(holder)) => {
+                holder.kick.notify_one();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes the session of `client_id` for connection `connection`, closing a live holder
     /// first and waiting (at most `wait`) until it has let go.
     pub(crate) async fn claim(

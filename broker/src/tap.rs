@@ -23,6 +23,23 @@ pub trait RemoteLog: Send + Sync {
     /// Blocks until the log holds every record, in order, or refuses them because it is
     /// closing. A record's `key` is the device it belongs to (what the log partitions by).
     fn append(&self, records: &[RemoteRecord<'_>]) -> Result<(), TapClosed>;
+
+    /// Settles presence changes this node decided against the other nodes before they are
+    /// logged (a device may have moved to another node): returns those that stand, as
+    /// they stand. Alone, every change stands.
+    fn settle(&self, changes: Vec<Settling>) -> Vec<Settling> {
+        changes
+    }
+}
+
+/// A presence change on its way to a [`RemoteLog`]: when, whose, from which connection.
+#[derive(Clone, Debug)]
+pub struct Settling {
+    pub received_ms: i64,
+    pub device: Arc<str>,
+    pub client_id: Arc<str>,
+    pub connection: u64,
+    pub change: Change,
 }
 
 /// One record for a [`RemoteLog`].
@@ -82,7 +99,7 @@ pub struct Tap {
     log: Option<Logged>,
     /// Cluster mode: the shared log every publish goes to instead, and the queue presence
     /// changes go to it through.
-    remote: Option<(Arc<dyn RemoteLog>, mpsc::UnboundedSender<PresenceRecord>)>,
+    remote: Option<(Arc<dyn RemoteLog>, mpsc::UnboundedSender<Settling>)>,
     /// Who is online. Changes are decided and logged under this lock, so the log holds them
     /// in the order they were decided.
     presence: Arc<Mutex<Presence>>,
@@ -154,7 +171,7 @@ pub fn tap(budget_bytes: usize, wal: Option<(Arc<Wal>, u64)>) -> (Tap, TapReceiv
 /// all end up waiting on it). So they queue, in order, for one task that appends them.
 pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
     let (mut tap, rx) = tap(1, None);
-    let (changes, mut queued) = mpsc::unbounded_channel::<PresenceRecord>();
+    let (changes, mut queued) = mpsc::unbounded_channel::<Settling>();
     let log = remote.clone();
     tokio::spawn(async move {
         while let Some(first) = queued.recv().await {
@@ -167,11 +184,14 @@ pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
             }
             let log = log.clone();
             let appended = tokio::task::spawn_blocking(move || {
-                let records: Vec<RemoteRecord<'_>> = batch
+                let settled = log.settle(batch);
+                let encoded: Vec<Vec<u8>> = settled.iter().map(|s| s.change.encode()).collect();
+                let records: Vec<RemoteRecord<'_>> = settled
                     .iter()
-                    .map(|(received_ms, device, record)| RemoteRecord {
-                        received_ms: *received_ms,
-                        key: device,
+                    .zip(&encoded)
+                    .map(|(s, record)| RemoteRecord {
+                        received_ms: s.received_ms,
+                        key: &s.device,
                         topic: LOG_TOPIC,
                         payload: record,
                     })
@@ -189,9 +209,6 @@ pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
     tap.remote = Some((remote, changes));
     (tap, rx)
 }
-
-/// A presence change on its way to the shared log: when, whose, and the change encoded.
-type PresenceRecord = (i64, Arc<str>, Vec<u8>);
 
 impl Tap {
     /// Hands one publish to the pipeline (see [`Tap::send_batch`]).
@@ -466,8 +483,13 @@ impl Tap {
             // Queued under the presence lock, so the shared log holds changes in the order
             // they were decided. A change the log refuses (the node is stopping) is lost with
             // the node, as presence is.
-            let received_ms = crate::wal::now_ms_of(received_at);
-            let _ = changes.send((received_ms, device, change.encode()));
+            let _ = changes.send(Settling {
+                received_ms: crate::wal::now_ms_of(received_at),
+                device,
+                client_id,
+                connection: session.connection,
+                change,
+            });
             return;
         }
         let record = self.log.as_ref().map(|_| change.encode());

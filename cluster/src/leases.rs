@@ -58,15 +58,20 @@ impl Leases {
         let _ = self.task.await;
     }
 
-    /// Which node holds each partition now, as the bucket says.
+    /// Which node holds each partition now, as the bucket says (within 2 s).
     pub async fn owners(cluster: &Cluster) -> BTreeMap<u16, String> {
-        let mut owners = BTreeMap::new();
-        for p in 0..cluster.settings.partitions {
-            if let Ok(Some(value)) = cluster.leases.get(key(p)).await {
-                owners.insert(p, String::from_utf8_lossy(&value).into_owned());
+        let reads = (0..cluster.settings.partitions).map(|p| async move {
+            let read = tokio::time::timeout(Duration::from_secs(2), cluster.leases.get(key(p)));
+            match read.await {
+                Ok(Ok(Some(value))) => Some((p, String::from_utf8_lossy(&value).into_owned())),
+                _ => None,
             }
-        }
-        owners
+        });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }
 
@@ -88,6 +93,7 @@ async fn run(
     // Where this node starts looking for free partitions, so nodes starting together do
     // not all try the same ones first.
     let offset = crate::partition_of(&cluster.node_id, partitions);
+    let mut live = 1;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -95,37 +101,12 @@ async fn run(
             _ = tick.tick() => {}
             _ = stopped.changed() => break,
         }
-        // Renew what is held; a lease not renewed for most of its time is given up before
-        // another node may take it.
-        let mut lost = Vec::new();
-        for (name, lease) in held.iter_mut() {
-            match cluster
-                .leases
-                .update(name, me.clone(), lease.revision)
-                .await
-            {
-                Ok(revision) => {
-                    lease.revision = revision;
-                    lease.renewed = Instant::now();
-                    cluster.note_quorum(true);
-                }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(lease = %name, "lease taken by another node");
-                    lost.push(name.clone());
-                }
-                Err(e) => {
-                    cluster.note_quorum(false);
-                    if lease.renewed.elapsed() > ttl * 3 / 5 {
-                        tracing::warn!(lease = %name, error = %e, "cannot renew a lease in time; giving it up");
-                        lost.push(name.clone());
-                    }
-                }
-            }
+        renew(&cluster, &me, &mut held, ttl / 2, ttl).await;
+        publish(&held_tx, &held);
+        // The live nodes as last counted, when they cannot be counted now.
+        if let Ok(Ok(list)) = tokio::time::timeout(period, nodes.list()).await {
+            live = list.len().max(1);
         }
-        for name in lost {
-            held.remove(&name);
-        }
-        let live = nodes.list().await.map_or(1, |n| n.len().max(1));
         let share = usize::from(partitions).div_ceil(live);
         let owned = |held: &BTreeMap<String, Held>| held.keys().filter(|k| *k != DUTY).count();
         if owned(&held) < share {
@@ -134,7 +115,7 @@ async fn run(
                 if held.contains_key(&name) {
                     continue;
                 }
-                if let Ok(revision) = cluster.leases.create(&name, me.clone()).await {
+                if let Some(revision) = take(&cluster, &name, &me, period).await {
                     tracing::info!(lease = %name, "took a partition");
                     held.insert(
                         name,
@@ -154,11 +135,11 @@ async fn run(
                 held.remove(&name);
                 publish(&held_tx, &held);
                 tracing::info!(lease = %name, "handing a partition to a newer node");
-                let _ = cluster.leases.delete(&name).await;
+                let _ = tokio::time::timeout(period, cluster.leases.delete(&name)).await;
             }
         }
         if !held.contains_key(DUTY) {
-            if let Ok(revision) = cluster.leases.create(DUTY, me.clone()).await {
+            if let Some(revision) = take(&cluster, DUTY, &me, period).await {
                 tracing::info!("took the cluster's single-node duties");
                 held.insert(
                     DUTY.to_owned(),
@@ -173,7 +154,57 @@ async fn run(
     }
     held_tx.send_replace(Lease::default());
     for name in held.keys() {
-        let _ = cluster.leases.delete(name).await;
+        let _ = tokio::time::timeout(period, cluster.leases.delete(name)).await;
+    }
+}
+
+/// Takes the lease `name` if nobody holds it; its revision.
+async fn take(cluster: &Cluster, name: &str, me: &Bytes, within: Duration) -> Option<u64> {
+    match tokio::time::timeout(within, cluster.leases.create(name, me.clone())).await {
+        Ok(Ok(revision)) => Some(revision),
+        _ => None,
+    }
+}
+
+/// Renews every lease held, all at once and each within `within` (a NATS server failing
+/// over must not hold the others up). A lease another node took is dropped; one not renewed
+/// for most of its time is given up before another node may take it.
+async fn renew(
+    cluster: &Cluster,
+    me: &Bytes,
+    held: &mut BTreeMap<String, Held>,
+    within: Duration,
+    ttl: Duration,
+) {
+    let renewals = held.iter().map(|(name, lease)| {
+        let update = cluster.leases.update(name, me.clone(), lease.revision);
+        async move { (name.clone(), tokio::time::timeout(within, update).await) }
+    });
+    let results = futures_util::future::join_all(renewals).await;
+    for (name, renewed) in results {
+        let Some(lease) = held.get_mut(&name) else {
+            continue;
+        };
+        let failure = match renewed {
+            Ok(Ok(revision)) => {
+                lease.revision = revision;
+                lease.renewed = Instant::now();
+                cluster.note_quorum(true);
+                continue;
+            }
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(lease = %name, "lease taken by another node");
+                held.remove(&name);
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        cluster.note_quorum(false);
+        if lease.renewed.elapsed() > ttl * 3 / 5 {
+            tracing::warn!(lease = %name, error = %failure, "cannot renew a lease in time; giving it up");
+            held.remove(&name);
+        }
     }
 }
 

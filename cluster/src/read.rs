@@ -39,7 +39,7 @@ impl StreamReader {
         tokio::spawn(async move {
             let mut next = from.max(1);
             loop {
-                match read(&cluster, &filter, &mut next, &tx).await {
+                match read(&cluster, partition, &filter, &mut next, &tx).await {
                     Ok(()) => return, // the receiver is gone
                     Err(e) => {
                         tracing::warn!(error = %e, subject = %filter, from = next, "reading the stream failed; reading again in 1 s");
@@ -54,8 +54,13 @@ impl StreamReader {
     }
 }
 
+/// How long a reader waits for its next record before it looks whether the stream has one
+/// for it: a consumer that went quiet across a NATS server's failover is made anew.
+const QUIET: Duration = Duration::from_secs(5);
+
 async fn read(
     cluster: &Cluster,
+    partition: Option<u16>,
     filter: &str,
     next: &mut u64,
     tx: &mpsc::Sender<StreamRecord>,
@@ -76,8 +81,18 @@ async fn read(
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
+    loop {
+        let message = match tokio::time::timeout(QUIET, messages.next()).await {
+            Ok(Some(message)) => message.map_err(|e| e.to_string())?,
+            Ok(None) => break,
+            Err(_) => {
+                if waiting(cluster, partition, *next).await {
+                    metrics::counter!("fieldline_cluster_reader_restarts_total").increment(1);
+                    return Err("the consumer went quiet with records waiting".to_owned());
+                }
+                continue;
+            }
+        };
         let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
         if seq < *next {
             continue; // already sent before a reconnect
@@ -93,4 +108,12 @@ async fn read(
         }
     }
     Err("the consumer ended".to_owned())
+}
+
+/// Whether the stream holds a record at or after `next` for this reader.
+async fn waiting(cluster: &Cluster, partition: Option<u16>, next: u64) -> bool {
+    match partition {
+        Some(p) => matches!(cluster.next_in_partition(p, next).await, Ok(Some(_))),
+        None => matches!(cluster.stream_bounds().await, Ok((_, last)) if last >= next),
+    }
 }

@@ -17,6 +17,7 @@ pub const STREAM: &str = "FIELDLINE";
 pub const SUBJECT_PREFIX: &str = "fl.in.";
 const LEASES: &str = "fieldline_leases";
 const NODES: &str = "fieldline_nodes";
+const PRESENCE: &str = "fieldline_presence";
 
 #[derive(Clone, Debug)]
 pub struct ClusterSettings {
@@ -51,6 +52,7 @@ pub struct Cluster {
     pub stream_epoch: u64,
     pub(crate) leases: kv::Store,
     pub(crate) nodes: kv::Store,
+    pub(crate) presence: kv::Store,
     /// False while the last publish or renewal could not reach a quorum.
     pub(crate) quorum: Arc<AtomicBool>,
 }
@@ -145,6 +147,15 @@ impl Cluster {
         };
         let leases = key_value(&jetstream, bucket(LEASES)).await?;
         let nodes = key_value(&jetstream, bucket(NODES)).await?;
+        // Presence lasts as long as the connection: no expiry (dead nodes' are reaped).
+        let presence = key_value(
+            &jetstream,
+            kv::Config {
+                max_age: Duration::ZERO,
+                ..bucket(PRESENCE)
+            },
+        )
+        .await?;
         tracing::info!(node = %node_id, servers = %settings.servers.join(","), replicas, partitions = settings.partitions, "joined the cluster");
         Ok(Cluster {
             client,
@@ -154,6 +165,7 @@ impl Cluster {
             stream_epoch,
             leases,
             nodes,
+            presence,
             quorum: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -176,6 +188,33 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::jetstream("read the stream FIELDLINE", e))?;
         Ok((info.state.first_sequence, info.state.last_sequence))
+    }
+
+    /// The first record of `partition` at or after `seq`, or `None` when it has none there
+    /// (an idle partition holds nothing back).
+    pub async fn next_in_partition(
+        &self,
+        partition: u16,
+        seq: u64,
+    ) -> Result<Option<u64>, ClusterError> {
+        let stream = self
+            .jetstream
+            .get_stream_no_info(STREAM)
+            .await
+            .map_err(|e| ClusterError::jetstream("open the stream FIELDLINE", e))?;
+        match stream
+            .get_first_raw_message_by_subject(format!("{SUBJECT_PREFIX}{partition}"), seq)
+            .await
+        {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClusterError::jetstream("read the stream FIELDLINE", e)),
+        }
     }
 
     /// Drops the stream's records before `seq`: every partition has stored them and no live

@@ -210,6 +210,9 @@ async fn hold_if_asked() {
     let Some(path) = std::env::var_os("FIELDLINE_FAILPOINT_HOLD_COMMITS") else {
         return;
     };
+    if std::path::Path::new(&path).exists() {
+        tracing::warn!("failpoint: holding a partition's commit");
+    }
     while std::path::Path::new(&path).exists() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -91,7 +91,10 @@ impl PgStore {
         .await?;
         let store = Self {
             pool,
-            options,
+            // A batch waits at most 10 s for a lock (the outbox's, or a partition's row in
+            // cluster mode): a session whose client died while it waited then ends instead
+            // of holding its locks until the kernel notices the dead connection.
+            options: options.options([("lock_timeout", "10s")]),
             writer: Mutex::new(None),
             continuous_aggregates,
             native_partitions,

@@ -80,6 +80,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // FIELDLINE_TEST_KEEP=1 keeps logs and data to look at after a failure.
+        if std::env::var_os("FIELDLINE_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -163,7 +168,7 @@ impl Server {
     pub async fn start_https(dir: &TempDir, database_url: &str, extra: &[&str]) -> Server {
         let ca = raw_mqtt::make_certificates(&dir.0);
         for _ in 0..3 {
-            match Self::try_start_over(dir, database_url, extra, Some(&ca)).await {
+            match Self::try_start_over(dir, database_url, extra, Some(&ca), &[]).await {
                 Ok(server) => return server,
                 Err(log) if log.contains("cannot listen") => continue,
                 Err(log) => panic!("fieldline exited during start-up:\n{log}"),
@@ -177,7 +182,24 @@ impl Server {
         database_url: &str,
         extra: &[&str],
     ) -> Result<Server, String> {
-        Self::try_start_over(dir, database_url, extra, None).await
+        Self::try_start_over(dir, database_url, extra, None, &[]).await
+    }
+
+    /// As `start_with`, with environment variables for the binary (its test failpoints).
+    pub async fn start_with_env(
+        dir: &TempDir,
+        database_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        for _ in 0..3 {
+            match Self::try_start_over(dir, database_url, extra, None, env).await {
+                Ok(server) => return server,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("fieldline exited during start-up:\n{log}"),
+            }
+        }
+        panic!("no free ports after three attempts");
     }
 
     async fn try_start_over(
@@ -185,6 +207,7 @@ impl Server {
         database_url: &str,
         extra: &[&str],
         ca: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Result<Server, String> {
         let mqtt_port = free_port();
         let http_port = free_port();
@@ -214,7 +237,8 @@ impl Server {
         };
         let mut args: Vec<&str> = extra.to_vec();
         args.extend(tls_args.iter().map(String::as_str));
-        let child = spawn_server(dir, database_url, mqtt_port, http_port, &log, &args);
+        let child =
+            spawn_server_with_env(dir, database_url, mqtt_port, http_port, &log, &args, env);
         let mut server = Server {
             child: Some(child),
             mqtt_port,
@@ -759,8 +783,21 @@ pub fn spawn_server(
     log: &std::path::Path,
     extra: &[&str],
 ) -> Child {
+    spawn_server_with_env(dir, url, mqtt, http, log, extra, &[])
+}
+
+pub fn spawn_server_with_env(
+    dir: &TempDir,
+    url: &str,
+    mqtt: u16,
+    http: u16,
+    log: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     Command::new(binary())
+        .envs(env.iter().copied())
         .current_dir(&dir.0)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "info,fieldline_ingest=debug,rumqttd=off")

@@ -17,8 +17,50 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Three servers in one JetStream cluster; their data under `dir`.
-    pub fn start(dir: &TempDir) -> NatsCluster {
+    /// Three servers in one JetStream cluster, their data under `dir`; returns once their
+    /// JetStream meta group has all three (a port found free can be taken meanwhile by
+    /// another process: then it starts over on other ports).
+    pub async fn start(dir: &TempDir) -> NatsCluster {
+        let mut logs = String::new();
+        for attempt in 0..3 {
+            let cluster = Self::spawn(dir, attempt);
+            if cluster.wait_formed().await {
+                return cluster;
+            }
+            for server in &cluster.servers {
+                let log = dir.0.join(format!("nats-{}-{attempt}.log", server.name));
+                logs.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+            }
+        }
+        panic!("no JetStream cluster formed in three attempts:\n{logs}");
+    }
+
+    /// Whether, within 30 s, a server says the meta group has a leader and three current peers.
+    async fn wait_formed(&self) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            for server in &self.servers {
+                let url = format!("http://127.0.0.1:{}/jsz", server.monitor_port);
+                let Ok(response) = reqwest::get(&url).await else {
+                    continue;
+                };
+                let Ok(jsz) = response.json::<serde_json::Value>().await else {
+                    continue;
+                };
+                let meta = &jsz["meta_cluster"];
+                let peers = meta["replicas"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter(|p| p["current"] == true).count());
+                if meta["leader"].as_str().is_some_and(|l| !l.is_empty()) && peers == 2 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        false
+    }
+
+    fn spawn(dir: &TempDir, attempt: usize) -> NatsCluster {
         let ports: Vec<(u16, u16, u16)> = (0..3)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
@@ -32,8 +74,8 @@ impl NatsCluster {
                     .map(|(_, (_, c, _))| format!("nats://127.0.0.1:{c}"))
                     .collect();
                 let name = format!("n{i}");
-                let store = dir.0.join(format!("nats-{name}"));
-                let log = std::fs::File::create(dir.0.join(format!("nats-{name}.log")))
+                let store = dir.0.join(format!("nats-{name}-{attempt}"));
+                let log = std::fs::File::create(dir.0.join(format!("nats-{name}-{attempt}.log")))
                     .expect("NATS log file");
                 let child = Command::new("nats-server")
                     .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-n", &name])
@@ -64,6 +106,50 @@ impl NatsCluster {
             .map(|s| format!("nats://127.0.0.1:{}", s.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+impl NatsCluster {
+    /// The server that leads the stream `FIELDLINE` now, as the servers' monitoring says.
+    pub async fn stream_leader(&self) -> String {
+        for server in &self.servers {
+            if server.child.is_none() {
+                continue;
+            }
+            let url = format!(
+                "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
+                server.monitor_port
+            );
+            let Ok(response) = reqwest::get(&url).await else {
+                continue;
+            };
+            let Ok(jsz) = response.json::<serde_json::Value>().await else {
+                continue;
+            };
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    if stream["name"] == "FIELDLINE" {
+                        if let Some(leader) = stream["cluster"]["leader"].as_str() {
+                            return leader.to_owned();
+                        }
+                    }
+                }
+            }
+        }
+        panic!("no server says which one leads the stream FIELDLINE");
+    }
+
+    /// SIGKILL of the server named `name`.
+    pub fn kill(&mut self, name: &str) {
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("a server of that name");
+        if let Some(mut child) = server.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

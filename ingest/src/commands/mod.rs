@@ -79,7 +79,13 @@ pub struct CommandDesk {
     feed: Arc<dyn EventFeed>,
     wake: mpsc::UnboundedSender<Wake>,
     max_payload_bytes: usize,
+    /// Cluster mode: tells the other nodes of each new command (`device`, `id`), so the one
+    /// holding the device sends it at once.
+    announce: std::sync::OnceLock<Announce>,
 }
+
+/// How a new command is made known to the other nodes.
+pub type Announce = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 impl CommandDesk {
     /// Starts the dispatcher over the broker's mailboxes and reports.
@@ -101,6 +107,7 @@ impl CommandDesk {
             feed,
             wake,
             max_payload_bytes,
+            announce: std::sync::OnceLock::new(),
         };
         (Arc::new(desk), task)
     }
@@ -205,8 +212,25 @@ impl CommandDesk {
                 device: command.device.clone(),
                 id: command.id.clone(),
             });
+            if let Some(announce) = self.announce.get() {
+                announce(&command.device, &command.id);
+            }
         }
         Ok((command, created))
+    }
+
+    /// Cluster mode: `announce` tells the other nodes of every command created here.
+    pub fn announce_with(&self, announce: Announce) {
+        let _ = self.announce.set(announce);
+    }
+
+    /// Cluster mode: another node created command `id` for `device`; it is sent from here if
+    /// the device is connected here.
+    pub fn created_elsewhere(&self, device: &str, id: &str) {
+        let _ = self.wake.send(Wake::Created {
+            device: device.to_owned(),
+            id: id.to_owned(),
+        });
     }
 
     /// Whether the ledger has any command for `device` (it took commands before).
