@@ -69,6 +69,20 @@ pub async fn join(config: &Config, store: &dyn Store) -> anyhow::Result<Node> {
             Err(e) => return Err(e).context("cannot join the cluster (--cluster)"),
         }
     };
+    // The card goes up before the broker takes devices: the node with the duties sends the
+    // devices of nodes without one offline.
+    let card = NodeInfo {
+        id: cluster.node_id.clone(),
+        name: cluster.settings.node_name.clone(),
+        http: config.http_listen.to_string(),
+        mqtt: config.mqtt_listen.to_string(),
+        started_ms: fieldline_store::time_format::now_ms(),
+        ..NodeInfo::default()
+    };
+    Nodes::new(cluster.clone())
+        .announce(&card)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot put this node's card in the cluster registry: {e}"))?;
     let (first, last) = cluster
         .stream_bounds()
         .await
@@ -76,14 +90,7 @@ pub async fn join(config: &Config, store: &dyn Store) -> anyhow::Result<Node> {
     let history = config.live.history_events as u64;
     let from = first.max(last.saturating_sub(history) + 1).max(1);
     let hub = Hub::following_log(config.live.clone(), cluster.stream_epoch, from);
-    let devices = store
-        .devices()
-        .await
-        .context("cannot read the devices' newest positions")?;
-    hub.seed_positions(devices.into_iter().filter_map(|d| {
-        let location = d.location?;
-        Some((d.id, location["lat"].as_f64()?, location["lon"].as_f64()?))
-    }));
+    crate::live_seed::seed_positions(store, &hub).await?;
     crate::judging::start_live_outbox(store, &hub, Some(from), config.live.history_events).await?;
     let log = StreamLog::new(cluster.clone());
     Ok(Node {
@@ -122,7 +129,11 @@ impl SharedLog {
 }
 
 impl RemoteLog for SharedLog {
-    fn append(&self, records: &[RemoteRecord<'_>]) -> Result<(), TapClosed> {
+    fn append<'a>(
+        &'a self,
+        records: &'a [RemoteRecord<'a>],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TapClosed>> + Send + 'a>>
+    {
         let partitions = self.log.partitions();
         let encoded = records
             .iter()
@@ -133,10 +144,13 @@ impl RemoteLog for SharedLog {
                 )
             })
             .collect();
-        self.runtime
-            .block_on(self.log.append(encoded))
-            .map(|_| ())
-            .map_err(|_| TapClosed)
+        Box::pin(async move {
+            self.log
+                .append(encoded)
+                .await
+                .map(|_| ())
+                .map_err(|_| TapClosed)
+        })
     }
 
     fn settle(&self, changes: Vec<Settling>) -> Vec<Settling> {
@@ -355,6 +369,9 @@ pub struct Parts {
     pub rules: Arc<Catalog<AlertRules>>,
     pub commands: Arc<CommandDesk>,
     pub events: Arc<dyn EventFeed>,
+    /// The newest stored event when `events` started: the shared outbox is followed from
+    /// there, so the feed gets every seq after it.
+    pub last_event: u64,
     pub webhooks: Arc<Webhooks>,
     pub channels: Arc<Channels>,
     pub tap: Tap,
@@ -386,11 +403,6 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
         .stream_seqs()
         .await
         .context("cannot read the last sequence numbers")?;
-    let last_event = parts
-        .store
-        .last_event_seq()
-        .await
-        .context("cannot read the newest stored event")?;
     // The mirror stores nothing: its writer never gets a batch.
     let (idle_writer, _, _) = spawn_writer(parts.store.clone(), 1, 0, parts.events.clone());
     let mut pipeline = Pipeline::new(parts.settings.clone(), idle_writer, node.hub.clone(), seeds);
@@ -410,7 +422,7 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
         fieldline_ingest::events::shared_outbox::follow(
             parts.store.clone(),
             parts.events.clone(),
-            last_event,
+            parts.last_event,
             stopped.clone(),
         ),
     ));

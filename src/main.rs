@@ -7,6 +7,7 @@ mod command_cli;
 mod config;
 mod judging;
 mod live_epoch;
+mod live_seed;
 mod registry_cli;
 mod service;
 mod wal_dir;

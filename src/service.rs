@@ -65,7 +65,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deliver_here = node.is_none();
     let webhooks = start_webhooks(&config, &store, deliver_here).await?;
     let channels = start_channels(&config, &store, deliver_here).await?;
-    let events = event_feed(store.as_ref(), &hub, &webhooks, &channels).await?;
+    let (events, last_event) = event_feed(store.as_ref(), &hub, &webhooks, &channels).await?;
     let alarms = fieldline_ingest::alarms::AlarmDesk::new(store.clone(), events.clone());
     let (mailboxes, reports) = Commands::new();
     let (commands, dispatcher) = CommandDesk::start(
@@ -96,6 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     rules: judging.rules.clone(),
                     commands: commands.clone(),
                     events,
+                    last_event,
                     webhooks: webhooks.clone(),
                     channels: channels.clone(),
                     tap: broker.tap.clone(),
@@ -295,14 +296,7 @@ async fn start_live_views(
         None => Hub::new(config.live.clone()),
     };
     if log.wal.is_some() {
-        let devices = store
-            .devices()
-            .await
-            .context("cannot read the devices' newest positions")?;
-        hub.seed_positions(devices.into_iter().filter_map(|d| {
-            let location = d.location?;
-            Some((d.id, location["lat"].as_f64()?, location["lon"].as_f64()?))
-        }));
+        crate::live_seed::seed_positions(store, &hub).await?;
     }
     crate::judging::start_live_outbox(
         store,
@@ -364,7 +358,7 @@ async fn event_feed(
     hub: &Arc<Hub>,
     webhooks: &Arc<Webhooks>,
     channels: &Arc<Channels>,
-) -> anyhow::Result<Arc<dyn EventFeed>> {
+) -> anyhow::Result<(Arc<dyn EventFeed>, u64)> {
     let last = store
         .last_event_seq()
         .await
@@ -374,7 +368,7 @@ async fn event_feed(
         webhooks.clone(),
         channels.clone(),
     ]));
-    Ok(Arc::new(InOrder::new(feeds, last)))
+    Ok((Arc::new(InOrder::new(feeds, last)), last))
 }
 
 /// The write path, recovered from the last run and ready for devices.

@@ -469,3 +469,134 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
         wait_stored_once(&db, &device, &acked).await;
     }
 }
+
+/// One device's input: 40 fixes driving north through a fence and 40 readings rising
+/// and falling through a rule's threshold, each with its seq and device time.
+fn judged_input(base: i64) -> Vec<(&'static str, String)> {
+    (0..40i64)
+        .flat_map(|k| {
+            let ts = base + k * 1000;
+            let fix = serde_json::json!({"seq": k, "ts": ts, "lat": 10.0 + k as f64 * 0.001, "lon": 20.0});
+            let temp = if k % 20 < 10 { k % 20 } else { 20 - k % 20 } as f64 * 2.0;
+            let reading = serde_json::json!({"seq": k, "ts": ts, "metrics": {"temp_c": temp}});
+            [("location", fix.to_string()), ("telemetry", reading.to_string())]
+        })
+        .collect()
+}
+
+/// Publishes `input` as `device` through the broker at `port`, QoS 1, every one acknowledged.
+async fn feed(port: u16, device: &str, input: &[(&str, String)]) {
+    let mut client = Device::connect(port, device).await;
+    for (kind, payload) in input {
+        client
+            .publish(&format!("devices/{device}/{kind}"), payload.clone())
+            .await;
+    }
+    client.wait_acked(input.len()).await;
+}
+
+/// The fence and the rule, made through `node`'s API.
+async fn define(node: &Server) {
+    let fence = serde_json::json!({"type": "Feature",
+        "properties": {"name": "Yard"},
+        "geometry": {"type": "Polygon", "coordinates": [[[19.99, 10.0105], [20.01, 10.0105], [20.01, 10.0305], [19.99, 10.0305], [19.99, 10.0105]]]}});
+    let rule = serde_json::json!({"name": "Hot", "devices": ["judged-*"], "metric": "temp_c", "above": 15.0, "clear_below": 10.0});
+    for (path, body) in [("/api/geofences", fence), ("/api/rules", rule)] {
+        let (status, created) = node
+            .request(reqwest::Method::POST, path, None, Some(body))
+            .await;
+        assert_eq!(status, 201, "{path}: {created}");
+    }
+}
+
+/// Once every reading of the three devices is stored, their geofence and alert events as
+/// (device, ts, kind, what happened): what must not depend on where they were judged.
+async fn judged_events(node: &Server) -> Vec<(String, String, String, String)> {
+    for i in 0..3 {
+        node.wait_for(
+            &format!("/api/devices/judged-{i}/track?from=0&limit=1000"),
+            |t| t.as_array().map(Vec::len) == Some(40),
+        )
+        .await;
+        node.wait_for(
+            &format!("/api/devices/judged-{i}/telemetry?from=0&limit=1000"),
+            |t| t.as_array().map(Vec::len) == Some(40),
+        )
+        .await;
+    }
+    let events = node
+        .get_ok("/api/events?kinds=geofence,alert&limit=10000")
+        .await;
+    let mut judged: Vec<_> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            let what = e
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| {
+                            !matches!(k.as_str(), "seq" | "id" | "stored" | "stored_at")
+                        })
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            (
+                e["device"].to_string(),
+                e["ts"].to_string(),
+                e["kind"].to_string(),
+                what,
+            )
+        })
+        .collect();
+    judged.sort();
+    judged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
+    let dir = TempDir::new("cluster-judged");
+    let base = support::geo::base_ms();
+    let input = judged_input(base);
+
+    // One node alone.
+    let single_db = database(Backend::Postgres, &dir, "judged_single").await;
+    let single = Server::start(&dir, &single_db).await;
+    define(&single).await;
+    for i in 0..3 {
+        feed(single.mqtt_port, &format!("judged-{i}"), &input).await;
+    }
+    let alone = judged_events(&single).await;
+    assert!(
+        alone.iter().any(|e| e.2 == "\"geofence\"") && alone.iter().any(|e| e.2 == "\"alert\""),
+        "the input crosses the fence and the threshold: {alone:?}"
+    );
+    drop(single);
+
+    // Three nodes; the definitions made through the first before the others start.
+    let nats = NatsCluster::start(&dir).await;
+    let urls = nats.urls();
+    let db = database(Backend::Postgres, &dir, "judged_cluster").await;
+    let mut nodes = vec![Server::start_with(&dir, &db, &node_flags(&urls, "j0")).await];
+    define(&nodes[0]).await;
+    for name in ["j1", "j2"] {
+        nodes.push(Server::start_with(&dir, &db, &node_flags(&urls, name)).await);
+    }
+    wait_partitions_owned(&nodes[0], &["j0", "j1", "j2"]).await;
+    feed(nodes[0].mqtt_port, "judged-0", &input).await;
+    feed(nodes[1].mqtt_port, "judged-1", &input).await;
+    // The third device's first half through node 2, which then dies; the device sends all
+    // of it again through node 0 (what was stored already is recognised by its seq).
+    feed(nodes[2].mqtt_port, "judged-2", &input[..input.len() / 2]).await;
+    let mut dead = nodes.remove(2);
+    if let Some(mut child) = dead.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    feed(nodes[0].mqtt_port, "judged-2", &input).await;
+    let clustered = judged_events(&nodes[1]).await;
+    assert_eq!(clustered, alone);
+}

@@ -579,7 +579,7 @@ where
             // Everything this read brought goes to the log and the pipeline at once, before
             // any of its acknowledgements leave (even when the connection ends here, what
             // came before the end is the device's data).
-            if codec.hand_over().is_err() {
+            if codec.hand_over().await.is_err() {
                 return End::Closed;
             }
             if let Some(end) = ended {

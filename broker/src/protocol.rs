@@ -141,11 +141,15 @@ impl TappedProtocol {
     /// Hands the publishes read so far to the tap (the log and the pipeline), before any of
     /// their acknowledgements leave. An error means they were not taken: the connection must
     /// end without acknowledging them.
-    pub(crate) fn hand_over(&mut self) -> Result<(), crate::tap::TapClosed> {
+    pub(crate) async fn hand_over(&mut self) -> Result<(), crate::tap::TapClosed> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let publishes = std::mem::take(&mut self.pending);
+        if self.tap.is_remote() {
+            // Cluster mode: acknowledged once the shared log holds them, awaited here.
+            return self.tap.send_remote(&publishes, &self.client_id).await;
+        }
         if let Some(position) = self.tap.send_batch(publishes, self.client_id.clone())? {
             self.last_logged.store(position, Ordering::Release);
         }

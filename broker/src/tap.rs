@@ -20,9 +20,14 @@ use crate::wal::Wal;
 /// write-ahead log and of the hand-over: what it holds is read back from it, by whichever node
 /// stores it, so nothing goes to this process' pipeline directly.
 pub trait RemoteLog: Send + Sync {
-    /// Blocks until the log holds every record, in order, or refuses them because it is
-    /// closing. A record's `key` is the device it belongs to (what the log partitions by).
-    fn append(&self, records: &[RemoteRecord<'_>]) -> Result<(), TapClosed>;
+    /// Resolves once the log holds every record, in order, or refuses them (it is closing,
+    /// or could not take them in time). A record's `key` is the device it belongs to (what
+    /// the log partitions by). The connection awaits it without holding a thread, so a log
+    /// that stalls slows devices without starving the runtime.
+    fn append<'a>(
+        &'a self,
+        records: &'a [RemoteRecord<'a>],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TapClosed>> + Send + 'a>>;
 
     /// Settles presence changes this node decided against the other nodes before they are
     /// logged (a device may have moved to another node): returns those that stand, as
@@ -182,24 +187,24 @@ pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
                     Err(_) => break,
                 }
             }
-            let log = log.clone();
-            let appended = tokio::task::spawn_blocking(move || {
-                let settled = log.settle(batch);
-                let encoded: Vec<Vec<u8>> = settled.iter().map(|s| s.change.encode()).collect();
-                let records: Vec<RemoteRecord<'_>> = settled
-                    .iter()
-                    .zip(&encoded)
-                    .map(|(s, record)| RemoteRecord {
-                        received_ms: s.received_ms,
-                        key: &s.device,
-                        topic: LOG_TOPIC,
-                        payload: record,
-                    })
-                    .collect();
-                log.append(&records)
-            })
-            .await;
-            if !matches!(appended, Ok(Ok(()))) {
+            // Settling asks the other nodes and may wait: off the async threads.
+            let settling = log.clone();
+            let Ok(settled) = tokio::task::spawn_blocking(move || settling.settle(batch)).await
+            else {
+                continue;
+            };
+            let encoded: Vec<Vec<u8>> = settled.iter().map(|s| s.change.encode()).collect();
+            let records: Vec<RemoteRecord<'_>> = settled
+                .iter()
+                .zip(&encoded)
+                .map(|(s, record)| RemoteRecord {
+                    received_ms: s.received_ms,
+                    key: &s.device,
+                    topic: LOG_TOPIC,
+                    payload: record,
+                })
+                .collect();
+            if log.append(&records).await.is_err() {
                 tracing::warn!(
                     "the shared log did not take presence changes (the node is stopping)"
                 );
@@ -239,10 +244,9 @@ impl Tap {
         let Some(last) = publishes.len().checked_sub(1) else {
             return Ok(None);
         };
-        if let Some((remote, _)) = &self.remote {
-            return self
-                .send_remote(remote, &publishes, &client_id)
-                .map(|()| None);
+        if self.remote.is_some() {
+            // Cluster mode goes through `send_remote`, which the connection awaits.
+            return Err(TapClosed);
         }
         if publishes
             .iter()
@@ -348,15 +352,30 @@ impl Tap {
         }
     }
 
+    /// Whether publishes go to a shared log ([`Tap::send_remote`]) instead.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Cluster mode: the publishes go to the shared log, keyed by the device their topic
-    /// names (or, for other topics, the client). Returns once it holds them.
-    fn send_remote(
+    /// names (or, for other topics, the client). Resolves once it holds them.
+    pub async fn send_remote(
         &self,
-        remote: &Arc<dyn RemoteLog>,
         publishes: &[(Bytes, Bytes)],
         client_id: &Arc<str>,
     ) -> Result<(), TapClosed> {
+        let Some((remote, _)) = &self.remote else {
+            return Err(TapClosed);
+        };
         if *self.closed.read().unwrap_or_else(|e| e.into_inner()) {
+            return Err(TapClosed);
+        }
+        if publishes
+            .iter()
+            .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
+        {
+            tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
+            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
             return Err(TapClosed);
         }
         let received_ms = crate::wal::now_ms_of(SystemTime::now());
@@ -369,7 +388,7 @@ impl Tap {
                 payload,
             })
             .collect();
-        tokio::task::block_in_place(|| remote.append(&records))?;
+        remote.append(&records).await?;
         self.publishes.increment(records.len() as u64);
         Ok(())
     }

@@ -110,7 +110,12 @@ async fn run(
         let share = usize::from(partitions).div_ceil(live);
         let owned = |held: &BTreeMap<String, Held>| held.keys().filter(|k| *k != DUTY).count();
         if owned(&held) < share {
+            // Taking stops once a period is spent, so renewals come round in time.
+            let taking = Instant::now();
             for i in 0..partitions {
+                if taking.elapsed() > period {
+                    break;
+                }
                 let name = key((offset + i) % partitions);
                 if held.contains_key(&name) {
                     continue;
@@ -176,6 +181,8 @@ async fn renew(
     within: Duration,
     ttl: Duration,
 ) {
+    // A renewal counts from when it was asked for: the entry's time runs from then at best.
+    let asked = Instant::now();
     let renewals = held.iter().map(|(name, lease)| {
         let update = cluster.leases.update(name, me.clone(), lease.revision);
         async move { (name.clone(), tokio::time::timeout(within, update).await) }
@@ -188,7 +195,7 @@ async fn renew(
         let failure = match renewed {
             Ok(Ok(revision)) => {
                 lease.revision = revision;
-                lease.renewed = Instant::now();
+                lease.renewed = asked;
                 cluster.note_quorum(true);
                 continue;
             }

@@ -14,10 +14,16 @@ use bytes::Bytes;
 use crate::setup::SUBJECT_PREFIX;
 use crate::Cluster;
 
-/// Why a publish was not taken: the node is stopping.
+/// Why a publish was not taken: the node is stopping, or the stream could not take it
+/// within [`GIVE_UP`].
 #[derive(Debug, thiserror::Error)]
-#[error("the cluster log is closed")]
+#[error("the cluster log is closed or did not take the records in time")]
 pub struct LogClosed;
+
+/// How long records are offered again before the device is refused (its connection closed,
+/// nothing acknowledged): well inside the stream's duplicate window, so a retry of a record
+/// that was stored after all is still recognised.
+const GIVE_UP: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct StreamLog {
@@ -50,8 +56,9 @@ impl StreamLog {
 
     /// Publishes `records` (`(partition, encoded record)`, in order) and waits until the
     /// stream holds every one; returns the last one's stream sequence. While the stream
-    /// cannot take them (no quorum, full) it retries, with the same message ids, until it
-    /// can or the log is closed.
+    /// cannot take them (no quorum, full) it offers them again, from the first one not taken
+    /// and with the same message ids (so those taken are kept once, in order), until it can,
+    /// the log is closed, or [`GIVE_UP`] has passed.
     pub async fn append(&self, records: Vec<(u16, Bytes)>) -> Result<u64, LogClosed> {
         let first = self
             .next_id
@@ -65,7 +72,7 @@ impl StreamLog {
         let mut backoff = Duration::from_millis(50);
         let started = Instant::now();
         loop {
-            if self.closed.load(Ordering::Relaxed) {
+            if self.closed.load(Ordering::Relaxed) || started.elapsed() > GIVE_UP {
                 return Err(LogClosed);
             }
             let mut acks: Vec<(usize, Option<PublishAckFuture>)> =
@@ -104,7 +111,8 @@ impl StreamLog {
             self.failures.increment(failed.len() as u64);
             self.cluster.note_quorum(false);
             tracing::warn!(error = ?error, records = failed.len(), retry_in_ms = backoff.as_millis() as u64, "the stream did not take records; retrying (devices are not acknowledged meanwhile)");
-            pending.retain(|(i, _, _)| failed.contains(i));
+            let first_failed = failed.iter().min().copied().unwrap_or(0);
+            pending.retain(|(i, _, _)| *i >= first_failed);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }

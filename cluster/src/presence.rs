@@ -100,11 +100,21 @@ impl Presences {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            if let Err(e) = self.kv().put(&key, mine.clone()).await {
-                tracing::warn!(error = %e, "cannot record a device's presence");
+            // Written only over what was read: a change meanwhile (a reaper, another node)
+            // is read again.
+            let written = match &current {
+                Some(entry) => self
+                    .kv()
+                    .update(&key, mine.clone(), entry.revision)
+                    .await
+                    .is_ok(),
+                None => self.kv().create(&key, mine.clone()).await.is_ok(),
+            };
+            if !written && Instant::now() < deadline {
+                continue;
             }
             return match held {
-                Some(holder) if holder.node != self.cluster.node_id => {
+                Some(holder) if holder.node != REAPED && holder.node != self.cluster.node_id => {
                     metrics::counter!("fieldline_cluster_presence_takeovers_total").increment(1);
                     false
                 }
@@ -160,7 +170,7 @@ impl Presences {
             match entry.operation {
                 Operation::Put => {
                     if let Some(holder) = decode(&entry.value, entry.revision) {
-                        if holder.node != self.cluster.node_id {
+                        if holder.node != self.cluster.node_id && holder.node != REAPED {
                             taken(&holder);
                         }
                         holders.insert(entry.key, holder);

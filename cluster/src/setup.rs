@@ -102,8 +102,10 @@ impl Cluster {
             .map_err(|source| ClusterError::Connect { servers, source })?;
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
+            // Past this many acks outstanding a publish fails at once and is offered again
+            // after a pause, instead of waiting for a permit while holding others.
             .max_ack_inflight(65_536)
-            .backpressure_on_inflight(true)
+            .backpressure_on_inflight(false)
             .build(client.clone());
         let replicas = settings.replicas.clamp(1, 5);
         let mut stream = jetstream

@@ -106,7 +106,11 @@ impl Owners {
     async fn own(self: Arc<Self>, partition: u16, mut stop: watch::Receiver<bool>) {
         let claim = loop {
             match self.store.partitions() {
-                Some(log) => match log.claim(partition, &self.node).await {
+                // A claim waits for the previous writer's commit; a stop does not wait for it.
+                Some(log) => match tokio::select! {
+                    claimed = log.claim(partition, &self.node) => claimed,
+                    _ = stop.changed() => return,
+                } {
                     Ok(claim) => break claim,
                     Err(e) => {
                         tracing::warn!(partition, error = %e, "cannot claim a partition in storage; trying again in 1 s");
@@ -145,7 +149,12 @@ impl Owners {
             tokio::select! {
                 _ = stop.changed() => {
                     follower.abort();
-                    pipeline.flush_and_wait_stored().await;
+                    // What is stored by then stays; the rest is the next owner's, from the
+                    // stream (storage may be down: the stop does not wait for it).
+                    let flushed = pipeline.flush_and_wait_stored();
+                    if tokio::time::timeout(Duration::from_secs(10), flushed).await.is_err() {
+                        tracing::warn!(partition, "stopping without storing the last batch of a partition; its next writer stores it");
+                    }
                     return;
                 }
                 Some(record) = rx.recv() => pipeline.replayed(&from_stream(record)).await,

@@ -1,6 +1,6 @@
 //! Cluster mode's source: the shared stream, read in its one order. Every node mirrors all of
 //! it to its live views (so an event has the same id on every node), and each partition's
-//! owner reads its partition for storage ([`crate::owners`]).
+//! owner reads its partition for storage (the partition writers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
