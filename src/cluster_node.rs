@@ -79,10 +79,18 @@ pub async fn join(config: &Config, store: &dyn Store) -> anyhow::Result<Node> {
         started_ms: fieldline_store::time_format::now_ms(),
         ..NodeInfo::default()
     };
-    Nodes::new(cluster.clone())
-        .announce(&card)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot put this node's card in the cluster registry: {e}"))?;
+    // A bucket made a moment ago may not take writes yet: its stream is electing a leader.
+    let registry = Nodes::new(cluster.clone());
+    let mut tries = 0;
+    while let Err(e) = registry.announce(&card).await {
+        tries += 1;
+        anyhow::ensure!(
+            tries < 60,
+            "cannot put this node's card in the cluster registry: {e}"
+        );
+        tracing::warn!(error = %e, "the cluster registry does not take writes yet; trying again in 1 s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let (first, last) = cluster
         .stream_bounds()
         .await
