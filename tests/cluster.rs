@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::Connection;
 use support::commanded::Commanded;
-use support::live::{Frame, Sse};
+use support::live::{Frame, Sse, Ws};
 use support::nats::NatsCluster;
 use support::*;
 
@@ -210,6 +210,20 @@ async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
         .map(|f| f.json()["metrics"]["n"].as_f64().expect("n") as u64)
         .collect();
     assert_eq!(ns, (last_n + 1..last_n + 51).collect::<Vec<_>>());
+    // And a WebSocket client, resuming with the same id on node 0.
+    let mut ws = Ws::open(&nodes[0], "fieldline.json").await;
+    ws.subscribe(
+        serde_json::json!({"type": "subscribe", "kinds": ["telemetry"],
+        "devices": ["truck-0-0"], "since": last_id}),
+    )
+    .await;
+    let mut ws_ns = Vec::new();
+    while ws_ns.len() < 50 {
+        let event = ws.next().await;
+        assert_eq!(event["kind"], "telemetry", "no reset: {event}");
+        ws_ns.push(event["metrics"]["n"].as_f64().expect("n") as u64);
+    }
+    assert_eq!(ws_ns, ns, "the same events as the SSE client");
 
     // Then the NATS server leading the stream dies: the stream goes on with two of three.
     let leader = nats.stream_leader().await;
@@ -254,6 +268,27 @@ async fn a_killed_node_loses_nothing_acknowledged_and_stores_nothing_twice() {
         metrics.contains("fieldline_cluster_publish_seconds"),
         "{metrics}"
     );
+
+    // With a second NATS server gone there is no quorum: the nodes say they are not ready.
+    let survivor = nats
+        .servers
+        .iter()
+        .map(|s| s.name.clone())
+        .find(|name| *name != leader)
+        .expect("a second server");
+    nats.kill(&survivor);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, ready) = nodes[0].get("/readyz").await;
+        if status == 503 && ready["quorum"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without a quorum: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The flags of a node named `name` in a cluster of two partitions.
@@ -582,6 +617,19 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
     let db = database(Backend::Postgres, &dir, "judged_cluster").await;
     let mut nodes = vec![Server::start_with(&dir, &db, &node_flags(&urls, "j0")).await];
     define(&nodes[0]).await;
+    // The events go to a webhook too: delivered by one node (whichever holds the duties).
+    let (hook_url, hooked) = webhook_receiver().await;
+    let (status, hook) = nodes[0]
+        .request(
+            reqwest::Method::POST,
+            "/api/webhooks",
+            None,
+            Some(
+                serde_json::json!({"url": hook_url, "kinds": ["geofence", "alert"], "secret": "s"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
     for name in ["j1", "j2"] {
         nodes.push(Server::start_with(&dir, &db, &node_flags(&urls, name)).await);
     }
@@ -599,4 +647,33 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
     feed(nodes[0].mqtt_port, "judged-2", &input).await;
     let clustered = judged_events(&nodes[1]).await;
     assert_eq!(clustered, alone);
+
+    // Every event reached the webhook in order. Delivery is at least once: only the one in
+    // flight when a node with the duties dies may come twice.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let bodies = hooked.lock().expect("bodies").clone();
+        let mut seqs: Vec<u64> = bodies.iter().filter_map(|b| b["seq"].as_u64()).collect();
+        let repeats = seqs.len();
+        seqs.dedup();
+        if seqs.len() >= clustered.len() {
+            break (seqs, repeats);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events delivered to the webhook",
+            seqs.len(),
+            clustered.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (seqs, all) = delivered;
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert_eq!(seqs.len(), clustered.len());
+    assert!(
+        all - seqs.len() <= 1,
+        "{} deliveries of {} events",
+        all,
+        seqs.len()
+    );
 }

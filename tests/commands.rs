@@ -6,13 +6,16 @@
 mod support;
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::commanded::Commanded;
-use support::{create_token, database, mosquitto_pub, register_device, Backend, Server, TempDir};
+use support::{
+    create_token, database, mosquitto_pub, register_device, webhook_receiver, Backend, Server,
+    TempDir,
+};
 
 on_both_backends!(
     a_command_reaches_an_online_device_and_its_reply_is_recorded,
@@ -51,29 +54,6 @@ async fn event_states(server: &Server, id: &str) -> Vec<String> {
         .filter(|e| e["command"] == id)
         .map(|e| e["state"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-/// A local webhook receiver: the bodies it was sent, in arrival order.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let seen = bodies.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let seen = seen.clone();
-            async move {
-                let event = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                seen.lock().expect("lock").push(event);
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, bodies)
 }
 
 async fn a_command_reaches_an_online_device_and_its_reply_is_recorded(backend: Backend) {

@@ -885,3 +885,26 @@ pub async fn assert_stored_once(url: &str, acked: &[(String, u64)]) {
     assert_eq!(lost, 0, "acknowledged publishes missing from storage");
     assert_eq!(duplicates, 0, "publishes stored more than once");
 }
+
+/// A local webhook receiver: the bodies it was sent, in arrival order.
+pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = bodies.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let event = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().expect("lock").push(event);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies)
+}
