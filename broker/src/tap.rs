@@ -248,16 +248,7 @@ impl Tap {
             // Cluster mode goes through `send_remote`, which the connection awaits.
             return Err(TapClosed);
         }
-        if publishes
-            .iter()
-            .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
-        {
-            // Not UTF-8, so not an MQTT topic (the protocol says to close the connection);
-            // and the log keeps such topics for records of its own.
-            tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
-            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
-            return Err(TapClosed);
-        }
+        refuse_log_topics(&publishes, &client_id)?;
         // Budget first, with no lock held: a sender parked here must never keep the closer
         // (and, behind a waiting writer, every other sender) off the lock. Taken for the
         // whole batch at once, then shared out, so that each publish gives its share back
@@ -370,14 +361,7 @@ impl Tap {
         if *self.closed.read().unwrap_or_else(|e| e.into_inner()) {
             return Err(TapClosed);
         }
-        if publishes
-            .iter()
-            .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
-        {
-            tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
-            metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
-            return Err(TapClosed);
-        }
+        refuse_log_topics(publishes, client_id)?;
         let received_ms = crate::wal::now_ms_of(SystemTime::now());
         let records: Vec<RemoteRecord<'_>> = publishes
             .iter()
@@ -551,6 +535,21 @@ impl Tap {
     pub fn queued_bytes(&self) -> usize {
         self.budget_bytes - self.budget.available_permits()
     }
+}
+
+/// Refuses publishes to a topic that starts with the log's own first byte: not UTF-8, so not
+/// an MQTT topic (the protocol says to close the connection), and the log keeps such topics
+/// for records of its own.
+fn refuse_log_topics(publishes: &[(Bytes, Bytes)], client_id: &str) -> Result<(), TapClosed> {
+    if publishes
+        .iter()
+        .any(|(topic, _)| topic.first() == Some(&LOG_TOPIC[0]))
+    {
+        tracing::info!(client_id = %client_id, "publish to a topic that is not UTF-8; closing the connection");
+        metrics::counter!("fieldline_broker_protocol_errors_total").increment(1);
+        return Err(TapClosed);
+    }
+    Ok(())
 }
 
 /// The device a topic of the form `devices/{id}/...` names.
