@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 fn main() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    // Read when run, not when compiled: a build script compiled for one checkout is reused by
+    // another that shares the target directory (a worktree).
+    let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
+        fail("CARGO_MANIFEST_DIR is not set: run this through cargo");
+    };
+    let web = Path::new(&manifest_dir).join("web");
     for input in [
         "package.json",
         "package-lock.json",

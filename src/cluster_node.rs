@@ -669,6 +669,10 @@ impl ClusterView for View {
         self.cluster.has_quorum()
     }
 
+    fn is_log_full(&self) -> bool {
+        self.cluster.is_stream_full()
+    }
+
     fn describe(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ClusterState> + Send + '_>> {
@@ -710,6 +714,7 @@ impl ClusterView for View {
                 mode: "cluster",
                 node: Some(self.cluster.node_id.clone()),
                 quorum: self.cluster.has_quorum(),
+                stream_full: self.cluster.is_stream_full(),
                 nodes: nodes
                     .into_iter()
                     .map(|n| ClusterNode {

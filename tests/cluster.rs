@@ -2,7 +2,10 @@
 //! nodes on one PostgreSQL database, QoS 1 publishers that record every acknowledged number,
 //! and a node killed with SIGKILL mid-load, then the stream's leading NATS server. Every
 //! acknowledged message is stored exactly once, live ids are the same on every node, and a
-//! live client of the killed node resumes on another with exactly what it missed.
+//! live client of the killed node resumes on another with exactly what it missed. Also: a
+//! stalled owner fenced off, presence across nodes, PostgreSQL away for 30 s, a full stream
+//! holding acknowledgements back, judging equal to one node's, and joining over TLS with
+//! credentials (and refused without them).
 
 mod support;
 
@@ -13,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use sqlx::Connection;
 use support::commanded::Commanded;
 use support::live::{Frame, Sse, Ws};
-use support::nats::NatsCluster;
+use support::nats::{NatsCluster, SecuredNats};
 use support::*;
 
 /// A live client reading `query` from `node` in the background until its stream ends.
@@ -461,8 +464,8 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
     let history = nodes[1].get_ok("/api/devices/mover/status").await;
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
 
-    // PostgreSQL goes away under load: the stream keeps acknowledging (it is the spool), the
-    // writers retry, and once it is back everything acknowledged is stored once.
+    // PostgreSQL goes away for 30 s under load: the stream keeps acknowledging (it is the
+    // spool), the writers retry, and once it is back everything acknowledged is stored once.
     let publishers: Vec<(usize, String, AckedPublisher)> = (0..2)
         .map(|i| {
             let device = format!("outage-{i}");
@@ -477,7 +480,7 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
     ))
     .await;
-    go_on(&publishers, 400).await;
+    let away = Instant::now();
     // The writer of some partition meets the outage.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -495,6 +498,9 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Devices are still acknowledged while it is away: 30 s at 200/s each.
+    go_on(&publishers, 1_000).await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(away.elapsed())).await;
     pg_admin(&format!(
         "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"
     ))
@@ -676,4 +682,143 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
         all,
         seqs.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_over_tls_with_its_credentials_and_no_other_way() {
+    let dir = TempDir::new("cluster-secured");
+    let nats = SecuredNats::start(&dir).await;
+    let url = nats.url();
+    let db = database(Backend::Postgres, &dir, "cluster_secured").await;
+    let (ca, creds, stranger) = (
+        nats.ca.display().to_string(),
+        nats.creds.display().to_string(),
+        nats.stranger_creds.display().to_string(),
+    );
+    let missing = dir.0.join("missing.creds").display().to_string();
+    let base = [
+        "--cluster",
+        url.as_str(),
+        "--cluster-replicas",
+        "1",
+        "--cluster-node",
+        "secured",
+    ];
+    for (extra, says) in [
+        // The server's certificate is signed by a CA the node was not told to trust.
+        (vec!["--cluster-credentials", creds.as_str()], "certificate"),
+        // No credentials, or a user of an account the server does not know.
+        (vec!["--cluster-ca", ca.as_str()], "authorization violation"),
+        (
+            vec![
+                "--cluster-ca",
+                ca.as_str(),
+                "--cluster-credentials",
+                stranger.as_str(),
+            ],
+            "authorization violation",
+        ),
+        (
+            vec![
+                "--cluster-ca",
+                ca.as_str(),
+                "--cluster-credentials",
+                missing.as_str(),
+            ],
+            "cannot read the NATS credentials file",
+        ),
+    ] {
+        let flags: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let log = Server::refused(&dir, &db, &flags).await;
+        assert!(
+            log.to_lowercase().contains(&says.to_lowercase()),
+            "{extra:?} should say {says:?}:\n{log}"
+        );
+    }
+
+    // With both, the node joins: acknowledged publishes are in the stream and stored.
+    let flags: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--cluster-ca", &ca, "--cluster-credentials", &creds])
+        .collect();
+    let node = Server::start_with(&dir, &db, &flags).await;
+    let (acked, _) = publish(&node, "secured-1", 1, 100).await;
+    wait_stored_once(&db, "secured-1", &acked).await;
+    let view = node.get_ok("/api/cluster").await;
+    assert_eq!(view["mode"], "cluster", "{view}");
+    assert_eq!(view["quorum"], true, "{view}");
+    assert_eq!(view["nodes"][0]["name"], "secured", "{view}");
+    assert!(
+        view["stream_last_seq"].as_u64() >= Some(acked.len() as u64),
+        "{view}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_stream_holds_acknowledgements_back_until_storage_drains_it() {
+    let dir = TempDir::new("cluster-full");
+    let nats = NatsCluster::start(&dir).await;
+    let urls = nats.urls();
+    let db = database(Backend::Postgres, &dir, "cluster_full").await;
+    let mut flags = node_flags(&urls, "full");
+    flags.extend([
+        "--cluster-max-bytes",
+        "1048576",
+        "--live-history-events",
+        "100",
+    ]);
+    let node = Server::start_with(&dir, &db, &flags).await;
+    let publishers: Vec<(usize, String, AckedPublisher)> = (0..2)
+        .map(|i| {
+            let device = format!("full-{i}");
+            let publisher = AckedPublisher::start(node.mqtt_port, &device, 1, 1_000);
+            (0, device, publisher)
+        })
+        .collect();
+    go_on(&publishers, 500).await;
+
+    // Storage goes away: nothing stored can be trimmed, the stream fills up, and from then on
+    // the node acknowledges nothing (TCP backpressure on the devices), saying why.
+    let name = db.rsplit('/').next().expect("database name").to_owned();
+    pg_admin(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = node.metrics_text().await;
+        if node.metric(&text, "fieldline_cluster_publish_failures_total") >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never filled up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held: Vec<usize> = publishers.iter().map(|(_, _, p)| p.acked()).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later: Vec<usize> = publishers.iter().map(|(_, _, p)| p.acked()).collect();
+    assert_eq!(held, later, "acknowledged while the stream was full");
+    let (status, ready) = node.get("/readyz").await;
+    assert_eq!(status, 503, "ready while the stream takes nothing: {ready}");
+    assert_eq!(ready["log_full"], true, "{ready}");
+    assert_eq!(
+        ready["quorum"], true,
+        "a full stream is not a lost quorum: {ready}"
+    );
+    let text = node.metrics_text().await;
+    assert_eq!(node.metric(&text, "fieldline_cluster_stream_full"), 1.0);
+
+    // Storage is back: the writers drain the stream, the stored records are trimmed, and the
+    // devices are acknowledged again; every acknowledged message is stored once.
+    pg_admin(&format!(
+        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"
+    ))
+    .await;
+    go_on(&publishers, 500).await;
+    for (_, device, publisher) in publishers {
+        let (acked, _) = publisher.stop().await;
+        wait_stored_once(&db, &device, &acked).await;
+    }
 }

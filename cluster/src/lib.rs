@@ -25,12 +25,12 @@ pub use setup::{Cluster, ClusterSettings};
 /// Why the cluster cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot connect to NATS at {servers}: {source}")]
+    #[error("cannot connect to NATS at {servers}")]
     Connect {
         servers: String,
         source: async_nats::ConnectError,
     },
-    #[error("cannot read the NATS credentials file {path}: {source}")]
+    #[error("cannot read the NATS credentials file {path}")]
     Credentials {
         path: String,
         source: std::io::Error,

@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
 
 use crate::setup::SUBJECT_PREFIX;
@@ -90,26 +91,34 @@ impl StreamLog {
             }
             let mut failed = Vec::new();
             let mut error = None;
+            let mut no_room = false;
             for (i, ack) in acks {
                 let acked = match ack {
-                    Some(ack) => ack.await.map_err(|e| e.to_string()),
-                    None => Err("not sent".to_owned()),
+                    Some(ack) => ack.await.map_err(|e| (refused_for_room(&e), e.to_string())),
+                    None => Err((false, "not sent".to_owned())),
                 };
                 match acked {
                     Ok(ack) => last_seq = last_seq.max(ack.sequence),
-                    Err(e) => {
+                    Err((full, e)) => {
                         failed.push(i);
+                        no_room |= full;
                         error = Some(e);
                     }
                 }
             }
             if failed.is_empty() {
                 self.cluster.note_quorum(true);
+                self.cluster.note_stream_full(false);
                 self.latency.record(started.elapsed().as_secs_f64());
                 return Ok(last_seq);
             }
             self.failures.increment(failed.len() as u64);
-            self.cluster.note_quorum(false);
+            // The stream's leader answered "no room": the quorum is there, the room is not.
+            if no_room {
+                self.cluster.note_stream_full(true);
+            } else {
+                self.cluster.note_quorum(false);
+            }
             tracing::warn!(error = ?error, records = failed.len(), retry_in_ms = backoff.as_millis() as u64, "the stream did not take records; retrying (devices are not acknowledged meanwhile)");
             let first_failed = failed.iter().min().copied().unwrap_or(0);
             pending.retain(|(i, _, _)| *i >= first_failed);
@@ -117,4 +126,12 @@ impl StreamLog {
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// Whether the stream refused a record because it could not store it: with `DiscardNew`, a
+/// stream at its byte limit answers so (error code 10077, "maximum bytes exceeded").
+fn refused_for_room(error: &PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_STORE_FAILED)
 }

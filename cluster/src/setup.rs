@@ -55,6 +55,8 @@ pub struct Cluster {
     pub(crate) presence: kv::Store,
     /// False while the last publish or renewal could not reach a quorum.
     pub(crate) quorum: Arc<AtomicBool>,
+    /// True while the stream refuses publishes for want of room (`--cluster-max-bytes`).
+    pub(crate) stream_full: Arc<AtomicBool>,
 }
 
 impl Cluster {
@@ -169,6 +171,7 @@ impl Cluster {
             nodes,
             presence,
             quorum: Arc::new(AtomicBool::new(true)),
+            stream_full: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -233,6 +236,26 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::jetstream("purge the stream FIELDLINE", e))?;
         Ok(purged.purged)
+    }
+
+    /// Whether the stream refused this node's last publish for want of room.
+    pub fn is_stream_full(&self) -> bool {
+        self.stream_full.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_stream_full(&self, full: bool) {
+        if self.stream_full.swap(full, Ordering::Relaxed) != full {
+            metrics::gauge!("fieldline_cluster_stream_full").set(if full { 1.0 } else { 0.0 });
+            if full {
+                tracing::warn!(
+                    max_bytes = self.settings.max_bytes,
+                    "the stream FIELDLINE is full: publishes are not acknowledged until storage \
+                     catches up and stored records are trimmed"
+                );
+            } else {
+                tracing::info!("the stream FIELDLINE takes publishes again");
+            }
+        }
     }
 
     pub(crate) fn note_quorum(&self, reached: bool) {

@@ -30,7 +30,8 @@ pub struct Readiness {
     backend: &'static str,
     /// Storage is behind: new data waits in the write-ahead log on disk.
     storage_behind: bool,
-    /// The write-ahead log is full: devices are slowed until storage catches up.
+    /// The log is full (the write-ahead log, or in cluster mode the shared stream): devices
+    /// are not acknowledged until storage catches up.
     log_full: bool,
     /// Cluster mode: this node reaches a JetStream quorum (always true for one node alone).
     quorum: bool,
@@ -67,7 +68,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await,
         Ok(Ok(()))
     );
-    let spool_full = state.spill.is_spool_full();
+    let spool_full =
+        state.spill.is_spool_full() || state.cluster.as_ref().is_some_and(|c| c.is_log_full());
     // Upkeep that fails does not stop traffic, so it is reported, not made a refusal.
     let storage_jobs_failing = state
         .storage_jobs

@@ -146,7 +146,7 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -75,7 +75,7 @@ pub enum StoreError {
     Fenced(u16),
     #[error("storage read interrupted: the service is shutting down")]
     ShuttingDown,
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir {
         path: String,
         source: std::io::Error,

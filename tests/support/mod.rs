@@ -26,6 +26,7 @@ pub mod commanded;
 pub mod geo;
 pub mod live;
 pub mod nats;
+pub mod nats_auth;
 pub mod raw_mqtt;
 pub mod smtp;
 
@@ -200,6 +201,14 @@ impl Server {
             }
         }
         panic!("no free ports after three attempts");
+    }
+
+    /// Starts the binary with `extra`, which it must refuse during start-up; its log.
+    pub async fn refused(dir: &TempDir, database_url: &str, extra: &[&str]) -> String {
+        match Self::try_start(dir, database_url, extra).await {
+            Ok(_) => panic!("fieldline started with {extra:?}"),
+            Err(log) => log,
+        }
     }
 
     async fn try_start_over(

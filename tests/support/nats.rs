@@ -1,8 +1,11 @@
 //! A JetStream cluster of three Debian `nats-server` processes on loopback, for cluster mode's
 //! tests (`scripts/test.sh` installs the package).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use super::nats_auth::{Account, Operator};
+use super::raw_mqtt::make_certificates;
 use super::{free_port, TempDir};
 
 pub struct NatsServer {
@@ -153,13 +156,92 @@ impl NatsCluster {
     }
 }
 
-impl Drop for NatsCluster {
+impl Drop for NatsServer {
     fn drop(&mut self) {
-        for server in &mut self.servers {
-            if let Some(mut child) = server.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+}
+
+/// One JetStream server that takes TLS only and trusts an operator's accounts only: what a
+/// node's `--cluster-ca` and `--cluster-credentials` are for.
+pub struct SecuredNats {
+    pub server: NatsServer,
+    /// The CA that signed the server's certificate.
+    pub ca: PathBuf,
+    /// A user of the account with JetStream.
+    pub creds: PathBuf,
+    /// A user of an account the server does not know.
+    pub stranger_creds: PathBuf,
+}
+
+impl SecuredNats {
+    pub async fn start(dir: &TempDir) -> SecuredNats {
+        let files = dir.0.join("nats-secured");
+        std::fs::create_dir_all(&files).expect("directory");
+        make_certificates(&files);
+        let operator = Operator::new();
+        let creds = files.join("fieldline.creds");
+        std::fs::write(&creds, operator.app.user_creds("fieldline")).expect("write");
+        let stranger_creds = files.join("stranger.creds");
+        std::fs::write(&stranger_creds, Account::stranger().user_creds("stranger")).expect("write");
+        let (port, monitor_port) = (free_port(), free_port());
+        let config = files.join("server.conf");
+        let path = |name: &str| files.join(name).display().to_string();
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\n\
+                 server_name: secured\njetstream {{ store_dir: \"{}\" }}\n\
+                 tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n{}",
+                path("store"),
+                path("server.pem"),
+                path("server.key"),
+                operator.server_config()
+            ),
+        )
+        .expect("write");
+        let log = std::fs::File::create(files.join("server.log")).expect("NATS log file");
+        let child = Command::new("nats-server")
+            .args(["-c", &config.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        let server = NatsServer {
+            name: "secured".to_owned(),
+            port,
+            monitor_port,
+            child: Some(child),
+        };
+        // Ready once its monitoring says JetStream is up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let health = format!("http://127.0.0.1:{monitor_port}/healthz");
+        loop {
+            if let Ok(response) = reqwest::get(&health).await {
+                if response.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the secured nats-server did not start:\n{}",
+                std::fs::read_to_string(files.join("server.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        SecuredNats {
+            server,
+            ca: files.join("ca.pem"),
+            creds,
+            stranger_creds,
+        }
+    }
+
+    /// `--cluster` for a node.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.server.port)
     }
 }

@@ -16,6 +16,8 @@ use crate::AppState;
 pub trait ClusterView: Send + Sync {
     /// Whether this node reaches a JetStream quorum now.
     fn has_quorum(&self) -> bool;
+    /// Whether the shared stream (the log in cluster mode) has no room for this node's records.
+    fn is_log_full(&self) -> bool;
     fn describe(&self) -> Pin<Box<dyn Future<Output = ClusterState> + Send + '_>>;
 }
 
@@ -26,6 +28,8 @@ pub struct ClusterState {
     /// This node's id.
     pub node: Option<String>,
     pub quorum: bool,
+    /// The stream refuses publishes for want of room: devices are not acknowledged.
+    pub stream_full: bool,
     pub nodes: Vec<ClusterNode>,
     pub partitions: Vec<ClusterPartition>,
     /// The stream's first and last sequence.

@@ -13,6 +13,10 @@ use super::EventFeed;
 
 /// Events read per query.
 const PAGE: u32 = 1000;
+/// How often the outbox is read when it is quiet; reads that fail wait longer, up to
+/// [`MOST_WAIT`], so an outage of storage is not met with ten failing queries a second.
+const POLL: Duration = Duration::from_millis(100);
+const MOST_WAIT: Duration = Duration::from_secs(5);
 
 /// Hands `feed` every event stored after seq `after`, as they are committed, until
 /// `shutdown`. (Events this node commits go to `feed` at once too; the feed takes each seq
@@ -23,6 +27,7 @@ pub async fn follow(
     mut after: u64,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut wait = POLL;
     loop {
         let read = store
             .events(&EventQuery {
@@ -35,6 +40,10 @@ pub async fn follow(
             .await;
         let full = match read {
             Ok(events) => {
+                if wait > POLL {
+                    tracing::info!("reading the shared outbox again");
+                    wait = POLL;
+                }
                 let full = events.len() as u32 == PAGE;
                 if let Some(last) = events.last() {
                     after = after.max(last.seq);
@@ -44,7 +53,10 @@ pub async fn follow(
                 full
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the shared outbox; trying again");
+                if wait == POLL {
+                    tracing::warn!(error = %e, "cannot read the shared outbox; trying again, less often while it fails");
+                }
+                wait = (wait * 2).min(MOST_WAIT);
                 false
             }
         };
@@ -53,7 +65,7 @@ pub async fn follow(
         }
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
