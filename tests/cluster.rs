@@ -17,6 +17,7 @@ use sqlx::Connection;
 use support::commanded::Commanded;
 use support::live::{Frame, Sse, Ws};
 use support::nats::{NatsCluster, SecuredNats};
+use support::smtp::SmtpReceiver;
 use support::*;
 
 /// A live client reading `query` from `node` in the background until its stream ends.
@@ -621,7 +622,19 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
     let nats = NatsCluster::start(&dir).await;
     let urls = nats.urls();
     let db = database(Backend::Postgres, &dir, "judged_cluster").await;
-    let mut nodes = vec![Server::start_with(&dir, &db, &node_flags(&urls, "j0")).await];
+    let smtp = SmtpReceiver::start(&dir, free_port(), 0);
+    let smtp_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let flags = |name: &'static str| {
+        let mut flags = node_flags(&urls, name);
+        flags.extend([
+            "--smtp-url",
+            &smtp_url,
+            "--smtp-from",
+            "alarms@fieldline.test",
+        ]);
+        flags
+    };
+    let mut nodes = vec![Server::start_with(&dir, &db, &flags("j0")).await];
     define(&nodes[0]).await;
     // The events go to a webhook too: delivered by one node (whichever holds the duties).
     let (hook_url, hooked) = webhook_receiver().await;
@@ -636,8 +649,21 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
         )
         .await;
     assert_eq!(status, 201, "{hook}");
+    // And the alarms the rule opens and clears go to an email channel, from one node too.
+    let (status, channel) = nodes[0]
+        .request(
+            reqwest::Method::POST,
+            "/api/channels",
+            None,
+            Some(
+                serde_json::json!({"kind": "email", "to": ["ops@example.com"],
+                                    "severity": "warning", "digest_over": 1000}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{channel}");
     for name in ["j1", "j2"] {
-        nodes.push(Server::start_with(&dir, &db, &node_flags(&urls, name)).await);
+        nodes.push(Server::start_with(&dir, &db, &flags(name)).await);
     }
     wait_partitions_owned(&nodes[0], &["j0", "j1", "j2"]).await;
     feed(nodes[0].mqtt_port, "judged-0", &input).await;
@@ -681,6 +707,51 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
         "{} deliveries of {} events",
         all,
         seqs.len()
+    );
+
+    // Every alarm change was emailed, in order, as at-least-once allows.
+    let alarms: Vec<u64> = nodes[1]
+        .get_ok("/api/events?kinds=alarm&limit=10000")
+        .await
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert!(
+        alarms.len() >= 6,
+        "the rule opens and clears alarms: {alarms:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mailed, all) = loop {
+        let mut seqs: Vec<u64> = smtp
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let id = m["message_id"].as_str()?;
+                id.strip_prefix("<event-")?.split('.').next()?.parse().ok()
+            })
+            .collect();
+        let all = seqs.len();
+        seqs.dedup();
+        if seqs.len() >= alarms.len() {
+            break (seqs, all);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} alarm changes emailed",
+            seqs.len(),
+            alarms.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut expected = alarms.clone();
+    expected.sort_unstable();
+    assert_eq!(mailed, expected, "each alarm change, in order");
+    assert!(
+        all - mailed.len() <= 1,
+        "{all} messages for {} changes",
+        mailed.len()
     );
 }
 
