@@ -4,8 +4,9 @@
 # makes the whole fleet report at once) into Fieldline (SQLite), and the page open in headless
 # Chromium (WebGL through SwiftShader) looking at all of them. Runs on the same load (MODES
 # picks some): the page as it ships (changes drawn in the frame they are applied, at most
-# every 100 ms, each device rewriting its own slot of the dot layer), the same drawing them a
-# frame later (`?next-frame`), at most every 50 ms and on every animation frame that has
+# every 100 ms, each device rewriting its own slot of the dot layer, in a canvas of its own
+# above the map), the dots drawn inside the map instead (`?in-map`: a change renders the whole
+# map), a frame later (`?next-frame`), at most every 50 ms and on every animation frame that has
 # changes (`?redraw-ms=50`, `?redraw-ms=0`), and the page applying each event with a full
 # GeoJSON setData (`?full-setdata`). Per run: frames per second, map renders per second,
 # main-thread busy time per second, publish-to-marker latency (p50, p99), events applied; and
@@ -76,16 +77,18 @@ for _ in $(seq 300); do
 done
 echo "devices known: $n"
 
-# The page as it ships; the same drawing each change a frame later (`triggerRepaint`, as the
-# page did up to a9cf881), at most every 50 ms, and on every animation frame that has
-# changes; and the way not to do it: a full GeoJSON setData per event.
-for mode in ${MODES:-shipped next-frame redraw-50ms every-frame full-setdata}; do
+# The page as it ships; the dots drawn inside the map (as the page did up to 4a6ea5f); each
+# change a frame later (`triggerRepaint`, as the page did up to a9cf881); at most every 50 ms,
+# and on every animation frame that has changes; and the way not to do it: a full GeoJSON
+# setData per event.
+for mode in ${MODES:-shipped in-map redraw-50ms every-frame full-setdata}; do
     case "$mode" in
         shipped) query="?measure" ;;
         redraw-50ms) query="?measure&redraw-ms=50" ;;
         every-frame) query="?measure&redraw-ms=0" ;;
         full-setdata) query="?measure&full-setdata" ;;
         next-frame) query="?measure&next-frame" ;;
+        in-map) query="?measure&in-map" ;;
     esac
     echo "-- $mode ($query): 10 s warm-up, ${MEASURE} s measured"
     python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"

@@ -1,8 +1,13 @@
-// Every device as a dot, drawn by a WebGL layer of our own inside MapLibre: positions and
-// states live in typed arrays indexed by the device's number, a moved device rewrites its
-// own slot, and only the changed span of the buffer is uploaded before the frame is drawn.
-// A GeoJSON source would re-tile all 10,000 points in its worker for every change; this
-// costs per frame what changed, and the GPU draws 10,000 points in one call.
+// Every device as a dot, drawn by a WebGL layer of our own: positions and states live in
+// typed arrays indexed by the device's number, a moved device rewrites its own slot, and only
+// the changed span of the buffer is uploaded before the frame is drawn. A GeoJSON source would
+// re-tile all 10,000 points in its worker for every change; this costs per frame what changed,
+// and the GPU draws 10,000 points in one call.
+//
+// The dots have a canvas of their own above the map's: a live change redraws 10,000 points and
+// nothing else, where redrawing inside MapLibre would render the land, borders and every other
+// layer again (without a GPU that halved the frame rate). MapLibre still calls the layer when
+// the map itself renders (pan, zoom), so the dots move with the map in the same frame.
 //
 // Positions are stored relative to an anchor near the view, because float32 Web Mercator
 // coordinates are only good to about a metre; the anchor's translation is folded into the
@@ -44,8 +49,12 @@ void main() {
 }`;
 
 export class DeviceDots {
-  constructor(id) {
+  /** `overlay`: draw into a canvas of its own above the map (the page does); without it, into
+   * the map's own (the benchmark compares). */
+  constructor(id, { overlay = false } = {}) {
     this.id = id;
+    this.overlay = overlay;
+    this.matrix = null;
     this.type = 'custom';
     this.renderingMode = '2d';
     this.capacity = 1024;
@@ -140,8 +149,17 @@ export class DeviceDots {
     return [c.lng, c.lat];
   }
 
-  onAdd(map, gl) {
+  onAdd(map, mapGl) {
     this.map = map;
+    let gl = mapGl;
+    if (this.overlay) {
+      this.canvas = document.createElement('canvas');
+      this.canvas.className = 'dots-overlay';
+      this.canvas.style.cssText = 'position:absolute;left:0;top:0;pointer-events:none';
+      map.getCanvasContainer().appendChild(this.canvas);
+      gl = this.canvas.getContext('webgl', { antialias: false, alpha: true, premultipliedAlpha: true, depth: false, stencil: false });
+      this.gl = gl;
+    }
     const shader = (type, source) => {
       const s = gl.createShader(type);
       gl.shaderSource(s, source);
@@ -168,7 +186,9 @@ export class DeviceDots {
     this.grown = true;
   }
 
-  onRemove(map, gl) {
+  onRemove(map, mapGl) {
+    const gl = this.gl || mapGl;
+    if (this.canvas) this.canvas.remove();
     gl.deleteBuffer(this.posBuffer);
     gl.deleteBuffer(this.stateBuffer);
     gl.deleteProgram(this.program);
@@ -193,11 +213,36 @@ export class DeviceDots {
     this.dirtyTo = -1;
   }
 
-  render(gl, args) {
+  render(mapGl, args) {
+    if (!this.overlay) {
+      this.draw(mapGl, args.defaultProjectionData.mainMatrix);
+      return;
+    }
+    this.matrix = Float64Array.from(args.defaultProjectionData.mainMatrix);
+    this.drawNow();
+  }
+
+  /** Overlay: draws the dots as they are now over the map as last rendered. */
+  drawNow() {
+    const gl = this.gl;
+    if (!gl || !this.matrix) return;
+    const source = this.map.getCanvas();
+    if (this.canvas.width !== source.width || this.canvas.height !== source.height) {
+      this.canvas.width = source.width;
+      this.canvas.height = source.height;
+      this.canvas.style.width = source.style.width;
+      this.canvas.style.height = source.style.height;
+    }
+    gl.viewport(0, 0, this.canvas.width, this.canvas.height);
+    gl.clearColor(0, 0, 0, 0);
+    gl.clear(gl.COLOR_BUFFER_BIT);
+    this.draw(gl, this.matrix);
+  }
+
+  draw(gl, m) {
     if (!this.count || !this.anchor) return;
     this.upload(gl);
     // mainMatrix × translate(anchor), in float64: offsets near the anchor stay exact.
-    const m = args.defaultProjectionData.mainMatrix;
     const [ax, ay] = this.anchor;
     const matrix = new Float32Array(m);
     for (let r = 0; r < 4; r++) matrix[12 + r] = m[r] * ax + m[4 + r] * ay + m[12 + r];

@@ -50,6 +50,9 @@ export class LiveMap {
     this.redrawMs = params.has('redraw-ms') ? Number(params.get('redraw-ms')) || 0 : REDRAW_MS;
     /** For the benchmark: drawing changes in the next frame (`triggerRepaint`) instead of this one. */
     this.nextFrame = params.has('next-frame');
+    /** For the benchmark: the dots drawn inside the map (`?in-map`), which a live change then
+     * renders whole, instead of in their own canvas above it. */
+    this.overlay = !params.has('in-map');
     this.lastFlush = 0;
     /** With `?measure` (the benchmark): frames, events applied, publish-to-render latency. */
     this.measure = new URLSearchParams(location.search).has('measure') ? {} : null;
@@ -92,7 +95,7 @@ export class LiveMap {
         },
       });
     } else {
-      this.dots = new DeviceDots('devices');
+      this.dots = new DeviceDots('devices', { overlay: this.overlay });
       map.addLayer(this.dots);
     }
     map.addLayer({
@@ -323,6 +326,10 @@ export class LiveMap {
     if (this.nextFrame) {
       this.map.triggerRepaint();
       this.measured(updates, stamps);
+    } else if (this.overlay) {
+      this.dots.drawNow();
+      if (this.measure) this.measure.renders++;
+      this.measured(updates, stamps, Date.now());
     } else {
       this.map.redraw();
       this.measured(updates, stamps, Date.now());
