@@ -512,6 +512,26 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
     }
 }
 
+/// Waits until `delivered()` (event seqs in order of delivery, at least once) holds `want`
+/// distinct ones; gives back those, repeats folded, and how many deliveries there were.
+async fn delivered_once_each(
+    what: &str,
+    want: usize,
+    delivered: impl Fn() -> Vec<u64>,
+) -> (Vec<u64>, usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seqs = delivered();
+        let all = seqs.len();
+        seqs.dedup();
+        if seqs.len() >= want {
+            return (seqs, all);
+        }
+        assert!(Instant::now() < deadline, "{} of {want} {what}", seqs.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One device's input: 40 fixes driving north through a fence and 40 readings rising
 /// and falling through a rule's threshold, each with its seq and device time.
 fn judged_input(base: i64) -> Vec<(&'static str, String)> {
@@ -682,24 +702,11 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
 
     // Every event reached the webhook in order. Delivery is at least once: only the one in
     // flight when a node with the duties dies may come twice.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let delivered = loop {
+    let (seqs, all) = delivered_once_each("events to the webhook", clustered.len(), || {
         let bodies = hooked.lock().expect("bodies").clone();
-        let mut seqs: Vec<u64> = bodies.iter().filter_map(|b| b["seq"].as_u64()).collect();
-        let repeats = seqs.len();
-        seqs.dedup();
-        if seqs.len() >= clustered.len() {
-            break (seqs, repeats);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} events delivered to the webhook",
-            seqs.len(),
-            clustered.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (seqs, all) = delivered;
+        bodies.iter().filter_map(|b| b["seq"].as_u64()).collect()
+    })
+    .await;
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
     assert_eq!(seqs.len(), clustered.len());
     assert!(
@@ -722,29 +729,16 @@ async fn a_cluster_that_loses_a_node_judges_as_one_node_does() {
         alarms.len() >= 6,
         "the rule opens and clears alarms: {alarms:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mailed, all) = loop {
-        let mut seqs: Vec<u64> = smtp
-            .messages()
+    let (mailed, all) = delivered_once_each("alarm changes emailed", alarms.len(), || {
+        smtp.messages()
             .iter()
             .filter_map(|m| {
                 let id = m["message_id"].as_str()?;
                 id.strip_prefix("<event-")?.split('.').next()?.parse().ok()
             })
-            .collect();
-        let all = seqs.len();
-        seqs.dedup();
-        if seqs.len() >= alarms.len() {
-            break (seqs, all);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} alarm changes emailed",
-            seqs.len(),
-            alarms.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            .collect()
+    })
+    .await;
     let mut expected = alarms.clone();
     expected.sort_unstable();
     assert_eq!(mailed, expected, "each alarm change, in order");
