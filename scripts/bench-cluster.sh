@@ -35,15 +35,12 @@ trap 'stop_all; cleanup' EXIT
 echo "== fieldline $(git rev-parse --short HEAD 2>/dev/null || echo '?'); nats-server $(nats-server --version | awk '{print $2}'); machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB"
 echo "== load: $DEVICES devices, QoS 1, JSON location fixes at $RATE/s for ${DURATION}s through node 0; one SSE client"
 
+# shellcheck source=scripts/nats-cluster.sh
+source scripts/nats-cluster.sh
 start_nats() {
-    rm -rf "$WORK/nats" && mkdir -p "$WORK/nats"
-    local routes="nats://127.0.0.1:26222,nats://127.0.0.1:26223,nats://127.0.0.1:26224"
-    for i in 0 1 2; do
-        nats-server -a 127.0.0.1 -p $((24222 + i)) -n "b$i" -js -sd "$WORK/nats/$i" \
-            --cluster_name bench --cluster "nats://127.0.0.1:$((26222 + i))" --routes "$routes" \
-            -m $((28222 + i)) 2>"$WORK/nats/$i.log" &
-        PIDS+=($!)
-    done
+    rm -rf "$WORK/nats"
+    start_nats_cluster "$WORK/nats" bench 24222 26222 28222
+    PIDS+=("${NATS_PIDS[@]}")
 }
 
 NODE_PIDS=()

@@ -16,13 +16,10 @@ command -v nats-server >/dev/null || { echo "nats-server is missing: apt-get ins
 mkdir -p "$DIR"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
-routes="nats://127.0.0.1:6222,nats://127.0.0.1:6223,nats://127.0.0.1:6224"
-for i in 0 1 2; do
-    nats-server -a 127.0.0.1 -p $((4222 + i)) -n "n$i" -js -sd "$DIR/nats-$i" \
-        --cluster_name fieldline --cluster "nats://127.0.0.1:$((6222 + i))" --routes "$routes" \
-        -m $((8222 + i)) 2>"$DIR/nats-$i.log" &
-    pids+=($!)
-done
+# shellcheck source=scripts/nats-cluster.sh
+source scripts/nats-cluster.sh
+start_nats_cluster "$DIR/nats" fieldline 4222 6222 8222
+pids+=("${NATS_PIDS[@]}")
 servers="nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
 for i in 0 1 2; do
     "$BIN" --database-url "$DATABASE_URL" --cluster "$servers" --cluster-node "node$i" \

@@ -475,12 +475,7 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
         })
         .collect();
     go_on(&publishers, 200).await;
-    let name = db.rsplit('/').next().expect("database name").to_owned();
-    pg_admin(&format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
-    ))
-    .await;
+    take_postgres_away(&db).await;
     let away = Instant::now();
     // The writer of some partition meets the outage.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -502,10 +497,7 @@ async fn a_device_that_moves_is_online_once_and_a_dead_nodes_devices_go_offline(
     // Devices are still acknowledged while it is away: 30 s at 200/s each.
     go_on(&publishers, 1_000).await;
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(away.elapsed())).await;
-    pg_admin(&format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"
-    ))
-    .await;
+    bring_postgres_back(&db).await;
     for (_, device, publisher) in publishers {
         let (acked, _) = publisher.stop().await;
         wait_stored_once(&db, &device, &acked).await;
@@ -845,12 +837,7 @@ async fn a_full_stream_holds_acknowledgements_back_until_storage_drains_it() {
 
     // Storage goes away: nothing stored can be trimmed, the stream fills up, and from then on
     // the node acknowledges nothing (TCP backpressure on the devices), saying why.
-    let name = db.rsplit('/').next().expect("database name").to_owned();
-    pg_admin(&format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}';"
-    ))
-    .await;
+    take_postgres_away(&db).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = node.metrics_text().await;
@@ -877,10 +864,7 @@ async fn a_full_stream_holds_acknowledgements_back_until_storage_drains_it() {
 
     // Storage is back: the writers drain the stream, the stored records are trimmed, and the
     // devices are acknowledged again; every acknowledged message is stored once.
-    pg_admin(&format!(
-        "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true;"
-    ))
-    .await;
+    bring_postgres_back(&db).await;
     go_on(&publishers, 500).await;
     for (_, device, publisher) in publishers {
         let (acked, _) = publisher.stop().await;

@@ -11,33 +11,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use support::{
-    assert_stored_once, database, free_port, pg_admin, spawn_server, stored_counts, wait_for_log,
-    AckedPublisher, Backend, Server, TempDir,
+    assert_stored_once, bring_postgres_back, database, free_port, spawn_server, stored_counts,
+    take_postgres_away, wait_for_log, AckedPublisher, Backend, Server, TempDir,
 };
-
-fn db_name(url: &str) -> String {
-    url.rsplit('/')
-        .next()
-        .expect("URL names a database")
-        .to_owned()
-}
-
-async fn take_postgres_away(url: &str) {
-    let db = db_name(url);
-    pg_admin(&format!(
-        "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';"
-    ))
-    .await;
-}
-
-async fn bring_postgres_back(url: &str) {
-    pg_admin(&format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true;",
-        db_name(url)
-    ))
-    .await;
-}
 
 fn rss_kb(server: &Server) -> u64 {
     let pid = server.child.as_ref().expect("running").id();

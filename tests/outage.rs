@@ -4,7 +4,9 @@
 mod support;
 
 use serde_json::Value;
-use support::{database, pg_admin, Backend, Device, Server, TempDir};
+use support::{
+    bring_postgres_back, database, take_postgres_away, Backend, Device, Server, TempDir,
+};
 
 async fn stored_seqs(server: &Server, n: usize) -> Vec<u64> {
     let body = server
@@ -23,11 +25,6 @@ async fn stored_seqs(server: &Server, n: usize) -> Vec<u64> {
 async fn acknowledged_data_waits_for_postgresql_to_come_back() {
     let dir = TempDir::new("outage");
     let url = database(Backend::Postgres, &dir, "outage").await;
-    let db = url
-        .rsplit('/')
-        .next()
-        .expect("URL names a database")
-        .to_owned();
     let server = Server::start(&dir, &url).await;
     let mut dev = Device::connect(server.mqtt_port, "outage").await;
     let publish = |dev: &Device, seq: u64| {
@@ -52,11 +49,7 @@ async fn acknowledged_data_waits_for_postgresql_to_come_back() {
     assert_eq!(stored_seqs(&server, 100).await.len(), 100);
 
     // Take the database away: refuse new connections and end the open ones.
-    pg_admin(&format!(
-        "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';"
-    ))
-    .await;
+    take_postgres_away(&url).await;
     for seq in 101..=1100 {
         publish(&dev, seq).await;
     }
@@ -73,7 +66,7 @@ async fn acknowledged_data_waits_for_postgresql_to_come_back() {
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["storage"], false);
 
-    pg_admin(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true;")).await;
+    bring_postgres_back(&url).await;
     let seqs = stored_seqs(&server, 1100).await;
     assert_eq!(
         seqs,

@@ -127,6 +127,32 @@ pub async fn pg_admin(sql: &str) {
         .expect("admin SQL runs");
 }
 
+/// The database of the PostgreSQL URL `url` refuses new connections and ends the open ones:
+/// an outage as Fieldline sees it, while the server itself stays up.
+pub async fn take_postgres_away(url: &str) {
+    let db = db_name(url);
+    pg_admin(&format!(
+        "ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';"
+    ))
+    .await;
+}
+
+pub async fn bring_postgres_back(url: &str) {
+    pg_admin(&format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true;",
+        db_name(url)
+    ))
+    .await;
+}
+
+fn db_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .expect("URL names a database")
+        .to_owned()
+}
+
 /// The real binary, running.
 pub struct Server {
     pub child: Option<Child>,
