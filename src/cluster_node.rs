@@ -236,9 +236,14 @@ async fn follow_definitions(
                 continue;
             };
             let now = digest(&defs);
-            // The first look only notes what start-up loaded.
-            if seen[i].replace(now).is_none_or(|before| before == now) {
-                continue;
+            match seen[i] {
+                // The first look only notes what start-up loaded.
+                None => {
+                    seen[i] = Some(now);
+                    continue;
+                }
+                Some(before) if before == now => continue,
+                Some(_) => {}
             }
             let reloaded = match i {
                 0 => fieldline_ingest::events::catalog::load_fences(store.as_ref())
@@ -248,13 +253,14 @@ async fn follow_definitions(
                     .await
                     .map(|r| rules.replace(r)),
             };
+            // A reload that fails is tried again at the next tick: the old digest stays.
             match reloaded {
                 Ok(()) => {
+                    seen[i] = Some(now);
                     tracing::info!("geofences or rules changed on another node: in force here now")
                 }
                 Err(e) => {
-                    seen[i] = None;
-                    tracing::warn!(error = %e, "cannot reload geofences or rules");
+                    tracing::warn!(error = %e, "cannot reload geofences or rules; trying again")
                 }
             }
         }
@@ -278,7 +284,14 @@ async fn follow_commands(cluster: Cluster, commands: Arc<CommandDesk>) {
             Ok(mut announced) => {
                 while let Some(message) = announced.next().await {
                     let text = String::from_utf8_lossy(&message.payload);
-                    if let Some((device, id)) = text.split_once('\n') {
+                    let mut parts = text.splitn(3, '\n');
+                    let (Some(node), Some(device), Some(id)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    // Core NATS echoes a node's own announcements; its desk has them already.
+                    if node != cluster.node_id {
                         commands.created_elsewhere(device, id);
                     }
                 }
@@ -339,7 +352,7 @@ async fn reap_dead_nodes(
         } else {
             continue;
         }
-        let log = &shared.log;
+        let log: &SharedLog = &shared;
         let reaped = shared
             .presences
             .reap(&live, |device| async move {
@@ -349,14 +362,13 @@ async fn reap_dead_nodes(
                     reason: DisconnectReason::Dropped,
                     will: None,
                 };
-                let record = record::encode(
-                    fieldline_store::time_format::now_ms(),
-                    LOG_TOPIC,
-                    &change.encode(),
-                );
-                log.append(vec![(partition_of(&device, log.partitions()), record)])
-                    .await
-                    .is_ok()
+                let record = RemoteRecord {
+                    received_ms: fieldline_store::time_format::now_ms(),
+                    key: &device,
+                    topic: LOG_TOPIC,
+                    payload: &change.encode(),
+                };
+                log.append(&[record]).await.is_ok()
             })
             .await;
         if reaped > 0 {
@@ -457,9 +469,10 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
         parts.channels.clone(),
     )));
     let client = cluster.client.clone();
+    let node_id = cluster.node_id.clone();
     parts.commands.announce_with(Box::new(move |device, id| {
         let client = client.clone();
-        let message = bytes::Bytes::from(format!("{device}\n{id}"));
+        let message = bytes::Bytes::from(format!("{node_id}\n{device}\n{id}"));
         tokio::spawn(async move {
             if let Err(e) = client.publish(COMMANDS_SUBJECT, message).await {
                 tracing::warn!(error = %e, "cannot tell the other nodes of a new command; it goes out at the device's next connection");

@@ -111,6 +111,7 @@ impl Presences {
                 None => self.kv().create(&key, mine.clone()).await.is_ok(),
             };
             if !written && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
             return match held {
@@ -164,6 +165,11 @@ impl Presences {
             .watch_with_history(">")
             .await
             .map_err(|e| e.to_string())?;
+        // The history replays every entry: what a watch that ended knew may be gone since.
+        self.holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         while let Some(entry) = watch.next().await {
             let entry = entry.map_err(|e| e.to_string())?;
             let mut holders = self.holders.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,6 +213,16 @@ impl Presences {
             if offline(holder.device.clone()).await {
                 let _ = self.kv().delete_expect_revision(&key, Some(revision)).await;
                 reaped += 1;
+            } else {
+                // Not sent offline: the dead node's entry back, for the next round to reap
+                // (the marker left would keep it online and hold up its reconnection).
+                let back = encode(
+                    &holder.node,
+                    holder.connection,
+                    &holder.client_id,
+                    &holder.device,
+                );
+                let _ = self.kv().update(&key, back, revision).await;
             }
         }
         reaped

@@ -58,8 +58,14 @@ impl DeliveryTasks {
             .collect()
     }
 
+    /// Runs `delivery` for `id`, unless one runs for it already (two syncs may both find it
+    /// missing; a second task would send every message twice).
     pub fn start(&self, id: i64, delivery: impl Future<Output = ()> + Send + 'static) {
-        self.running().insert(id, tokio::spawn(delivery));
+        let mut running = self.running();
+        if running.get(&id).is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        running.insert(id, tokio::spawn(delivery));
     }
 
     pub fn len(&self) -> usize {
