@@ -17,14 +17,12 @@ use fieldline_broker::{Kicker, RemoteLog, RemoteRecord, Settling, Tap, TapClosed
 use fieldline_cluster::{
     partition_of, record, Cluster, Leases, NodeInfo, Nodes, Presences, StreamLog,
 };
+use fieldline_dashboard::judging::{Judging, Touches};
 use fieldline_dashboard::live::Hub;
 use fieldline_dashboard::{ClusterNode, ClusterPartition, ClusterState, ClusterView};
-use fieldline_ingest::alerts::AlertRules;
 use fieldline_ingest::channels::Channels;
 use fieldline_ingest::commands::CommandDesk;
-use fieldline_ingest::events::catalog::Catalog;
 use fieldline_ingest::events::EventFeed;
-use fieldline_ingest::geofence::Fences;
 use fieldline_ingest::owners::Owners;
 use fieldline_ingest::source::stream::mirror;
 use fieldline_ingest::webhook::Webhooks;
@@ -208,10 +206,7 @@ impl RemoteLog for SharedLog {
 /// within two seconds (the node that made the change puts it in force at once).
 async fn follow_definitions(
     store: Arc<dyn Store>,
-    fences: Arc<Catalog<Fences>>,
-    rules: Arc<Catalog<AlertRules>>,
-    webhooks: Arc<Webhooks>,
-    channels: Arc<Channels>,
+    definitions: Arc<Judging>,
     held: watch::Receiver<fieldline_cluster::Lease>,
 ) {
     use fieldline_store::Definitions;
@@ -228,9 +223,12 @@ async fn follow_definitions(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (i, what) in [Definitions::Geofences, Definitions::AlertRules]
-            .into_iter()
-            .enumerate()
+        for (i, (what, touches)) in [
+            (Definitions::Geofences, Touches::Geofences),
+            (Definitions::AlertRules, Touches::Rules),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let Ok(defs) = store.definitions(what).await else {
                 continue;
@@ -245,16 +243,8 @@ async fn follow_definitions(
                 Some(before) if before == now => continue,
                 Some(_) => {}
             }
-            let reloaded = match i {
-                0 => fieldline_ingest::events::catalog::load_fences(store.as_ref())
-                    .await
-                    .map(|f| fences.replace(f)),
-                _ => fieldline_ingest::events::catalog::load_rules(store.as_ref())
-                    .await
-                    .map(|r| rules.replace(r)),
-            };
             // A reload that fails is tried again at the next tick: the old digest stays.
-            match reloaded {
+            match definitions.reload(store.as_ref(), touches).await {
                 Ok(()) => {
                     seen[i] = Some(now);
                     tracing::info!("geofences or rules changed on another node: in force here now")
@@ -265,8 +255,13 @@ async fn follow_definitions(
             }
         }
         if held.borrow().duty {
-            let synced = webhooks.sync().await.and(channels.sync().await);
-            if let Err(e) = synced {
+            let synced = async {
+                definitions
+                    .reload(store.as_ref(), Touches::Webhooks)
+                    .await?;
+                definitions.reload(store.as_ref(), Touches::Channels).await
+            };
+            if let Err(e) = synced.await {
                 tracing::warn!(error = %e, "cannot read the webhooks and channels");
             }
         }
@@ -385,15 +380,13 @@ async fn reap_dead_nodes(
 pub struct Parts {
     pub settings: PipelineSettings,
     pub store: Arc<dyn Store>,
-    pub fences: Arc<Catalog<Fences>>,
-    pub rules: Arc<Catalog<AlertRules>>,
+    /// The fences and rules in force, the webhooks and channels, and their one-at-a-time reload.
+    pub definitions: Arc<Judging>,
     pub commands: Arc<CommandDesk>,
     pub events: Arc<dyn EventFeed>,
     /// The newest stored event when `events` started: the shared outbox is followed from
     /// there, so the feed gets every seq after it.
     pub last_event: u64,
-    pub webhooks: Arc<Webhooks>,
-    pub channels: Arc<Channels>,
     pub tap: Tap,
     /// The broker's log, and how to cut one of its connections.
     pub shared: Arc<SharedLog>,
@@ -456,8 +449,8 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
             node: cluster.node_id.clone(),
             partitions: cluster.settings.partitions,
             settings: parts.settings,
-            fences: parts.fences.clone(),
-            rules: parts.rules.clone(),
+            fences: parts.definitions.fences.clone(),
+            rules: parts.definitions.rules.clone(),
             replies: parts.commands.clone(),
             events: parts.events,
         }
@@ -465,8 +458,8 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
     );
     tasks.push(tokio::spawn(follow_duties(
         leases.held(),
-        parts.webhooks.clone(),
-        parts.channels.clone(),
+        parts.definitions.webhooks.clone(),
+        parts.definitions.channels.clone(),
     )));
     let client = cluster.client.clone();
     let node_id = cluster.node_id.clone();
@@ -495,10 +488,7 @@ pub async fn start(node: &Node, parts: Parts) -> anyhow::Result<Running> {
     )));
     tasks.push(tokio::spawn(follow_definitions(
         parts.store.clone(),
-        parts.fences.clone(),
-        parts.rules.clone(),
-        parts.webhooks.clone(),
-        parts.channels.clone(),
+        parts.definitions.clone(),
         leases.held(),
     )));
     tasks.push(tokio::spawn(trim_stream(

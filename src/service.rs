@@ -77,6 +77,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.max_payload_bytes,
     );
     let http_listeners = bind_http(&config).await?;
+    // What the API changes and, in cluster mode, what other nodes' changes reload: one at a time.
+    let definitions = fieldline_dashboard::judging::Judging::new(
+        judging.fences,
+        judging.rules,
+        webhooks.clone(),
+        channels.clone(),
+    );
     let (flow, broker) = match (node, log) {
         (Some(node), _) => {
             let shared = crate::cluster_node::SharedLog::new(&node);
@@ -92,13 +99,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 crate::cluster_node::Parts {
                     settings: pipeline_settings(&config),
                     store: store.clone(),
-                    fences: judging.fences.clone(),
-                    rules: judging.rules.clone(),
+                    definitions: definitions.clone(),
                     commands: commands.clone(),
                     events,
                     last_event,
-                    webhooks: webhooks.clone(),
-                    channels: channels.clone(),
                     tap: broker.tap.clone(),
                     shared,
                     kicker: broker.running.kicker(),
@@ -166,12 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Flow::Single(ingest) => ingest.spill_state.clone(),
             Flow::Cluster(_) => Arc::new(SpillState::default()),
         },
-        judging: fieldline_dashboard::judging::Judging::new(
-            judging.fences,
-            judging.rules,
-            webhooks.clone(),
-            channels.clone(),
-        ),
+        judging: definitions,
         web: fieldline_dashboard::web::WebSettings {
             map_style: config.map_style.clone(),
             mqtt: Some(config.mqtt_listen.to_string()),

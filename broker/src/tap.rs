@@ -204,10 +204,18 @@ pub fn remote_tap(remote: Arc<dyn RemoteLog>) -> (Tap, TapReceiver) {
                     payload: record,
                 })
                 .collect();
-            if log.append(&records).await.is_err() {
-                tracing::warn!(
-                    "the shared log did not take presence changes (the node is stopping)"
-                );
+            // A presence change lost would leave its device online (or offline) until it
+            // connects again: offered until the log takes it, or the process ends.
+            let mut warned = false;
+            while log.append(&records).await.is_err() {
+                if !warned {
+                    tracing::warn!(
+                        changes = records.len(),
+                        "the shared log did not take presence changes; offering them again every second"
+                    );
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
     });
