@@ -71,9 +71,11 @@ try:
         busy1, t1 = task_seconds(), time.time()
         stats = js("""const m = fieldlineLive.measure;
         const l = m.latencies.slice().sort((a, b) => a - b);
-        const q = (p) => l.length ? l[Math.min(l.length - 1, Math.floor(p * l.length))] : null;
+        const q = (p, l_ = l) => l_.length ? l_[Math.min(l_.length - 1, Math.floor(p * l_.length))] : null;
+        const a = (m.arrivals || []).slice().sort((x, y) => x - y);
         return {frames: m.frames, map_renders: m.renders, applied: m.applied, latency_samples: l.length,
                 latency_ms_p50: q(0.5), latency_ms_p99: q(0.99), latency_ms_max: l[l.length - 1] || null,
+                arrival_ms_p50: q(0.5, a), arrival_ms_p99: q(0.99, a),
                 devices: fieldlineLive.devices.size,
                 rendered: Object.keys(fieldlineLive.drawn()).length,
                 elapsed_s: (performance.now() - m.since) / 1000}""")

@@ -189,7 +189,7 @@ export class LiveMap {
   }
 
   measureReset() {
-    Object.assign(this.measure, { frames: 0, renders: 0, applied: 0, latencies: [], since: performance.now() });
+    Object.assign(this.measure, { frames: 0, renders: 0, applied: 0, latencies: [], arrivals: [], since: performance.now() });
   }
 
   /** Once the map has drawn what was just handed to it: each fix's age since its publish.
@@ -256,6 +256,7 @@ export class LiveMap {
     // a device out of view keeps a short tail, which grows once it is near.
     if (!e.nearShown && e.trail.length > FAR_TRAIL_POINTS) e.trail.splice(0, e.trail.length - FAR_TRAIL_POINTS);
     e.fixMs = ms;
+    if (this.measure && this.measure.arrivals.length < 500_000) this.measure.arrivals.push(Date.now() - ms);
     this.touch(e);
   }
 
