@@ -2,7 +2,10 @@
 """Measures the web dashboard in headless Chromium while devices move: frames per second,
 main-thread busy time per second (Chrome's TaskDuration), and publish-to-marker latency
 (the fix's `ts`, set by the simulator as it publishes, to the first map render after the
-page applied it). Talks WebDriver to chromedriver; prints one JSON object.
+page applied it), and of that how long fixes took to reach the page (arrival); then, on the
+same load, what one draw of the dot layer costs (its canvas cleared and every dot drawn,
+waited for with a one-pixel read-back: the time the software GPU takes, 3 rounds of 20).
+Talks WebDriver to chromedriver; prints one JSON object.
 
 Usage: bench-dashboard.py URL WARMUP_S MEASURE_S"""
 import json
@@ -85,6 +88,20 @@ try:
         stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
         stats["time_to_map_ms"] = timings.get("map")
         stats["time_to_land_ms"] = timings.get("land")
+        # Pages that draw the dots inside the map (`?in-map`, `?full-setdata`) have no dot canvas.
+        stats["dot_draw_ms"] = js("""const d = fieldlineLive.dots;
+        if (!d || !d.gl) return null;
+        const px = new Uint8Array(4);
+        const round = (n) => {
+          const t0 = performance.now();
+          for (let i = 0; i < n; i++) {
+            d.drawNow();
+            d.gl.readPixels(0, 0, 1, 1, d.gl.RGBA, d.gl.UNSIGNED_BYTE, px);
+          }
+          return (performance.now() - t0) / n;
+        };
+        round(3);
+        return [round(20), round(20), round(20)].map((ms) => Math.round(ms * 10) / 10);""")
         print(json.dumps(stats))
 
     try:

@@ -9,9 +9,12 @@
 # map), a frame later (`?next-frame`), at most every 50 ms and on every animation frame that has
 # changes (`?redraw-ms=50`, `?redraw-ms=0`), and the page applying each event with a full
 # GeoJSON setData (`?full-setdata`). Per run: frames per second, map renders per second,
-# main-thread busy time per second, publish-to-marker latency (p50, p99), events applied; and
+# main-thread busy time per second, publish-to-marker latency (p50, p99) and how much of it
+# came before the page (arrival), events applied, what one draw of the dots costs; and
 # the bundle size and the time to the first map. BENCH_BIN=dir runs binaries built elsewhere.
-# Usage: [MODES=...] [FLEET_FLAGS=...] [BENCH_BIN=...] scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
+# WS_CLIENT=1 also runs a plain WebSocket client over the whole stream beside the page
+# (scripts/bench-dashboard-ws.mjs), to tell delays upstream of the browser from the page's own.
+# Usage: [MODES=...] [FLEET_FLAGS=...] [BENCH_BIN=...] [WS_CLIENT=1] scripts/bench-dashboard.sh [VEHICLES] [MEASURE_S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VEHICLES="${1:-10000}"
@@ -91,5 +94,13 @@ for mode in ${MODES:-shipped in-map redraw-50ms every-frame full-setdata}; do
         in-map) query="?measure&in-map" ;;
     esac
     echo "-- $mode ($query): 10 s warm-up, ${MEASURE} s measured"
+    WS_PID=
+    if [ -n "${WS_CLIENT:-}" ]; then
+        # About when the page's own measurement starts: its load, then its 10 s warm-up.
+        node --experimental-websocket --no-warnings scripts/bench-dashboard-ws.mjs \
+            "ws://127.0.0.1:$HTTP_PORT/api/ws" 14 "$MEASURE" &
+        WS_PID=$!
+    fi
     python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"
+    [ -z "$WS_PID" ] || wait "$WS_PID"
 done
