@@ -37,6 +37,12 @@ echo "== fieldline $(git rev-parse --short HEAD 2>/dev/null || echo '?'); machin
     --max-connections $((VEHICLES + 1000)) >"$WORK/fl.log" 2>&1) &
 FL_PID=$!
 for _ in $(seq 600); do curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+# Another server on these ports would answer /readyz too: be sure it is ours.
+if ! kill -0 "$FL_PID" 2>/dev/null; then
+    echo "fieldline did not start (is something else on port $MQTT_PORT or $HTTP_PORT?):" >&2
+    tail -n 5 "$WORK/fl.log" >&2
+    exit 1
+fi
 
 echo "-- bundle: what the page loads (bytes, gzip -6 bytes)"
 python3 - "127.0.0.1:$HTTP_PORT" <<'PY'
