@@ -16,8 +16,9 @@ socket.onopen = () => {
 socket.onmessage = (m) => {
   const now = Date.now();
   if (now - opened < warmup * 1000) return;
+  // Events come in arrays, or one alone when only one was waiting.
   const data = JSON.parse(m.data);
-  if (Array.isArray(data)) for (const ev of data) if (ev.kind === 'location') latencies.push(now - Date.parse(ev.ts));
+  for (const ev of Array.isArray(data) ? data : [data]) if (ev.kind === 'location') latencies.push(now - Date.parse(ev.ts));
   if (now - opened < (warmup + measure) * 1000) return;
   latencies.sort((a, b) => a - b);
   const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
