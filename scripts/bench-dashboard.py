@@ -2,7 +2,8 @@
 """Measures the web dashboard in headless Chromium while devices move: frames per second,
 main-thread busy time per second (Chrome's TaskDuration), and publish-to-marker latency
 (the fix's `ts`, set by the simulator as it publishes, to the first map render after the
-page applied it), and of that how long fixes took to reach the page (arrival); then, on the
+page applied it), and of that the part until the page's script had the fix (arrival: the
+server, the network, and any wait behind the page's own work on its main thread); then, on the
 same load, what one draw of the dot layer costs (its canvas cleared and every dot drawn,
 waited for with a one-pixel read-back: the time the software GPU takes, 3 rounds of 20).
 Talks WebDriver to chromedriver; prints one JSON object.
@@ -88,7 +89,8 @@ try:
         stats["events_applied_per_s"] = stats["applied"] / stats["elapsed_s"]
         stats["time_to_map_ms"] = timings.get("map")
         stats["time_to_land_ms"] = timings.get("land")
-        # Pages that draw the dots inside the map (`?in-map`, `?full-setdata`) have no dot canvas.
+        # Pages that draw the dots inside the map (`?in-map`) have no dot canvas of their own,
+        # and `?full-setdata` has no dot layer at all.
         stats["dot_draw_ms"] = js("""const d = fieldlineLive.dots;
         if (!d || !d.gl) return null;
         const px = new Uint8Array(4);

@@ -9,8 +9,9 @@
 # map), a frame later (`?next-frame`), at most every 50 ms and on every animation frame that has
 # changes (`?redraw-ms=50`, `?redraw-ms=0`), and the page applying each event with a full
 # GeoJSON setData (`?full-setdata`). Per run: frames per second, map renders per second,
-# main-thread busy time per second, publish-to-marker latency (p50, p99) and how much of it
-# came before the page (arrival), events applied, what one draw of the dots costs; and
+# main-thread busy time per second, publish-to-marker latency (p50, p99) and the part of it
+# until the page's script had the fix (arrival: the server, the network, and any wait behind
+# the page's own work), events applied, what one draw of the dots costs; and
 # the bundle size and the time to the first map. BENCH_BIN=dir runs binaries built elsewhere.
 # WS_CLIENT=1 also runs a plain WebSocket client over the whole stream beside the page
 # (scripts/bench-dashboard-ws.mjs), to tell delays upstream of the browser from the page's own.
@@ -27,17 +28,29 @@ ulimit -n 65536 2>/dev/null || true
 
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
+if [ -n "${WS_CLIENT:-}" ] && ! command -v node >/dev/null 2>&1; then
+    echo "WS_CLIENT=1 needs Node.js 20 or newer" >&2
+    exit 1
+fi
 if ! command -v chromedriver >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 echo "== fieldline $(git rev-parse --short HEAD 2>/dev/null || echo '?'); machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(chromium --version)"
+# Another server on these ports would answer for ours: refuse to measure it.
+if curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1; then
+    echo "something already answers on port $HTTP_PORT: stop it first" >&2
+    exit 1
+fi
 (exec "$BIN/fieldline" --mqtt-listen "127.0.0.1:$MQTT_PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
     --database-url "sqlite://$WORK/dashboard.db" --wal-dir "$WORK/wal" \
     --max-connections $((VEHICLES + 1000)) >"$WORK/fl.log" 2>&1) &
 FL_PID=$!
-for _ in $(seq 600); do curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
-# Another server on these ports would answer /readyz too: be sure it is ours.
+for _ in $(seq 600); do
+    kill -0 "$FL_PID" 2>/dev/null || break
+    curl -sf "127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break
+    sleep 0.1
+done
 if ! kill -0 "$FL_PID" 2>/dev/null; then
     echo "fieldline did not start (is something else on port $MQTT_PORT or $HTTP_PORT?):" >&2
     tail -n 5 "$WORK/fl.log" >&2
@@ -108,5 +121,5 @@ for mode in ${MODES:-shipped in-map redraw-50ms every-frame full-setdata}; do
         WS_PID=$!
     fi
     python3 scripts/bench-dashboard.py "http://127.0.0.1:$HTTP_PORT/$query" 10 "$MEASURE"
-    [ -z "$WS_PID" ] || wait "$WS_PID"
+    [ -z "$WS_PID" ] || wait "$WS_PID" || echo "the WebSocket client beside the page failed" >&2
 done
