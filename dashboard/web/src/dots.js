@@ -18,6 +18,8 @@ import { MercatorCoordinate } from 'maplibre-gl';
 /** States as the shader reads them: 0 online, 1 stale, 2 offline. */
 const STATE_INDEX = { online: 0, stale: 1, offline: 2 };
 const COLORS = ['#16a34a', '#d97706', '#6b7280'];
+/** The same, as the shader's `u_colors` takes them. */
+const COLORS_RGB = COLORS.flatMap(rgb);
 
 // Without a GPU (SwiftShader, as in a VM or headless) rasterising 10,000 dots is most of a
 // live redraw, and nearly all of it is per fragment: the fragment shader does as little as it
@@ -263,7 +265,7 @@ export class DeviceDots {
     const inner = zoom >= 8 ? 1 - 1 / (radius + 1) : 1;
     const from = (inner - 0.15) ** 2;
     gl.uniform2f(this.loc.rim, from, 1 / (inner ** 2 - from));
-    gl.uniform3fv(this.loc.colors, COLORS.flatMap(rgb));
+    gl.uniform3fv(this.loc.colors, COLORS_RGB);
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuffer);
     gl.enableVertexAttribArray(this.loc.pos);
     gl.vertexAttribPointer(this.loc.pos, 2, gl.FLOAT, false, 0, 0);
